@@ -1,0 +1,28 @@
+# Quick start: `make demo` sets up and runs the demo; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# constraints.txt pins torch to the CPU wheel on the development machines' disk.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sdeplug plugins
+	$(BIN)/sdeplug sample examples/ring8_pc.toml --no-progress
+	$(BIN)/sdeplug sample examples/ring8_ode.toml --no-progress
+	@echo "plots and samples are in demo-output/"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis

@@ -1,0 +1,51 @@
+"""The reference plugin: the paper's SDEs, predictors, correctors, and fixed-step ODE solvers.
+
+An ordinary sdeplug plugin, declared as the ``reference`` entry point; it uses only
+the public API of the core.
+"""
+
+from sdeplug import hookimpl
+
+from sdeplug_reference.correctors import AnnealedLangevin, Langevin, NoCorrector
+from sdeplug_reference.ode_solvers import Euler, Heun
+from sdeplug_reference.predictors import AncestralSampling, EulerMaruyama, NoPredictor, ReverseDiffusion
+from sdeplug_reference.sdes import SubVPSDE, VESDE, VPSDE
+
+__all__ = [
+    "AncestralSampling",
+    "AnnealedLangevin",
+    "Euler",
+    "EulerMaruyama",
+    "Heun",
+    "Langevin",
+    "NoCorrector",
+    "NoPredictor",
+    "ReverseDiffusion",
+    "SubVPSDE",
+    "VESDE",
+    "VPSDE",
+]
+
+
+@hookimpl
+def register_sdes(register):
+    for cls in (VESDE, VPSDE, SubVPSDE):
+        register(cls)
+
+
+@hookimpl
+def register_predictors(register):
+    for cls in (EulerMaruyama, ReverseDiffusion, AncestralSampling, NoPredictor):
+        register(cls)
+
+
+@hookimpl
+def register_correctors(register):
+    for cls in (Langevin, AnnealedLangevin, NoCorrector):
+        register(cls)
+
+
+@hookimpl
+def register_ode_solvers(register):
+    for cls in (Euler, Heun):
+        register(cls)

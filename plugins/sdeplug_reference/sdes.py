@@ -1,0 +1,152 @@
+"""The paper's three SDEs: VE (SMLD), VP (DDPM) and sub-VP, with the paper's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from attrs import validators as v
+from torch import Tensor
+
+from sdeplug import LinearSDE, per_sample, randn, sum_except_batch
+
+_positive = [v.instance_of(float), v.gt(0.0)]
+
+
+def _normal_logp(z: Tensor, std: float) -> Tensor:
+    """log N(z; 0, std^2 I) per sample."""
+    d = z[0].numel()
+    return -0.5 * d * math.log(2 * math.pi * std**2) - sum_except_batch(z**2) / (2 * std**2)
+
+
+@attrs.frozen(kw_only=True)
+class VESDE(LinearSDE):
+    """Variance exploding: dx = sqrt(d sigma^2/dt) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
+
+    Marginals x_t = x_0 + sigma(t) z (note sigma(0) = sigma_min, as in the paper).
+    """
+
+    name = "ve"
+    default_eps = 1e-5
+
+    sigma_min: float = attrs.field(default=0.01, converter=float, validator=_positive)
+    sigma_max: float = attrs.field(default=50.0, converter=float, validator=_positive)
+    T: float = attrs.field(default=1.0, converter=float, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.sigma_max > self.sigma_min:
+            raise ValueError(f"sigma_max must exceed sigma_min; got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+
+    @property
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio)
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        # sigma_t^2 - sigma_s^2, written to keep its precision for small steps.
+        return torch.ones_like(t), self.sigma(t) ** 2 * -torch.expm1(-2 * (t - s) * self._log_ratio)
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """The SMLD chain: f = 0, G = sqrt(sigma(t)^2 - sigma(t - dt)^2), exact for this SDE."""
+        _, var = self.transition(t - dt, t)
+        return torch.zeros_like(x), torch.sqrt(var)
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
+        return randn(shape, generator, device, dtype) * self.sigma_max
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        return _normal_logp(z, self.sigma_max)
+
+
+@attrs.frozen(kw_only=True)
+class _BetaSchedule(LinearSDE):
+    """The linear schedule beta(t) = beta_min + t (beta_max - beta_min) shared by VP and sub-VP."""
+
+    default_eps = 1e-3
+
+    beta_min: float = attrs.field(default=0.1, converter=float, validator=_positive)
+    beta_max: float = attrs.field(default=20.0, converter=float, validator=_positive)
+    T: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    #: Steps of the paper's discrete chain; used only for alpha in the Langevin step rule.
+    N: int = attrs.field(default=1000, converter=int, validator=v.gt(0))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.beta_max >= self.beta_min:
+            raise ValueError(f"beta_max must be at least beta_min; got beta_min={self.beta_min}, beta_max={self.beta_max}")
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """log alpha(t) = -int_0^t beta / 2."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_mean_coeff(t))
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return -0.5 * per_sample(self.beta(t), x) * x
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """1 - beta_i of the paper's N-step chain, beta_i = beta(t) T / N."""
+        return 1.0 - self.beta(t) * self.T / self.N
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
+        return randn(shape, generator, device, dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        return _normal_logp(z, 1.0)
+
+
+@attrs.frozen(kw_only=True)
+class VPSDE(_BetaSchedule):
+    """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw; sigma(t) = sqrt(1 - alpha(t)^2)."""
+
+    name = "vp"
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        log_a = self.log_mean_coeff(t) - self.log_mean_coeff(s)
+        return torch.exp(log_a), -torch.expm1(2 * log_a)
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """The DDPM chain x_t = sqrt(1 - beta_i) x + sqrt(beta_i) z with 1 - beta_i = (alpha(t)/alpha(t-dt))^2.
+
+        This is the exact transition of the SDE over the step; the paper's code takes
+        beta_i = beta(t) / N, its first-order approximation on its own grid.
+        """
+        a, var = self.transition(t - dt, t)
+        return per_sample(a - 1.0, x) * x, torch.sqrt(var)
+
+
+@attrs.frozen(kw_only=True)
+class SubVPSDE(_BetaSchedule):
+    """Sub-VP: dx = -beta x / 2 dt + sqrt(beta (1 - exp(-2 int_0^t beta))) dw; sigma(t) = 1 - alpha(t)^2.
+
+    The std has no square root. Its discretize is Euler-Maruyama, as in the paper.
+    """
+
+    name = "subvp"
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(2 * self.log_mean_coeff(t))
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))

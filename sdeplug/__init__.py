@@ -1,0 +1,62 @@
+"""sdeplug: score-based generative modelling through SDEs, with every part a plugin.
+
+The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
+LinearSDE, ScoreModel, Predictor, Corrector, ODESolver), the tensor helpers and the
+errors. Concrete parts come from plugins: see ``sdeplug.plugins``.
+"""
+
+from sdeplug.errors import (
+    ConfigError,
+    DuplicatePartError,
+    IncompatiblePartError,
+    NonFiniteError,
+    OptionError,
+    RegistrationError,
+    SdeplugError,
+    UnknownPartError,
+)
+from sdeplug.hookspecs import hookimpl
+from sdeplug.interfaces import (
+    SDE,
+    Corrector,
+    LinearSDE,
+    ODESolution,
+    ODESolver,
+    Predictor,
+    ReverseSDE,
+    ScoreFn,
+    ScoreModel,
+)
+from sdeplug.plugins import create, get_registry, register_plugin
+from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "ConfigError",
+    "Corrector",
+    "DuplicatePartError",
+    "IncompatiblePartError",
+    "LinearSDE",
+    "NonFiniteError",
+    "ODESolution",
+    "ODESolver",
+    "OptionError",
+    "Predictor",
+    "RegistrationError",
+    "ReverseSDE",
+    "ScoreFn",
+    "ScoreModel",
+    "SdeplugError",
+    "UnknownPartError",
+    "batch_time",
+    "create",
+    "get_registry",
+    "hookimpl",
+    "per_sample",
+    "randn",
+    "randn_like",
+    "register_plugin",
+    "sum_except_batch",
+]

@@ -1,0 +1,89 @@
+"""The errors sdeplug raises: each names what was wrong and what is accepted."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SdeplugError(Exception):
+    """Base class of every error sdeplug raises on purpose."""
+
+
+def close_matches(name: str, known: Iterable[str]) -> list[str]:
+    """Known names that look like ``name`` (for 'did you mean' hints)."""
+    return difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    matches = close_matches(name, known)
+    return f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+class UnknownPartError(SdeplugError, LookupError):
+    """A part was asked for by a name no plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], load_errors: Iterable[str] = ()):
+        known = sorted(known)
+        self.kind, self.name, self.known = kind, name, known
+        message = (
+            f"unknown {kind} {name!r}; known {kind}s: {', '.join(known) or '(none)'}."
+            + _did_you_mean(name, known)
+        )
+        failures = list(load_errors)
+        if failures:
+            message += " Some plugins failed to load and may have provided it: " + "; ".join(failures)
+        super().__init__(message)
+
+
+class OptionError(SdeplugError, TypeError):
+    """A part was given an option it does not accept, or a value it refuses."""
+
+    def __init__(self, kind: str, name: str, message: str):
+        self.kind, self.name = kind, name
+        super().__init__(f"{kind} {name!r}: {message}")
+
+    @classmethod
+    def unknown_option(cls, kind: str, name: str, option: str, accepted: Iterable[str]) -> OptionError:
+        accepted = sorted(accepted)
+        return cls(
+            kind,
+            name,
+            f"unknown option {option!r}; accepted options: {', '.join(accepted) or '(none)'}."
+            + _did_you_mean(option, accepted),
+        )
+
+
+class DuplicatePartError(SdeplugError, LookupError):
+    """Two plugins registered parts of the same kind under one name."""
+
+    def __init__(self, kind: str, name: str, claimants: Iterable[str]):
+        self.kind, self.name, self.claimants = kind, name, list(claimants)
+        super().__init__(
+            f"{kind} {name!r} is registered by more than one plugin: {' and '.join(self.claimants)}. "
+            "Uninstall one of them or limit the loaded plugins with SDEPLUG_LOAD_PLUGINS."
+        )
+
+
+class RegistrationError(SdeplugError, TypeError):
+    """A plugin tried to register something that is not a part of the kind it claimed."""
+
+
+class IncompatiblePartError(SdeplugError, TypeError):
+    """A predictor, corrector or solver was combined with an SDE it cannot handle."""
+
+
+class NonFiniteError(SdeplugError, FloatingPointError):
+    """The sampling state stopped being finite; says where, at which time and after which part."""
+
+    def __init__(self, where: str, t: float, part: str):
+        self.where, self.t, self.part = where, t, part
+        super().__init__(
+            f"the sampling state became non-finite (NaN or inf) at {where} (t = {t:.6g}), "
+            f"after the {part}. Check the score model near this time, or use more steps "
+            "or a smaller corrector snr."
+        )
+
+
+class ConfigError(SdeplugError, ValueError):
+    """A configuration file or section is malformed."""

@@ -1,0 +1,234 @@
+"""The five kinds of part: SDE (and LinearSDE), ScoreModel, Predictor, Corrector, ODESolver.
+
+Conventions (see docs/user-guide.md): time runs from data at t = 0 to the prior at
+t = T; ``x`` has shape (batch, *event_shape) and ``t`` shape (batch,); randomness
+comes from an explicit ``torch.Generator`` when the caller passes one.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import ClassVar
+
+import attrs
+import torch
+from torch import Tensor
+
+from sdeplug.errors import IncompatiblePartError
+from sdeplug.tensors import per_sample
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+"""``score(x, t) -> tensor like x``, an approximation of grad_x log p_t(x)."""
+
+ODEFunc = Callable[[Tensor, Tensor], Tensor]
+"""``F(t, y) -> dy/dt`` with ``t`` a 0-dim tensor, as torchdiffeq expects."""
+
+
+class SDE(abc.ABC):
+    """A forward SDE dx = f(x, t) dt + g(t) dw on [0, T], carrying data to a prior."""
+
+    name: ClassVar[str | None] = None
+    #: The end time of the diffusion.
+    T: float = 1.0
+    #: Where sampling stops and likelihood integration starts (the paper: 1e-3 VP, 1e-5 VE).
+    default_eps: float = 1e-3
+
+    @abc.abstractmethod
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """f(x, t), a tensor like x."""
+
+    @abc.abstractmethod
+    def diffusion(self, t: Tensor) -> Tensor:
+        """g(t), shape (batch,)."""
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean (like x0) and std (shape (batch,)) of the perturbation kernel p_0t(x_t | x_0)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form perturbation kernel (marginal_prob); "
+            "parts that need one (denoising score matching, annealed Langevin, the oracle) "
+            "cannot use it"
+        )
+
+    @abc.abstractmethod
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Samples of the prior p_T, shape (batch, *event_shape)."""
+
+    @abc.abstractmethod
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log p_T(z) per sample, shape (batch,)."""
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """(f, G) of the forward step from t - dt to t: x_t = x_{t-dt} + f + G z.
+
+        The default is Euler-Maruyama, f = f(x, t) dt and G = g(t) sqrt(dt); ``dt`` has
+        shape (batch,) and is positive. G has shape (batch,).
+        """
+        f = self.drift(x, t) * per_sample(dt, x)
+        G = self.diffusion(t) * torch.sqrt(dt)
+        return f, G
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """The factor alpha_i in the Langevin step size eps = 2 alpha (snr |z| / |s|)^2.
+
+        The paper's code takes 1 for VE and 1 - beta_i of the DDPM chain for VP, and no
+        value at all for sub-VP; here every SDE has one, 1 unless it says otherwise.
+        """
+        return torch.ones_like(t)
+
+    def reverse(self, score: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+        """The reverse-time SDE (or the probability-flow ODE) for this SDE and a score."""
+        return ReverseSDE(self, score, probability_flow)
+
+
+class LinearSDE(SDE):
+    """An SDE whose marginals are x_t = alpha(t) x_0 + sigma(t) z with z ~ N(0, I).
+
+    This gives closed-form perturbation kernels, exact oracle scores for Gaussian
+    mixtures, and what exponential-integrator samplers need.
+    """
+
+    @abc.abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        """The mean scale alpha(t), shape (batch,)."""
+
+    @abc.abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """The marginal std sigma(t), shape (batch,)."""
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Scale a and variance v of the exact kernel from s to t > s: x_t = a x_s + sqrt(v) z.
+
+        It follows from the marginals alone: a = alpha(t)/alpha(s), v = sigma(t)^2 - a^2 sigma(s)^2.
+        Subclasses may override it to avoid cancellation in v for small steps.
+        """
+        a = self.alpha(t) / self.alpha(s)
+        return a, self.sigma(t) ** 2 - (a * self.sigma(s)) ** 2
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
+        return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+
+@attrs.define(frozen=True)
+class ReverseSDE:
+    """The reverse-time SDE dx = [f - g^2 s] dt + g dw_bar (dt < 0) of an SDE and a score.
+
+    With ``probability_flow`` it is the probability-flow ODE dx = [f - g^2 s / 2] dt.
+    ``drift`` is expressed in forward time: a step from t to t + dt with dt < 0 moves x
+    by drift * dt.
+    """
+
+    sde: SDE
+    score: ScoreFn
+    probability_flow: bool = False
+
+    @property
+    def _score_weight(self) -> float:
+        return 0.5 if self.probability_flow else 1.0
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        g2 = per_sample(self.sde.diffusion(t) ** 2, x)
+        return self.sde.drift(x, t) - g2 * self.score(x, t) * self._score_weight
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        g = self.sde.diffusion(t)
+        return torch.zeros_like(g) if self.probability_flow else g
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """(rev_f, rev_G) for the step from t back to t - dt: x_{t-dt} = x_t - rev_f + rev_G z."""
+        f, G = self.sde.discretize(x, t, dt)
+        rev_f = f - per_sample(G**2, x) * self.score(x, t) * self._score_weight
+        rev_G = torch.zeros_like(G) if self.probability_flow else G
+        return rev_f, rev_G
+
+
+class ScoreModel(torch.nn.Module, abc.ABC):
+    """A network (or closed form) with ``forward(x, t) -> score``, approximating grad_x log p_t(x)."""
+
+    name: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The score at (x, t), a tensor like x."""
+
+
+class Predictor(abc.ABC):
+    """One step of the reverse SDE (or the probability-flow ODE) from t to t_next < t.
+
+    Built as ``cls(sde, score, **options)``. Subclasses set ``sde_types`` to the SDE
+    classes they can handle and ``score_evals`` to the score evaluations per step.
+    """
+
+    name: ClassVar[str | None] = None
+    sde_types: ClassVar[tuple[type, ...]] = (SDE,)
+    sde: SDE
+    score: ScoreFn
+
+    @abc.abstractmethod
+    def step(
+        self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Move x from time t to t_next (both shape (batch,)); return (x, x_mean without the last noise)."""
+
+
+class Corrector(abc.ABC):
+    """MCMC steps at a fixed time t that move x towards p_t (Langevin and friends).
+
+    Built as ``cls(sde, score, **options)``.
+    """
+
+    name: ClassVar[str | None] = None
+    sde_types: ClassVar[tuple[type, ...]] = (SDE,)
+    sde: SDE
+    score: ScoreFn
+
+    @abc.abstractmethod
+    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Correct x at time t (shape (batch,)); return (x, x_mean without the last noise)."""
+
+
+@attrs.frozen
+class ODESolution:
+    """What an ODESolver returns: the state at t1 and the number of function evaluations."""
+
+    y: Tensor
+    nfe: int
+
+
+class ODESolver(abc.ABC):
+    """Integrates dy/dt = F(t, y) from t0 to t1 (either direction). Built as ``cls(**options)``."""
+
+    name: ClassVar[str | None] = None
+    #: Order of convergence of the global error in the step size.
+    order: ClassVar[int]
+    #: Whether it chooses its own steps (then ``grid`` only gives the end points).
+    adaptive: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def solve(
+        self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None
+    ) -> ODESolution:
+        """Solve from y0 at t0 to t1. Fixed-step solvers step through ``grid`` when given
+        (grid[0] = t0, grid[-1] = t1), otherwise through their own uniform grid."""
+
+
+def check_sde_compatible(kind: str, name: str, part_cls: type, sde: SDE) -> None:
+    """Raise IncompatiblePartError if a predictor or corrector class cannot handle this SDE."""
+    accepted = getattr(part_cls, "sde_types", (SDE,))
+    if not isinstance(sde, accepted):
+        wanted = " or ".join(c.__name__ for c in accepted)
+        raise IncompatiblePartError(
+            f"{kind} {name!r} needs an SDE of type {wanted}; got {type(sde).__name__}"
+            + (f" ({sde.name!r})" if getattr(sde, "name", None) else "")
+        )
+

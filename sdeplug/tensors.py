@@ -1,0 +1,48 @@
+"""Small tensor helpers every part uses: broadcasting per-sample times, seeded noise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """View a per-sample tensor of shape (batch,) so it broadcasts over x's event shape."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
+    """Times as a (batch,) tensor on x's device and dtype; a scalar is expanded without copying."""
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},); got {tuple(t.shape)}")
+    return t
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise like x, drawn from ``generator`` when one is given."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def sum_except_batch(v: Tensor) -> Tensor:
+    """Sum over every dimension but the first."""
+    return v.reshape(v.shape[0], -1).sum(dim=1)
+
+
+def event_size(x: Tensor) -> int:
+    """Number of entries in one sample (the dimension D)."""
+    return x[0].numel()
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal noise of ``shape``; on the generator's device unless ``device`` is given."""
+    if device is None and generator is not None:
+        device = generator.device
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
