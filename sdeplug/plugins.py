@@ -25,6 +25,7 @@ from sdeplug.errors import (
     DuplicatePartError,
     OptionError,
     RegistrationError,
+    SdeplugError,
     UnknownPartError,
 )
 from sdeplug.interfaces import SDE, Corrector, ODESolver, Predictor, ScoreModel, check_sde_compatible
@@ -245,6 +246,8 @@ class Registry:
             check_sde_compatible(kind, name, info.cls, supplied[0])
         try:
             return info.cls(*supplied, **options)
+        except SdeplugError:
+            raise
         except (TypeError, ValueError) as exc:
             raise OptionError(kind, name, f"{exc} (accepted options: {_describe(accepted)})") from exc
 

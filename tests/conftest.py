@@ -1,0 +1,79 @@
+"""Shared fixtures: hypothesis profiles, the registry, and installing the example plugins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import sdeplug.plugins
+
+# Deterministic by default (CI): derandomised, no example database, no deadline.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=15,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=50)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Tiny tensors: one thread avoids thread-pool overhead on small CI machines.
+torch.set_num_threads(1)
+
+EXAMPLE_PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def registry():
+    return sdeplug.plugins.get_registry()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Each test sees the installed entry points only, whatever the previous test registered."""
+    yield
+    sdeplug.plugins._extra_plugins.clear()
+    sdeplug.plugins.reset_registry()
+
+
+@pytest.fixture(scope="session")
+def install_example_plugin(tmp_path_factory):
+    """Install one of tests/plugins/* with pip into its own folder; return that folder.
+
+    Each folder acts as an extra site-packages: put it on PYTHONPATH and its entry points
+    are found exactly as after ``pip install``.
+    """
+    cache: dict[str, Path] = {}
+
+    def install(name: str) -> Path:
+        if name not in cache:
+            target = tmp_path_factory.mktemp(f"site-{name}")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                 "--no-index", "--target", str(target), str(EXAMPLE_PLUGINS / name)],
+                check=True,
+                capture_output=True,
+            )
+            cache[name] = target
+        return cache[name]
+
+    return install
+
+
+def run_cli(*args: str, site: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``sdeplug`` command in a fresh process, optionally with an extra site folder."""
+    env = dict(os.environ)
+    env.pop(sdeplug.plugins.LOAD_PLUGINS_ENV, None)
+    if site is not None:
+        env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "sdeplug.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
