@@ -52,7 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sde = config.check()
     run = config.sample
     dtype, device = run.torch_dtype, torch.device(run.device)
-    mixture = _oracle_mixture(config).to(device=device, dtype=dtype)
+    mixture = _oracle_mixture(config).to(device)
     score = mixture.score_model(sde)
     generator = torch.Generator(device).manual_seed(run.seed)
     batch = run.batch_size or run.num

@@ -26,7 +26,9 @@ class GaussianMixture(torch.nn.Module):
 
     Covariances are given as ``stds`` (shape (K,) isotropic or (K, D) diagonal) or as
     full ``covs`` (K, D, D). Stored as eigen-decompositions, so the marginal at any t
-    is diagonal in each component's own basis. A torch module: ``.to(device, dtype)`` works.
+    is diagonal in each component's own basis. A torch module: ``.to(device)`` works;
+    results come in the dtype of the input (``sample`` in the parameters' dtype, float64
+    unless converted).
     """
 
     def __init__(
@@ -71,7 +73,8 @@ class GaussianMixture(torch.nn.Module):
         self.register_buffer("log_weights", torch.log(weights / weights.sum()))
         self.register_buffer("means", means)
         self.register_buffer("evals", evals.clone())
-        self.to(torch.get_default_dtype())
+        # Parameters stay in float64 (an orthogonal basis in float32 is orthogonal only
+        # to 1e-7); every computation runs in the dtype of its input.
 
     @property
     def dim(self) -> int:

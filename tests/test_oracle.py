@@ -44,6 +44,7 @@ MIXTURES = {
 def test_log_prob_and_score_match_torch_distributions(name, sde, t, seed):
     mixture = MIXTURES[name]().to(F64)
     reference = torch_mixture_at(mixture, sde, t)
+    torch.manual_seed(seed)
     x = reference.sample((6,))
     x.requires_grad_(True)
     expected_logp = reference.log_prob(x)
@@ -57,6 +58,7 @@ def test_log_prob_and_score_match_torch_distributions(name, sde, t, seed):
 def test_data_law_log_prob(name):
     mixture = MIXTURES[name]().to(F64)
     reference = torch_mixture_at(mixture)
+    torch.manual_seed(0)
     x = reference.sample((10,))
     torch.testing.assert_close(mixture.log_prob(x), reference.log_prob(x))
 
@@ -88,7 +90,7 @@ def test_image_shaped_mixture_and_score_model():
 def test_posterior_weights_are_bayes_rule():
     mixture = preset("mixture3").to(F64)
     sde = sdeplug.create("sde", "vp")
-    x = torch.tensor([[0.1, 0.2], [-1.0, 0.4]], dtype=F64)
+    x = torch.tensor([[0.1, 0.2], [-1.0, 0.4]], dtype=F64)  # fixed points
     t = torch.full((2,), 0.3, dtype=F64)
     reference = torch_mixture_at(mixture, sde, 0.3)
     comp_logp = reference.component_distribution.log_prob(x[:, None, :]) + mixture.log_weights

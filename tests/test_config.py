@@ -1,0 +1,115 @@
+"""TOML configs and the ``sdeplug`` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdeplug.cli import main
+from sdeplug.config import Config, load_config
+from sdeplug.errors import ConfigError, OptionError, UnknownPartError
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    config = load_config(path)
+    sde = config.check()
+    assert sde.name == config.sde.name
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_parts_and_options_are_read_from_toml(tmp_path):
+    config = load_config(write(tmp_path, """
+[sde]
+name = "vp"
+beta_max = 18.0
+
+[sampler]
+kind = "pc"
+steps = 50
+order = "corrector_first"
+
+[sampler.predictor]
+name = "ancestral"
+variance = "transition"
+
+[sampler.corrector]
+name = "langevin"
+snr = 0.1
+n_steps = 2
+"""))
+    assert config.sde.options == {"beta_max": 18.0}
+    assert config.sampler.predictor.name == "ancestral" and config.sampler.predictor.options == {"variance": "transition"}
+    assert config.sampler.corrector.options == {"snr": 0.1, "n_steps": 2}
+    assert config.sampler.order == "corrector_first"
+    assert config.check().beta_max == 18.0
+
+
+@pytest.mark.parametrize("text, error, fragment", [
+    ("[sde]\nname='vp'\n[smapler]\nkind='pc'", ConfigError, "no key 'smapler'.*Did you mean 'sampler'"),
+    ("[sampler]\nkind='pc'", ConfigError, r"needs an \[sde\] section"),
+    ("[sde]\nbeta_max=3.0", ConfigError, r"\[sde\] needs a 'name' key"),
+    ("[sde]\nname='vp'\n[sampler]\nkind='sde'", ConfigError, "kind must be one of 'pc', 'ode'"),
+    ("[sde]\nname='vp'\n[sampler]\nsteps=0", ConfigError, "steps must be a positive integer"),
+    ("[sde]\nname='vp'\n[sampler]\nstep=10", ConfigError, "no key 'step'.*Did you mean 'steps'"),
+    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.predictor]\nname='none'", ConfigError, "takes \\[sampler.solver\\]"),
+    ("[sde]\nname='vp'\n[sample]\ndtype='float16'", ConfigError, "dtype must be one of"),
+    ("[sde]\nname='vp'\n[sample]\nprogress='yes'", ConfigError, "progress"),
+    ("[sde]\nname='vp'\nbeta_maxx=3.0", OptionError, "unknown option 'beta_maxx'"),
+    ("[sde]\nname='vq'", UnknownPartError, "unknown sde 'vq'"),
+    ("[sde]\nname='vp'\n[sampler.corrector]\nname='langevin'\nsnr=-1.0", OptionError, "snr"),
+    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk4'", UnknownPartError, "unknown ode_solver 'rk4'"),
+    ("[sde]\nname='vp'\n[model]\nname='unet'", ConfigError, "only the exact score 'oracle'"),
+    ("[sde\nname='vp'", ConfigError, "not valid TOML"),
+])
+def test_config_errors_name_what_is_wrong(tmp_path, text, error, fragment):
+    with pytest.raises(error, match=fragment):
+        load_config(write(tmp_path, text)).check()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_defaults_are_the_papers():
+    config = Config.from_dict({"sde": {"name": "vp"}})
+    assert config.sampler.kind == "pc" and config.sampler.predictor.name == "reverse_diffusion"
+    assert config.sampler.corrector.name == "langevin" and config.sampler.denoise
+
+
+def test_cli_sample_writes_samples_summary_and_plot(tmp_path, capsys):
+    code = main(["sample", str(REPO / "examples" / "ring8_ode.toml"), "--out", str(tmp_path), "--num", "300",
+                 "--no-progress"])
+    assert code == 0
+    samples = np.load(tmp_path / "samples.npy")
+    assert samples.shape == (300, 2) and np.isfinite(samples).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["num_samples"] == 300 and summary["nfe_per_sample"] == 201
+    assert summary["energy_distance"] <= summary["null_mean"] + 5 * summary["null_std"]
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert "energy distance to fresh oracle samples" in capsys.readouterr().out
+
+
+def test_cli_same_seed_same_samples(tmp_path):
+    for name in ("a", "b"):
+        main(["sample", str(REPO / "examples" / "ring8_ode.toml"), "--out", str(tmp_path / name), "--num", "50",
+              "--seed", "7", "--no-progress"])
+    assert np.array_equal(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
+
+
+def test_cli_errors_exit_2_with_the_message(tmp_path, capsys):
+    code = main(["sample", str(write(tmp_path, "[sde]\nname='vpp'"))])
+    assert code == 2
+    assert "sdeplug: error: " in capsys.readouterr().err
