@@ -100,10 +100,15 @@ def _part_name(part: object) -> str:
 def _make_grid(sde: SDE, steps: int, eps: float | None, grid: Tensor | None, device, dtype) -> Tensor:
     if grid is not None:
         return check_grid(grid.to(device=device, dtype=dtype))
+    return uniform_grid(sde.T, _end_time(sde, eps), steps, device=device, dtype=dtype)
+
+
+def _end_time(sde: SDE, eps: float | None) -> float:
+    """eps, or the SDE's default; checked to lie in [0, T)."""
     eps = sde.default_eps if eps is None else eps
     if not 0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
-    return uniform_grid(sde.T, eps, steps, device=device, dtype=dtype)
+    return eps
 
 
 def _initial_state(sde, shape, x_init, generator, device, dtype) -> Tensor:
@@ -236,9 +241,8 @@ def sample_ode(
     counted = CountingScore(score)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     batch = x.shape[0]
-    eps_value = sde.default_eps if eps is None else eps
     times = _make_grid(sde, steps, eps, grid, device, dtype) if (grid is not None or steps is not None) else None
-    t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, eps_value)
+    t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, _end_time(sde, eps))
     monitor = FiniteMonitor((f"ODE solver {_part_name(ode_solver)!r}", "final denoising step"), x.device, check_finite)
     flow = probability_flow(sde, counted, batch)
 

@@ -250,6 +250,8 @@ def test_bad_inputs_are_refused_clearly(mixture):
         sample_pc(sde, score, (4, 2), corrector_options={"norm": "global"})
     with pytest.raises(ValueError, match="eps must lie in"):
         sample_pc(sde, score, (4, 2), eps=1.5)
+    with pytest.raises(ValueError, match="eps must lie in"):
+        sample_ode(sde, score, (4, 2), eps=-0.1)
     with pytest.raises(OptionError, match="no probability-flow form"):
         sample_pc(sde, score, (4, 2), predictor="ancestral", predictor_options={"probability_flow": True})
 

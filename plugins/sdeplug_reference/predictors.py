@@ -17,10 +17,8 @@ from sdeplug import SDE, LinearSDE, Predictor, ReverseSDE, ScoreFn, per_sample, 
 
 
 @attrs.frozen
-class EulerMaruyama(Predictor):
-    """x <- x + [f - g^2 s] dt + g sqrt(|dt|) z with dt = t_next - t < 0 (the exact grid step)."""
-
-    name = "euler_maruyama"
+class _ReverseSDEPredictor(Predictor):
+    """Shared fields of predictors that step the reverse SDE (or the probability-flow ODE)."""
 
     sde: SDE
     score: ScoreFn
@@ -30,6 +28,13 @@ class EulerMaruyama(Predictor):
     @_reverse.default
     def _make_reverse(self) -> ReverseSDE:
         return self.sde.reverse(self.score, self.probability_flow)
+
+
+@attrs.frozen
+class EulerMaruyama(_ReverseSDEPredictor):
+    """x <- x + [f - g^2 s] dt + g sqrt(|dt|) z with dt = t_next - t < 0 (the exact grid step)."""
+
+    name = "euler_maruyama"
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
         dt = t_next - t
@@ -41,7 +46,7 @@ class EulerMaruyama(Predictor):
 
 
 @attrs.frozen
-class ReverseDiffusion(Predictor):
+class ReverseDiffusion(_ReverseSDEPredictor):
     """Runs the SDE's own discretisation backwards: x <- x - f + G^2 s + G z.
 
     With the VE SDE this is the SMLD chain, with VP the DDPM chain; others fall back
@@ -49,15 +54,6 @@ class ReverseDiffusion(Predictor):
     """
 
     name = "reverse_diffusion"
-
-    sde: SDE
-    score: ScoreFn
-    probability_flow: bool = attrs.field(default=False, kw_only=True, validator=v.instance_of(bool))
-    _reverse: ReverseSDE = attrs.field(init=False)
-
-    @_reverse.default
-    def _make_reverse(self) -> ReverseSDE:
-        return self.sde.reverse(self.score, self.probability_flow)
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
         rev_f, rev_G = self._reverse.discretize(x, t, t - t_next)
