@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean bench
 
 setup: $(STAMP)
 
@@ -19,10 +19,17 @@ demo: $(STAMP)
 	$(BIN)/sdeplug plugins
 	$(BIN)/sdeplug sample examples/ring8_pc.toml --no-progress
 	$(BIN)/sdeplug sample examples/ring8_ode.toml --no-progress
+	$(BIN)/sdeplug sample examples/ring8_torchsde.toml --no-progress
+	$(BIN)/sdeplug likelihood examples/ring8_likelihood.toml
 	@echo "plots and samples are in demo-output/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Benchmarks measure, they never run in the test suite; results go to docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis

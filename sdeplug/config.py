@@ -1,7 +1,8 @@
 """TOML configs: frozen attrs classes that pick every part by name, validated before any work.
 
 A config has the sections [sde], [sampler] (with [sampler.predictor],
-[sampler.corrector] or [sampler.solver]), [model], [data], [sample] and [output];
+[sampler.corrector] or [sampler.solver]), [model], [data], [sample], [output] and
+[likelihood] (with [likelihood.solver]);
 see docs/config.md for every key. Unknown keys are errors that name the accepted ones.
 """
 
@@ -161,6 +162,34 @@ class SamplerConfig:
 
 
 @attrs.frozen
+class LikelihoodConfig:
+    """[likelihood]: how log p is computed, and on which data."""
+
+    solver: PartSpec = attrs.field(factory=lambda: PartSpec("dopri5"))
+    divergence: str = attrs.field(default="exact", validator=_in("likelihood", "divergence", ("exact", "hutchinson")))
+    probes: int = attrs.field(default=1, validator=_positive_int("likelihood", "probes"))
+    noise: str = attrs.field(default="rademacher", validator=_in("likelihood", "noise", ("rademacher", "gaussian")))
+    eps: float | None = attrs.field(default=None)
+    data_range: str = attrs.field(default="none", validator=_in("likelihood", "data_range", ("none", "[0,1]", "[-1,1]")))
+    dequantize: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    #: A .npy or .pt file of samples (batch, *event_shape); without it, [sample] num oracle samples.
+    data_file: str | None = attrs.field(default=None)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> LikelihoodConfig:
+        table = dict(_table("likelihood", table))
+        _check_keys("likelihood", table, {f.name for f in attrs.fields(cls)})
+        if "solver" in table:
+            table["solver"] = PartSpec.from_table("likelihood.solver", table["solver"])
+        if table.get("dequantize") and table.get("data_range", "none") == "none":
+            raise ConfigError("[likelihood] dequantize = true needs data_range = '[0,1]' or '[-1,1]'")
+        try:
+            return cls(**table)
+        except TypeError as exc:
+            raise ConfigError(f"[likelihood]: {exc}") from exc
+
+
+@attrs.frozen
 class RunConfig:
     """[sample]: how many samples, in which batches, from which seed, on which device and dtype."""
 
@@ -194,9 +223,10 @@ class Config:
     data: PartSpec = attrs.field(factory=lambda: PartSpec("ring8"))
     sample: RunConfig = attrs.field(factory=RunConfig)
     output: OutputConfig = attrs.field(factory=OutputConfig)
+    likelihood: LikelihoodConfig = attrs.field(factory=LikelihoodConfig)
     source: str | None = None
 
-    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output")
+    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
@@ -206,6 +236,8 @@ class Config:
         parts: dict[str, Any] = {"sde": PartSpec.from_table("sde", raw["sde"]), "source": source}
         if "sampler" in raw:
             parts["sampler"] = SamplerConfig.from_table(raw["sampler"])
+        if "likelihood" in raw:
+            parts["likelihood"] = LikelihoodConfig.from_table(raw["likelihood"])
         for section in ("model", "data"):
             if section in raw:
                 parts[section] = PartSpec.from_table(section, raw[section])
@@ -222,11 +254,16 @@ class Config:
     def build_sde(self, registry: Registry | None = None) -> SDE:
         return (registry or get_registry()).create("sde", self.sde.name, **self.sde.options)
 
-    def check(self, registry: Registry | None = None) -> SDE:
-        """Validate every part name and option against the registry; return the built SDE."""
+    def check(self, registry: Registry | None = None, *, likelihood: bool = False) -> SDE:
+        """Validate every part name and option against the registry; return the built SDE.
+
+        The [likelihood] solver is checked when the section is given or ``likelihood`` is set.
+        """
         registry = registry or get_registry()
         sde = self.build_sde(registry)
         self.sampler.check(sde, registry)
+        if likelihood or self.likelihood != LikelihoodConfig():
+            registry.create("ode_solver", self.likelihood.solver.name, **self.likelihood.solver.options)
         if self.model.name != "oracle":
             raise ConfigError(
                 f"[model] name {self.model.name!r}: only the exact score 'oracle' of the [data] mixture is available "

@@ -72,6 +72,9 @@ n_steps = 2
     ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk4'", UnknownPartError, "unknown ode_solver 'rk4'"),
     ("[sde]\nname='vp'\n[model]\nname='unet'", ConfigError, "only the exact score 'oracle'"),
     ("[sde\nname='vp'", ConfigError, "not valid TOML"),
+    ("[sde]\nname='vp'\n[likelihood]\ndivergence='trace'", ConfigError, "divergence must be one of"),
+    ("[sde]\nname='vp'\n[likelihood]\nprobe=2", ConfigError, "no key 'probe'.*Did you mean 'probes'"),
+    ("[sde]\nname='vp'\n[likelihood.solver]\nname='dopri5'\nrtoll=1e-3", OptionError, "unknown option 'rtoll'"),
 ])
 def test_config_errors_name_what_is_wrong(tmp_path, text, error, fragment):
     with pytest.raises(error, match=fragment):

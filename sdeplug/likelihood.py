@@ -1,0 +1,149 @@
+"""Exact log-likelihoods through the probability-flow ODE, in nats and bits/dim.
+
+Integrating dx/dt = F(x, t) = f - g^2 s / 2 from eps up to T together with
+d(delta)/dt = div F gives log p_eps(x) = log p_T(x_T) + delta(T) (instantaneous change
+of variables). The divergence is exact (one backward pass per dimension; for small
+D) or the Hutchinson-Skilling estimate E[v^T (dF/dx) v] with v Rademacher or Gaussian,
+drawn once per solve and shared by every step, as the estimator requires. Everything
+stays on the tensor's device; nothing goes through numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import Tensor
+
+from sdeplug.interfaces import SDE, ODESolver, ScoreFn
+from sdeplug.plugins import get_registry
+from sdeplug.sampling import CountingScore, _end_time
+from sdeplug.tensors import randn_like
+
+DataRange = Literal["none", "[0,1]", "[-1,1]"]
+#: log2 of the bin count per unit of the data range: 8-bit data in [0, 1] has 256 bins of
+#: width 1/256 (+8 bits), in [-1, 1] bins of width 2/256 (+7 bits).
+_BITS_OFFSET = {"none": 0.0, "[0,1]": 8.0, "[-1,1]": 7.0}
+
+
+@attrs.frozen
+class LikelihoodResult:
+    """log p_eps(x) per sample and its parts: the prior term, the divergence integral, the latent."""
+
+    logp: Tensor
+    prior_logp: Tensor
+    delta_logp: Tensor
+    z: Tensor
+    nfe: int
+    dim: int
+
+    def bits_per_dim(self, data_range: DataRange = "none") -> Tensor:
+        return bits_per_dim(self.logp, self.dim, data_range)
+
+
+def bits_per_dim(logp: Tensor, dim: int, data_range: DataRange = "none") -> Tensor:
+    """-log p / (D ln 2), plus 8 for dequantised 8-bit data in [0, 1] or 7 in [-1, 1]."""
+    if data_range not in _BITS_OFFSET:
+        raise ValueError(f"data_range must be one of {', '.join(map(repr, _BITS_OFFSET))}; got {data_range!r}")
+    return -logp / (dim * math.log(2)) + _BITS_OFFSET[data_range]
+
+
+def uniform_dequantize(x: Tensor, data_range: DataRange, generator: torch.Generator | None = None) -> Tensor:
+    """Turn 8-bit data scaled by 1/255 into [0, 1] (or [-1, 1]) into continuous data.
+
+    Each value k/255 becomes (k + u) / 256 with u ~ U[0, 1), mapped to the same range, so
+    the density of the result bounds the probability of the discrete data (the bits/dim
+    offset of ``bits_per_dim`` assumes exactly this).
+    """
+    if data_range == "[0,1]":
+        unit = x
+    elif data_range == "[-1,1]":
+        unit = (x + 1) / 2
+    else:
+        raise ValueError(f"dequantisation needs data_range '[0,1]' or '[-1,1]'; got {data_range!r}")
+    k = torch.round(unit * 255)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    out = (k + u) / 256
+    return out if data_range == "[0,1]" else 2 * out - 1
+
+
+def _probes(x: Tensor, probes: int, noise: str, generator: torch.Generator | None) -> Tensor:
+    shape = (probes, *x.shape)
+    if noise == "rademacher":
+        bits = torch.randint(0, 2, shape, generator=generator, device=x.device)
+        return bits.to(x.dtype) * 2 - 1
+    if noise == "gaussian":
+        return randn_like(torch.empty(shape, device=x.device, dtype=x.dtype), generator)
+    raise ValueError(f"noise must be 'rademacher' or 'gaussian'; got {noise!r}")
+
+
+def _exact_divergence(out: Tensor, x: Tensor) -> Tensor:
+    flat_out = out.reshape(out.shape[0], -1)
+    div = torch.zeros(out.shape[0], device=out.device, dtype=out.dtype)
+    for i in range(flat_out.shape[1]):
+        (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=True)
+        div = div + grad.reshape(grad.shape[0], -1)[:, i]
+    return div
+
+
+def _hutchinson_divergence(out: Tensor, x: Tensor, vs: Tensor) -> Tensor:
+    total = torch.zeros(out.shape[0], device=out.device, dtype=out.dtype)
+    for v in vs:
+        (vjp,) = torch.autograd.grad((out * v).sum(), x, retain_graph=True)
+        total = total + (vjp * v).reshape(v.shape[0], -1).sum(1)
+    return total / vs.shape[0]
+
+
+def log_likelihood(
+    sde: SDE,
+    score: ScoreFn,
+    x: Tensor,
+    *,
+    solver: str | ODESolver = "dopri5",
+    solver_options: Mapping[str, Any] | None = None,
+    eps: float | None = None,
+    divergence: Literal["exact", "hutchinson"] = "exact",
+    probes: int = 1,
+    noise: Literal["rademacher", "gaussian"] = "rademacher",
+    generator: torch.Generator | None = None,
+    prior_logp: Callable[[Tensor], Tensor] | None = None,
+) -> LikelihoodResult:
+    """log p_eps(x) per sample (nats) by the probability-flow ODE from eps to T.
+
+    ``solver`` is any registered ODESolver (name, with ``solver_options``) or an instance.
+    ``divergence="exact"`` costs one backward pass per dimension; "hutchinson" costs
+    ``probes`` passes and is unbiased. The terminal density is ``sde.prior_logp`` unless
+    ``prior_logp`` is given: p_T is only close to the prior (for VE with sigma_max = 50,
+    data of scale 1 shift log p by about 1e-2 nats per dimension), so a check against a
+    closed form passes the exact log p_T here.
+    """
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
+    if int(probes) != probes or probes < 1:
+        raise ValueError(f"probes must be a positive integer; got {probes!r}")
+    if isinstance(solver, str):
+        ode_solver = get_registry().create("ode_solver", solver, **dict(solver_options or {}))
+    else:
+        ode_solver = solver
+    t_start = _end_time(sde, eps)
+    batch, dim = x.shape[0], x[0].numel()
+    counted = CountingScore(score)
+    reverse = sde.reverse(counted, probability_flow=True)
+    vs = _probes(x, probes, noise, generator) if divergence == "hutchinson" else None
+
+    def augmented(t: Tensor, y: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xt = y[:, :dim].reshape(x.shape).detach().requires_grad_(True)
+            drift = reverse.drift(xt, t.expand(batch))
+            div = _exact_divergence(drift, xt) if vs is None else _hutchinson_divergence(drift, xt, vs)
+        return torch.cat([drift.detach().reshape(batch, dim), div.detach()[:, None]], dim=1)
+
+    y0 = torch.cat([x.detach().reshape(batch, dim), torch.zeros(batch, 1, device=x.device, dtype=x.dtype)], dim=1)
+    y_end = ode_solver.solve(augmented, y0, t_start, sde.T).y
+    z = y_end[:, :dim].reshape(x.shape)
+    delta = y_end[:, dim]
+    prior = (prior_logp or sde.prior_logp)(z)
+    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=counted.calls, dim=dim)
