@@ -69,7 +69,7 @@ n_steps = 2
     ("[sde]\nname='vp'\nbeta_maxx=3.0", OptionError, "unknown option 'beta_maxx'"),
     ("[sde]\nname='vq'", UnknownPartError, "unknown sde 'vq'"),
     ("[sde]\nname='vp'\n[sampler.corrector]\nname='langevin'\nsnr=-1.0", OptionError, "snr"),
-    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk4'", UnknownPartError, "unknown ode_solver 'rk4'"),
+    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk45'", UnknownPartError, "unknown ode_solver 'rk45'"),
     ("[sde]\nname='vp'\n[model]\nname='unet'", ConfigError, "only the exact score 'oracle'"),
     ("[sde\nname='vp'", ConfigError, "not valid TOML"),
     ("[sde]\nname='vp'\n[likelihood]\ndivergence='trace'", ConfigError, "divergence must be one of"),
