@@ -80,21 +80,32 @@ def _probes(x: Tensor, probes: int, noise: str, generator: torch.Generator | Non
     raise ValueError(f"noise must be 'rademacher' or 'gaussian'; got {noise!r}")
 
 
+def _batched_vjp_dot(out: Tensor, x: Tensor, vs: Tensor) -> Tensor:
+    """sum over the event of v * (v^T dF/dx) for each v in vs (k, *x.shape): shape (k, batch).
+
+    All k vector-Jacobian products run in one vmapped backward pass; a score network
+    whose ops vmap cannot batch falls back to k sequential passes.
+    """
+    if vs.shape[0] == 1:
+        vjps = torch.autograd.grad(out, x, grad_outputs=vs[0], retain_graph=True)[0][None]
+        return (vjps * vs).reshape(1, vs.shape[1], -1).sum(-1)
+    try:
+        (vjps,) = torch.autograd.grad(out, x, grad_outputs=vs, retain_graph=True, is_grads_batched=True)
+    except RuntimeError:
+        vjps = torch.stack([torch.autograd.grad(out, x, grad_outputs=v, retain_graph=True)[0] for v in vs])
+    return (vjps * vs).reshape(vs.shape[0], vs.shape[1], -1).sum(-1)
+
+
 def _exact_divergence(out: Tensor, x: Tensor) -> Tensor:
-    flat_out = out.reshape(out.shape[0], -1)
-    div = torch.zeros(out.shape[0], device=out.device, dtype=out.dtype)
-    for i in range(flat_out.shape[1]):
-        (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=True)
-        div = div + grad.reshape(grad.shape[0], -1)[:, i]
-    return div
+    """Trace of dF/dx: the D diagonal entries from D basis-vector products."""
+    batch, dim = x.shape[0], x[0].numel()
+    basis = torch.eye(dim, device=x.device, dtype=x.dtype)[:, None, :].expand(dim, batch, dim).reshape(dim, *x.shape)
+    return _batched_vjp_dot(out, x, basis).sum(0)
 
 
 def _hutchinson_divergence(out: Tensor, x: Tensor, vs: Tensor) -> Tensor:
-    total = torch.zeros(out.shape[0], device=out.device, dtype=out.dtype)
-    for v in vs:
-        (vjp,) = torch.autograd.grad((out * v).sum(), x, retain_graph=True)
-        total = total + (vjp * v).reshape(v.shape[0], -1).sum(1)
-    return total / vs.shape[0]
+    """The mean of v^T (dF/dx) v over the probes vs, shape (batch,)."""
+    return _batched_vjp_dot(out, x, vs).mean(0)
 
 
 def log_likelihood(

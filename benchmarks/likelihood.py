@@ -1,0 +1,162 @@
+"""Likelihood accuracy and speed: sdeplug against the paper's method, on the same data and score.
+
+The baseline is written the way score_sde_pytorch's likelihood.py does it: scipy's
+RK45 (rtol = atol = 1e-5) on a flat numpy state, a round trip from numpy to torch and
+back at every evaluation, and one Rademacher Hutchinson probe drawn once per solve.
+sdeplug runs torchdiffeq's dopri5 on the tensor's own device with the same tolerances,
+with the exact divergence and with the same one-probe estimator.
+
+Errors are per sample, in nats per dimension, against the oracle's exact log p_eps(x):
+"total" with the SDE's prior as the terminal density (what a user gets), "ODE" with
+the exact log p_T(z) instead (the solver and divergence alone).
+
+    python benchmarks/likelihood.py [--n 256] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import integrate
+
+import sdeplug
+from sdeplug.likelihood import log_likelihood
+from sdeplug.oracle import preset, random_mixture
+
+
+def paper_baseline(sde, score, x: torch.Tensor, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """log p_eps(x) as score_sde_pytorch computes it: scipy RK45 and one Hutchinson probe."""
+    shape, n = x.shape, x.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    probe = torch.randint(0, 2, shape, generator=g).to(x.dtype) * 2 - 1
+
+    def drift_fn(xt, t):
+        g2 = sde.diffusion(t)[:, None] ** 2
+        return sde.drift(xt, t) - 0.5 * g2 * score(xt, t)
+
+    def ode_func(t, state):
+        sample = torch.from_numpy(state[:-n].reshape(shape)).to(x.dtype)
+        vec_t = torch.full((n,), t, dtype=x.dtype)
+        with torch.enable_grad():
+            sample.requires_grad_(True)
+            drift = drift_fn(sample, vec_t)
+            (grad,) = torch.autograd.grad((drift * probe).sum(), sample)
+        div = (grad * probe).reshape(n, -1).sum(1)
+        return np.concatenate([drift.detach().numpy().reshape(-1), div.numpy()])
+
+    init = np.concatenate([x.numpy().reshape(-1), np.zeros(n)])
+    solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=1e-5, atol=1e-5, method="RK45")
+    final = torch.from_numpy(solution.y[:, -1])
+    z = final[:-n].reshape(shape).to(x.dtype)
+    return sde.prior_logp(z) + final[-n:].to(x.dtype), z, solution.nfev
+
+
+def timed(fn, repeats: int = 3):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def run(n: int) -> list[dict]:
+    rows = []
+    problems = [("2-D mixture3", preset("mixture3")), ("16-D blobs16", random_mixture(16, 4, seed=1))]
+    for label, mixture in problems:
+        for sde_name in ("vp", "ve"):
+            sde = sdeplug.create("sde", sde_name)
+            score = mixture.score_model(sde)
+            eps = sde.default_eps
+            x = mixture.sample(n, torch.Generator().manual_seed(0), sde, eps)
+            exact = mixture.log_prob(x, torch.full((n,), eps, dtype=x.dtype), sde)
+            d = x[0].numel()
+
+            def terminal(z, sde=sde, mixture=mixture):
+                return mixture.log_prob(z, torch.full((z.shape[0],), sde.T, dtype=z.dtype), sde)
+
+            options = {"rtol": 1e-5, "atol": 1e-5}
+            methods = {
+                "paper: scipy RK45, 1 Hutchinson probe": lambda: paper_baseline(sde, score, x, eps, seed=1),
+                "sdeplug: dopri5, 1 Hutchinson probe": lambda: _ours(sde, score, x, options, "hutchinson"),
+                "sdeplug: dopri5, exact divergence": lambda: _ours(sde, score, x, options, "exact"),
+            }
+            baseline_time = None
+            for method, fn in methods.items():
+                (logp, z, nfe), seconds = timed(fn)
+                ode_logp = logp - sde.prior_logp(z) + terminal(z)
+                baseline_time = baseline_time or seconds
+                rows.append({
+                    "problem": f"{label}, {sde_name.upper()}",
+                    "method": method,
+                    "total": float((logp - exact).abs().mean()) / d,
+                    "ode": float((ode_logp - exact).abs().mean()) / d,
+                    "ode_max": float((ode_logp - exact).abs().max()) / d,
+                    "nfe": nfe,
+                    "seconds": seconds,
+                    "speedup": baseline_time / seconds,
+                })
+    return rows
+
+
+def _ours(sde, score, x, options, divergence):
+    result = log_likelihood(sde, score, x, solver="dopri5", solver_options=options, divergence=divergence,
+                            generator=torch.Generator().manual_seed(1))
+    return result.logp.detach(), result.z, result.nfe
+
+
+def table(rows: list[dict], n: int) -> str:
+    lines = [
+        f"Per-sample |log p - exact log p_eps| in nats per dimension (mean over {n} exact samples of p_eps,",
+        "and the worst sample for the ODE error), and wall time for the whole batch (best of 3).",
+        "",
+        "| problem | method | total error | ODE error (mean / max) | NFE | seconds | speed-up vs paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['problem']} | {r['method']} | {r['total']:.2e} | {r['ode']:.2e} / {r['ode_max']:.2e} | "
+            f"{r['nfe']} | {r['seconds']:.3f} | {r['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256, help="samples per problem")
+    parser.add_argument("--write", type=Path, help="markdown file whose likelihood section is (re)written")
+    args = parser.parse_args()
+    torch.set_default_dtype(torch.float64)
+    rows = run(args.n)
+    text = table(rows, args.n)
+    print(text)
+    if args.write:
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU"
+        section = (
+            "## Likelihood: sdeplug against the paper's method\n\n"
+            f"Command: `python benchmarks/likelihood.py --n {args.n} --write docs/benchmarks.md` "
+            f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver.\n\n"
+            + text + "\n"
+        )
+        _replace_section(args.write, "## Likelihood", section)
+
+
+def _replace_section(path: Path, heading: str, section: str) -> None:
+    """Rewrite one '## ' section of a markdown file, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section says the command that regenerates it.\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
