@@ -201,25 +201,26 @@ def _quality(samples: torch.Tensor, mixture: GaussianMixture, seed: int) -> dict
     return {"energy_distance": value, "null_mean": null.mean, "null_std": null.std}
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config path and the flags that override its [sample] and [output] keys."""
+    parser.add_argument("config", help="path to a TOML config")
+    parser.add_argument("--out", help="output folder (default: [output] dir)")
+    parser.add_argument("--num", type=int, help="number of samples or data points (overrides [sample] num)")
+    parser.add_argument("--seed", type=int, help="random seed (overrides [sample] seed)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdeplug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     plugins = sub.add_parser("plugins", help="list every registered part and where it came from")
     plugins.set_defaults(func=cmd_plugins)
     sample = sub.add_parser("sample", help="sample with a TOML config")
-    sample.add_argument("config", help="path to a TOML config")
-    sample.add_argument("--out", help="output folder (default: [output] dir)")
-    sample.add_argument("--num", type=int, help="number of samples (overrides [sample] num)")
-    sample.add_argument("--seed", type=int, help="random seed (overrides [sample] seed)")
-    sample.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
+    _add_run_arguments(sample)
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=cmd_sample)
     likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")
-    likelihood.add_argument("config", help="path to a TOML config")
-    likelihood.add_argument("--out", help="output folder (default: [output] dir)")
-    likelihood.add_argument("--num", type=int, help="number of data points (overrides [sample] num)")
-    likelihood.add_argument("--seed", type=int, help="random seed (overrides [sample] seed)")
-    likelihood.add_argument("--device", help="torch device (overrides [sample] device)")
+    _add_run_arguments(likelihood)
     likelihood.set_defaults(func=cmd_likelihood)
     return parser
 
