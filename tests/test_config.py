@@ -116,3 +116,26 @@ def test_cli_errors_exit_2_with_the_message(tmp_path, capsys):
     code = main(["sample", str(write(tmp_path, "[sde]\nname='vpp'"))])
     assert code == 2
     assert "sdeplug: error: " in capsys.readouterr().err
+
+
+def test_sampling_configs_can_name_the_adaptive_solvers(tmp_path):
+    path = write(tmp_path, """
+[sde]
+name = "vp"
+
+[sampler]
+kind = "ode"
+
+[sampler.solver]
+name = "dopri5"
+rtol = 1e-4
+atol = 1e-4
+
+[data]
+name = "mixture3"
+""")
+    assert main(["sample", str(path), "--out", str(tmp_path / "out"), "--num", "1000", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["sampler"]["solver"] == {"name": "dopri5", "options": {"rtol": 1e-4, "atol": 1e-4}}
+    assert 20 < summary["nfe_per_sample"] < 200  # adaptive: its own steps
+    assert summary["energy_distance"] <= summary["null_mean"] + 5 * summary["null_std"]
