@@ -1,8 +1,8 @@
 """TOML configs: frozen attrs classes that pick every part by name, validated before any work.
 
 A config has the sections [sde], [sampler] (with [sampler.predictor],
-[sampler.corrector] or [sampler.solver]), [model], [data], [sample], [output] and
-[likelihood] (with [likelihood.solver]);
+[sampler.corrector] or [sampler.solver]), [model], [data], [train], [sample],
+[output] and [likelihood] (with [likelihood.solver]);
 see docs/config.md for every key. Unknown keys are errors that name the accepted ones.
 """
 
@@ -19,8 +19,10 @@ from attrs import validators as v
 
 from sdeplug.errors import ConfigError, close_matches
 from sdeplug.interfaces import SDE, ScoreFn
+from sdeplug.oracle import PRESETS
 from sdeplug.plugins import Registry, get_registry
 from sdeplug.sampling import SampleResult, sample_ode, sample_pc
+from sdeplug.trainer import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,9 +172,14 @@ class LikelihoodConfig:
     probes: int = attrs.field(default=1, validator=_positive_int("likelihood", "probes"))
     noise: str = attrs.field(default="rademacher", validator=_in("likelihood", "noise", ("rademacher", "gaussian")))
     eps: float | None = attrs.field(default=None)
-    data_range: str = attrs.field(default="none", validator=_in("likelihood", "data_range", ("none", "[0,1]", "[-1,1]")))
-    dequantize: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    #: A .npy or .pt file of samples (batch, *event_shape); without it, [sample] num oracle samples.
+    #: None: the data set's own ("[-1,1]" with 17 levels for the digits, "none" for toys).
+    data_range: str | None = attrs.field(
+        default=None, validator=v.optional(_in("likelihood", "data_range", ("none", "[0,1]", "[-1,1]")))
+    )
+    levels: int | None = attrs.field(default=None, validator=_positive_int("likelihood", "levels", optional=True))
+    #: None: dequantise exactly when the data set is quantised.
+    dequantize: bool | None = attrs.field(default=None, validator=v.optional(v.instance_of(bool)))
+    #: A .npy or .pt file of samples (batch, *event_shape); without it, the data set's test split.
     data_file: str | None = attrs.field(default=None)
 
     @classmethod
@@ -181,8 +188,6 @@ class LikelihoodConfig:
         _check_keys("likelihood", table, {f.name for f in attrs.fields(cls)})
         if "solver" in table:
             table["solver"] = PartSpec.from_table("likelihood.solver", table["solver"])
-        if table.get("dequantize") and table.get("data_range", "none") == "none":
-            raise ConfigError("[likelihood] dequantize = true needs data_range = '[0,1]' or '[-1,1]'")
         try:
             return cls(**table)
         except TypeError as exc:
@@ -224,9 +229,10 @@ class Config:
     sample: RunConfig = attrs.field(factory=RunConfig)
     output: OutputConfig = attrs.field(factory=OutputConfig)
     likelihood: LikelihoodConfig = attrs.field(factory=LikelihoodConfig)
+    train: TrainSettings = attrs.field(factory=TrainSettings)
     source: str | None = None
 
-    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood")
+    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood", "train")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
@@ -241,13 +247,13 @@ class Config:
         for section in ("model", "data"):
             if section in raw:
                 parts[section] = PartSpec.from_table(section, raw[section])
-        for section, klass in (("sample", RunConfig), ("output", OutputConfig)):
+        for section, klass in (("sample", RunConfig), ("output", OutputConfig), ("train", TrainSettings)):
             if section in raw:
                 table = _table(section, raw[section])
                 _check_keys(section, table, {f.name for f in attrs.fields(klass)})
                 try:
                     parts[section] = klass(**table)
-                except TypeError as exc:
+                except (TypeError, ValueError) as exc:
                     raise ConfigError(f"[{section}]: {exc}") from exc
         return cls(**parts)
 
@@ -264,11 +270,16 @@ class Config:
         self.sampler.check(sde, registry)
         if likelihood or self.likelihood != LikelihoodConfig():
             registry.create("ode_solver", self.likelihood.solver.name, **self.likelihood.solver.options)
-        if self.model.name != "oracle":
-            raise ConfigError(
-                f"[model] name {self.model.name!r}: only the exact score 'oracle' of the [data] mixture is available "
-                "for sampling so far"
-            )
+        if self.model.name == "oracle":
+            if self.model.options:
+                raise ConfigError("[model] 'oracle' (the exact score of the [data] mixture) takes no options")
+            if self.data.name not in PRESETS:
+                raise ConfigError(
+                    f"[model] 'oracle' needs an oracle mixture as [data] ({', '.join(sorted(PRESETS))}); "
+                    f"got {self.data.name!r}. Train a score model for other data"
+                )
+        else:
+            registry.check_options("score_model", self.model.name, self.model.options)
         return sde
 
 

@@ -24,9 +24,7 @@ from sdeplug.sampling import CountingScore, _end_time
 from sdeplug.tensors import randn_like
 
 DataRange = Literal["none", "[0,1]", "[-1,1]"]
-#: log2 of the bin count per unit of the data range: 8-bit data in [0, 1] has 256 bins of
-#: width 1/256 (+8 bits), in [-1, 1] bins of width 2/256 (+7 bits).
-_BITS_OFFSET = {"none": 0.0, "[0,1]": 8.0, "[-1,1]": 7.0}
+_RANGE_WIDTH = {"[0,1]": 1.0, "[-1,1]": 2.0}
 
 
 @attrs.frozen
@@ -40,33 +38,40 @@ class LikelihoodResult:
     nfe: int
     dim: int
 
-    def bits_per_dim(self, data_range: DataRange = "none") -> Tensor:
-        return bits_per_dim(self.logp, self.dim, data_range)
+    def bits_per_dim(self, data_range: DataRange = "none", levels: int = 256) -> Tensor:
+        return bits_per_dim(self.logp, self.dim, data_range, levels)
 
 
-def bits_per_dim(logp: Tensor, dim: int, data_range: DataRange = "none") -> Tensor:
-    """-log p / (D ln 2), plus 8 for dequantised 8-bit data in [0, 1] or 7 in [-1, 1]."""
-    if data_range not in _BITS_OFFSET:
-        raise ValueError(f"data_range must be one of {', '.join(map(repr, _BITS_OFFSET))}; got {data_range!r}")
-    return -logp / (dim * math.log(2)) + _BITS_OFFSET[data_range]
+def bits_per_dim(logp: Tensor, dim: int, data_range: DataRange = "none", levels: int = 256) -> Tensor:
+    """-log p / (D ln 2), plus log2(levels / width) for dequantised data on ``levels`` levels.
 
-
-def uniform_dequantize(x: Tensor, data_range: DataRange, generator: torch.Generator | None = None) -> Tensor:
-    """Turn 8-bit data scaled by 1/255 into [0, 1] (or [-1, 1]) into continuous data.
-
-    Each value k/255 becomes (k + u) / 256 with u ~ U[0, 1), mapped to the same range, so
-    the density of the result bounds the probability of the discrete data (the bits/dim
-    offset of ``bits_per_dim`` assumes exactly this).
+    A bin of quantised data in a range of width w has width w / levels, so the probability
+    of the discrete value is at least the density times (w / levels)^D: 8-bit data in
+    [0, 1] add 8 bits per dimension, in [-1, 1] 7 (the paper's offsets).
     """
-    if data_range == "[0,1]":
-        unit = x
-    elif data_range == "[-1,1]":
-        unit = (x + 1) / 2
-    else:
+    if data_range == "none":
+        return -logp / (dim * math.log(2))
+    if data_range not in _RANGE_WIDTH:
+        raise ValueError(f"data_range must be one of 'none', '[0,1]', '[-1,1]'; got {data_range!r}")
+    return -logp / (dim * math.log(2)) + math.log2(levels / _RANGE_WIDTH[data_range])
+
+
+def uniform_dequantize(
+    x: Tensor, data_range: DataRange, generator: torch.Generator | None = None, levels: int = 256
+) -> Tensor:
+    """Turn data on ``levels`` evenly spaced values spanning [0, 1] (or [-1, 1]) into continuous data.
+
+    Value k (of 0 .. levels - 1) becomes (k + u) / levels with u ~ U[0, 1), mapped to the
+    same range, so the density of the result bounds the probability of the discrete data
+    (the offset of ``bits_per_dim`` assumes exactly this). 8-bit images scaled by 1/255 use
+    the default 256 levels.
+    """
+    if data_range not in _RANGE_WIDTH:
         raise ValueError(f"dequantisation needs data_range '[0,1]' or '[-1,1]'; got {data_range!r}")
-    k = torch.round(unit * 255)
+    unit = x if data_range == "[0,1]" else (x + 1) / 2
+    k = torch.round(unit * (levels - 1))
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    out = (k + u) / 256
+    out = (k + u) / levels
     return out if data_range == "[0,1]" else 2 * out - 1
 
 

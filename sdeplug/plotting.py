@@ -27,3 +27,49 @@ def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def image_grid(images: Tensor, path: str | Path, title: str = "", ncols: int = 10,
+               value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """A grid of single-channel (or RGB) images (batch, C, H, W), clipped to value_range."""
+    imgs = images.detach().cpu().float().clamp(*value_range)
+    lo, hi = value_range
+    imgs = (imgs - lo) / (hi - lo)
+    n = imgs.shape[0]
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + (0.4 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = imgs[i]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray_r" if value_range == (-1.0, 1.0) else "gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy())
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", window: int = 50) -> Path:
+    """The per-step loss and its running mean over ``window`` steps."""
+    values = history.detach().cpu().float()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(values.numpy(), lw=0.5, alpha=0.4, label="per step")
+    if len(values) >= window:
+        smooth = values.unfold(0, window, 1).mean(1)
+        ax.plot(range(window - 1, len(values)), smooth.numpy(), lw=1.5, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -13,7 +13,7 @@ import inspect
 import os
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -233,15 +233,21 @@ class Registry:
         """The options a part accepts with their defaults (``inspect._empty`` if required); None if any."""
         return part_options(self.get(kind, name).cls, self._kind(kind).supplied)
 
-    def create(self, kind: str, name: str, *supplied: Any, **options: Any) -> Any:
-        """Build a part by name: ``cls(*supplied, **options)``, with its options checked first."""
-        spec = self._kind(kind)
+    def check_options(self, kind: str, name: str, options: Mapping[str, Any]) -> PartInfo:
+        """Raise UnknownPartError or OptionError unless ``name`` exists and takes every option given."""
         info = self.get(kind, name)
-        accepted = part_options(info.cls, spec.supplied)
+        accepted = part_options(info.cls, self._kind(kind).supplied)
         if accepted is not None:
             for option in options:
                 if option not in accepted:
                     raise OptionError.unknown_option(kind, name, option, accepted)
+        return info
+
+    def create(self, kind: str, name: str, *supplied: Any, **options: Any) -> Any:
+        """Build a part by name: ``cls(*supplied, **options)``, with its options checked first."""
+        spec = self._kind(kind)
+        info = self.check_options(kind, name, options)
+        accepted = part_options(info.cls, spec.supplied)
         if spec.supplied and supplied and kind in ("predictor", "corrector"):
             check_sde_compatible(kind, name, info.cls, supplied[0])
         try:

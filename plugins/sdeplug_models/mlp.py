@@ -1,0 +1,51 @@
+"""An MLP score network for vector data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sdeplug import ScoreModel
+from sdeplug_models.embedding import FourierTime
+
+
+class MLPBlock(nn.Module):
+    """Linear -> SiLU with the time embedding added, and a residual connection."""
+
+    def __init__(self, width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        self.time = nn.Linear(embed_dim, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        return h + self.linear(nn.functional.silu(self.norm(h) + self.time(emb)))
+
+
+class MLP(ScoreModel):
+    """Residual MLP with a Fourier time embedding; its output is read by the training
+    parameterization (noise prediction by default)."""
+
+    name = "mlp"
+
+    def __init__(self, event_shape: Sequence[int] = (2,), width: int = 256, depth: int = 4, embed_dim: int = 64,
+                 fourier_scale: float = 16.0) -> None:
+        super().__init__()
+        if width < 1 or depth < 1 or embed_dim < 2:
+            raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
+        self.event_shape = tuple(int(d) for d in event_shape)
+        dim = math.prod(self.event_shape)
+        self.embed = FourierTime(embed_dim, fourier_scale)
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList(MLPBlock(width, embed_dim) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        emb = self.embed(t)
+        h = self.inp(x.reshape(x.shape[0], -1))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h).reshape(x.shape)

@@ -1,0 +1,88 @@
+"""Checkpoints: safetensors files written atomically, checksummed, and loaded without running code.
+
+A checkpoint holds named tensors plus JSON metadata. A SHA-256 digest of both is
+stored in the header and checked on load, so a truncated, damaged or edited file is
+refused with a clear error instead of silently resuming from wrong state. Writing
+goes to a temporary file in the same folder, fsync'd and renamed over the target, so
+an interruption never leaves half a checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from sdeplug.errors import SdeplugError
+
+FORMAT = "sdeplug-checkpoint-1"
+
+
+class CheckpointError(SdeplugError, ValueError):
+    """A checkpoint is missing, truncated, tampered with, or not an sdeplug checkpoint."""
+
+
+def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:
+    h = hashlib.sha256()
+    h.update(FORMAT.encode())
+    h.update(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta_json = json.dumps(meta, sort_keys=True)
+    header = {"format": FORMAT, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint; raise CheckpointError naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (truncated, corrupted or another format): {exc}"
+        ) from exc
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an sdeplug checkpoint (format {header.get('format')!r}, expected {FORMAT!r})")
+    meta_json = header.get("meta", "")
+    if _digest(tensors, meta_json) != header.get("sha256"):
+        raise CheckpointError(f"{path} failed its checksum: the file was modified or damaged after it was written")
+    return tensors, json.loads(meta_json)

@@ -1,0 +1,240 @@
+"""The Trainer: the denoising loss in a loop with warm-up, clipping, EMA and exact resumption.
+
+Each step draws a minibatch with its own generator, evaluates the loss with another,
+takes an Adam step with linear learning-rate warm-up and gradient-norm clipping, and
+updates an exponential moving average of the weights (sampling uses the EMA). A
+checkpoint holds everything the next step depends on (weights, EMA, optimiser state,
+step, generator states, loss history, config), so a resumed run reproduces the
+uninterrupted one exactly. Ctrl-C finishes the current step, saves, and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from attrs import validators as v
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sdeplug.interfaces import SDE
+from sdeplug.parameterization import ParameterizedScore
+from sdeplug.training import DenoisingScoreMatching
+
+
+def _positive_int(_inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive integer; got {value!r}")
+
+
+def _optional_positive_int(inst, attribute, value):
+    if value is not None:
+        _positive_int(inst, attribute, value)
+
+
+@attrs.frozen(kw_only=True)
+class TrainSettings:
+    """How to train; the [train] section of a config."""
+
+    steps: int = attrs.field(default=5000, validator=_positive_int)
+    batch_size: int = attrs.field(default=128, validator=_positive_int)
+    lr: float = attrs.field(default=2e-4, converter=float, validator=v.gt(0.0))
+    warmup: int = attrs.field(default=100, validator=[v.instance_of(int), v.ge(0)])
+    grad_clip: float | None = attrs.field(default=1.0)
+    ema_decay: float = attrs.field(default=0.999, converter=float, validator=[v.ge(0.0), v.lt(1.0)])
+    checkpoint_every: int | None = attrs.field(default=1000, validator=_optional_positive_int)
+    sample_every: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    parameterization: str = attrs.field(default="noise", validator=v.in_(("score", "noise", "data")))
+    weighting: str = attrs.field(default="sigma2", validator=v.in_(("sigma2", "likelihood")))
+    reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
+    eps: float = attrs.field(default=1e-5, converter=float)
+    progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
+    """While active, Ctrl-C (SIGINT) sets a flag instead of raising mid-step."""
+    state = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        state["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """Trains ``network`` on ``data`` (a tensor of shape (n, *event_shape)) for an SDE."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        sde: SDE,
+        data: Tensor,
+        settings: TrainSettings | None = None,
+        *,
+        checkpoint_path: str | Path | None = None,
+        config: dict[str, Any] | None = None,
+        on_sample: Callable[[Trainer], None] | None = None,
+    ) -> None:
+        self.settings = settings or TrainSettings()
+        s = self.settings
+        self.sde, self.network = sde, network
+        self.device = next(network.parameters()).device
+        self.dtype = next(network.parameters()).dtype
+        self.data = data.to(device=self.device, dtype=self.dtype)
+        self.ema = copy.deepcopy(network).requires_grad_(False)
+        self.loss = DenoisingScoreMatching(sde, eps=s.eps, weighting=s.weighting, reduction=s.reduction)
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=s.lr)
+        self.data_generator = torch.Generator(self.device).manual_seed(s.seed)
+        self.loss_generator = torch.Generator(self.device).manual_seed(s.seed + 1)
+        self.step = 0
+        self.history = torch.zeros(s.steps, device=self.device, dtype=torch.float32)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.config = config or {}
+        self.on_sample = on_sample
+        self.interrupted = False
+        self._train_score = ParameterizedScore(network, sde, s.parameterization)
+
+    def score_model(self, ema: bool = True) -> ParameterizedScore:
+        """The trained score for sampling: the EMA weights by default."""
+        return ParameterizedScore(self.ema if ema else self.network, self.sde, self.settings.parameterization)
+
+    def train_step(self) -> Tensor:
+        """One optimisation step; returns the loss (a tensor, no host sync)."""
+        s = self.settings
+        idx = torch.randint(self.data.shape[0], (s.batch_size,), generator=self.data_generator, device=self.device)
+        loss = self.loss(self._train_score, self.data[idx], generator=self.loss_generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
+        lr = s.lr * min(1.0, (self.step + 1) / s.warmup) if s.warmup else s.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        with torch.no_grad():
+            ema_params, params = list(self.ema.parameters()), list(self.network.parameters())
+            torch._foreach_lerp_(ema_params, params, 1.0 - s.ema_decay)
+            for ema_buf, buf in zip(self.ema.buffers(), self.network.buffers()):
+                ema_buf.copy_(buf)
+        self.history[self.step] = loss.detach()
+        self.step += 1
+        return loss
+
+    def fit(self, until: int | None = None) -> Trainer:
+        """Train up to step ``until`` (default: settings.steps), checkpointing as configured."""
+        s = self.settings
+        until = s.steps if until is None else min(until, s.steps)
+        first_step = self.step
+        self.network.train()
+        bar = tqdm(total=until, initial=self.step, disable=not s.progress, desc="training", dynamic_ncols=True)
+        with _stop_on_interrupt() as interrupt:
+            while self.step < until:
+                self.train_step()
+                if s.progress and (self.step % 50 == 0 or self.step == until):
+                    window = self.history[max(0, self.step - 50) : self.step]
+                    bar.set_postfix(loss=f"{float(window.mean()):.4f}")
+                    bar.update(self.step - bar.n)
+                if self.checkpoint_path and s.checkpoint_every and self.step % s.checkpoint_every == 0:
+                    self.save()
+                if self.on_sample and s.sample_every and self.step % s.sample_every == 0:
+                    self.on_sample(self)
+                if interrupt["stop"]:
+                    self.interrupted = True
+                    break
+        bar.close()
+        if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):
+            self.save()
+        return self
+
+    # Checkpoints ---------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        tensors = {f"model.{k}": t for k, t in self.network.state_dict().items()}
+        tensors.update({f"ema.{k}": t for k, t in self.ema.state_dict().items()})
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["rng.data"] = self.data_generator.get_state()
+        tensors["rng.loss"] = self.loss_generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["history"] = self.history[: self.step]
+        return tensors
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (atomically) of everything needed to resume exactly."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: pass one or give the Trainer a checkpoint_path")
+        optim = self.optimizer.state_dict()
+        meta = {
+            "step": self.step,
+            "settings": attrs.asdict(self.settings),
+            "config": self.config,
+            "optimizer": {
+                "param_groups": optim["param_groups"],
+                "state_keys": {str(i): sorted(st) for i, st in optim["state"].items()},
+            },
+        }
+        return save_checkpoint(path, self.state_tensors(), meta)
+
+    def load(self, path: str | Path | None = None) -> Trainer:
+        """Restore weights, EMA, optimiser, generators, step and history from a checkpoint."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        tensors, meta = load_checkpoint(path, device="cpu")
+        saved = TrainSettings(**meta["settings"])
+        if attrs.evolve(saved, steps=self.settings.steps, progress=self.settings.progress, checkpoint_every=self.settings.checkpoint_every, sample_every=self.settings.sample_every) != self.settings:
+            raise CheckpointError(
+                f"{path} was written with other training settings; resume with the same ones or start afresh.\n"
+                f"  checkpoint: {json.dumps(meta['settings'], sort_keys=True)}\n"
+                f"  now:        {json.dumps(attrs.asdict(self.settings), sort_keys=True)}"
+            )
+        try:
+            self.network.load_state_dict(_prefixed(tensors, "model."))
+            self.ema.load_state_dict(_prefixed(tensors, "ema."))
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit this network: {exc}") from exc
+        state = {
+            int(index): {key: tensors[f"optim.{index}.{key}"] for key in keys}
+            for index, keys in meta["optimizer"]["state_keys"].items()
+        }
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        self.data_generator.set_state(tensors["rng.data"])
+        self.loss_generator.set_state(tensors["rng.loss"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+        self.history[: self.step] = tensors["history"].to(self.history.device)
+        self.config = meta.get("config", self.config)
+        return self
+
+
+def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
+
+
+def load_ema_weights(network: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's EMA weights into ``network`` (for sampling); return its metadata."""
+    tensors, meta = load_checkpoint(path, device="cpu")
+    try:
+        network.load_state_dict(_prefixed(tensors, "ema."))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit this network: {exc}") from exc
+    return meta
