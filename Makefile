@@ -21,7 +21,14 @@ demo: $(STAMP)
 	$(BIN)/sdeplug sample examples/ring8_ode.toml --no-progress
 	$(BIN)/sdeplug sample examples/ring8_torchsde.toml --no-progress
 	$(BIN)/sdeplug likelihood examples/ring8_likelihood.toml
-	@echo "plots and samples are in demo-output/"
+	$(BIN)/sdeplug train examples/moons.toml --no-progress
+	$(BIN)/sdeplug sample examples/moons.toml --no-progress
+	$(BIN)/sdeplug sample examples/moons.toml --sampler examples/samplers/dopri5.toml --out demo-output/moons/ode --no-progress
+	$(BIN)/sdeplug train examples/digits.toml --no-progress
+	$(BIN)/sdeplug sample examples/digits.toml --no-progress
+	$(BIN)/sdeplug sample examples/digits.toml --sampler examples/samplers/pc.toml --out demo-output/digits/pc --no-progress
+	$(BIN)/sdeplug likelihood examples/digits.toml
+	@echo "plots, samples, checkpoints and reports are in demo-output/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -30,6 +37,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/training.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis

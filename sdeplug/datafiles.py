@@ -19,7 +19,10 @@ def load_array(path: str | Path) -> Tensor:
     if path.suffix == ".npy":
         array = torch.from_numpy(np.load(path, allow_pickle=False))
     elif path.suffix == ".pt":
-        array = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            array = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never execute
+            raise ConfigError(f"{path} could not be loaded safely (weights_only: tensors only, no code): {exc}") from exc
         if not isinstance(array, Tensor):
             raise ConfigError(f"{path} must hold a single tensor; got {type(array).__name__}")
     else:

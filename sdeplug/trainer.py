@@ -111,6 +111,10 @@ class Trainer:
         self.on_sample = on_sample
         self.interrupted = False
         self._train_score = ParameterizedScore(network, sde, s.parameterization)
+        # Listed once: walking the module tree every step costs more than the EMA itself.
+        self._params = list(network.parameters())
+        self._ema_params = list(self.ema.parameters())
+        self._buffer_pairs = list(zip(self.ema.buffers(), network.buffers()))
 
     def score_model(self, ema: bool = True) -> ParameterizedScore:
         """The trained score for sampling: the EMA weights by default."""
@@ -124,15 +128,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, s.grad_clip)
         lr = s.lr * min(1.0, (self.step + 1) / s.warmup) if s.warmup else s.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         with torch.no_grad():
-            ema_params, params = list(self.ema.parameters()), list(self.network.parameters())
-            torch._foreach_lerp_(ema_params, params, 1.0 - s.ema_decay)
-            for ema_buf, buf in zip(self.ema.buffers(), self.network.buffers()):
+            torch._foreach_lerp_(self._ema_params, self._params, 1.0 - s.ema_decay)
+            for ema_buf, buf in self._buffer_pairs:
                 ema_buf.copy_(buf)
         self.history[self.step] = loss.detach()
         self.step += 1

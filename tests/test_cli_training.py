@@ -1,0 +1,126 @@
+"""``sdeplug train``, then ``sample`` and ``likelihood`` from its checkpoint; Ctrl-C and resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdeplug.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+[sde]
+name = "{sde}"
+
+[data]
+name = "moons"
+n_train = 2000
+n_test = 500
+
+[model]
+name = "mlp"
+width = 32
+depth = 2
+
+[train]
+steps = {steps}
+batch_size = 64
+lr = 1e-3
+checkpoint_every = {every}
+progress = false
+
+[sampler]
+kind = "pc"
+steps = 50
+
+[sample]
+num = 200
+progress = false
+
+[output]
+dir = "{out}"
+"""
+
+
+def write_config(tmp_path: Path, name: str = "c.toml", sde: str = "vp", steps: int = 60, every: int = 20) -> Path:
+    path = tmp_path / name
+    path.write_text(CONFIG.format(sde=sde, steps=steps, every=every, out=tmp_path / "run"))
+    return path
+
+
+def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["train", str(config)]) == 0
+    run = tmp_path / "run"
+    assert {"checkpoint.safetensors", "train.json", "loss.png"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "train.json").read_text())["steps"] == 60
+
+    assert main(["train", str(config)]) == 0  # nothing left to do: resumes at the end
+    assert "resuming from" in capsys.readouterr().out
+
+    assert main(["sample", str(config), "--out", str(tmp_path / "pc")]) == 0
+    summary = json.loads((tmp_path / "pc" / "summary.json").read_text())
+    assert summary["model"] == "mlp" and summary["checkpoint"].endswith("checkpoint.safetensors")
+    assert summary["reference"] == "held-out data" and summary["nfe_per_sample"] == 50 * 2 + 1
+    assert (tmp_path / "pc" / "samples.png").exists()
+
+    sampler = REPO / "examples" / "samplers" / "dopri5.toml"
+    assert main(["sample", str(config), "--sampler", str(sampler), "--out", str(tmp_path / "ode"),
+                 "--checkpoint", str(run / "checkpoint.safetensors")]) == 0
+    assert json.loads((tmp_path / "ode" / "summary.json").read_text())["sampler"]["kind"] == "ode"
+
+    assert main(["likelihood", str(config), "--out", str(tmp_path / "ll"), "--num", "50"]) == 0
+    ll = json.loads((tmp_path / "ll" / "likelihood.json").read_text())
+    assert ll["num_samples"] == 50 and "gaussian_baseline_bits_per_dim" in ll and not ll["dequantized"]
+
+
+def test_a_checkpoint_is_not_used_with_another_sde(tmp_path, capsys):
+    config = write_config(tmp_path, steps=5)
+    assert main(["train", str(config)]) == 0
+    other = write_config(tmp_path, "ve.toml", sde="ve", steps=5)
+    assert main(["sample", str(other)]) == 2
+    assert "was trained with [sde]" in capsys.readouterr().err
+    assert main(["train", str(other)]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert main(["train", str(other), "--restart"]) == 0
+
+
+def test_training_the_oracle_or_sampling_without_a_checkpoint_is_refused(tmp_path, capsys):
+    assert main(["train", str(REPO / "examples" / "ring8_pc.toml")]) == 2
+    assert "needs no training" in capsys.readouterr().err
+    assert main(["sample", str(write_config(tmp_path))]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    config = write_config(tmp_path, steps=1_000_000, every=50)
+    command = [sys.executable, "-m", "sdeplug.cli", "train", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), process.communicate(timeout=5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted at step" in out and "Run the same command to resume" in out
+    step = int(out.split("interrupted at step ")[1].split(";")[0])
+
+    from sdeplug.checkpoint import load_checkpoint
+
+    assert load_checkpoint(checkpoint)[1]["step"] == step > 0
+    shorter = write_config(tmp_path, steps=step + 10, every=50)
+    resumed = subprocess.run([sys.executable, "-m", "sdeplug.cli", "train", str(shorter)], capture_output=True,
+                             text=True, env=dict(os.environ))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoint} at step {step}" in resumed.stdout
+    assert f"trained {step + 10} steps (10 now" in resumed.stdout
