@@ -124,3 +124,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint} at step {step}" in resumed.stdout
     assert f"trained {step + 10} steps (10 now" in resumed.stdout
+
+
+def test_periodic_sampling_writes_pictures_while_training(tmp_path):
+    config = write_config(tmp_path, steps=40)
+    config.write_text(config.read_text().replace("progress = false\n", "progress = false\nsample_every = 20\n", 1))
+    assert main(["train", str(config)]) == 0
+    pictures = sorted(p.name for p in (tmp_path / "run").glob("samples-step*.png"))
+    assert pictures == ["samples-step20.png", "samples-step40.png"]
