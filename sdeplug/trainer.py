@@ -204,7 +204,9 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         tensors, meta = load_checkpoint(path, device="cpu")
         saved = TrainSettings(**meta["settings"])
-        if attrs.evolve(saved, steps=self.settings.steps, progress=self.settings.progress, checkpoint_every=self.settings.checkpoint_every, sample_every=self.settings.sample_every) != self.settings:
+        # Settings that change what a step computes must match; length and bookkeeping may differ.
+        bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every")
+        if attrs.evolve(saved, **{k: getattr(self.settings, k) for k in bookkeeping}) != self.settings:
             raise CheckpointError(
                 f"{path} was written with other training settings; resume with the same ones or start afresh.\n"
                 f"  checkpoint: {json.dumps(meta['settings'], sort_keys=True)}\n"

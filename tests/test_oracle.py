@@ -10,6 +10,7 @@ from strategies import sdes, seeds
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import sdeplug
+from problems import TanhSDE
 from sdeplug.oracle import GaussianMixture, preset, random_mixture, ring_mixture
 from sdeplug.testing import assert_same_law
 
@@ -98,21 +99,8 @@ def test_posterior_weights_are_bayes_rule():
 
 
 def test_oracle_refuses_what_it_cannot_do():
-    class Nonlinear(sdeplug.SDE):
-        def drift(self, x, t):
-            return -(x**3)
-
-        def diffusion(self, t):
-            return torch.ones_like(t)
-
-        def prior_sampling(self, shape, generator=None, device=None, dtype=None):
-            return torch.randn(shape)
-
-        def prior_logp(self, z):
-            return torch.zeros(z.shape[0])
-
     with pytest.raises(TypeError, match="LinearSDE"):
-        preset("ring8").score_model(Nonlinear())
+        preset("ring8").score_model(TanhSDE())
     with pytest.raises(ValueError, match="event shape"):
         preset("ring8").log_prob(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="exactly one of stds"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import sdeplug
+from problems import TanhSDE
 from sdeplug.errors import IncompatiblePartError, NonFiniteError, OptionError
 from sdeplug.oracle import preset, random_mixture
 from sdeplug.sampling import sample_ode, sample_pc
@@ -261,24 +262,8 @@ def test_bad_inputs_are_refused_clearly(mixture):
         sample_pc(sde, score, (4, 2), predictor="ancestral", predictor_options={"probability_flow": True})
 
 
-class _TanhSDE(sdeplug.SDE):
-    """A non-linear SDE with no closed-form marginals."""
-
-    def drift(self, x, t):
-        return -torch.tanh(x)
-
-    def diffusion(self, t):
-        return torch.ones_like(t)
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=None):
-        return sdeplug.randn(shape, generator, device, dtype)
-
-    def prior_logp(self, z):
-        return torch.zeros(z.shape[0])
-
-
 def test_parts_that_need_a_linear_sde_say_so():
-    sde = _TanhSDE()
+    sde = TanhSDE()
     with pytest.raises(IncompatiblePartError, match="predictor 'ancestral' needs an SDE of type LinearSDE"):
         sample_pc(sde, lambda x, t: -x, (4, 2), predictor="ancestral")
     with pytest.raises(IncompatiblePartError, match="annealed_langevin.*marginal_prob"):

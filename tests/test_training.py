@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import sdeplug
+from problems import TanhSDE
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.data import load_dataset
 from sdeplug.datafiles import load_array
@@ -89,19 +90,6 @@ def test_the_true_score_minimises_the_loss(sde_name):
 
 
 def test_loss_refuses_an_sde_without_a_perturbation_kernel():
-    class TanhSDE(sdeplug.SDE):
-        def drift(self, x, t):
-            return -torch.tanh(x)
-
-        def diffusion(self, t):
-            return torch.ones_like(t)
-
-        def prior_sampling(self, shape, generator=None, device=None, dtype=None):
-            return sdeplug.randn(shape, generator, device, dtype)
-
-        def prior_logp(self, z):
-            return torch.zeros(z.shape[0])
-
     with pytest.raises(TypeError, match="needs the perturbation kernel.*TanhSDE has no marginal_prob"):
         DenoisingScoreMatching(TanhSDE())
     with pytest.raises(TypeError, match="needs a LinearSDE"):
