@@ -42,7 +42,8 @@ def run_config_dict(config: Config) -> dict:
 
 
 def build_score(
-    config: Config, sde: SDE, dataset: Dataset, checkpoint: str | Path | None, device: torch.device
+    config: Config, sde: SDE, dataset: Dataset, checkpoint: str | Path | None, device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> ScoreModel:
     """The exact oracle score, or the trained network's EMA weights from a checkpoint."""
     if config.model.name == "oracle":
@@ -62,4 +63,4 @@ def build_score(
                 f"{run_config_dict(config)[section]}; sampling with another {section} would be wrong"
             )
     parameterization = meta["settings"]["parameterization"]
-    return ParameterizedScore(network.to(device).eval(), sde, parameterization)
+    return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, parameterization)

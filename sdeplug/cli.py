@@ -142,7 +142,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = config.sample
     dtype, device = run.torch_dtype, torch.device(run.device)
     dataset = build_dataset(config)
-    score = build_score(config, sde, dataset, args.checkpoint, device)
+    score = build_score(config, sde, dataset, args.checkpoint, device, dtype)
     generator = torch.Generator(device).manual_seed(run.seed)
     batch = run.batch_size or run.num
     chunks, nfe, start = [], 0, time.perf_counter()
@@ -244,7 +244,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     run, lk = config.sample, config.likelihood
     dtype, device = run.torch_dtype, torch.device(run.device)
     dataset = build_dataset(config)
-    score = build_score(config, sde, dataset, args.checkpoint, device)
+    score = build_score(config, sde, dataset, args.checkpoint, device, dtype)
     eps = sde.default_eps if lk.eps is None else lk.eps
     generator = torch.Generator(device).manual_seed(run.seed)
     if lk.data_file:

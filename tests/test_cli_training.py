@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdeplug.cli import main
@@ -76,6 +77,12 @@ def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
     assert main(["sample", str(config), "--sampler", str(sampler), "--out", str(tmp_path / "ode"),
                  "--checkpoint", str(run / "checkpoint.safetensors")]) == 0
     assert json.loads((tmp_path / "ode" / "summary.json").read_text())["sampler"]["kind"] == "ode"
+
+    float64 = tmp_path / "f64.toml"
+    float64.write_text(config.read_text().replace("num = 200\n", "num = 200\ndtype = \"float64\"\n"))
+    assert 'dtype = "float64"' in float64.read_text()
+    assert main(["sample", str(float64), "--out", str(tmp_path / "f64"), "--num", "20"]) == 0
+    assert np.load(tmp_path / "f64" / "samples.npy").dtype == np.float64
 
     assert main(["likelihood", str(config), "--out", str(tmp_path / "ll"), "--num", "50"]) == 0
     ll = json.loads((tmp_path / "ll" / "likelihood.json").read_text())
