@@ -13,7 +13,13 @@ import attrs
 import numpy as np
 import torch
 
-from sdeplug.assembly import build_dataset, build_network, build_score, default_checkpoint, run_config_dict
+from sdeplug.assembly import (
+    build_dataset,
+    build_network,
+    build_score,
+    default_checkpoint,
+    run_config_dict,
+)
 from sdeplug.config import Config, SamplerConfig, load_config, tomllib
 from sdeplug.errors import ConfigError, SdeplugError
 from sdeplug.plugins import get_registry

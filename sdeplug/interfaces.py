@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -85,6 +85,13 @@ class SDE(abc.ABC):
     def reverse(self, score: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or the probability-flow ODE) for this SDE and a score."""
         return ReverseSDE(self, score, probability_flow)
+
+    @classmethod
+    def example_options(cls) -> Any:
+        """A hypothesis strategy of valid option dicts, for the testing kit (default: the defaults)."""
+        from hypothesis import strategies as st
+
+        return st.just({})
 
 
 class LinearSDE(SDE):
@@ -171,6 +178,11 @@ class Predictor(abc.ABC):
 
     name: ClassVar[str | None] = None
     sde_types: ClassVar[tuple[type, ...]] = (SDE,)
+    #: Weak order of convergence in the step size, if the predictor claims one (the testing
+    #: kit checks the observed order against it).
+    weak_order: ClassVar[float | None] = None
+    #: True for a part that deliberately leaves x unchanged (the "none" parts).
+    identity: ClassVar[bool] = False
     sde: SDE
     score: ScoreFn
 
@@ -189,6 +201,8 @@ class Corrector(abc.ABC):
 
     name: ClassVar[str | None] = None
     sde_types: ClassVar[tuple[type, ...]] = (SDE,)
+    #: True for a part that deliberately leaves x unchanged (the "none" parts).
+    identity: ClassVar[bool] = False
     sde: SDE
     score: ScoreFn
 

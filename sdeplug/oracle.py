@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.interfaces import SDE, LinearSDE, ScoreModel
-from sdeplug.tensors import per_sample, randn
+from sdeplug.tensors import randn
 
 
 def _as_tensor(value, dtype=torch.float64) -> Tensor:

@@ -28,7 +28,14 @@ from sdeplug.errors import (
     SdeplugError,
     UnknownPartError,
 )
-from sdeplug.interfaces import SDE, Corrector, ODESolver, Predictor, ScoreModel, check_sde_compatible
+from sdeplug.interfaces import (
+    SDE,
+    Corrector,
+    ODESolver,
+    Predictor,
+    ScoreModel,
+    check_sde_compatible,
+)
 
 ENTRY_POINT_GROUP = "sdeplug"
 LOAD_PLUGINS_ENV = "SDEPLUG_LOAD_PLUGINS"

@@ -27,7 +27,15 @@ from tqdm.auto import tqdm
 
 from sdeplug.errors import NonFiniteError
 from sdeplug.grids import check_grid, uniform_grid
-from sdeplug.interfaces import SDE, Corrector, LinearSDE, ODESolver, Predictor, ScoreFn, check_sde_compatible
+from sdeplug.interfaces import (
+    SDE,
+    Corrector,
+    LinearSDE,
+    ODESolver,
+    Predictor,
+    ScoreFn,
+    check_sde_compatible,
+)
 from sdeplug.plugins import get_registry
 from sdeplug.tensors import per_sample
 

@@ -46,24 +46,26 @@ def _fresh_registry():
 
 @pytest.fixture(scope="session")
 def install_example_plugin(tmp_path_factory):
-    """Install one of tests/plugins/* with pip into its own folder; return that folder.
+    """Install tests/plugins/<name> (or a given folder) with pip into its own folder; return that folder.
 
     Each folder acts as an extra site-packages: put it on PYTHONPATH and its entry points
     are found exactly as after ``pip install``.
     """
     cache: dict[str, Path] = {}
 
-    def install(name: str) -> Path:
-        if name not in cache:
-            target = tmp_path_factory.mktemp(f"site-{name}")
+    def install(name: str | Path) -> Path:
+        source = Path(name) if isinstance(name, Path) else EXAMPLE_PLUGINS / name
+        key = str(source)
+        if key not in cache:
+            target = tmp_path_factory.mktemp(f"site-{source.name}")
             subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                 "--no-index", "--target", str(target), str(EXAMPLE_PLUGINS / name)],
+                 "--no-index", "--target", str(target), str(source)],
                 check=True,
                 capture_output=True,
             )
-            cache[name] = target
-        return cache[name]
+            cache[key] = target
+        return cache[key]
 
     return install
 

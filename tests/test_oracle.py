@@ -6,13 +6,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import sdes, seeds
+from problems import TanhSDE
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import sdeplug
-from problems import TanhSDE
 from sdeplug.oracle import GaussianMixture, preset, random_mixture, ring_mixture
 from sdeplug.testing import assert_same_law
+from sdeplug.testing.strategies import sdes, seeds
 
 F64 = torch.float64
 

@@ -8,10 +8,10 @@ import signal
 
 import pytest
 import torch
+from problems import TanhSDE
 from torch import nn
 
 import sdeplug
-from problems import TanhSDE
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.data import load_dataset
 from sdeplug.datafiles import load_array

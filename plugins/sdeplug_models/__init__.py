@@ -6,7 +6,6 @@ Their output is read through a parameterization (noise prediction by default) by
 """
 
 from sdeplug import hookimpl
-
 from sdeplug_models.mlp import MLP
 from sdeplug_models.unet import UNet
 

@@ -5,11 +5,15 @@ the public API of the core.
 """
 
 from sdeplug import hookimpl
-
 from sdeplug_reference.correctors import AnnealedLangevin, Langevin, NoCorrector
 from sdeplug_reference.ode_solvers import Euler, Heun
-from sdeplug_reference.predictors import AncestralSampling, EulerMaruyama, NoPredictor, ReverseDiffusion
-from sdeplug_reference.sdes import SubVPSDE, VESDE, VPSDE
+from sdeplug_reference.predictors import (
+    AncestralSampling,
+    EulerMaruyama,
+    NoPredictor,
+    ReverseDiffusion,
+)
+from sdeplug_reference.sdes import VESDE, VPSDE, SubVPSDE
 
 __all__ = [
     "AncestralSampling",

@@ -9,7 +9,14 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import SDE, Corrector, IncompatiblePartError, ScoreFn, per_sample, randn_like
+from sdeplug import (
+    SDE,
+    Corrector,
+    IncompatiblePartError,
+    ScoreFn,
+    per_sample,
+    randn_like,
+)
 
 
 def _sample_norms(v_: Tensor) -> Tensor:
@@ -102,6 +109,7 @@ class NoCorrector(Corrector):
     """Leaves x unchanged (predictor-only sampling)."""
 
     name = "none"
+    identity = True
 
     sde: SDE
     score: ScoreFn

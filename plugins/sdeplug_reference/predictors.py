@@ -13,7 +13,15 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import SDE, LinearSDE, Predictor, ReverseSDE, ScoreFn, per_sample, randn_like
+from sdeplug import (
+    SDE,
+    LinearSDE,
+    Predictor,
+    ReverseSDE,
+    ScoreFn,
+    per_sample,
+    randn_like,
+)
 
 
 @attrs.frozen
@@ -35,6 +43,7 @@ class EulerMaruyama(_ReverseSDEPredictor):
     """x <- x + [f - g^2 s] dt + g sqrt(|dt|) z with dt = t_next - t < 0 (the exact grid step)."""
 
     name = "euler_maruyama"
+    weak_order = 1.0
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
         dt = t_next - t
@@ -54,6 +63,7 @@ class ReverseDiffusion(_ReverseSDEPredictor):
     """
 
     name = "reverse_diffusion"
+    weak_order = 1.0
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
         rev_f, rev_G = self._reverse.discretize(x, t, t - t_next)
@@ -75,6 +85,7 @@ class AncestralSampling(Predictor):
     """
 
     name = "ancestral"
+    weak_order = 1.0
     sde_types = (LinearSDE,)
 
     sde: LinearSDE
@@ -101,6 +112,7 @@ class NoPredictor(Predictor):
     """Leaves x unchanged (for corrector-only sampling, e.g. annealed Langevin dynamics)."""
 
     name = "none"
+    identity = True
 
     sde: SDE
     score: ScoreFn

@@ -34,6 +34,14 @@ class VESDE(LinearSDE):
     sigma_max: float = attrs.field(default=50.0, converter=float, validator=_positive)
     T: float = attrs.field(default=1.0, converter=float, validator=_positive)
 
+    @classmethod
+    def example_options(cls):
+        from hypothesis import strategies as st
+
+        return st.builds(
+            lambda lo, ratio: {"sigma_min": lo, "sigma_max": lo * ratio}, st.floats(0.005, 0.1), st.floats(10.0, 5000.0)
+        )
+
     def __attrs_post_init__(self) -> None:
         if not self.sigma_max > self.sigma_min:
             raise ValueError(f"sigma_max must exceed sigma_min; got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
@@ -81,6 +89,14 @@ class _BetaSchedule(LinearSDE):
     T: float = attrs.field(default=1.0, converter=float, validator=_positive)
     #: Steps of the paper's discrete chain; used only for alpha in the Langevin step rule.
     N: int = attrs.field(default=1000, converter=int, validator=v.gt(0))
+
+    @classmethod
+    def example_options(cls):
+        from hypothesis import strategies as st
+
+        return st.builds(
+            lambda lo, span: {"beta_min": lo, "beta_max": lo + span}, st.floats(0.05, 1.0), st.floats(0.0, 25.0)
+        )
 
     def __attrs_post_init__(self) -> None:
         if not self.beta_max >= self.beta_min:

@@ -1,16 +1,54 @@
-"""Tools for checking parts against the truth: two-sample statistics and forward simulation.
+"""The testing kit for plugin authors: contract checks, hypothesis strategies, statistics.
 
-Plugin authors use these to test their own SDEs, predictors, correctors and solvers.
+- ``contract_tests("my_plugin")``: a pytest test running every contract on every part a
+  plugin registers (one line in the plugin's tests);
+- ``check_sde``, ``check_predictor``, ``check_corrector``, ``check_ode_solver``,
+  ``check_score_model``: each contract on its own, raising ``ContractError`` with a message
+  naming the method at fault;
+- ``sdeplug.testing.strategies``: hypothesis strategies for SDEs, times, shapes, mixtures
+  and time grids;
+- ``assert_same_law``, ``energy_distance``, ``energy_null``: the two-sample check;
+- ``simulate_forward``: the forward SDE from its drift and diffusion alone.
 """
 
+from sdeplug.testing.contracts import (
+    ContractError,
+    ContractReport,
+    check_corrector,
+    check_ode_solver,
+    check_part,
+    check_predictor,
+    check_score_model,
+    check_sde,
+    contract_tests,
+    plugin_parts,
+    weak_order,
+)
 from sdeplug.testing.simulate import simulate_forward
-from sdeplug.testing.stats import EnergyNull, TwoSampleResult, assert_same_law, energy_distance, energy_null
+from sdeplug.testing.stats import (
+    EnergyNull,
+    TwoSampleResult,
+    assert_same_law,
+    energy_distance,
+    energy_null,
+)
 
 __all__ = [
+    "ContractError",
+    "ContractReport",
     "EnergyNull",
     "TwoSampleResult",
     "assert_same_law",
+    "check_corrector",
+    "check_ode_solver",
+    "check_part",
+    "check_predictor",
+    "check_score_model",
+    "check_sde",
+    "contract_tests",
     "energy_distance",
     "energy_null",
+    "plugin_parts",
     "simulate_forward",
+    "weak_order",
 ]

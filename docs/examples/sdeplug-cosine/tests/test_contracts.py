@@ -1,0 +1,3 @@
+import sdeplug.testing
+
+test_contracts = sdeplug.testing.contract_tests("cosine")

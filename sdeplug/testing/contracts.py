@@ -1,0 +1,604 @@
+"""Contract checks that any part, bundled or third-party, must pass.
+
+Each ``check_*`` takes a registered name or a class, runs its checks against closed
+forms (forward simulation, normalisation, the Gaussian-mixture oracle, exactly
+solvable ODEs), and raises ``ContractError`` with a message that names the method
+at fault and the numbers that show it. It returns a ``ContractReport`` of what was
+checked and what did not apply.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from sdeplug.errors import IncompatiblePartError
+from sdeplug.interfaces import (
+    SDE,
+    Corrector,
+    LinearSDE,
+    ODESolver,
+    Predictor,
+    ScoreModel,
+)
+from sdeplug.oracle import GaussianMixture, preset
+from sdeplug.plugins import KINDS, get_registry, part_options
+from sdeplug.sampling import sample_pc
+from sdeplug.tensors import per_sample
+from sdeplug.testing.simulate import simulate_forward
+from sdeplug.testing.stats import EnergyNull, assert_same_law, energy_null
+
+F64 = torch.float64
+
+
+class ContractError(AssertionError):
+    """A part broke its contract; the message says which method and how."""
+
+
+@attrs.define
+class ContractReport:
+    """What a contract check verified, and what did not apply to the part."""
+
+    part: str
+    passed: list[str] = attrs.field(factory=list)
+    skipped: list[str] = attrs.field(factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.part}: {len(self.passed)} checks passed"]
+        lines += [f"  ok    {p}" for p in self.passed]
+        lines += [f"  skip  {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def _resolve(kind: str, spec: str | type) -> tuple[str, type]:
+    if isinstance(spec, str):
+        return spec, get_registry().get(kind, spec).cls
+    if not (isinstance(spec, type) and issubclass(spec, KINDS[kind].base)):
+        raise TypeError(f"expected a registered {kind} name or a subclass of {KINDS[kind].base.__name__}; got {spec!r}")
+    return getattr(spec, "name", None) or spec.__name__, spec
+
+
+def _fail(message: str) -> None:
+    raise ContractError(message)
+
+
+def _hypothesis(examples: int):
+    # No shrinking: each example is a costly simulation, and the first failure already
+    # says which method is wrong and with which parameters.
+    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+                    report_multiple_bugs=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_and_null(name: str = "mixture3", n: int = 2000) -> tuple[GaussianMixture, EnergyNull]:
+    mixture = preset(name)
+    return mixture, energy_null(lambda k, g: mixture.sample(k, g), n, reps=20)
+
+
+def _default_sdes() -> list[SDE]:
+    registry = get_registry()
+    names = [n for n in ("ve", "vp", "subvp") if n in registry.names("sde")]
+    if not names:
+        names = [n for n in registry.names("sde") if issubclass(registry.get("sde", n).cls, LinearSDE)]
+    return [registry.create("sde", n) for n in names]
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# SDEs -------------------------------------------------------------------------------
+
+
+def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000) -> ContractReport:
+    """Interface, marginals against simulation, prior density, discretisation, reverse SDE.
+
+    SDE parameters come from the class's ``example_options()`` hypothesis strategy.
+    """
+    name, cls = _resolve("sde", spec)
+    report = ContractReport(f"sde {name!r}")
+    default = cls()
+    has_marginals = type(default).marginal_prob is not SDE.marginal_prob
+
+    for device in _devices():
+        for dtype in (torch.float32, F64):
+            for shape in ((3,), (1, 4, 4)):
+                _check_sde_interface(default, shape, dtype, device, has_marginals)
+    report.passed.append("shapes, dtypes and devices of every method; seeded prior sampling")
+
+    @_hypothesis(examples)
+    @given(options=cls.example_options(), t=st.floats(0.05, 1.0), shape=st.sampled_from([(1,), (3,), (1, 2, 2)]),
+           seed=st.integers(0, 2**31 - 1))
+    def properties(options, t, shape, seed):
+        sde = cls(**options)
+        if has_marginals:
+            _check_marginals(sde, t * sde.T, shape, seed, n_paths)
+        _check_discretize(sde, t * sde.T, seed)
+        _check_reverse_formula(sde, t * sde.T, seed)
+        if isinstance(sde, LinearSDE):
+            _check_transitions(sde, t * sde.T)
+
+    properties()
+    if has_marginals:
+        report.passed.append("marginal_prob agrees with simulation of drift and diffusion")
+    else:
+        report.skipped.append("marginals: no marginal_prob")
+    report.passed.append("discretize tends to drift dt and diffusion sqrt(dt)")
+    report.passed.append("reverse() has drift f - g^2 s (SDE) and f - g^2 s / 2 (probability flow)")
+    if isinstance(default, LinearSDE):
+        report.passed.append("transition kernels compose and start from the marginals (alpha, sigma)")
+
+    _check_prior(default)
+    report.passed.append("prior_logp is the normalised density of prior_sampling")
+
+    if isinstance(default, LinearSDE):
+        _check_reverse_sampling(default)
+        report.passed.append("reverse SDE and probability-flow ODE with the exact score recover the data law")
+    else:
+        report.skipped.append("reverse-time sampling: not a LinearSDE, no exact score to sample with")
+    return report
+
+
+def _check_sde_interface(sde: SDE, shape, dtype, device, has_marginals: bool) -> None:
+    where = f"(event shape {shape}, {dtype}, {device})"
+    x = torch.randn(4, *shape, dtype=dtype, device=device)
+    t = torch.linspace(0.1, 0.9, 4, dtype=dtype, device=device) * sde.T
+    checks: list[tuple[str, Tensor, tuple[int, ...]]] = [
+        ("drift(x, t)", sde.drift(x, t), x.shape),
+        ("diffusion(t)", sde.diffusion(t), (4,)),
+        ("prior_logp(z)", sde.prior_logp(x), (4,)),
+    ]
+    f, G = sde.discretize(x, t, torch.full_like(t, 0.01))
+    checks += [("discretize(...)[0]", f, x.shape), ("discretize(...)[1]", G, (4,))]
+    if has_marginals:
+        mean, std = sde.marginal_prob(x, t)
+        checks += [("marginal_prob(...)[0]", mean, x.shape), ("marginal_prob(...)[1]", std, (4,))]
+    g1 = torch.Generator(device).manual_seed(3)
+    z = sde.prior_sampling((4, *shape), g1, device, dtype)
+    checks.append(("prior_sampling(shape)", z, x.shape))
+    for label, value, expected in checks:
+        if tuple(value.shape) != tuple(expected) or value.dtype != dtype or value.device.type != torch.device(device).type:
+            _fail(f"{label} returned shape {tuple(value.shape)}, {value.dtype} on {value.device} {where}; "
+                  f"expected shape {tuple(expected)}, {dtype} on {device}")
+    again = sde.prior_sampling((4, *shape), torch.Generator(device).manual_seed(3), device, dtype)
+    if not torch.equal(z, again):
+        _fail(f"prior_sampling is not reproducible with a seeded generator {where}: draw noise from `generator`")
+
+
+def _check_marginals(sde: SDE, t: float, shape, seed: int, n: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x0 = (2 * torch.randn((1, *shape), generator=g, dtype=F64)).expand(n, *shape)
+    mean0, std0 = sde.marginal_prob(x0, torch.zeros(n, dtype=F64))
+    start = mean0 + std0[0] * torch.randn(x0.shape, generator=g, dtype=F64)
+    tt = torch.full((n,), t, dtype=F64)
+    xt = simulate_forward(sde, start, tt, steps=200, generator=g)
+    mean, std = sde.marginal_prob(x0, tt)
+    sd = float(std[0])
+    error = (xt.mean(0) - mean[0]).abs().max()
+    if float(error) > 5 * sd / math.sqrt(n) + 1e-9:
+        _fail(f"marginal_prob mean at t = {t:.4g} is off by {float(error):.4g} from the mean of {n} paths simulated "
+              f"from drift() and diffusion() ({float(error) / (sd / math.sqrt(n)):.1f} standard errors). "
+              f"Check marginal_prob's mean (alpha(t)) against drift().")
+    ratio = math.sqrt(float(xt.var(0).mean())) / sd
+    tol = 5 * math.sqrt(1 / (2 * n * x0[0].numel()))  # 5 standard errors of a std estimate
+    if abs(ratio - 1) > tol:
+        _fail(f"marginal_prob std at t = {t:.4g} is {1 / ratio:.4f} times the std of {n} paths simulated from "
+              f"drift() and diffusion() (allowed: 1 +- {tol:.4f}). Check marginal_prob's std (sigma(t)) against "
+              f"diffusion().")
+
+
+def _check_discretize(sde: SDE, t: float, seed: int) -> None:
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    tt = torch.full((3,), t, dtype=F64)
+    drift, g = sde.drift(x, tt), sde.diffusion(tt)
+    dt = 1e-5
+    f, G = sde.discretize(x, tt, torch.full((3,), dt, dtype=F64))
+    scale = float(drift.abs().max()) + 1e-12
+    if float((f / dt - drift).abs().max()) > 1e-2 * scale + 1e-9:
+        _fail(f"discretize(x, t={t:.4g}, dt={dt:g}) gives f / dt = {(f / dt)[0, :2].tolist()} but drift(x, t) = "
+              f"{drift[0, :2].tolist()}: the discretisation must tend to the SDE as dt -> 0")
+    if float((G / math.sqrt(dt) - g).abs().max()) > 1e-2 * (float(g.abs().max()) + 1e-12):
+        _fail(f"discretize(x, t={t:.4g}, dt={dt:g}) gives G / sqrt(dt) = {float(G[0] / math.sqrt(dt)):.6g} but "
+              f"diffusion(t) = {float(g[0]):.6g}: the discretisation must tend to the SDE as dt -> 0")
+
+
+def _check_transitions(sde: LinearSDE, t: float) -> None:
+    """Chapman-Kolmogorov for the Gaussian kernels, and the kernel from 0 against the marginals."""
+    s_, u = torch.tensor([0.3 * t], dtype=F64), torch.tensor([0.6 * t], dtype=F64)
+    tt = torch.tensor([t], dtype=F64)
+    a_su, v_su = sde.transition(s_, u)
+    a_ut, v_ut = sde.transition(u, tt)
+    a_st, v_st = sde.transition(s_, tt)
+    if not (torch.allclose(a_st, a_su * a_ut, rtol=1e-6) and torch.allclose(v_st, a_ut**2 * v_su + v_ut, rtol=1e-6, atol=1e-12)):
+        _fail(f"transition(s, t) does not compose at s = {float(s_):.4g}, u = {float(u):.4g}, t = {t:.4g}: "
+              f"scale {float(a_st):.6g} vs {float(a_su * a_ut):.6g}, variance {float(v_st):.6g} vs "
+              f"{float(a_ut**2 * v_su + v_ut):.6g}. Check transition() against alpha(t) and sigma(t).")
+    zero = torch.zeros(1, dtype=F64)
+    a0, v0 = sde.transition(zero, tt)
+    expected_v = sde.sigma(tt) ** 2 - (a0 * sde.sigma(zero)) ** 2
+    if not (torch.allclose(a0, sde.alpha(tt) / sde.alpha(zero), rtol=1e-6) and torch.allclose(v0, expected_v, rtol=1e-6, atol=1e-12)):
+        _fail(f"transition(0, t) at t = {t:.4g} is ({float(a0):.6g}, {float(v0):.6g}) but the marginals give "
+              f"({float(sde.alpha(tt) / sde.alpha(zero)):.6g}, {float(expected_v):.6g}): transition() disagrees with "
+              "alpha(t) and sigma(t)")
+
+
+def _check_reverse_formula(sde: SDE, t: float, seed: int) -> None:
+    g_ = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, generator=g_, dtype=F64)
+    tt = torch.full((3,), t, dtype=F64)
+    shift = torch.randn(3, 4, generator=g_, dtype=F64)
+
+    def score(y, _t):
+        return -(y - shift) / 2.0
+
+    f, g2, s = sde.drift(x, tt), per_sample(sde.diffusion(tt) ** 2, x), score(x, tt)
+    for probability_flow, weight, label in ((False, 1.0, "f - g^2 s"), (True, 0.5, "f - g^2 s / 2")):
+        reverse = sde.reverse(score, probability_flow=probability_flow)
+        got, want = reverse.drift(x, tt), f - weight * g2 * s
+        if not torch.allclose(got, want, rtol=1e-6, atol=1e-9):
+            flipped = torch.allclose(got, f + weight * g2 * s, rtol=1e-6, atol=1e-9)
+            kind = "probability-flow ODE" if probability_flow else "reverse SDE"
+            _fail(f"reverse(score, probability_flow={probability_flow}).drift is not {label} at t = {t:.4g}"
+                  + (": it is f + g^2 s, the sign of the score term is flipped" if flipped else
+                     f": max difference {float((got - want).abs().max()):.4g}")
+                  + f" (the {kind} would not reverse the forward SDE)")
+        want_g = torch.zeros_like(sde.diffusion(tt)) if probability_flow else sde.diffusion(tt)
+        if not torch.allclose(reverse.diffusion(tt), want_g):
+            _fail(f"reverse(score, probability_flow={probability_flow}).diffusion(t) should be "
+                  f"{'0' if probability_flow else 'g(t)'}; got {reverse.diffusion(tt).tolist()}")
+
+
+def _check_prior(sde: SDE, n: int = 50_000, dim: int = 3) -> None:
+    """E_{z~prior}[q(z) / p(z)] = 1 for any normalised q when p is the density of the samples."""
+    z = sde.prior_sampling((n, dim), torch.Generator().manual_seed(0), "cpu", F64)
+    mean, std = z.mean(0), z.std(0)
+    log_q = torch.distributions.Normal(mean, std).log_prob(z).sum(1)
+    log_w = log_q - sde.prior_logp(z)
+    w = torch.exp(log_w - log_w.max()) * math.exp(float(log_w.max()))
+    m, se = float(w.mean()), float(w.std() / math.sqrt(n))
+    if not math.isfinite(m) or abs(m - 1) > 5 * se + 0.02:
+        _fail(f"prior_logp is not the normalised density of prior_sampling: E[q(z) / p(z)] = {m:.4g} +- {se:.2g} "
+              f"over {n} samples z ~ prior_sampling, with q a Gaussian fitted to them (it is 1 when prior_logp is "
+              f"their log-density). log E = {math.log(m) if m > 0 else float('-inf'):+.3f} nats: a missing or wrong "
+              f"normalising constant, or a density of another scale than the samples.")
+
+
+def _reverse_sample(sde: LinearSDE, score, x: Tensor, steps: int, probability_flow: bool) -> Tensor:
+    """The kit's own sampler, written only against sde.reverse(): Euler-Maruyama, or Heun for the ODE."""
+    reverse = sde.reverse(score, probability_flow=probability_flow)
+    times = torch.linspace(sde.T, sde.default_eps, steps + 1, dtype=x.dtype)
+    g = torch.Generator().manual_seed(1)
+    batch = x.shape[0]
+    for i in range(steps):
+        t, t_next = times[i].expand(batch), times[i + 1].expand(batch)
+        dt = per_sample(t_next - t, x)
+        d1 = reverse.drift(x, t)
+        if probability_flow:
+            x_pred = x + d1 * dt
+            x = x + 0.5 * (d1 + reverse.drift(x_pred, t_next)) * dt
+        else:
+            noise = per_sample(reverse.diffusion(t), x) * torch.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            x = x + d1 * dt + noise
+    t = times[-1].expand(batch)
+    return (x + per_sample(sde.sigma(t) ** 2, x) * score(x, t)) / per_sample(sde.alpha(t), x)
+
+
+def _check_reverse_sampling(sde: LinearSDE) -> None:
+    mixture, null = _mixture_and_null()
+    score = mixture.score_model(sde)
+    x_T = sde.prior_sampling((null.n, 2), torch.Generator().manual_seed(0), "cpu", F64)
+    for probability_flow, steps, what in ((False, 1000, "the reverse SDE (Euler-Maruyama, 1000 steps)"),
+                                          (True, 200, "the probability-flow ODE (Heun, 200 steps)")):
+        x = _reverse_sample(sde, score, x_T.clone(), steps, probability_flow)
+        try:
+            assert_same_law(x, lambda k, g: mixture.sample(k, g), null=null)
+        except AssertionError as exc:
+            _fail(f"{what} from prior_sampling with the exact score does not recover the data law: {exc}. "
+                  "Check reverse(), prior_sampling and that alpha(t), sigma(t) match drift() and diffusion().")
+
+
+# Predictors --------------------------------------------------------------------------
+
+
+def _compatible(cls: type, sdes: Sequence[SDE] | None) -> list[SDE]:
+    accepted = getattr(cls, "sde_types", (SDE,))
+    return [s for s in (sdes if sdes is not None else _default_sdes()) if isinstance(s, accepted)]
+
+
+def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None = None, steps: int = 500,
+                    options: dict[str, Any] | None = None) -> ContractReport:
+    """Shapes and dtypes, seeded determinism, the right law with the exact score, and the
+    declared weak order (``weak_order``) on a Gaussian problem with a known solution."""
+    name, cls = _resolve("predictor", spec)
+    options = options or {}
+    report = ContractReport(f"predictor {name!r}")
+    targets = _compatible(cls, sdes)
+    if not targets:
+        report.skipped.append("no compatible SDE to check it with")
+        return report
+    mixture, null = _mixture_and_null()
+    for sde in targets:
+        label = f"{type(sde).__name__}"
+        score = mixture.score_model(sde)
+        gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
+        _check_step_interface(sde, lambda x, t, g: gaussian.step(x, t, t - 0.01, g), f"predictor {name!r} with {label}")
+        if getattr(cls, "identity", False):
+            _check_identity(lambda x, t: gaussian.step(x, t, t - 0.01)[0], f"predictor {name!r}")
+            report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
+            continue
+        result = sample_pc(sde, score, (null.n, 2), predictor=cls, predictor_options=options, corrector="none",
+                           steps=steps, generator=torch.Generator().manual_seed(0), dtype=F64)
+        try:
+            assert_same_law(result.x, lambda k, g: mixture.sample(k, g), null=null)
+        except AssertionError as exc:
+            _fail(f"predictor {name!r} with {label}, {steps} steps and the exact score does not recover the data "
+                  f"law: {exc}. Its step does not follow the reverse SDE from t to t_next.")
+        report.passed.append(f"{label}: shapes, dtypes, seeded determinism, recovers the data law in {steps} steps")
+        declared = getattr(cls, "weak_order", None)
+        if declared is not None:
+            observed, errors = weak_order(cls, sde, options)
+            if observed < declared - 0.3:
+                _fail(f"predictor {name!r} with {label}: observed weak order {observed:.2f} is below its declared "
+                      f"weak_order {declared:g} (relative errors {', '.join(f'{e:.2e}' for e in errors)} at "
+                      f"{', '.join(map(str, WEAK_ORDER_STEPS))} steps): the step is of a lower order than claimed, "
+                      "or inconsistent")
+            report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
+        else:
+            report.skipped.append(f"{label}: weak order (none declared)")
+    return report
+
+
+def _check_identity(call: Callable, label: str) -> None:
+    x = torch.randn(5, 2, dtype=F64)
+    if not torch.equal(call(x, torch.full((5,), 0.5, dtype=F64)), x):
+        _fail(f"{label} declares identity = True but changes x")
+
+
+def _unit_gaussian_score(sde: SDE):
+    """The exact score of p_t for N(0, I) data under a LinearSDE (-x for others): any shape."""
+    def score(x, t):
+        if isinstance(sde, LinearSDE):
+            return -x / per_sample(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, x)
+        return -x
+
+    return score
+
+
+def _check_step_interface(sde: SDE, call: Callable, label: str) -> None:
+    for device in _devices():
+        for dtype in (torch.float32, F64):
+            x = torch.randn(3, 1, 2, 2, dtype=dtype, device=device)
+            t = torch.full((3,), 0.5 * sde.T, dtype=dtype, device=device)
+            out = call(x, t, torch.Generator(device).manual_seed(0))
+            again = call(x, t, torch.Generator(device).manual_seed(0))
+            for i, value in enumerate(out):
+                if value.shape != x.shape or value.dtype != dtype or value.device.type != torch.device(device).type:
+                    _fail(f"{label}: step output {i} has shape {tuple(value.shape)}, {value.dtype} on {value.device} "
+                          f"for x of shape {tuple(x.shape)}, {dtype} on {device}")
+            if not all(torch.equal(a, b) for a, b in zip(out, again)):
+                _fail(f"{label}: two steps with generators seeded alike differ: draw noise from `generator`")
+
+
+#: Step counts at which weak_order measures the error.
+WEAK_ORDER_STEPS: tuple[int, ...] = (8, 16, 32, 64)
+
+
+def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
+               steps: Sequence[int] = WEAK_ORDER_STEPS, n: int = 100_000, seed: int = 0) -> tuple[float, list[float]]:
+    """Observed weak order on Gaussian data: from exact samples of p_T down to t = 0.2, the
+    relative error of the mean and variance against the exact p_0.2, least-squares slope in log2."""
+    data = GaussianMixture([1.0], [[0.3]], stds=[0.5])
+    score = data.score_model(sde)
+    t_end = 0.2 * sde.T
+    tt = torch.tensor([t_end], dtype=F64)
+    alpha, sigma = (float(sde.alpha(tt)), float(sde.sigma(tt))) if isinstance(sde, LinearSDE) else (None, None)
+    exact_mean, exact_var = alpha * 0.3, alpha**2 * 0.25 + sigma**2
+    errors = []
+    # Common to every step count, and moment-matched to p_T exactly: what remains is the
+    # discretisation error (plus the noise a stochastic step injects).
+    x_T = data.sample(n, torch.Generator().manual_seed(seed), sde, sde.T)
+    t_T = torch.tensor([sde.T], dtype=F64)
+    alpha_T, sigma_T = float(sde.alpha(t_T)), float(sde.sigma(t_T))
+    x_T = (x_T - x_T.mean()) / x_T.std() * math.sqrt(alpha_T**2 * 0.25 + sigma_T**2) + alpha_T * 0.3
+    for k in steps:
+        g = torch.Generator().manual_seed(seed * 1000 + k)
+        x = sample_pc(sde, score, predictor=cls, predictor_options=options or {}, corrector="none", steps=k,
+                      eps=t_end, denoise=False, x_init=x_T, generator=g, dtype=F64).x
+        errors.append(abs(float(x.var()) / exact_var - 1) + abs(float(x.mean()) - exact_mean) / math.sqrt(exact_var))
+    logs = torch.log2(torch.tensor(errors, dtype=F64))
+    levels = torch.log2(torch.tensor(list(steps), dtype=F64))
+    slope = float(((levels - levels.mean()) * (logs - logs.mean())).sum() / ((levels - levels.mean()) ** 2).sum())
+    return -slope, errors
+
+
+# Correctors --------------------------------------------------------------------------
+
+
+def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None = None, sweeps: int = 50,
+                    options: dict[str, Any] | None = None) -> ContractReport:
+    """Shapes and dtypes, seeded determinism, and invariance: exact samples of p_t stay
+    distributed as p_t after ``sweeps`` corrector steps with the exact score."""
+    name, cls = _resolve("corrector", spec)
+    options = options or {}
+    report = ContractReport(f"corrector {name!r}")
+    targets = _compatible(cls, sdes)
+    if not targets:
+        report.skipped.append("no compatible SDE to check it with")
+        return report
+    mixture, null = _mixture_and_null()
+    for sde in targets:
+        label = type(sde).__name__
+        corrector = cls(sde, mixture.score_model(sde), **options)
+        gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
+        _check_step_interface(sde, lambda x, t, g: gaussian.step(x, t, g), f"corrector {name!r} with {label}")
+        if getattr(cls, "identity", False):
+            _check_identity(lambda x, t: gaussian.step(x, t)[0], f"corrector {name!r}")
+            report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
+            continue
+        t = 0.3 * sde.T
+        g = torch.Generator().manual_seed(2)
+        x = mixture.sample(null.n, g, sde, t)
+        tt = torch.full((null.n,), t, dtype=F64)
+        for _ in range(sweeps):
+            x, _ = corrector.step(x, tt, g)
+
+        def sample_p_t(k, gen, sde=sde):
+            return mixture.sample(k, gen, sde, t)
+
+        try:
+            assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n, reps=20))
+        except AssertionError as exc:
+            _fail(f"corrector {name!r} with {label} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
+                  f"from exact samples of p_t, with the exact score, {exc}")
+        report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
+    return report
+
+
+# ODE solvers -------------------------------------------------------------------------
+
+
+def check_ode_solver(spec: str | type[ODESolver], *, options: dict[str, Any] | None = None) -> ContractReport:
+    """Exactly solvable ODEs forwards and backwards in float32 and float64, the function
+    evaluations it reports, and for fixed-step solvers the declared order."""
+    name, cls = _resolve("ode_solver", spec)
+    options = options or {}
+    report = ContractReport(f"ode_solver {name!r}")
+    solver = cls(**options)
+    order, adaptive = getattr(solver, "order", None), bool(getattr(solver, "adaptive", False))
+    accepted = part_options(cls) or {}
+    for device in _devices():
+        for dtype in (torch.float32, F64):
+            tuned = solver
+            if adaptive and {"rtol", "atol"} <= accepted.keys():
+                # An adaptive solver must converge as its tolerances tighten (the accuracy
+                # contract is in float64; float32 only has to keep its dtype and stay sane).
+                tol = 1e-5 if dtype == torch.float32 else 1e-8
+                tuned = cls(**{**options, "rtol": tol, "atol": tol})
+            for t0, t1 in ((0.0, 1.5), (1.5, 0.2)):
+                _check_known_ode(tuned, name, order, adaptive, dtype, device, t0, t1)
+    report.passed.append("dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
+                         + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else ""))
+    if not adaptive and order is not None:
+        observed = _observed_order(solver)
+        if observed < order - 0.3:
+            _fail(f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y (40 vs 80 steps) is below "
+                  f"its declared order {order}")
+        report.passed.append(f"observed order {observed:.2f} (declared {order})")
+    else:
+        report.skipped.append("order of convergence: adaptive, or no order declared")
+    return report
+
+
+def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> None:
+    y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
+    calls = 0
+
+    def F(t, y):
+        nonlocal calls
+        calls += 1
+        return -t * y
+
+    grid = None if adaptive else torch.linspace(t0, t1, 401, dtype=dtype, device=device)
+    solution = solver.solve(F, y0, t0, t1, grid=grid)
+    exact = y0 * math.exp((t0**2 - t1**2) / 2)
+    where = f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}"
+    if solution.y.shape != y0.shape or solution.y.dtype != dtype or solution.y.device.type != torch.device(device).type:
+        _fail(f"{where}: solution of shape {tuple(solution.y.shape)}, {solution.y.dtype} for y0 of shape "
+              f"{tuple(y0.shape)}, {dtype}")
+    if solution.nfe != calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {calls} times")
+    if adaptive:
+        tol = 1e-2 if dtype == torch.float32 else 1e-5
+    else:
+        tol = max(1e-3 if (order or 1) >= 2 else 2e-2, 1e-4 if dtype == torch.float32 else 0)
+    error = float(((solution.y - exact).abs() / exact.abs()).max())
+    if error > tol:
+        _fail(f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
+              f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})")
+
+
+def _observed_order(solver) -> float:
+    def error(steps: int) -> float:
+        grid = torch.linspace(0.0, 2.0, steps + 1, dtype=F64)
+        y = solver.solve(lambda t, y: torch.cos(t) * y, torch.ones(1, dtype=F64), 0.0, 2.0, grid=grid).y
+        return abs(float(y) - math.exp(math.sin(2.0)))
+
+    return math.log2(error(40) / error(80))
+
+
+# Score models ------------------------------------------------------------------------
+
+
+def check_score_model(spec: str | type[ScoreModel], *, options: dict[str, Any] | None = None) -> ContractReport:
+    """Built with its defaults (or ``options``), the network maps (x, t) to a tensor like x."""
+    name, cls = _resolve("score_model", spec)
+    report = ContractReport(f"score_model {name!r}")
+    model = cls(**(options or {}))
+    shape = tuple(getattr(model, "event_shape", (2,)))
+    for dtype in (torch.float32, F64):
+        x = torch.randn(3, *shape, dtype=dtype)
+        out = model.to(dtype)(x, torch.rand(3, dtype=dtype))
+        if out.shape != x.shape or out.dtype != dtype:
+            _fail(f"score_model {name!r}: forward(x, t) returned shape {tuple(out.shape)}, {out.dtype} for x of "
+                  f"shape {tuple(x.shape)}, {dtype}")
+    report.passed.append(f"forward(x, t) keeps the shape {shape} and dtype")
+    return report
+
+
+# Whole plugins -------------------------------------------------------------------------
+
+CHECKS: dict[str, Callable[..., ContractReport]] = {
+    "sde": check_sde,
+    "predictor": check_predictor,
+    "corrector": check_corrector,
+    "ode_solver": check_ode_solver,
+    "score_model": check_score_model,
+}
+
+
+def check_part(kind: str, name: str) -> ContractReport:
+    """Run the contract of a registered part; IncompatiblePartError-free parts only."""
+    try:
+        return CHECKS[kind](name)
+    except IncompatiblePartError as exc:
+        raise ContractError(f"{kind} {name!r}: {exc}") from exc
+
+
+def plugin_parts(*plugins: str) -> list[tuple[str, str]]:
+    """(kind, name) of every part the named plugins register."""
+    registry = get_registry()
+    known = {p.plugin for p in registry.parts()}
+    missing = [p for p in plugins if p not in known]
+    if missing:
+        raise LookupError(
+            f"no parts registered by plugin(s) {', '.join(missing)}; loaded plugins: {', '.join(sorted(known))}. "
+            "Is the package installed (pip install -e .) and its entry point in the 'sdeplug' group?"
+        )
+    return [(p.kind, p.name) for p in registry.parts() if p.plugin in plugins]
+
+
+def contract_tests(*plugins: str):
+    """A pytest test running the contract of every part the named plugins register.
+
+    One line in a plugin's own tests::
+
+        test_contracts = sdeplug.testing.contract_tests("my_plugin")
+    """
+    import pytest
+
+    parts = plugin_parts(*plugins)
+
+    @pytest.mark.parametrize("kind, name", parts, ids=[f"{k}-{n}" for k, n in parts])
+    def test_sdeplug_contract(kind: str, name: str) -> None:
+        print(check_part(kind, name))
+
+    return test_sdeplug_contract

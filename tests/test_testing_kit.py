@@ -1,0 +1,155 @@
+"""The testing kit catches broken parts, and says where the fault is."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sdeplug_reference import VPSDE, Euler, EulerMaruyama, Heun, Langevin
+
+import sdeplug
+from sdeplug.interfaces import ReverseSDE
+from sdeplug.tensors import per_sample, randn_like
+from sdeplug.testing import contracts, strategies
+from sdeplug.testing.contracts import (
+    ContractError,
+    check_corrector,
+    check_ode_solver,
+    check_predictor,
+    check_sde,
+)
+
+
+@attrs.frozen
+class _FlippedReverse(ReverseSDE):
+    def drift(self, x, t):
+        g2 = per_sample(self.sde.diffusion(t) ** 2, x)
+        return self.sde.drift(x, t) + g2 * self.score(x, t) * self._score_weight
+
+
+class WrongReverseSign(VPSDE):
+    name = "wrong_reverse_sign"
+
+    def reverse(self, score, probability_flow=False):
+        return _FlippedReverse(self, score, probability_flow)
+
+
+class StdOffByAFactor(VPSDE):
+    name = "std_off"
+
+    def sigma(self, t):
+        return 1.2 * VPSDE.sigma(self, t)
+
+
+class PriorWithoutNormaliser(VPSDE):
+    name = "no_normaliser"
+
+    def prior_logp(self, z):
+        return -0.5 * sdeplug.sum_except_batch(z**2)
+
+
+def test_a_flipped_reverse_drift_is_caught():
+    with pytest.raises(ContractError, match="the sign of the score term is flipped"):
+        check_sde(WrongReverseSign)
+
+
+def test_a_marginal_std_off_by_a_factor_is_caught():
+    with pytest.raises(ContractError, match=r"marginal_prob std at t = .* times the std of .* paths simulated"):
+        check_sde(StdOffByAFactor)
+
+
+def test_a_prior_without_its_normaliser_is_caught():
+    with pytest.raises(ContractError, match="prior_logp is not the normalised density.*normalising constant"):
+        check_sde(PriorWithoutNormaliser)
+
+
+class ClaimsSecondOrder(EulerMaruyama):
+    """Euler-Maruyama is weak order 1; this one claims 2."""
+
+    name = "claims_second_order"
+    weak_order = 2.0
+
+
+class NoiseScaledByDt(EulerMaruyama):
+    """An inconsistent step: noise g |dt| instead of g sqrt(|dt|)."""
+
+    name = "noise_dt"
+
+    def step(self, x, t, t_next, generator=None):
+        dt = t_next - t
+        x_mean = x + self._reverse.drift(x, t) * per_sample(dt, x)
+        return x_mean + per_sample(self._reverse.diffusion(t) * (-dt), x) * randn_like(x, generator), x_mean
+
+
+def test_a_step_of_lower_order_than_declared_is_caught():
+    vp = sdeplug.create("sde", "vp")
+    with pytest.raises(ContractError, match=r"observed weak order 1\.\d+ is below its declared weak_order 2"):
+        check_predictor(ClaimsSecondOrder, sdes=[vp])
+
+
+def test_an_inconsistent_step_is_caught():
+    vp = sdeplug.create("sde", "vp")
+    with pytest.raises(ContractError, match="does not recover the data law.*does not follow the reverse SDE"):
+        check_predictor(NoiseScaledByDt, sdes=[vp])
+
+
+class HalfNoiseLangevin(Langevin):
+    """Langevin with noise sqrt(eps) instead of sqrt(2 eps): it shrinks p_t."""
+
+    name = "half_noise_langevin"
+
+    def step(self, x, t, generator=None):
+        grad = self.score(x, t)
+        step = 2 * (self.snr * torch.sqrt(torch.tensor(float(x[0].numel()))) / grad.norm(dim=-1).mean()) ** 2
+        x_mean = x + step * grad
+        return x_mean + torch.sqrt(step) * randn_like(x, generator), x_mean
+
+
+def test_a_corrector_that_does_not_keep_p_t_is_caught():
+    with pytest.raises(ContractError, match="does not leave p_t invariant"):
+        check_corrector(HalfNoiseLangevin, sdes=[sdeplug.create("sde", "vp")])
+
+
+class FakeHeun(Euler):
+    name = "fake_heun"
+    order = 2
+
+
+class Miscounting(Heun):
+    name = "miscounting"
+
+    def solve(self, F, y0, t0, t1, grid=None):
+        solution = super().solve(F, y0, t0, t1, grid)
+        return sdeplug.ODESolution(solution.y, solution.nfe // 2)
+
+
+def test_broken_ode_solvers_are_caught():
+    with pytest.raises(ContractError, match=r"observed order 1\.\d+ .* below its declared order 2"):
+        check_ode_solver(FakeHeun)
+    with pytest.raises(ContractError, match=r"reported nfe = \d+ but F was called \d+ times"):
+        check_ode_solver(Miscounting)
+
+
+def test_reports_say_what_was_checked_and_what_did_not_apply():
+    report = check_ode_solver("dopri5")
+    assert "ode_solver 'dopri5'" in str(report) and any("order of convergence" in s for s in report.skipped)
+
+
+def test_contract_tests_name_a_missing_plugin():
+    with pytest.raises(LookupError, match="no parts registered by plugin.*nonexistent.*pip install -e"):
+        contracts.contract_tests("nonexistent")
+
+
+@settings(max_examples=20, derandomize=True, database=None, deadline=None)
+@given(sde=strategies.sdes(), data=st.data())
+def test_strategies_build_valid_objects(sde, data):
+    assert isinstance(sde, sdeplug.SDE)
+    grid = data.draw(strategies.time_grids(sde))
+    assert grid[0] == sde.T and abs(float(grid[-1]) - sde.default_eps) < 1e-12 and bool((grid.diff() < 0).all())
+    t = data.draw(strategies.times(sde))
+    assert sde.default_eps <= t <= sde.T
+    mixture = data.draw(strategies.mixtures())
+    x = mixture.sample(4, torch.Generator().manual_seed(data.draw(strategies.seeds)))
+    assert torch.isfinite(mixture.log_prob(x)).all()
