@@ -1,7 +1,7 @@
 """sdeplug: score-based generative modelling through SDEs, with every part a plugin.
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
-LinearSDE, ScoreModel, Predictor, Corrector, ODESolver), the tensor helpers and the
+LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid), the tensor helpers and the
 errors. Concrete parts come from plugins: see ``sdeplug.plugins``.
 """
 
@@ -26,6 +26,7 @@ from sdeplug.interfaces import (
     ReverseSDE,
     ScoreFn,
     ScoreModel,
+    TimeGrid,
 )
 from sdeplug.plugins import create, get_registry, register_plugin
 from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch
@@ -49,6 +50,7 @@ __all__ = [
     "ScoreFn",
     "ScoreModel",
     "SdeplugError",
+    "TimeGrid",
     "UnknownPartError",
     "batch_time",
     "create",

@@ -18,7 +18,7 @@ import torch
 from attrs import validators as v
 
 from sdeplug.errors import ConfigError, close_matches
-from sdeplug.interfaces import SDE, ScoreFn
+from sdeplug.interfaces import SDE, ScoreFn, check_sde_compatible
 from sdeplug.oracle import PRESETS
 from sdeplug.plugins import Registry, get_registry
 from sdeplug.sampling import SampleResult, sample_ode, sample_pc
@@ -98,8 +98,11 @@ class SamplerConfig:
     predictor: PartSpec = attrs.field(factory=lambda: PartSpec("reverse_diffusion"))
     corrector: PartSpec = attrs.field(factory=lambda: PartSpec("langevin"))
     solver: PartSpec = attrs.field(factory=lambda: PartSpec("heun"))
+    #: Where the times fall: a registered TimeGrid (``grid = "logsnr"`` or a [sampler.grid]
+    #: table with its options); None is the uniform grid.
+    grid: PartSpec | None = None
 
-    SUBTABLES = ("predictor", "corrector", "solver")
+    SUBTABLES = ("predictor", "corrector", "solver", "grid")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> SamplerConfig:
@@ -109,6 +112,8 @@ class SamplerConfig:
             raise ConfigError("[sampler.solver] is for kind = 'ode'; a 'pc' sampler takes [sampler.predictor] and [sampler.corrector]")
         if table.get("kind") == "ode" and ({"predictor", "corrector", "order"} & table.keys()):
             raise ConfigError("kind = 'ode' takes [sampler.solver], not predictor, corrector or order")
+        if isinstance(table.get("grid"), str):
+            table["grid"] = {"name": table["grid"]}
         for sub in cls.SUBTABLES:
             if sub in table:
                 table[sub] = PartSpec.from_table(f"sampler.{sub}", table[sub])
@@ -132,6 +137,8 @@ class SamplerConfig:
     ) -> SampleResult:
         """Sample ``shape`` with this sampler."""
         common = dict(eps=self.eps, denoise=self.denoise, generator=generator, device=device, dtype=dtype)
+        if self.grid is not None:
+            common.update(grid=self.grid.name, grid_options=self.grid.options)
         if self.kind == "ode":
             return sample_ode(
                 sde, score, shape, solver=self.solver.name, solver_options=self.solver.options, steps=self.steps, **common
@@ -156,8 +163,13 @@ class SamplerConfig:
         def placeholder(x, t):
             return x
 
+        if self.grid is not None:
+            grid = registry.create("time_grid", self.grid.name, **self.grid.options)
+            check_sde_compatible("time_grid", self.grid.name, type(grid), sde)
         if self.kind == "ode":
-            registry.create("ode_solver", self.solver.name, **self.solver.options)
+            solver = registry.create("ode_solver", self.solver.name, **self.solver.options)
+            if self.grid is not None and self.steps is None and getattr(solver, "steps", None) is None:
+                raise ConfigError(f"[sampler.grid] needs [sampler] steps: ODE solver {self.solver.name!r} has no steps")
         else:
             registry.create("predictor", self.predictor.name, sde, placeholder, **self.predictor.options)
             registry.create("corrector", self.corrector.name, sde, placeholder, **self.corrector.options)

@@ -1,9 +1,22 @@
-"""Time grids for sampling: decreasing 1-D tensors from T down to eps."""
+"""Time grids for sampling: decreasing 1-D tensors from T down to eps.
+
+A grid is given to the samplers as a tensor, as the name of a registered TimeGrid
+(``"uniform"``, ``"logsnr"``, ``"edm"``, ``"quadratic"``, or a plugin's), or as a
+TimeGrid instance; ``resolve_grid`` turns any of these into the tensor.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
+
+from sdeplug.interfaces import SDE, TimeGrid, check_sde_compatible
+
+GridSpec = Tensor | str | TimeGrid | None
+"""What a sampler's ``grid`` argument accepts."""
 
 
 def uniform_grid(
@@ -18,9 +31,15 @@ def uniform_grid(
     Sampling on this grid takes ``steps`` steps of size (T - eps) / steps exactly; the
     paper's code uses linspace(T, eps, N) but steps by 1/N (see docs/user-guide.md).
     """
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    check_steps(steps)
     return torch.linspace(float(t_start), float(t_end), int(steps) + 1, device=device, dtype=dtype)
+
+
+def check_steps(steps: Any) -> int:
+    """``steps`` as an int, or a ValueError saying a positive integer is needed."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    return int(steps)
 
 
 def check_grid(grid: Tensor, *, decreasing: bool = True) -> Tensor:
@@ -36,3 +55,49 @@ def check_grid(grid: Tensor, *, decreasing: bool = True) -> Tensor:
         direction = "decreasing" if decreasing else "increasing"
         raise ValueError(f"a time grid must be finite and strictly {direction}; got {grid.tolist()[:8]}...")
     return grid
+
+
+def build_time_grid(spec: str | TimeGrid, options: Mapping[str, Any] | None = None) -> TimeGrid:
+    """A TimeGrid from a registered name (with options) or an instance (no options)."""
+    if isinstance(spec, TimeGrid):
+        if options:
+            raise ValueError("grid_options are for a grid given by name; this grid is already built")
+        return spec
+    if isinstance(spec, str):
+        from sdeplug.plugins import get_registry
+
+        return get_registry().create("time_grid", spec, **dict(options or {}))
+    raise TypeError(f"a grid is a tensor of times, a registered grid name or a TimeGrid; got {type(spec).__name__}")
+
+
+def resolve_grid(
+    sde: SDE,
+    grid: GridSpec,
+    steps: int,
+    eps: float,
+    *,
+    grid_options: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The decreasing tensor of times a sampler steps through, from any ``GridSpec``.
+
+    None is the uniform grid; a tensor is checked and used as it is (``steps`` and
+    ``eps`` are then ignored); a name or TimeGrid places ``steps`` + 1 times from T to eps.
+    """
+    if isinstance(grid, Tensor):
+        if grid_options:
+            raise ValueError("grid_options are for a grid given by name; a tensor grid takes none")
+        return check_grid(grid.to(device=device, dtype=dtype))
+    if grid is None and not grid_options:
+        return uniform_grid(sde.T, eps, steps, device=device, dtype=dtype)
+    rule = build_time_grid("uniform" if grid is None else grid, grid_options)
+    name = getattr(rule, "name", None) or type(rule).__name__
+    check_sde_compatible("time_grid", name, type(rule), sde)
+    times = rule.times(sde, check_steps(steps), eps, device=device, dtype=dtype)
+    if not isinstance(times, Tensor) or times.shape != (steps + 1,):
+        raise ValueError(
+            f"time grid {name!r} returned {tuple(getattr(times, 'shape', ()))} for {steps} steps; "
+            f"it must return {steps + 1} times"
+        )
+    return check_grid(times.to(device=device, dtype=dtype))

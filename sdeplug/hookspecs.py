@@ -42,3 +42,8 @@ def register_ode_solvers(register: Register) -> None:
 @hookspec
 def register_score_models(register: Register) -> None:
     """Register ScoreModel classes (torch modules), built as ``cls(**options)``."""
+
+
+@hookspec
+def register_time_grids(register: Register) -> None:
+    """Register TimeGrid classes (where the sampling times fall), built as ``cls(**options)``."""

@@ -125,6 +125,22 @@ class LinearSDE(SDE):
         """log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
         return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """The time in [0, T] at which log_snr(t) takes the given values (the inverse of log_snr).
+
+        The default bisects in float64 to the last bit (log_snr must decrease in t);
+        subclasses with a closed form may override it. Used to build log-SNR and EDM
+        grids and by samplers that step to a given noise level.
+        """
+        target = log_snr.to(torch.float64)
+        lo = torch.zeros_like(target)
+        hi = torch.full_like(target, float(self.T))
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            too_early = self.log_snr(mid) > target
+            lo, hi = torch.where(too_early, mid, lo), torch.where(too_early, hi, mid)
+        return (0.5 * (lo + hi)).to(log_snr.dtype)
+
 
 @attrs.define(frozen=True)
 class ReverseSDE:
@@ -181,6 +197,9 @@ class Predictor(abc.ABC):
     #: Weak order of convergence in the step size, if the predictor claims one (the testing
     #: kit checks the observed order against it).
     weak_order: ClassVar[float | None] = None
+    #: Order of the global error of a deterministic predictor on the probability-flow ODE, if
+    #: it claims one (the testing kit checks it against the exact flow of Gaussian data).
+    ode_order: ClassVar[float | None] = None
     #: True for a part that deliberately leaves x unchanged (the "none" parts).
     identity: ClassVar[bool] = False
     sde: SDE
@@ -191,6 +210,11 @@ class Predictor(abc.ABC):
         self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Move x from time t to t_next (both shape (batch,)); return (x, x_mean without the last noise)."""
+
+    def reset(self, steps: int | None = None) -> None:
+        """Forget what earlier steps left behind; the samplers call this before every run
+        with the number of steps to come. Multistep predictors keep the score evaluations of
+        the last steps, and may lower their order on the final ones."""
 
 
 class Corrector(abc.ABC):
@@ -234,6 +258,28 @@ class ODESolver(abc.ABC):
     ) -> ODESolution:
         """Solve from y0 at t0 to t1. Fixed-step solvers step through ``grid`` when given
         (grid[0] = t0, grid[-1] = t1), otherwise through their own uniform grid."""
+
+
+class TimeGrid(abc.ABC):
+    """A rule that places the sampling times: ``steps`` + 1 decreasing times from T to eps.
+
+    Built as ``cls(**options)``; ``sde_types`` names the SDEs it can handle (log-SNR
+    and EDM grids need a LinearSDE).
+    """
+
+    name: ClassVar[str | None] = None
+    sde_types: ClassVar[tuple[type, ...]] = (SDE,)
+
+    @abc.abstractmethod
+    def times(
+        self,
+        sde: SDE,
+        steps: int,
+        eps: float,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """A 1-D tensor of ``steps`` + 1 strictly decreasing times, first T, last eps."""
 
 
 def check_sde_compatible(kind: str, name: str, part_cls: type, sde: SDE) -> None:

@@ -34,6 +34,7 @@ from sdeplug.interfaces import (
     ODESolver,
     Predictor,
     ScoreModel,
+    TimeGrid,
     check_sde_compatible,
 )
 
@@ -64,6 +65,7 @@ KINDS: dict[str, Kind] = {
         Kind("corrector", "register_correctors", Corrector, ("sde", "score")),
         Kind("ode_solver", "register_ode_solvers", ODESolver),
         Kind("score_model", "register_score_models", ScoreModel),
+        Kind("time_grid", "register_time_grids", TimeGrid),
     )
 }
 

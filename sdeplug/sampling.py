@@ -3,7 +3,8 @@
 What the samplers do, exactly (see docs/user-guide.md):
 
 - The grid is decreasing from T to eps; by default ``uniform_grid(T, eps, steps)``, so
-  every predictor step has the true spacing (T - eps) / steps.
+  every predictor step has the true spacing (T - eps) / steps. ``grid`` takes a tensor
+  of times or a registered TimeGrid by name (``"logsnr"``, ``"edm"``, ...).
 - ``order="predictor_first"`` (the paper's Algorithm 1): at each step the predictor
   moves from t_i to t_{i+1}, then the corrector runs at t_{i+1}.
   ``order="corrector_first"`` (the paper's code): the corrector runs at t_i, then the
@@ -26,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdeplug.errors import NonFiniteError
-from sdeplug.grids import check_grid, uniform_grid
+from sdeplug.grids import GridSpec, resolve_grid
 from sdeplug.interfaces import (
     SDE,
     Corrector,
@@ -105,10 +106,9 @@ def _part_name(part: object) -> str:
     return getattr(part, "name", None) or type(part).__name__
 
 
-def _make_grid(sde: SDE, steps: int, eps: float | None, grid: Tensor | None, device, dtype) -> Tensor:
-    if grid is not None:
-        return check_grid(grid.to(device=device, dtype=dtype))
-    return uniform_grid(sde.T, _end_time(sde, eps), steps, device=device, dtype=dtype)
+def _make_grid(sde: SDE, steps: int, eps: float | None, grid: GridSpec, grid_options, device, dtype) -> Tensor:
+    end = _end_time(sde, eps) if not isinstance(grid, Tensor) else 0.0
+    return resolve_grid(sde, grid, steps, end, grid_options=grid_options, device=device, dtype=dtype)
 
 
 def _end_time(sde: SDE, eps: float | None) -> float:
@@ -158,7 +158,8 @@ def sample_pc(
     corrector_options: Mapping[str, Any] | None = None,
     steps: int = 1000,
     eps: float | None = None,
-    grid: Tensor | None = None,
+    grid: GridSpec = None,
+    grid_options: Mapping[str, Any] | None = None,
     order: Literal["predictor_first", "corrector_first"] = "predictor_first",
     denoise: bool = True,
     generator: torch.Generator | None = None,
@@ -171,8 +172,9 @@ def sample_pc(
     """Predictor-corrector sampling of the reverse SDE from the prior at T down to eps.
 
     ``predictor`` and ``corrector`` are registered names (or classes); their options go
-    in ``predictor_options`` and ``corrector_options``. ``grid`` overrides ``steps`` and
-    ``eps`` with any decreasing grid of times.
+    in ``predictor_options`` and ``corrector_options``. ``grid`` is a registered TimeGrid
+    name (options in ``grid_options``) placing ``steps`` + 1 times from T to eps, or a
+    decreasing tensor of times that overrides ``steps`` and ``eps``.
     """
     if order not in ("predictor_first", "corrector_first"):
         raise ValueError(f"order must be 'predictor_first' or 'corrector_first'; got {order!r}")
@@ -180,9 +182,10 @@ def sample_pc(
     counted = CountingScore(score)
     pred = _resolve("predictor", predictor, sde, counted, predictor_options)
     corr = _resolve("corrector", corrector, sde, counted, corrector_options)
-    times = _make_grid(sde, steps, eps, grid, device, dtype)
+    times = _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     n_steps, batch = len(times) - 1, x.shape[0]
+    pred.reset(n_steps)
     monitor = FiniteMonitor(
         (f"predictor {_part_name(pred)!r}", f"corrector {_part_name(corr)!r}", "final denoising step"),
         x.device,
@@ -226,7 +229,8 @@ def sample_ode(
     solver_options: Mapping[str, Any] | None = None,
     steps: int | None = None,
     eps: float | None = None,
-    grid: Tensor | None = None,
+    grid: GridSpec = None,
+    grid_options: Mapping[str, Any] | None = None,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -236,8 +240,10 @@ def sample_ode(
 ) -> SampleResult:
     """Sample by integrating the probability-flow ODE from T down to eps with an ODESolver.
 
-    Fixed-step solvers step through ``grid`` (or ``uniform_grid(T, eps, steps)`` when
-    ``steps`` is given, or their own ``steps`` option); adaptive ones choose their own.
+    Fixed-step solvers step through ``grid`` (a tensor, or a TimeGrid name placing
+    ``steps`` times, by default the solver's own ``steps`` option), or through
+    ``uniform_grid(T, eps, steps)`` when only ``steps`` is given, or their own uniform
+    grid; adaptive ones choose their own steps between the grid's ends.
     """
     device, dtype = _defaults(device, dtype, generator, x_init)
     if isinstance(solver, ODESolver):
@@ -249,7 +255,15 @@ def sample_ode(
     counted = CountingScore(score)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     batch = x.shape[0]
-    times = _make_grid(sde, steps, eps, grid, device, dtype) if (grid is not None or steps is not None) else None
+    if grid is not None and not isinstance(grid, Tensor) and steps is None:
+        steps = getattr(ode_solver, "steps", None)
+        if steps is None:
+            raise ValueError(f"a grid given by name ({grid!r}) needs steps, and this solver has no steps option")
+    times = (
+        _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
+        if (grid is not None or steps is not None)
+        else None
+    )
     t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, _end_time(sde, eps))
     monitor = FiniteMonitor((f"ODE solver {_part_name(ode_solver)!r}", "final denoising step"), x.device, check_finite)
     flow = probability_flow(sde, counted, batch)

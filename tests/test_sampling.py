@@ -50,9 +50,10 @@ def _true(mixture):
     return lambda n, g: mixture64.sample(n, g)
 
 
-#: Steps per predictor: torchsde's default SRK (strong order 1.5) needs far fewer than
-#: the first-order reference predictors, and each of its steps is a whole sdeint call.
-PREDICTOR_STEPS = {"torchsde": 200}
+#: Steps per predictor: torchsde's default SRK (strong order 1.5) and the fast samplers
+#: need far fewer than the first-order reference predictors (and each torchsde step is a
+#: whole sdeint call).
+PREDICTOR_STEPS = {"torchsde": 200, **dict.fromkeys(["dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m", "edm_heun", "unipc"], 200)}
 
 
 def _corrector_options(predictor: str, corrector: str) -> dict:

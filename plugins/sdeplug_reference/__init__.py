@@ -1,4 +1,4 @@
-"""The reference plugin: the paper's SDEs, predictors, correctors, and fixed-step ODE solvers.
+"""The reference plugin: the paper's SDEs, predictors, correctors, fixed-step ODE solvers and grids.
 
 An ordinary sdeplug plugin, declared as the ``reference`` entry point; it uses only
 the public API of the core.
@@ -6,6 +6,7 @@ the public API of the core.
 
 from sdeplug import hookimpl
 from sdeplug_reference.correctors import AnnealedLangevin, Langevin, NoCorrector
+from sdeplug_reference.grids import QuadraticGrid, UniformGrid
 from sdeplug_reference.ode_solvers import Euler, Heun
 from sdeplug_reference.predictors import (
     AncestralSampling,
@@ -16,6 +17,8 @@ from sdeplug_reference.predictors import (
 from sdeplug_reference.sdes import VESDE, VPSDE, SubVPSDE
 
 __all__ = [
+    "VESDE",
+    "VPSDE",
     "AncestralSampling",
     "AnnealedLangevin",
     "Euler",
@@ -24,10 +27,10 @@ __all__ = [
     "Langevin",
     "NoCorrector",
     "NoPredictor",
+    "QuadraticGrid",
     "ReverseDiffusion",
     "SubVPSDE",
-    "VESDE",
-    "VPSDE",
+    "UniformGrid",
 ]
 
 
@@ -52,4 +55,10 @@ def register_correctors(register):
 @hookimpl
 def register_ode_solvers(register):
     for cls in (Euler, Heun):
+        register(cls)
+
+
+@hookimpl
+def register_time_grids(register):
+    for cls in (UniformGrid, QuadraticGrid):
         register(cls)

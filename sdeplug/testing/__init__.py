@@ -3,7 +3,7 @@
 - ``contract_tests("my_plugin")``: a pytest test running every contract on every part a
   plugin registers (one line in the plugin's tests);
 - ``check_sde``, ``check_predictor``, ``check_corrector``, ``check_ode_solver``,
-  ``check_score_model``: each contract on its own, raising ``ContractError`` with a message
+  ``check_score_model``, ``check_time_grid``: each contract on its own, raising ``ContractError`` with a message
   naming the method at fault;
 - ``sdeplug.testing.strategies``: hypothesis strategies for SDEs, times, shapes, mixtures
   and time grids;
@@ -20,7 +20,9 @@ from sdeplug.testing.contracts import (
     check_predictor,
     check_score_model,
     check_sde,
+    check_time_grid,
     contract_tests,
+    ode_order,
     plugin_parts,
     weak_order,
 )
@@ -45,9 +47,11 @@ __all__ = [
     "check_predictor",
     "check_score_model",
     "check_sde",
+    "check_time_grid",
     "contract_tests",
     "energy_distance",
     "energy_null",
+    "ode_order",
     "plugin_parts",
     "simulate_forward",
     "weak_order",

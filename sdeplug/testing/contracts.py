@@ -28,6 +28,7 @@ from sdeplug.interfaces import (
     ODESolver,
     Predictor,
     ScoreModel,
+    TimeGrid,
 )
 from sdeplug.oracle import GaussianMixture, preset
 from sdeplug.plugins import KINDS, get_registry, part_options
@@ -330,7 +331,12 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
         label = f"{type(sde).__name__}"
         score = mixture.score_model(sde)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-        _check_step_interface(sde, lambda x, t, g: gaussian.step(x, t, t - 0.01, g), f"predictor {name!r} with {label}")
+
+        def first_step(x, t, g, part=gaussian):
+            part.reset()  # a multistep predictor would otherwise build on the previous call
+            return part.step(x, t, t - 0.01, g)
+
+        _check_step_interface(sde, first_step, f"predictor {name!r} with {label}")
         if getattr(cls, "identity", False):
             _check_identity(lambda x, t: gaussian.step(x, t, t - 0.01)[0], f"predictor {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
@@ -354,6 +360,16 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
             report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
         else:
             report.skipped.append(f"{label}: weak order (none declared)")
+        declared = getattr(cls, "ode_order", None)
+        if declared is not None:
+            observed, errors = ode_order(cls, sde, options)
+            if observed < declared - 0.3:
+                _fail(f"predictor {name!r} with {label}: observed order {observed:.2f} on the probability-flow ODE is "
+                      f"below its declared ode_order {declared:g} (largest errors against the exact flow "
+                      f"{', '.join(f'{e:.2e}' for e in errors)} at {', '.join(map(str, ODE_ORDER_STEPS))} steps "
+                      "uniform in log-SNR): a term of the step is missing or mis-weighted")
+            report.passed.append(f"{label}: observed order {observed:.2f} on the probability-flow ODE "
+                                 f"(declared {declared:g})")
     return report
 
 
@@ -388,6 +404,21 @@ def _check_step_interface(sde: SDE, call: Callable, label: str) -> None:
                 _fail(f"{label}: two steps with generators seeded alike differ: draw noise from `generator`")
 
 
+def observed_order(steps: Sequence[int], errors: Sequence[float]) -> float:
+    """The least-squares slope of -log2(error) against log2(steps), on the errors' envelope.
+
+    Each error is first raised to the largest error at any finer step count: an error
+    that crosses zero between two step counts (a lucky cancellation at a coarse grid)
+    would otherwise pass for accuracy the method does not have. An inconsistent or
+    lower-order method keeps its flat or shallow envelope and still fails.
+    """
+    envelope = [max(errors[i:]) for i in range(len(errors))]
+    logs = torch.log2(torch.tensor(envelope, dtype=F64))
+    levels = torch.log2(torch.tensor(list(steps), dtype=F64))
+    slope = float(((levels - levels.mean()) * (logs - logs.mean())).sum() / ((levels - levels.mean()) ** 2).sum())
+    return -slope
+
+
 #: Step counts at which weak_order measures the error.
 WEAK_ORDER_STEPS: tuple[int, ...] = (8, 16, 32, 64)
 
@@ -395,7 +426,7 @@ WEAK_ORDER_STEPS: tuple[int, ...] = (8, 16, 32, 64)
 def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
                steps: Sequence[int] = WEAK_ORDER_STEPS, n: int = 100_000, seed: int = 0) -> tuple[float, list[float]]:
     """Observed weak order on Gaussian data: from exact samples of p_T down to t = 0.2, the
-    relative error of the mean and variance against the exact p_0.2, least-squares slope in log2."""
+    relative error of the mean and variance against the exact p_0.2; the order is ``observed_order``."""
     data = GaussianMixture([1.0], [[0.3]], stds=[0.5])
     score = data.score_model(sde)
     t_end = 0.2 * sde.T
@@ -414,10 +445,50 @@ def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = 
         x = sample_pc(sde, score, predictor=cls, predictor_options=options or {}, corrector="none", steps=k,
                       eps=t_end, denoise=False, x_init=x_T, generator=g, dtype=F64).x
         errors.append(abs(float(x.var()) / exact_var - 1) + abs(float(x.mean()) - exact_mean) / math.sqrt(exact_var))
-    logs = torch.log2(torch.tensor(errors, dtype=F64))
-    levels = torch.log2(torch.tensor(list(steps), dtype=F64))
-    slope = float(((levels - levels.mean()) * (logs - logs.mean())).sum() / ((levels - levels.mean()) ** 2).sum())
-    return -slope, errors
+    return observed_order(steps, errors), errors
+
+
+#: Step counts at which ode_order measures the error.
+ODE_ORDER_STEPS: tuple[int, ...] = (16, 32, 64, 128)
+
+
+def log_snr_grid(sde: SDE, steps: int, t_end: float) -> Tensor:
+    """Times from T to t_end evenly spaced in log-SNR for a LinearSDE (in t otherwise), float64."""
+    if not isinstance(sde, LinearSDE):
+        return torch.linspace(sde.T, t_end, steps + 1, dtype=F64)
+    ends = sde.log_snr(torch.tensor([sde.T, t_end], dtype=F64))
+    times = sde.t_from_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=F64))
+    times[0], times[-1] = sde.T, t_end
+    return times
+
+
+def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
+              steps: Sequence[int] = ODE_ORDER_STEPS) -> tuple[float, list[float]]:
+    """Observed order of a deterministic predictor on the probability-flow ODE of Gaussian
+    data N(0.3, 0.5^2), whose flow is known exactly: x_t = a_t m + (S_t / S_T)(x_T - a_T m)
+    with S_t^2 = a_t^2 v + sigma_t^2. From 65 points spread over p_T down to the SDE's eps,
+    on grids uniform in log-SNR; the largest error per step count, the order by ``observed_order``."""
+    if not isinstance(sde, LinearSDE):
+        raise TypeError("ode_order needs a LinearSDE: the exact flow comes from alpha(t) and sigma(t)")
+    mean, var = 0.3, 0.25
+    data = GaussianMixture([1.0], [[mean]], stds=[math.sqrt(var)])
+    score = data.score_model(sde)
+    t_end = sde.default_eps
+
+    def spread(t: float) -> tuple[float, float]:
+        tt = torch.tensor([t], dtype=F64)
+        a, s = float(sde.alpha(tt)), float(sde.sigma(tt))
+        return a, math.sqrt(a**2 * var + s**2)
+
+    (a_T, S_T), (a_end, S_end) = spread(sde.T), spread(t_end)
+    x_T = a_T * mean + S_T * torch.linspace(-3, 3, 65, dtype=F64)[:, None]
+    exact = a_end * mean + (S_end / S_T) * (x_T - a_T * mean)
+    errors = []
+    for k in steps:
+        x = sample_pc(sde, score, predictor=cls, predictor_options=options or {}, corrector="none",
+                      grid=log_snr_grid(sde, k, t_end), denoise=False, x_init=x_T, dtype=F64).x
+        errors.append(float((x - exact).abs().max() / S_end))
+    return observed_order(steps, errors), errors
 
 
 # Correctors --------------------------------------------------------------------------
@@ -554,6 +625,51 @@ def check_score_model(spec: str | type[ScoreModel], *, options: dict[str, Any] |
     return report
 
 
+# Time grids ----------------------------------------------------------------------------
+
+
+def check_time_grid(spec: str | type[TimeGrid], *, sdes: Sequence[SDE] | None = None,
+                    options: dict[str, Any] | None = None) -> ContractReport:
+    """For every compatible SDE: steps + 1 strictly decreasing times from exactly T to exactly
+    eps, in the dtype and on the device asked for, the same on every call, and a mesh that
+    shrinks as steps grow (samplers converge only if it does)."""
+    name, cls = _resolve("time_grid", spec)
+    report = ContractReport(f"time_grid {name!r}")
+    rule = cls(**(options or {}))
+    targets = _compatible(cls, sdes)
+    if not targets:
+        report.skipped.append("no compatible SDE to check it with")
+        return report
+    for sde in targets:
+        label = f"time_grid {name!r} with {type(sde).__name__}"
+        eps = sde.default_eps
+        for steps in (1, 7, 50):
+            for device in _devices():
+                for dtype in (torch.float32, F64):
+                    times = rule.times(sde, steps, eps, device=device, dtype=dtype)
+                    if not isinstance(times, Tensor) or times.shape != (steps + 1,):
+                        _fail(f"{label}: times(steps={steps}) returned shape {tuple(getattr(times, 'shape', ()))}; "
+                              f"it must return steps + 1 = {steps + 1} times")
+                    if times.dtype != dtype or times.device.type != torch.device(device).type:
+                        _fail(f"{label}: asked for {dtype} on {device}, got {times.dtype} on {times.device}")
+                    ends = torch.tensor([sde.T, eps], dtype=dtype)
+                    if not torch.equal(times[[0, -1]].cpu(), ends):
+                        _fail(f"{label}: the grid must run from exactly T = {sde.T} to exactly eps = {eps}; "
+                              f"got {float(times[0])!r} to {float(times[-1])!r}")
+                    if not bool((times.diff() < 0).all()) or not bool(torch.isfinite(times).all()):
+                        _fail(f"{label}: times must be finite and strictly decreasing; got {times.tolist()[:10]}")
+            if not torch.equal(rule.times(sde, steps, eps, dtype=F64), rule.times(sde, steps, eps, dtype=F64)):
+                _fail(f"{label}: two calls with the same arguments give different grids")
+        coarse = float(rule.times(sde, 50, eps, dtype=F64).diff().abs().max())
+        fine = float(rule.times(sde, 400, eps, dtype=F64).diff().abs().max())
+        if fine > coarse / 4:
+            _fail(f"{label}: the largest step shrinks only from {coarse:.3g} (50 steps) to {fine:.3g} (400 steps); "
+                  "a sampler can converge only if every step shrinks with 1/steps")
+        report.passed.append(f"{type(sde).__name__}: ends at T and eps exactly, decreasing, dtypes, devices, "
+                             f"deterministic, largest step {coarse:.3g} -> {fine:.3g} from 50 to 400 steps")
+    return report
+
+
 # Whole plugins -------------------------------------------------------------------------
 
 CHECKS: dict[str, Callable[..., ContractReport]] = {
@@ -562,6 +678,7 @@ CHECKS: dict[str, Callable[..., ContractReport]] = {
     "corrector": check_corrector,
     "ode_solver": check_ode_solver,
     "score_model": check_score_model,
+    "time_grid": check_time_grid,
 }
 
 

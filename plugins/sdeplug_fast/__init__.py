@@ -1,0 +1,26 @@
+"""Fast samplers for every LinearSDE: DPM-Solver++ (2M, 3M), SDE-DPM-Solver++(2M), UniPC, EDM Heun,
+and the log-SNR and EDM time grids.
+
+An ordinary sdeplug plugin, declared as the ``fast`` entry point; it uses only the
+public API of the core (alpha(t), sigma(t) and t_from_log_snr of LinearSDE).
+"""
+
+from sdeplug import hookimpl
+from sdeplug_fast.edm import EDMHeun
+from sdeplug_fast.grids import EDMGrid, LogSNRGrid
+from sdeplug_fast.multistep import DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M
+from sdeplug_fast.unipc import UniPC
+
+__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "EDMGrid", "EDMHeun", "LogSNRGrid", "SDEDPMSolverPP2M", "UniPC"]
+
+
+@hookimpl
+def register_predictors(register):
+    for cls in (DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M, EDMHeun, UniPC):
+        register(cls)
+
+
+@hookimpl
+def register_time_grids(register):
+    for cls in (LogSNRGrid, EDMGrid):
+        register(cls)

@@ -1,0 +1,58 @@
+"""Grids placed by noise level rather than by time: uniform in log-SNR, and EDM's rho-schedule.
+
+Both work for any LinearSDE: they place the noise levels, then map them back to times
+with ``LinearSDE.t_from_log_snr``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from attrs import validators as v
+from torch import Tensor
+
+from sdeplug import LinearSDE, TimeGrid
+
+
+def _ends(sde: LinearSDE, eps: float) -> Tensor:
+    """log-SNR at T and at eps, in float64."""
+    return sde.log_snr(torch.tensor([float(sde.T), float(eps)], dtype=torch.float64))
+
+
+def _times_at(sde: LinearSDE, log_snr: Tensor, eps: float, device, dtype) -> Tensor:
+    times = sde.t_from_log_snr(log_snr)
+    times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
+    return times.to(device=device, dtype=dtype)
+
+
+@attrs.frozen
+class LogSNRGrid(TimeGrid):
+    """Evenly spaced in log-SNR: equal steps h in the variable exponential integrators step in."""
+
+    name = "logsnr"
+    sde_types = (LinearSDE,)
+
+    def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
+        start, end = _ends(sde, eps)
+        log_snr = torch.linspace(float(start), float(end), steps + 1, dtype=torch.float64)
+        return _times_at(sde, log_snr, eps, device, dtype)
+
+
+@attrs.frozen
+class EDMGrid(TimeGrid):
+    """Karras et al.'s schedule: the noise level s = sigma / alpha evenly spaced in s^(1/rho).
+
+    rho = 7 (the EDM default) puts most steps at low noise; rho = 1 is uniform in s.
+    """
+
+    name = "edm"
+    sde_types = (LinearSDE,)
+    rho: float = attrs.field(default=7.0, kw_only=True, validator=[v.instance_of((int, float)), v.gt(0)])
+
+    def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
+        # s = sigma / alpha = exp(-log_snr / 2)
+        s_max, s_min = torch.exp(-0.5 * _ends(sde, eps))
+        u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        inv = 1.0 / self.rho
+        s = (s_max**inv + u * (s_min**inv - s_max**inv)) ** self.rho
+        return _times_at(sde, -2.0 * torch.log(s), eps, device, dtype)
