@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/training.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/sampling.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis

@@ -40,10 +40,23 @@ class _Multistep(Predictor):
     _past: list[tuple[Tensor, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _run_length: int | None = attrs.field(default=None, init=False, repr=False)
     _taken: int = attrs.field(default=0, init=False, repr=False)
+    _last_output: Tensor | None = attrs.field(default=None, init=False, repr=False)
 
     def reset(self, steps: int | None = None) -> None:
         self._past.clear()
-        self._run_length, self._taken = steps, 0
+        self._run_length, self._taken, self._last_output = steps, 0, None
+
+    def _continues(self, x: Tensor) -> None:
+        """Forget the history when x is not what the last step returned: a corrector moved
+        it, and the earlier predictions no longer lie on its trajectory (extrapolating
+        them amplifies the corrector's noise). With a corrector after every step the
+        predictor is then the first-order exponential integrator, which is consistent."""
+        if self._last_output is not None and x is not self._last_output:
+            self._past.clear()
+
+    def _returning(self, x_next: Tensor) -> Tensor:
+        self._last_output = x_next
+        return x_next
 
     def _usable_history(self) -> list[tuple[Tensor, Tensor]]:
         """The earlier predictions this step may use: all of them, except on the last steps
@@ -62,6 +75,7 @@ class _Multistep(Predictor):
         del self._past[self.history :]
 
     def _levels(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[NoiseLevel, NoiseLevel, Tensor, Tensor]:
+        self._continues(x)
         here, there = NoiseLevel.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
         denoised = data_prediction(self.score, x, t, here)
         return here, there, denoised, there.lam - here.lam
@@ -84,7 +98,7 @@ class DPMSolverPP2M(_Multistep):
             combined = (1 + half_inv_r) * denoised - half_inv_r * denoised_prev
         self._remember(here.lam, denoised)
         x_next = per_sample(there.sigma / here.sigma, x) * x - per_sample(there.alpha * torch.expm1(-h), x) * combined
-        return x_next, x_next
+        return self._returning(x_next), x_next
 
 
 @attrs.define
@@ -125,7 +139,7 @@ class DPMSolverPP3M(_Multistep):
                 scaled = scaled + phi_2 * d1_0
         self._remember(here.lam, denoised)
         x_next = per_sample(there.alpha, x) * scaled
-        return x_next, x_next
+        return self._returning(x_next), x_next
 
     #: 2 for third order; 1 reproduces the reference implementations (kept for comparison).
     second_difference_weight: ClassVar[float] = 2.0
@@ -157,6 +171,6 @@ class SDEDPMSolverPP2M(_Multistep):
         self._remember(here.lam, denoised)
         x_mean = per_sample(there.alpha, x) * scaled
         if self.eta == 0:
-            return x_mean, x_mean
+            return self._returning(x_mean), x_mean
         noise_std = there.sigma * torch.sqrt(-torch.expm1(-2 * self.eta * h))
-        return x_mean + per_sample(noise_std, x) * randn_like(x, generator), x_mean
+        return self._returning(x_mean + per_sample(noise_std, x) * randn_like(x, generator)), x_mean

@@ -46,12 +46,13 @@ class EulerMaruyama(_ReverseSDEPredictor):
     weak_order = 1.0
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        dt = t_next - t
-        x_mean = x + self._reverse.drift(x, t) * per_sample(dt, x)
+        dt = per_sample(t_next - t, x)
+        g = per_sample(self.sde.diffusion(t), x)  # once, for the drift's g^2 and the noise
+        weight = 0.5 if self.probability_flow else 1.0
+        x_mean = x + (self.sde.drift(x, t) - (weight * g * g) * self.score(x, t)) * dt
         if self.probability_flow:
             return x_mean, x_mean
-        noise_scale = self._reverse.diffusion(t) * torch.sqrt(-dt)
-        return x_mean + per_sample(noise_scale, x) * randn_like(x, generator), x_mean
+        return x_mean + (g * torch.sqrt(-dt)) * randn_like(x, generator), x_mean
 
 
 @attrs.frozen

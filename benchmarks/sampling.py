@@ -1,0 +1,456 @@
+"""Sampling benchmarks: quality against score evaluations, solver error, overhead, scaling.
+
+Every number comes from the exact (oracle) score of a Gaussian mixture, so what is
+measured is the sampler alone. Parts:
+
+- ``quality``: energy distance (the V-statistic, never negative) between n samples and n
+  fresh true samples, mean over R seeds, divided by the noise floor: the same statistic
+  between two independent true sets. A sampler "reaches the floor" when its mean is
+  within two standard errors (of the difference of the two means) of the floor's.
+- ``error``: deterministic samplers, RMS distance of the state at eps to a reference
+  solve of the probability-flow ODE from the same noise (torchdiffeq dopri5, rtol = atol
+  = 1e-10, float64).
+- ``pc16``: the predictor-corrector sampler in 16 dimensions from 100 to 2000 steps.
+- ``overhead``: wall time of sdeplug's samplers against a hand-written torch loop doing the
+  same arithmetic with the same tiny network, alternating in one process.
+- ``scaling``: time and peak memory as the batch and the dimension grow.
+
+    python benchmarks/sampling.py [--parts quality,error,pc16,overhead,scaling] [--quick]
+                                  [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sdeplug
+from sdeplug.oracle import preset, random_mixture
+from sdeplug.sampling import sample_ode, sample_pc
+from sdeplug.testing.stats import energy_distance
+
+F64 = torch.float64
+REPO = Path(__file__).resolve().parents[1]
+IMG = REPO / "docs" / "img"
+
+MIXTURES = {
+    "ring8 (2-D, broad: std 0.15)": lambda: preset("ring8"),
+    "ring8_tight (2-D, tight: std 0.05)": lambda: preset("ring8_tight"),
+    "blobs16 (16-D, broad: std 0.2-0.5)": lambda: preset("blobs16"),
+    "tight16 (16-D, tight: std 0.05-0.15)": lambda: random_mixture(16, 8, seed=3, std_range=(0.05, 0.15)),
+}
+
+# name: (label, how it samples, score evaluations per step, options)
+SAMPLERS = {
+    "unipc": ("UniPC-2 + UniC (bh2)", "pc", 1, {"predictor": "unipc"}),
+    "dpmpp_3m": ("DPM-Solver++(3M)", "pc", 1, {"predictor": "dpmpp_3m"}),
+    "dpmpp_2m": ("DPM-Solver++(2M)", "pc", 1, {"predictor": "dpmpp_2m"}),
+    "sde_dpmpp_2m": ("SDE-DPM-Solver++(2M)", "pc", 1, {"predictor": "sde_dpmpp_2m"}),
+    "edm_heun": ("EDM Heun", "pc", 2, {"predictor": "edm_heun"}),
+    "heun": ("Heun on the PF-ODE in t", "ode", 2, {"solver": "heun"}),
+    "euler": ("Euler on the PF-ODE in t", "ode", 1, {"solver": "euler"}),
+    "ddim": ("reverse diffusion, probability flow", "pc", 1,
+             {"predictor": "reverse_diffusion", "predictor_options": {"probability_flow": True}}),
+    "ancestral": ("ancestral sampling", "pc", 1, {"predictor": "ancestral"}),
+    "euler_maruyama": ("Euler-Maruyama", "pc", 1, {"predictor": "euler_maruyama"}),
+    "pc_langevin": ("PC: reverse diffusion + Langevin (snr 0.16)", "pc", 2,
+                    {"predictor": "reverse_diffusion", "corrector": "langevin"}),
+}
+GRIDS = ("uniform", "quadratic", "logsnr", "edm")
+DEFAULT_GRID = {"unipc": "logsnr", "dpmpp_3m": "logsnr", "dpmpp_2m": "logsnr", "sde_dpmpp_2m": "logsnr",
+                "edm_heun": "edm"}
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, CPU")
+
+
+def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int) -> tuple[torch.Tensor, int]:
+    """n samples spending at most ``nfe`` score evaluations; returns them and the count spent.
+
+    Deterministic and fast samplers end at eps without the Tweedie step (every evaluation
+    goes to a step); the paper's PC sampler keeps its final denoising step, counted.
+    """
+    label, how, per_step, options = SAMPLERS[sampler]
+    generator = torch.Generator().manual_seed(seed)
+    denoise = sampler in ("pc_langevin", "ancestral", "euler_maruyama")
+    steps = max((nfe - int(denoise)) // per_step, 1)
+    common = dict(grid=None if grid == "uniform" else grid, steps=steps, denoise=denoise, generator=generator,
+                  dtype=F64)
+    if how == "ode":
+        result = sample_ode(sde, score, (n, dim), **options, **common)
+    else:
+        result = sample_pc(sde, score, (n, dim), corrector=options.get("corrector", "none"),
+                           **{k: v for k, v in options.items() if k != "corrector"}, **common)
+    return result.x, result.nfe
+
+
+def floor(mixture, n: int, reps: int) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(10_000)
+    values = [energy_distance(mixture.sample(n, g), mixture.sample(n, g), unbiased=False) for _ in range(reps)]
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(reps)
+
+
+def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float, int]:
+    values, spent = [], 0
+    for r in range(reps):
+        x, spent = draw(sampler, sde, mixture.score_model(sde), n, mixture.dim, nfe, grid, seed=r)
+        true = mixture.sample(n, torch.Generator().manual_seed(20_000 + r))
+        values.append(energy_distance(x, true, unbiased=False) if torch.isfinite(x).all() else float("inf"))
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(reps) if math.isfinite(mean) else float("inf")
+    return mean, se, spent
+
+
+def _cell(mean, se, spent, fl) -> str:
+    fm, fs = fl
+    if not math.isfinite(mean):
+        return "diverged"
+    ok = mean - fm <= 2 * math.sqrt(se**2 + fs**2)
+    return f"**{mean / fm:.2f}**" if ok else f"{mean / fm:.2f}"
+
+
+# Parts ------------------------------------------------------------------------------------
+
+
+def part_quality(quick: bool) -> tuple[str, dict]:
+    n = 2000
+    budgets = (5, 10, 20, 50, 100) if quick else (5, 10, 20, 50, 100, 200)
+    headline_budgets = (5, 10, 20, 50, 100)
+    lines, curves = [], {}
+    lines.append(f"n = {n} samples, mean over 3 seeds; each cell is energy distance / noise floor, "
+                 "**bold** where it is within two standard errors of the floor. Columns are the "
+                 "score-evaluation budget (NFE); a sampler spends at most that many.\n")
+    for mixture_label, make in MIXTURES.items():
+        mixture = make().to(F64)
+        headline = mixture_label.startswith("ring8 (")
+        reps = 2 if quick else 3
+        fl = floor(mixture, n, max(reps, 8))
+        for sde_name in ("ve", "vp"):
+            sde = sdeplug.create("sde", sde_name)
+            lines.append(f"\n**{mixture_label}, {sde_name.upper()}** (floor {fl[0]:.2e} +- {fl[1]:.1e})\n")
+            row_budgets = headline_budgets if headline else budgets
+            lines.append("| sampler | grid | " + " | ".join(f"NFE {b}" for b in row_budgets) + " |")
+            lines.append("|---|---|" + "---|" * len(row_budgets))
+            for sampler in SAMPLERS:
+                if not headline and sampler in ("euler", "ddim"):
+                    continue
+                grids = GRIDS if headline else (DEFAULT_GRID.get(sampler, "uniform"),)
+                for grid in grids:
+                    cells, ratios = [], []
+                    for b in row_budgets:
+                        if b < SAMPLERS[sampler][2] + (1 if sampler in ("pc_langevin",) else 0):
+                            cells.append("-")
+                            ratios.append(float("nan"))
+                            continue
+                        mean, se, spent = quality(sampler, sde, mixture, n, b, grid, reps)
+                        cells.append(_cell(mean, se, spent, fl))
+                        ratios.append(mean / fl[0])
+                    lines.append(f"| {SAMPLERS[sampler][0]} | {grid} | " + " | ".join(cells) + " |")
+                    if grid == DEFAULT_GRID.get(sampler, "uniform"):
+                        curves[(mixture_label, sde_name, sampler)] = (row_budgets, ratios)
+                    print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n", curves
+
+
+def reference_solve(sde, score, x_T: torch.Tensor) -> torch.Tensor:
+    return sample_ode(sde, score, x_init=x_T, solver="dopri5", solver_options={"rtol": 1e-10, "atol": 1e-10},
+                      denoise=False, dtype=F64).x
+
+
+def part_error(quick: bool) -> tuple[str, dict]:
+    budgets = (5, 10, 20, 50, 100, 200)
+    deterministic = ("unipc", "dpmpp_3m", "dpmpp_2m", "edm_heun", "heun", "euler", "ddim")
+    lines = ["RMS distance (per coordinate) of the state at eps to a dopri5 solve at rtol = atol = 1e-10 "
+             "from the same prior draw (512 draws), against the score-evaluation budget; each sampler on its "
+             "default grid (fast samplers: log-SNR, EDM Heun: EDM, others: uniform).\n"]
+    curves = {}
+    for mixture_name, sde_name in (("ring8", "ve"), ("ring8", "vp"), ("blobs16", "vp")):
+        mixture = preset(mixture_name).to(F64)
+        sde = sdeplug.create("sde", sde_name)
+        score = mixture.score_model(sde)
+        x_T = sde.prior_sampling((512, mixture.dim), torch.Generator().manual_seed(0), dtype=F64)
+        ref = reference_solve(sde, score, x_T)
+        lines.append(f"\n**{mixture_name}, {sde_name.upper()}**\n")
+        lines.append("| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |")
+        lines.append("|---|" + "---|" * len(budgets))
+        for sampler in deterministic:
+            label, how, per_step, options = SAMPLERS[sampler]
+            grid = DEFAULT_GRID.get(sampler, "uniform")
+            row = []
+            for b in budgets:
+                steps = max(b // per_step, 1)
+                common = dict(grid=None if grid == "uniform" else grid, steps=steps, denoise=False, x_init=x_T,
+                              dtype=F64)
+                if how == "ode":
+                    x = sample_ode(sde, score, **options, **common).x
+                else:
+                    x = sample_pc(sde, score, corrector="none", **options, **common).x
+                row.append(float(((x - ref) ** 2).mean().sqrt()))
+            curves[(mixture_name, sde_name, sampler)] = (budgets, row)
+            lines.append(f"| {label} | " + " | ".join(f"{e:.1e}" for e in row) + " |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n", curves
+
+
+def part_pc16(quick: bool) -> str:
+    n, reps = 1000, 2
+    steps_list = (125, 500, 2000)
+    lines = [f"Energy distance / noise floor, n = {n}, mean over {reps} seeds (**bold**: within two standard errors "
+             "of the floor). The paper's PC sampler: reverse diffusion + one Langevin step per time, snr 0.16; "
+             "sdeplug's batch-norm step rule, exact grid steps and final Tweedie step.\n"]
+    configs = [("reverse diffusion alone", {}, "none"),
+               ("+ Langevin snr 0.16 (paper)", {"snr": 0.16}, "langevin"),
+               ("+ Langevin snr 0.08", {"snr": 0.08}, "langevin")]
+    for label in ("blobs16 (16-D, broad: std 0.2-0.5)", "tight16 (16-D, tight: std 0.05-0.15)"):
+        mixture = MIXTURES[label]().to(F64)
+        fl = floor(mixture, n, 8)
+        for sde_name in ("ve", "vp"):
+            sde = sdeplug.create("sde", sde_name)
+            lines.append(f"\n**{label}, {sde_name.upper()}** (floor {fl[0]:.2e})\n")
+            lines.append("| sampler | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
+            lines.append("|---|" + "---|" * len(steps_list))
+            for name, options, corrector in configs:
+                cells = []
+                for steps in steps_list:
+                    values = []
+                    for r in range(reps):
+                        x = sample_pc(sde, mixture.score_model(sde), (n, mixture.dim), predictor="reverse_diffusion",
+                                      corrector=corrector, corrector_options=options, steps=steps,
+                                      generator=torch.Generator().manual_seed(r), dtype=F64).x
+                        values.append(energy_distance(x, mixture.sample(n, torch.Generator().manual_seed(30_000 + r)),
+                                                      unbiased=False))
+                    mean = statistics.fmean(values)
+                    cells.append(_cell(mean, statistics.stdev(values) / math.sqrt(reps), None, fl))
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+class TinyScore(torch.nn.Module):
+    """A 2-hidden-layer MLP on (x, t): the same network for both sides of the overhead race."""
+
+    def __init__(self, dim: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, width), torch.nn.SiLU(), torch.nn.Linear(width, width),
+                                       torch.nn.SiLU(), torch.nn.Linear(width, dim))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+def hand_em(sde, net, x, times, generator):
+    """Euler-Maruyama on the reverse VP SDE, written out: what sample_pc's euler_maruyama does."""
+    b0, b1 = sde.beta_min, sde.beta_max
+    for i in range(len(times) - 1):
+        t = times[i].expand(x.shape[0])
+        dt = times[i + 1] - times[i]
+        beta = b0 + t * (b1 - b0)
+        drift = -0.5 * beta[:, None] * x - beta[:, None] * net(x, t)
+        x = x + drift * dt + torch.sqrt(beta * -dt)[:, None] * torch.randn(x.shape, generator=generator)
+    return x
+
+
+def hand_dpmpp_2m(sde, net, x, times):
+    """DPM-Solver++(2M) on the VP SDE, written out with alpha, sigma in closed form."""
+    b0, b1 = sde.beta_min, sde.beta_max
+    old, lam_old = None, None
+    for i in range(len(times) - 1):
+        t, tn = times[i].expand(x.shape[0]), times[i + 1].expand(x.shape[0])
+        lmc, lmcn = -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0, -0.25 * tn**2 * (b1 - b0) - 0.5 * tn * b0
+        a, s, an, sn = lmc.exp(), (1 - (2 * lmc).exp()).sqrt(), lmcn.exp(), (1 - (2 * lmcn).exp()).sqrt()
+        lam, lamn = (a / s).log(), (an / sn).log()
+        h = lamn - lam
+        d = (x + (s**2)[:, None] * net(x, t)) / a[:, None]
+        use = d if old is None else d + (h / (lam - lam_old) / 2)[:, None] * (d - old)
+        x = (sn / s)[:, None] * x - (an * torch.expm1(-h))[:, None] * use
+        old, lam_old = d, lam
+    return x
+
+
+def part_overhead(quick: bool) -> str:
+    torch.manual_seed(0)
+    sde = sdeplug.create("sde", "vp")
+    batch, steps, rounds = 1024, 100, (5 if quick else 11)
+    lines = [f"Batch {batch}, {steps} steps, float32, an MLP (2 x 64 hidden) on 2-D inputs; median of {rounds} "
+             "alternating rounds; ratio = sdeplug / hand-written loop (1.00 is no overhead).\n",
+             "| sampler | hand-written (ms) | sdeplug (ms) | ratio |", "|---|---|---|---|"]
+    net = TinyScore(2).eval()
+    score = net  # sdeplug sees the same module
+    times = torch.linspace(1.0, 1e-3, steps + 1)
+    cases = {
+        "Euler-Maruyama": (lambda: hand_em(sde, net, torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)),
+                                           times, torch.Generator().manual_seed(1)),
+                           lambda: sample_pc(sde, score, (batch, 2), predictor="euler_maruyama", corrector="none",
+                                             steps=steps, denoise=False, generator=torch.Generator().manual_seed(0))),
+        "Euler-Maruyama, check_finite=False": (
+            lambda: hand_em(sde, net, torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)), times,
+                            torch.Generator().manual_seed(1)),
+            lambda: sample_pc(sde, score, (batch, 2), predictor="euler_maruyama", corrector="none", steps=steps,
+                              denoise=False, check_finite=False, generator=torch.Generator().manual_seed(0))),
+        "DPM-Solver++(2M)": (lambda: hand_dpmpp_2m(sde, net, torch.randn(batch, 2), times),
+                             lambda: sample_pc(sde, score, (batch, 2), predictor="dpmpp_2m",
+                                               predictor_options={"lower_order_final": False},
+                                               corrector="none", steps=steps, denoise=False)),
+    }
+    with torch.no_grad():
+        for name, (hand, ours) in cases.items():
+            hand(), ours()  # warm-up
+            t_hand, t_ours = [], []
+            for _ in range(rounds):
+                for fn, store in ((hand, t_hand), (ours, t_ours)):
+                    start = time.perf_counter()
+                    fn()
+                    store.append(time.perf_counter() - start)
+            h, o = statistics.median(t_hand) * 1e3, statistics.median(t_ours) * 1e3
+            lines.append(f"| {name} | {h:.1f} | {o:.1f} | {o / h:.3f} |")
+            print(lines[-1], flush=True)
+    lines.append("\nNo GPU was available to this run, so the CUDA overhead is not measured here.")
+    return "\n".join(lines) + "\n"
+
+
+SCALING_CHILD = """
+import resource, sys, time, torch
+import sdeplug
+from sdeplug.sampling import sample_pc
+torch.manual_seed(0)
+batch, dim, steps = int(sys.argv[1]), int(sys.argv[2]), 20
+net = torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.SiLU(), torch.nn.Linear(256, dim)).eval()
+score = lambda x, t: net(x)
+sde = sdeplug.create("sde", "vp")
+torch.set_num_threads(2)
+run = lambda b: sample_pc(sde, score, (b, dim), predictor=sys.argv[3], corrector="none", steps=steps, denoise=False,
+                          grid="logsnr")
+with torch.no_grad():
+    run(2)  # plugins loaded, kernels warm: what is left is the sampling itself
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+elapsed = sorted(times)[1]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(elapsed, (after - before) / 1024)
+"""
+
+
+def part_scaling(quick: bool) -> str:
+    lines = ["20 steps of DPM-Solver++(2M) and of UniPC with an MLP (one hidden layer of 256) on the VP SDE, "
+             "float32, 2 threads; each configuration in a fresh process after a warm-up run, median of 3. Peak memory is the growth of the process's peak "
+             "resident set during sampling (MiB); the sampler state is a few tensors of the batch's size.\n",
+             "| sampler | batch | dim | time (ms) | ms per 1k samples | peak memory growth (MiB) | batch x dim x 4 B (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    configs = [(b, 64) for b in (256, 1024, 4096, 16384)] + [(1024, d) for d in (2, 256, 1024, 4096)]
+    for predictor in ("dpmpp_2m", "unipc"):
+        for batch, dim in configs:
+            out = subprocess.run([sys.executable, "-c", SCALING_CHILD, str(batch), str(dim), predictor],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            elapsed, mem = float(out[0]), float(out[1])
+            lines.append(f"| {predictor} | {batch} | {dim} | {elapsed * 1e3:.1f} | {elapsed * 1e6 / batch:.2f} | "
+                         f"{mem:.1f} | {batch * dim * 4 / 2**20:.2f} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+# Plots and the report ------------------------------------------------------------------------
+
+
+def plot_quality(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(m, s) for m, s, _ in curves})
+    fig, axes = plt.subplots(2, (len(panels) + 1) // 2, figsize=(5 * ((len(panels) + 1) // 2), 8), squeeze=False)
+    for ax, (mixture, sde_name) in zip(axes.flat, panels):
+        for (m, s, sampler), (budgets, ratios) in curves.items():
+            if (m, s) == (mixture, sde_name):
+                ax.plot(budgets, ratios, marker="o", label=SAMPLERS[sampler][0])
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set(xscale="log", yscale="log", title=f"{mixture.split(' (')[0]}, {sde_name.upper()}",
+               xlabel="score evaluations", ylabel="energy distance / noise floor")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_error(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(m, s) for m, s, _ in curves})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (mixture, sde_name) in zip(axes.flat, panels):
+        for (m, s, sampler), (budgets, errors) in curves.items():
+            if (m, s) == (mixture, sde_name):
+                ax.plot(budgets, errors, marker="o", label=SAMPLERS[sampler][0])
+        ax.set(xscale="log", yscale="log", title=f"{mixture}, {sde_name.upper()}", xlabel="score evaluations",
+               ylabel="RMS error vs reference solve")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _replace_section(path: Path, heading: str, section: str) -> None:
+    """Rewrite one '## ' section of a markdown file, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="quality,error,pc16,overhead,scaling")
+    parser.add_argument("--quick", action="store_true", help="fewer seeds and budgets, for a smoke run")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    parts = args.parts.split(",")
+    command = f"`python benchmarks/sampling.py --parts {args.parts}{' --quick' if args.quick else ''} --write docs/benchmarks.md`"
+    header = f"Command: {command} (or `make bench`). Machine: {machine()}.\n\n"
+    sections = {}
+    if "quality" in parts:
+        text, curves = part_quality(args.quick)
+        IMG.mkdir(parents=True, exist_ok=True)
+        plot_quality(curves, IMG / "quality_vs_nfe.png")
+        sections["## Sampling: quality against score evaluations"] = (
+            header + text + "\n![quality against NFE](img/quality_vs_nfe.png)\n")
+    if "error" in parts:
+        text, curves = part_error(args.quick)
+        IMG.mkdir(parents=True, exist_ok=True)
+        plot_error(curves, IMG / "solver_error.png")
+        sections["## Sampling: solver error against a reference solve"] = (
+            header + text + "\n![solver error against NFE](img/solver_error.png)\n")
+    if "pc16" in parts:
+        sections["## Sampling: predictor-corrector in 16 dimensions"] = header + part_pc16(args.quick)
+    if "overhead" in parts:
+        sections["## Sampling: overhead against a hand-written loop"] = header + part_overhead(args.quick)
+    if "scaling" in parts:
+        sections["## Sampling: scaling with batch and dimension"] = header + part_scaling(args.quick)
+    for heading, body in sections.items():
+        print(f"\n{heading}\n\n{body}")
+        if args.write:
+            _replace_section(args.write, heading, f"{heading}\n\n{body}\n")
+
+
+if __name__ == "__main__":
+    main()
