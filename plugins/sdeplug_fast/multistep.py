@@ -19,7 +19,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, Predictor, ScoreFn, per_sample, randn_like
-from sdeplug_fast.noise_levels import NoiseLevel, data_prediction
+from sdeplug_fast.noise_levels import LevelCache, NoiseLevel, data_prediction
 
 
 #: Runs with fewer steps than this lower the order of their final steps (diffusers' rule).
@@ -41,9 +41,11 @@ class _Multistep(Predictor):
     _run_length: int | None = attrs.field(default=None, init=False, repr=False)
     _taken: int = attrs.field(default=0, init=False, repr=False)
     _last_output: Tensor | None = attrs.field(default=None, init=False, repr=False)
+    _levels_seen: LevelCache = attrs.field(factory=LevelCache, init=False, repr=False)
 
     def reset(self, steps: int | None = None) -> None:
         self._past.clear()
+        self._levels_seen.clear()
         self._run_length, self._taken, self._last_output = steps, 0, None
 
     def _continues(self, x: Tensor) -> None:
@@ -76,7 +78,8 @@ class _Multistep(Predictor):
 
     def _levels(self, x: Tensor, t: Tensor, t_next: Tensor) -> tuple[NoiseLevel, NoiseLevel, Tensor, Tensor]:
         self._continues(x)
-        here, there = NoiseLevel.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
+        here, there = self._levels_seen.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
+        self._levels_seen.keep(t_next, there)
         denoised = data_prediction(self.score, x, t, here)
         return here, there, denoised, there.lam - here.lam
 

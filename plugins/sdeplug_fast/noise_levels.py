@@ -35,3 +35,29 @@ class NoiseLevel:
 def data_prediction(score: ScoreFn, x: Tensor, t: Tensor, level: NoiseLevel) -> Tensor:
     """Tweedie's D(x, t) = (x + sigma^2 score(x, t)) / alpha, the posterior mean of x_0."""
     return (x + per_sample(level.sigma**2, x) * score(x, t)) / per_sample(level.alpha, x)
+
+
+class LevelCache:
+    """Remembers the NoiseLevel of the last t_next so the next step, which starts there,
+    does not recompute it. The cached time tensor is kept alive, so no other tensor can
+    share its memory; a hit needs the same memory, shape, strides, dtype and version."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._held: Tensor | None = None
+        self._level: NoiseLevel | None = None
+
+    @staticmethod
+    def _key_of(t: Tensor) -> tuple:
+        return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
+
+    def at(self, sde: LinearSDE, t: Tensor) -> NoiseLevel:
+        if self._held is not None and self._key == self._key_of(t):
+            return self._level
+        return NoiseLevel.at(sde, t)
+
+    def keep(self, t: Tensor, level: NoiseLevel) -> None:
+        self._held, self._key, self._level = t, self._key_of(t), level
+
+    def clear(self) -> None:
+        self._key = self._held = self._level = None

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sdeplug import LinearSDE, Predictor, ScoreFn, per_sample
 from sdeplug_fast.multistep import LOWER_ORDER_FINAL_BELOW
-from sdeplug_fast.noise_levels import NoiseLevel, data_prediction
+from sdeplug_fast.noise_levels import LevelCache, NoiseLevel, data_prediction
 
 
 @attrs.frozen
@@ -67,9 +67,11 @@ class UniPC(Predictor):
     _previous: _Previous | None = attrs.field(default=None, init=False, repr=False)
     _run_length: int | None = attrs.field(default=None, init=False, repr=False)
     _taken: int = attrs.field(default=0, init=False, repr=False)
+    _levels_seen: LevelCache = attrs.field(factory=LevelCache, init=False, repr=False)
 
     def reset(self, steps: int | None = None) -> None:
         self._past, self._previous, self._run_length, self._taken = [], None, steps, 0
+        self._levels_seen.clear()
 
     def _this_order(self) -> int:
         order = min(self.order, len(self._past) + 1)
@@ -79,7 +81,8 @@ class UniPC(Predictor):
         return max(order, 1)
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        here, there = NoiseLevel.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
+        here, there = self._levels_seen.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
+        self._levels_seen.keep(t_next, there)
         denoised = data_prediction(self.score, x, t, here)
         previous = self._previous
         if previous is not None and previous.output is x:  # x is what the last step returned
