@@ -378,16 +378,18 @@ def plot_quality(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(m, s) for m, s, _ in curves})
+    colours = {name: plt.get_cmap("tab20")(i) for i, name in enumerate(SAMPLERS)}  # one colour per sampler
     fig, axes = plt.subplots(2, (len(panels) + 1) // 2, figsize=(5 * ((len(panels) + 1) // 2), 8), squeeze=False)
     for ax, (mixture, sde_name) in zip(axes.flat, panels):
         for (m, s, sampler), (budgets, ratios) in curves.items():
             if (m, s) == (mixture, sde_name):
-                ax.plot(budgets, ratios, marker="o", label=SAMPLERS[sampler][0])
+                ax.plot(budgets, ratios, marker="o", color=colours[sampler], label=SAMPLERS[sampler][0])
         ax.axhline(1.0, color="k", ls="--", lw=1)
         ax.set(xscale="log", yscale="log", title=f"{mixture.split(' (')[0]}, {sde_name.upper()}",
                xlabel="score evaluations", ylabel="energy distance / noise floor")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=6, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=90)
 
 
@@ -398,11 +400,12 @@ def plot_error(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(m, s) for m, s, _ in curves})
+    colours = {name: plt.get_cmap("tab20")(i) for i, name in enumerate(SAMPLERS)}
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (mixture, sde_name) in zip(axes.flat, panels):
         for (m, s, sampler), (budgets, errors) in curves.items():
             if (m, s) == (mixture, sde_name):
-                ax.plot(budgets, errors, marker="o", label=SAMPLERS[sampler][0])
+                ax.plot(budgets, errors, marker="o", color=colours[sampler], label=SAMPLERS[sampler][0])
         ax.set(xscale="log", yscale="log", title=f"{mixture}, {sde_name.upper()}", xlabel="score evaluations",
                ylabel="RMS error vs reference solve")
     axes.flat[0].legend(fontsize=7)
