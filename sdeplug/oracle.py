@@ -8,7 +8,7 @@ With it a sampler or a likelihood is checked without training anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -136,6 +136,30 @@ class GaussianMixture(torch.nn.Module):
         """p_t(component k | x), shape (B, K): the exact time-dependent classifier."""
         log_comp, _, _ = self._component_terms(x, sde, t)
         return torch.softmax(log_comp, dim=-1)
+
+    def classifier(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+        """The exact time-dependent classifier with the component as the class: (x, t) -> log
+        p_t(k | x), shape (B, K), usable as logits (differentiable in x)."""
+        self._check_sde(sde)
+
+        def log_posterior(x: Tensor, t: Tensor) -> Tensor:
+            log_comp, _, _ = self._component_terms(x, sde, t)
+            return torch.log_softmax(log_comp, dim=-1)
+
+        return log_posterior
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone, as a one-component mixture (the class-conditional law)."""
+        if not 0 <= k < self.num_components:
+            raise ValueError(f"component index must lie in [0, {self.num_components}); got {k}")
+        part = GaussianMixture.__new__(GaussianMixture)
+        torch.nn.Module.__init__(part)
+        part.event_shape = self.event_shape
+        part.register_buffer("evecs", None if self.evecs is None else self.evecs[k : k + 1].clone())
+        part.register_buffer("log_weights", torch.zeros(1, dtype=self.log_weights.dtype, device=self.means.device))
+        part.register_buffer("means", self.means[k : k + 1].clone())
+        part.register_buffer("evals", self.evals[k : k + 1].clone())
+        return part
 
     def sample(
         self,
