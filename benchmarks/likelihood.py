@@ -28,6 +28,8 @@ import sdeplug
 from sdeplug.likelihood import log_likelihood
 from sdeplug.oracle import preset, random_mixture
 
+from report import replace_section  # benchmarks/report.py: scripts run from this folder
+
 
 def paper_baseline(sde, score, x: torch.Tensor, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """log p_eps(x) as score_sde_pytorch computes it: scipy RK45 and one Hutchinson probe."""
@@ -143,19 +145,7 @@ def main() -> None:
             f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver.\n\n"
             + text + "\n"
         )
-        _replace_section(args.write, "## Likelihood", section)
-
-
-def _replace_section(path: Path, heading: str, section: str) -> None:
-    """Rewrite one '## ' section of a markdown file, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section says the command that regenerates it.\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
+        replace_section(args.write, "## Likelihood", section)
 
 
 if __name__ == "__main__":

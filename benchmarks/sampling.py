@@ -37,6 +37,8 @@ from sdeplug.oracle import preset, random_mixture
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing.stats import energy_distance
 
+from report import replace_section  # benchmarks/report.py: scripts run from this folder
+
 F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
 IMG = REPO / "docs" / "img"
@@ -74,8 +76,8 @@ def machine() -> str:
             f"torch {torch.__version__}, CPU")
 
 
-def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int) -> tuple[torch.Tensor, int]:
-    """n samples spending at most ``nfe`` score evaluations; returns them and the count spent.
+def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int) -> torch.Tensor:
+    """n samples spending at most ``nfe`` score evaluations.
 
     Deterministic and fast samplers end at eps without the Tweedie step (every evaluation
     goes to a step); the paper's PC sampler keeps its final denoising step, counted.
@@ -91,7 +93,9 @@ def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: 
     else:
         result = sample_pc(sde, score, (n, dim), corrector=options.get("corrector", "none"),
                            **{k: v for k, v in options.items() if k != "corrector"}, **common)
-    return result.x, result.nfe
+    if result.nfe > nfe:
+        raise RuntimeError(f"{sampler} spent {result.nfe} score evaluations over a budget of {nfe}")
+    return result.x
 
 
 def floor(mixture, n: int, reps: int) -> tuple[float, float]:
@@ -100,18 +104,18 @@ def floor(mixture, n: int, reps: int) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(reps)
 
 
-def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float, int]:
-    values, spent = [], 0
+def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float]:
+    values = []
     for r in range(reps):
-        x, spent = draw(sampler, sde, mixture.score_model(sde), n, mixture.dim, nfe, grid, seed=r)
+        x = draw(sampler, sde, mixture.score_model(sde), n, mixture.dim, nfe, grid, seed=r)
         true = mixture.sample(n, torch.Generator().manual_seed(20_000 + r))
         values.append(energy_distance(x, true, unbiased=False) if torch.isfinite(x).all() else float("inf"))
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(reps) if math.isfinite(mean) else float("inf")
-    return mean, se, spent
+    return mean, se
 
 
-def _cell(mean, se, spent, fl) -> str:
+def _cell(mean, se, fl) -> str:
     fm, fs = fl
     if not math.isfinite(mean):
         return "diverged"
@@ -152,8 +156,8 @@ def part_quality(quick: bool) -> tuple[str, dict]:
                             cells.append("-")
                             ratios.append(float("nan"))
                             continue
-                        mean, se, spent = quality(sampler, sde, mixture, n, b, grid, reps)
-                        cells.append(_cell(mean, se, spent, fl))
+                        mean, se = quality(sampler, sde, mixture, n, b, grid, reps)
+                        cells.append(_cell(mean, se, fl))
                         ratios.append(mean / fl[0])
                     lines.append(f"| {SAMPLERS[sampler][0]} | {grid} | " + " | ".join(cells) + " |")
                     if grid == DEFAULT_GRID.get(sampler, "uniform"):
@@ -230,7 +234,7 @@ def part_pc16(quick: bool) -> str:
                         values.append(energy_distance(x, mixture.sample(n, torch.Generator().manual_seed(30_000 + r)),
                                                       unbiased=False))
                     mean = statistics.fmean(values)
-                    cells.append(_cell(mean, statistics.stdev(values) / math.sqrt(reps), None, fl))
+                    cells.append(_cell(mean, statistics.stdev(values) / math.sqrt(reps), fl))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
                 print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
@@ -413,18 +417,6 @@ def plot_error(curves: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def _replace_section(path: Path, heading: str, section: str) -> None:
-    """Rewrite one '## ' section of a markdown file, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="quality,error,pc16,overhead,scaling")
@@ -457,7 +449,7 @@ def main() -> None:
     for heading, body in sections.items():
         print(f"\n{heading}\n\n{body}")
         if args.write:
-            _replace_section(args.write, heading, f"{heading}\n\n{body}\n")
+            replace_section(args.write, heading, f"{heading}\n\n{body}\n")
 
 
 if __name__ == "__main__":

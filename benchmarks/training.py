@@ -26,7 +26,7 @@ from sdeplug.trainer import Trainer, TrainSettings
 from sdeplug.training import DenoisingScoreMatching
 
 sys.path.insert(0, str(Path(__file__).parent))
-from likelihood import _replace_section  # noqa: E402
+from report import replace_section  # noqa: E402
 
 
 def hand_loop(network, sde, data, settings: TrainSettings, steps: int) -> float:
@@ -106,7 +106,7 @@ def main() -> None:
             f"(or `make bench`). Machine: {machine}. Batch 128, Adam with warm-up, gradient clipping and EMA in both; "
             f"median of {args.rounds} alternating rounds.\n\n" + text + "\n"
         )
-        _replace_section(args.write, "## Training", section)
+        replace_section(args.write, "## Training", section)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""Writing benchmark results into docs/benchmarks.md, one '## ' section per script part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Rewrite one '## ' section of a markdown file, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section says the command that regenerates it.\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    path.write_text(text)
