@@ -310,6 +310,16 @@ def _check_reverse_sampling(sde: LinearSDE) -> None:
 # Predictors --------------------------------------------------------------------------
 
 
+def _start(kind: str, spec: str | type, sdes: Sequence[SDE] | None) -> tuple[str, type, ContractReport, list[SDE]]:
+    """Name, class, an empty report and the SDEs to check a part with (a skip noted if none)."""
+    name, cls = _resolve(kind, spec)
+    report = ContractReport(f"{kind} {name!r}")
+    targets = _compatible(cls, sdes)
+    if not targets:
+        report.skipped.append("no compatible SDE to check it with")
+    return name, cls, report, targets
+
+
 def _compatible(cls: type, sdes: Sequence[SDE] | None) -> list[SDE]:
     accepted = getattr(cls, "sde_types", (SDE,))
     return [s for s in (sdes if sdes is not None else _default_sdes()) if isinstance(s, accepted)]
@@ -319,12 +329,9 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
                     options: dict[str, Any] | None = None) -> ContractReport:
     """Shapes and dtypes, seeded determinism, the right law with the exact score, and the
     declared weak order (``weak_order``) on a Gaussian problem with a known solution."""
-    name, cls = _resolve("predictor", spec)
+    name, cls, report, targets = _start("predictor", spec, sdes)
     options = options or {}
-    report = ContractReport(f"predictor {name!r}")
-    targets = _compatible(cls, sdes)
     if not targets:
-        report.skipped.append("no compatible SDE to check it with")
         return report
     mixture, null = _mixture_and_null()
     for sde in targets:
@@ -498,12 +505,9 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
                     options: dict[str, Any] | None = None) -> ContractReport:
     """Shapes and dtypes, seeded determinism, and invariance: exact samples of p_t stay
     distributed as p_t after ``sweeps`` corrector steps with the exact score."""
-    name, cls = _resolve("corrector", spec)
+    name, cls, report, targets = _start("corrector", spec, sdes)
     options = options or {}
-    report = ContractReport(f"corrector {name!r}")
-    targets = _compatible(cls, sdes)
     if not targets:
-        report.skipped.append("no compatible SDE to check it with")
         return report
     mixture, null = _mixture_and_null()
     for sde in targets:
@@ -633,12 +637,9 @@ def check_time_grid(spec: str | type[TimeGrid], *, sdes: Sequence[SDE] | None = 
     """For every compatible SDE: steps + 1 strictly decreasing times from exactly T to exactly
     eps, in the dtype and on the device asked for, the same on every call, and a mesh that
     shrinks as steps grow (samplers converge only if it does)."""
-    name, cls = _resolve("time_grid", spec)
-    report = ContractReport(f"time_grid {name!r}")
+    name, cls, report, targets = _start("time_grid", spec, sdes)
     rule = cls(**(options or {}))
-    targets = _compatible(cls, sdes)
     if not targets:
-        report.skipped.append("no compatible SDE to check it with")
         return report
     for sde in targets:
         label = f"time_grid {name!r} with {type(sde).__name__}"
