@@ -48,12 +48,16 @@ class _Multistep(Predictor):
         self._levels_seen.clear()
         self._run_length, self._taken, self._last_output = steps, 0, None
 
+    def _was_moved(self, x: Tensor) -> bool:
+        """Whether x is not what the last step returned (a corrector moved it)."""
+        return self._last_output is not None and x is not self._last_output
+
     def _continues(self, x: Tensor) -> None:
-        """Forget the history when x is not what the last step returned: a corrector moved
-        it, and the earlier predictions no longer lie on its trajectory (extrapolating
-        them amplifies the corrector's noise). With a corrector after every step the
-        predictor is then the first-order exponential integrator, which is consistent."""
-        if self._last_output is not None and x is not self._last_output:
+        """Forget the history when a corrector moved x: the earlier predictions no longer
+        lie on its trajectory (extrapolating them amplifies the corrector's noise). With a
+        corrector after every step the predictor is then the first-order exponential
+        integrator, which is consistent."""
+        if self._was_moved(x):
             self._past.clear()
 
     def _returning(self, x_next: Tensor) -> Tensor:

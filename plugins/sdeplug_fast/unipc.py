@@ -3,9 +3,10 @@ reuses the next step's score evaluation, so the corrected step is one order high
 extra cost. Data prediction with B(h) = e^h - 1 ("bh2") or h ("bh1"), for any LinearSDE.
 
 The step from t_i to t_{i+1} first corrects the state at t_i (the previous step's output)
-with the data prediction just evaluated there, then predicts t_{i+1}. The correction is
-skipped when something else (a corrector of the PC sampler) changed the state in between,
-so UniPC composes with correctors like any predictor.
+with the data prediction just evaluated there, then predicts t_{i+1}. When something else
+(a corrector of the PC sampler) changed the state in between, the correction is skipped
+and the history dropped, as for every multistep predictor here, so UniPC composes with
+correctors like any predictor.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import LinearSDE, Predictor, ScoreFn, per_sample
-from sdeplug_fast.multistep import LOWER_ORDER_FINAL_BELOW
-from sdeplug_fast.noise_levels import LevelCache, NoiseLevel, data_prediction
+from sdeplug import per_sample
+from sdeplug_fast.multistep import _Multistep
+from sdeplug_fast.noise_levels import NoiseLevel
 
 
 @attrs.frozen
@@ -30,8 +31,10 @@ class _Previous:
     here: NoiseLevel
     denoised: Tensor
     older: list[tuple[Tensor, Tensor]]  # (lam, D) of the steps before, newest first
-    order: int
-    output: Tensor
+
+    @property
+    def order(self) -> int:
+        return len(self.older) + 1
 
 
 def _coefficients(h: Tensor, ratios: list[Tensor], variant: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -51,49 +54,34 @@ def _coefficients(h: Tensor, ratios: list[Tensor], variant: str) -> tuple[Tensor
 
 
 @attrs.define
-class UniPC(Predictor):
+class UniPC(_Multistep):
     """UniPC-p with UniC: ``order`` 1-3 for the predictor, one more after correction."""
 
     name = "unipc"
-    sde_types = (LinearSDE,)
     ode_order: ClassVar[float] = 3.0
 
-    sde: LinearSDE
-    score: ScoreFn
     order: int = attrs.field(default=2, kw_only=True, validator=v.in_((1, 2, 3)))
     variant: Literal["bh1", "bh2"] = attrs.field(default="bh2", kw_only=True, validator=v.in_(("bh1", "bh2")))
-    lower_order_final: bool = attrs.field(default=True, kw_only=True, validator=v.instance_of(bool))
-    _past: list[tuple[Tensor, Tensor]] = attrs.field(factory=list, init=False, repr=False)
     _previous: _Previous | None = attrs.field(default=None, init=False, repr=False)
-    _run_length: int | None = attrs.field(default=None, init=False, repr=False)
-    _taken: int = attrs.field(default=0, init=False, repr=False)
-    _levels_seen: LevelCache = attrs.field(factory=LevelCache, init=False, repr=False)
+
+    @property
+    def history(self) -> int:  # earlier predictions a step of this order uses
+        return self.order - 1
 
     def reset(self, steps: int | None = None) -> None:
-        self._past, self._previous, self._run_length, self._taken = [], None, steps, 0
-        self._levels_seen.clear()
-
-    def _this_order(self) -> int:
-        order = min(self.order, len(self._past) + 1)
-        self._taken += 1
-        if self.lower_order_final and self._run_length is not None and self._run_length < LOWER_ORDER_FINAL_BELOW:
-            order = min(order, self._run_length - self._taken + 1)
-        return max(order, 1)
+        super().reset(steps)
+        self._previous = None
 
     def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        here, there = self._levels_seen.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
-        self._levels_seen.keep(t_next, there)
-        denoised = data_prediction(self.score, x, t, here)
-        previous = self._previous
-        if previous is not None and previous.output is x:  # x is what the last step returned
-            x = self._correct(previous, here, denoised)
-        self._past.insert(0, (here.lam, denoised))
-        order = self._this_order()
-        older = self._past[1:order]
+        moved = self._was_moved(x)
+        here, there, denoised, _ = self._levels(x, t, t_next)
+        if self._previous is not None and not moved:
+            x = self._correct(self._previous, here, denoised)
+        older = self._usable_history()[: self.history]
         x_next = self._predict(x, here, there, denoised, older)
-        del self._past[max(self.order, 1):]
-        self._previous = _Previous(x, here, denoised, older, order, x_next)
-        return x_next, x_next
+        self._remember(here.lam, denoised)
+        self._previous = _Previous(x, here, denoised, older)
+        return self._returning(x_next), x_next
 
     def _ratios(self, here: NoiseLevel, h: Tensor, older: list[tuple[Tensor, Tensor]], denoised: Tensor, x: Tensor):
         ratios = [((lam - here.lam) / h)[0] for lam, _ in older]
