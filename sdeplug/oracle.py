@@ -161,6 +161,65 @@ class GaussianMixture(torch.nn.Module):
         part.register_buffer("evals", self.evals[k : k + 1].clone())
         return part
 
+    def covariances(self) -> Tensor:
+        """The component covariances C_k, shape (K, D, D)."""
+        if self.evecs is None:
+            return torch.diag_embed(self.evals)
+        return self.evecs @ torch.diag_embed(self.evals) @ self.evecs.transpose(-1, -2)
+
+    def condition(self, A: Tensor, y: Tensor, B: Tensor | None = None) -> GaussianMixture:
+        """The law of B x given the noiseless measurement A x = y, again a Gaussian mixture.
+
+        ``A`` is (M, D) with full row rank and ``y`` is (M,). ``B`` (R, D) picks what to
+        report; by default the coordinates A does not observe when A selects coordinates
+        (inpainting: the missing entries), else an orthonormal basis of A's null space.
+        Component k: mean B mu + B C A^T (A C A^T)^-1 (y - A mu), covariance
+        B C B^T - B C A^T (A C A^T)^-1 A C B^T, weight w_k N(y; A mu, A C A^T).
+        """
+        A, y = _as_tensor(A).to(self.means), _as_tensor(y).to(self.means)
+        if A.ndim != 2 or A.shape[1] != self.dim or y.shape != (A.shape[0],):
+            raise ValueError(f"A must be (M, {self.dim}) and y (M,); got {tuple(A.shape)} and {tuple(y.shape)}")
+        B = complement_rows(A) if B is None else _as_tensor(B).to(self.means)
+        C = self.covariances()
+        cov_aa = A @ C @ A.T  # (K, M, M)
+        cov_ba = B @ C @ A.T  # (K, R, M)
+        gain = torch.linalg.solve(cov_aa, cov_ba.transpose(-1, -2)).transpose(-1, -2)  # B C A^T (A C A^T)^-1
+        resid = y - self.means @ A.T  # (K, M)
+        means = self.means @ B.T + (gain @ resid[..., None])[..., 0]
+        covs = B @ C @ B.T - gain @ cov_ba.transpose(-1, -2)
+        log_evidence = torch.distributions.MultivariateNormal(self.means @ A.T, cov_aa).log_prob(y)
+        log_w = self.log_weights + log_evidence
+        return GaussianMixture(torch.softmax(log_w, 0), means, covs=0.5 * (covs + covs.transpose(-1, -2)))
+
+    def measurement_log_likelihood(self, sde: SDE, A: Tensor, y: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """(x, t) -> log p(A x_0 = y | x_t = x), shape (B,): the exact likelihood term that turns
+        the unconditional score into the score of p_t(x | A x_0 = y) (differentiable in x)."""
+        sde = self._check_sde(sde)
+        A, y = _as_tensor(A).to(self.means), _as_tensor(y).to(self.means)
+        C = self.covariances()
+
+        def log_likelihood(x: Tensor, t: Tensor) -> Tensor:
+            flat = x.reshape(x.shape[0], -1)
+            dt = flat.dtype
+            t = torch.as_tensor(t, device=flat.device, dtype=dt).expand(flat.shape[0])
+            alpha, sigma = sde.alpha(t)[:, None, None], sde.sigma(t)[:, None, None]
+            Cd, Ad, mu = C.to(dt), A.to(dt), self.means.to(dt)
+            # x_0 | x_t, component k: Gaussian with covariance (C^-1 + alpha^2/sigma^2 I)^-1
+            cov_t = alpha[..., None] ** 2 * Cd + sigma[..., None] ** 2 * torch.eye(self.dim, dtype=dt)  # (B,K,D,D)
+            gain = torch.linalg.solve(cov_t, alpha[..., None] * Cd).transpose(-1, -2)  # C alpha (cov_t)^-1
+            resid = flat[:, None, :] - alpha * mu  # (B, K, D)
+            post_mean = mu + (gain @ resid[..., None])[..., 0]
+            post_cov = Cd - gain @ (alpha[..., None] * Cd)
+            log_resp = torch.distributions.MultivariateNormal(alpha * mu, cov_t).log_prob(flat[:, None, :])
+            log_resp = torch.log_softmax(self.log_weights.to(dt) + log_resp, dim=-1)
+            m_y = post_mean @ Ad.T
+            c_y = Ad @ post_cov @ Ad.T
+            c_y = 0.5 * (c_y + c_y.transpose(-1, -2))
+            log_py = torch.distributions.MultivariateNormal(m_y, c_y).log_prob(y.to(dt))
+            return torch.logsumexp(log_resp + log_py, dim=-1)
+
+        return log_likelihood
+
     def sample(
         self,
         n: int,
@@ -200,6 +259,16 @@ class MixtureScore(ScoreModel):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.mixture.score(x, t, self.sde)
+
+
+def complement_rows(A: Tensor) -> Tensor:
+    """Rows spanning what A does not see: the unobserved unit vectors when A selects
+    coordinates, else an orthonormal basis of A's null space."""
+    is_selector = bool(((A == 0) | (A == 1)).all()) and bool((A.sum(1) == 1).all()) and bool((A.sum(0) <= 1).all())
+    if is_selector:
+        return torch.eye(A.shape[1], dtype=A.dtype, device=A.device)[A.sum(0) == 0]
+    _, s, vh = torch.linalg.svd(A)
+    return vh[int((s > s.max() * 1e-10).sum()):]
 
 
 def ring_mixture(

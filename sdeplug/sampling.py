@@ -20,7 +20,7 @@ What the samplers do, exactly (see docs/user-guide.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import torch
@@ -40,6 +40,15 @@ from sdeplug.interfaces import (
 )
 from sdeplug.plugins import get_registry
 from sdeplug.tensors import per_sample
+
+
+class Constraint(Protocol):
+    """Applied by ``sample_pc`` after every update, at the time the state is at (e.g.
+    ``sdeplug.guidance.Replacement``); ``final`` after the last denoising step."""
+
+    def __call__(self, x: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor: ...
+
+    def final(self, x: Tensor) -> Tensor: ...
 
 
 @attrs.frozen
@@ -172,13 +181,15 @@ def sample_pc(
     x_init: Tensor | None = None,
     progress: bool = False,
     check_finite: bool = True,
+    constraint: Constraint | None = None,
 ) -> SampleResult:
     """Predictor-corrector sampling of the reverse SDE from the prior at T down to eps.
 
     ``predictor`` and ``corrector`` are registered names (or classes); their options go
     in ``predictor_options`` and ``corrector_options``. ``grid`` is a registered TimeGrid
     name (options in ``grid_options``) placing ``steps`` + 1 times from T to eps, or a
-    decreasing tensor of times that overrides ``steps`` and ``eps``.
+    decreasing tensor of times that overrides ``steps`` and ``eps``. ``constraint``
+    (inpainting, linear measurements) is applied to the state after every update.
     """
     if order not in ("predictor_first", "corrector_first"):
         raise ValueError(f"order must be 'predictor_first' or 'corrector_first'; got {order!r}")
@@ -189,6 +200,8 @@ def sample_pc(
     times = _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     n_steps, batch = len(times) - 1, x.shape[0]
+    constrain = constraint if constraint is not None else (lambda x, t, generator: x)
+    x = constrain(x, times[0].expand(batch), generator)
     pred.reset(n_steps)
     monitor = FiniteMonitor(
         (f"predictor {_part_name(pred)!r}", f"corrector {_part_name(corr)!r}", "final denoising step"),
@@ -199,16 +212,18 @@ def sample_pc(
     for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
         t, t_next = times[i].expand(batch), times[i + 1].expand(batch)
         if corrector_first and corrects:
-            x, _ = corr.step(x, t, generator)
+            x = constrain(corr.step(x, t, generator)[0], t, generator)
             monitor.check(x, i, 1, times[i])
-        x, _ = pred.step(x, t, t_next, generator)
+        x = constrain(pred.step(x, t, t_next, generator)[0], t_next, generator)
         monitor.check(x, i + 1, 0, times[i + 1])
         if not corrector_first and corrects:
-            x, _ = corr.step(x, t_next, generator)
+            x = constrain(corr.step(x, t_next, generator)[0], t_next, generator)
             monitor.check(x, i + 1, 1, times[i + 1])
     if denoise:
         x = denoise_step(sde, counted, x, times[-1].expand(batch))
         monitor.check(x, n_steps, 2, times[-1])
+    if constraint is not None:
+        x = constraint.final(x)
     monitor.raise_if_bad(lambda i: f"step {i} of {n_steps}")
     return SampleResult(x=x, nfe=counted.calls, grid=times)
 
