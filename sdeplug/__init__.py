@@ -1,7 +1,7 @@
 """sdeplug: score-based generative modelling through SDEs, with every part a plugin.
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
-LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid), the tensor helpers and the
+LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier), the tensor helpers and the
 errors. Concrete parts come from plugins: see ``sdeplug.plugins``.
 """
 
@@ -26,6 +26,7 @@ from sdeplug.interfaces import (
     ReverseSDE,
     ScoreFn,
     ScoreModel,
+    TimeClassifier,
     TimeGrid,
 )
 from sdeplug.plugins import create, get_registry, register_plugin
@@ -50,6 +51,7 @@ __all__ = [
     "ScoreFn",
     "ScoreModel",
     "SdeplugError",
+    "TimeClassifier",
     "TimeGrid",
     "UnknownPartError",
     "batch_time",

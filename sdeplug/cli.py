@@ -219,7 +219,7 @@ def _quality(samples: torch.Tensor, dataset, seed: int) -> dict[str, object]:
 
     n = samples.shape[0]
     report: dict[str, object] = {}
-    if dataset.train_labels is not None:
+    if dataset.train_labels is not None and dataset.mixture is None:  # labelled real data (the digits)
         report["classifier"] = classifier_report(dataset, samples, seed)
     if not 10 <= n <= 5000 or samples[0].numel() > 64:
         return report

@@ -1,7 +1,7 @@
 """Built-in data sets that need no download, and user data from a file.
 
 - 2-D toys: ``moons``, ``swiss_roll``, and every oracle mixture (``ring8``, ``mixture3``,
-  ...), whose exact density is known;
+  ...), whose exact density is known and whose labels are the mixture components;
 - ``digits``: the 8x8 handwritten digits shipped with scikit-learn (1797 images, 17
   grey levels), scaled to [-1, 1], shape (1, 8, 8), split 80/20 with a fixed seed;
 - ``file``: a .npy or .pt array (``path``), split 90/10 with a fixed seed.
@@ -99,6 +99,8 @@ def load_dataset(name: str, *, n_train: int = 20_000, n_test: int = 2_000, seed:
         make = TOYS[name]
         return Dataset(name, make(n_train, noise, generator), make(n_test, noise, generator))
     if name in PRESETS:
-        mixture = preset(name)
-        return Dataset(name, mixture.sample(n_train, generator), mixture.sample(n_test, generator), mixture=mixture)
+        mixture = preset(name)  # the labels are the mixture components
+        train, train_labels = mixture.sample(n_train, generator, return_labels=True)
+        test, test_labels = mixture.sample(n_test, generator, return_labels=True)
+        return Dataset(name, train, test, train_labels=train_labels, test_labels=test_labels, mixture=mixture)
     raise UnknownPartError("data set", name, ["digits", "file", *TOYS, *PRESETS])

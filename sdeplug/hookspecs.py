@@ -45,5 +45,10 @@ def register_score_models(register: Register) -> None:
 
 
 @hookspec
+def register_classifiers(register: Register) -> None:
+    """Register TimeClassifier classes (torch modules for guidance), built as ``cls(**options)``."""
+
+
+@hookspec
 def register_time_grids(register: Register) -> None:
     """Register TimeGrid classes (where the sampling times fall), built as ``cls(**options)``."""

@@ -185,6 +185,21 @@ class ScoreModel(torch.nn.Module, abc.ABC):
         """The score at (x, t), a tensor like x."""
 
 
+class TimeClassifier(torch.nn.Module, abc.ABC):
+    """A time-dependent classifier: ``forward(x, t) -> logits`` of shape (batch, classes),
+    trained on noisy x_t ~ p_0t(x_t | x_0) so that it approximates p_t(y | x_t) for guidance.
+
+    Built as ``cls(event_shape=..., num_classes=..., **options)``.
+    """
+
+    name: ClassVar[str | None] = None
+    num_classes: int
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Logits of the classes at (x, t), shape (batch, num_classes)."""
+
+
 class Predictor(abc.ABC):
     """One step of the reverse SDE (or the probability-flow ODE) from t to t_next < t.
 

@@ -34,6 +34,7 @@ from sdeplug.interfaces import (
     ODESolver,
     Predictor,
     ScoreModel,
+    TimeClassifier,
     TimeGrid,
     check_sde_compatible,
 )
@@ -66,6 +67,7 @@ KINDS: dict[str, Kind] = {
         Kind("ode_solver", "register_ode_solvers", ODESolver),
         Kind("score_model", "register_score_models", ScoreModel),
         Kind("time_grid", "register_time_grids", TimeGrid),
+        Kind("classifier", "register_classifiers", TimeClassifier),
     )
 }
 

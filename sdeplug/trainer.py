@@ -1,4 +1,8 @@
-"""The Trainer: the denoising loss in a loop with warm-up, clipping, EMA and exact resumption.
+"""The Trainer: a training objective in a loop with warm-up, clipping, EMA and exact resumption.
+
+The objective is the denoising score-matching loss (``objective = "score"``) or, for the
+time-dependent classifier that guidance needs, the noisy cross-entropy on labelled data
+(``objective = "classifier"``); everything else is the same loop.
 
 Each step draws a minibatch with its own generator, evaluates the loss with another,
 takes an Adam step with linear learning-rate warm-up and gradient-norm clipping, and
@@ -28,7 +32,7 @@ from tqdm.auto import tqdm
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.interfaces import SDE
 from sdeplug.parameterization import ParameterizedScore
-from sdeplug.training import DenoisingScoreMatching
+from sdeplug.training import DenoisingScoreMatching, NoisyCrossEntropy
 
 
 def _positive_int(_inst, attribute, value):
@@ -54,6 +58,8 @@ class TrainSettings:
     checkpoint_every: int | None = attrs.field(default=1000, validator=_optional_positive_int)
     sample_every: int | None = attrs.field(default=None, validator=_optional_positive_int)
     seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    #: "score": denoising score matching; "classifier": noisy cross-entropy on the labels.
+    objective: str = attrs.field(default="score", validator=v.in_(("score", "classifier")))
     parameterization: str = attrs.field(default="noise", validator=v.in_(("score", "noise", "data")))
     weighting: str = attrs.field(default="sigma2", validator=v.in_(("sigma2", "likelihood")))
     reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
@@ -80,7 +86,8 @@ def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
 
 
 class Trainer:
-    """Trains ``network`` on ``data`` (a tensor of shape (n, *event_shape)) for an SDE."""
+    """Trains ``network`` on ``data`` (a tensor of shape (n, *event_shape)) for an SDE: a score
+    model, or with ``objective = "classifier"`` a time-dependent classifier on ``labels``."""
 
     def __init__(
         self,
@@ -89,6 +96,7 @@ class Trainer:
         data: Tensor,
         settings: TrainSettings | None = None,
         *,
+        labels: Tensor | None = None,
         checkpoint_path: str | Path | None = None,
         config: dict[str, Any] | None = None,
         on_sample: Callable[[Trainer], None] | None = None,
@@ -100,7 +108,16 @@ class Trainer:
         self.dtype = next(network.parameters()).dtype
         self.data = data.to(device=self.device, dtype=self.dtype)
         self.ema = copy.deepcopy(network).requires_grad_(False)
-        self.loss = DenoisingScoreMatching(sde, eps=s.eps, weighting=s.weighting, reduction=s.reduction)
+        if s.objective == "classifier":
+            if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
+                got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
+                raise ValueError(f"objective 'classifier' needs labels: an int64 tensor of shape ({data.shape[0]},); "
+                                 f"got {got}")
+            self.labels = labels.to(self.device)
+            self.loss = NoisyCrossEntropy(sde, eps=s.eps)
+        else:
+            self.labels = None
+            self.loss = DenoisingScoreMatching(sde, eps=s.eps, weighting=s.weighting, reduction=s.reduction)
         self.optimizer = torch.optim.Adam(network.parameters(), lr=s.lr)
         self.data_generator = torch.Generator(self.device).manual_seed(s.seed)
         self.loss_generator = torch.Generator(self.device).manual_seed(s.seed + 1)
@@ -118,13 +135,22 @@ class Trainer:
 
     def score_model(self, ema: bool = True) -> ParameterizedScore:
         """The trained score for sampling: the EMA weights by default."""
+        if self.labels is not None:
+            raise ValueError("this Trainer trains a classifier; use trained_network() for it")
         return ParameterizedScore(self.ema if ema else self.network, self.sde, self.settings.parameterization)
+
+    def trained_network(self, ema: bool = True) -> torch.nn.Module:
+        """The trained network itself (the EMA weights by default), e.g. a classifier for guidance."""
+        return self.ema if ema else self.network
 
     def train_step(self) -> Tensor:
         """One optimisation step; returns the loss (a tensor, no host sync)."""
         s = self.settings
         idx = torch.randint(self.data.shape[0], (s.batch_size,), generator=self.data_generator, device=self.device)
-        loss = self.loss(self._train_score, self.data[idx], generator=self.loss_generator)
+        if self.labels is not None:
+            loss = self.loss(self.network, self.data[idx], self.labels[idx], generator=self.loss_generator)
+        else:
+            loss = self.loss(self._train_score, self.data[idx], generator=self.loss_generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s.grad_clip is not None:

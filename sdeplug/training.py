@@ -1,4 +1,5 @@
-"""The continuous-time denoising score-matching loss: a plain callable for any training loop.
+"""Training objectives as plain callables for any training loop: the continuous-time
+denoising score-matching loss, and the noisy cross-entropy of a time-dependent classifier.
 
     loss = E_t E_x0 E_z [ lambda(t) || s(x_t, t) - grad log p_0t(x_t | x_0) ||^2 ]
 
@@ -6,6 +7,9 @@ with t ~ U(eps, T), x_t = mean(x_0, t) + std(t) z and grad log p_0t = -z / std. 
 default weighting lambda = std^2 turns the summand into ||std s + z||^2 (the paper's
 choice); ``weighting="likelihood"`` takes lambda = g(t)^2, which makes the loss a bound
 on the negative log-likelihood (Song et al. 2021, "Maximum likelihood training").
+
+The classifier that guidance needs is trained on the same perturbed inputs x_t with
+cross-entropy, so that classifier(x_t, t) approximates p_t(y | x_t).
 """
 
 from __future__ import annotations
@@ -19,6 +23,26 @@ from torch import Tensor
 
 from sdeplug.interfaces import SDE, ScoreFn
 from sdeplug.tensors import per_sample, randn_like
+
+
+def _check_perturbable(sde: SDE, eps: float, what: str) -> None:
+    if type(sde).marginal_prob is SDE.marginal_prob:
+        raise TypeError(
+            f"{what} needs the perturbation kernel p_0t(x_t | x_0); "
+            f"{type(sde).__name__} has no marginal_prob. Give the SDE a closed-form "
+            "marginal_prob (a LinearSDE has one) or train with another objective"
+        )
+    if not 0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
+
+
+def perturb(sde: SDE, eps: float, x0: Tensor, generator: torch.Generator | None = None):
+    """t ~ U(eps, T) per sample and x_t = mean(x0, t) + std(t) z; returns (x_t, t, z, std)."""
+    u = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    t = eps + (sde.T - eps) * u
+    z = randn_like(x0, generator)
+    mean, std = sde.marginal_prob(x0, t)
+    return mean + per_sample(std, x0) * z, t, z, std
 
 
 @attrs.frozen
@@ -37,22 +61,11 @@ class DenoisingScoreMatching:
     reduction: Literal["mean", "sum"] = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
 
     def __attrs_post_init__(self) -> None:
-        if type(self.sde).marginal_prob is SDE.marginal_prob:
-            raise TypeError(
-                f"denoising score matching needs the perturbation kernel p_0t(x_t | x_0); "
-                f"{type(self.sde).__name__} has no marginal_prob. Give the SDE a closed-form "
-                "marginal_prob (a LinearSDE has one) or train with another objective"
-            )
-        if not 0 <= self.eps < self.sde.T:
-            raise ValueError(f"eps must lie in [0, T) = [0, {self.sde.T}); got {self.eps}")
+        _check_perturbable(self.sde, self.eps, "denoising score matching")
 
     def __call__(self, score: ScoreFn, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         batch = x0.shape[0]
-        u = torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = self.eps + (self.sde.T - self.eps) * u
-        z = randn_like(x0, generator)
-        mean, std = self.sde.marginal_prob(x0, t)
-        xt = mean + per_sample(std, x0) * z
+        xt, t, z, std = perturb(self.sde, self.eps, x0, generator)
         s = score(xt, t)
         if self.weighting == "sigma2":
             residual = (per_sample(std, x0) * s + z) ** 2
@@ -65,3 +78,22 @@ class DenoisingScoreMatching:
         if weight is not None:
             per_example = per_example * weight
         return per_example.mean()
+
+
+@attrs.frozen
+class NoisyCrossEntropy:
+    """``loss(classifier, x0, labels, generator=None) -> scalar``: the cross-entropy of
+    ``classifier(x_t, t)`` (logits) against the labels of x0, with t ~ U(eps, T) and x_t from
+    the perturbation kernel; its minimiser is the time-dependent posterior p_t(y | x_t)."""
+
+    sde: SDE
+    eps: float = attrs.field(default=1e-5, converter=float)
+
+    def __attrs_post_init__(self) -> None:
+        _check_perturbable(self.sde, self.eps, "training a time-dependent classifier")
+
+    def __call__(self, classifier, x0: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if labels.shape != (x0.shape[0],):
+            raise ValueError(f"labels must have shape (batch,) = ({x0.shape[0]},); got {tuple(labels.shape)}")
+        xt, t, _, _ = perturb(self.sde, self.eps, x0, generator)
+        return torch.nn.functional.cross_entropy(classifier(xt, t), labels)

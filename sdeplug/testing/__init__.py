@@ -3,8 +3,8 @@
 - ``contract_tests("my_plugin")``: a pytest test running every contract on every part a
   plugin registers (one line in the plugin's tests);
 - ``check_sde``, ``check_predictor``, ``check_corrector``, ``check_ode_solver``,
-  ``check_score_model``, ``check_time_grid``: each contract on its own, raising ``ContractError`` with a message
-  naming the method at fault;
+  ``check_score_model``, ``check_time_grid``, ``check_classifier``: each contract on its
+  own, raising ``ContractError`` with a message naming the method at fault;
 - ``sdeplug.testing.strategies``: hypothesis strategies for SDEs, times, shapes, mixtures
   and time grids;
 - ``assert_same_law``, ``energy_distance``, ``energy_null``: the two-sample check;
@@ -14,6 +14,7 @@
 from sdeplug.testing.contracts import (
     ContractError,
     ContractReport,
+    check_classifier,
     check_corrector,
     check_ode_solver,
     check_part,
@@ -41,6 +42,7 @@ __all__ = [
     "EnergyNull",
     "TwoSampleResult",
     "assert_same_law",
+    "check_classifier",
     "check_corrector",
     "check_ode_solver",
     "check_part",

@@ -28,6 +28,7 @@ from sdeplug.interfaces import (
     ODESolver,
     Predictor,
     ScoreModel,
+    TimeClassifier,
     TimeGrid,
 )
 from sdeplug.oracle import GaussianMixture, preset
@@ -629,6 +630,41 @@ def check_score_model(spec: str | type[ScoreModel], *, options: dict[str, Any] |
     return report
 
 
+# Classifiers ---------------------------------------------------------------------------
+
+
+def check_classifier(spec: str | type[TimeClassifier], *, options: dict[str, Any] | None = None) -> ContractReport:
+    """Built with its defaults (or ``options``), the network maps (x, t) to finite logits of
+    shape (batch, num_classes) in x's dtype, with a gradient in x (guidance needs it), and
+    each sample's logits depend on that sample alone."""
+    name, cls = _resolve("classifier", spec)
+    report = ContractReport(f"classifier {name!r}")
+    model = cls(**(options or {})).eval()
+    shape, classes = tuple(getattr(model, "event_shape", (2,))), getattr(model, "num_classes", None)
+    if not isinstance(classes, int) or classes < 2:
+        _fail(f"classifier {name!r}: num_classes must be an int >= 2; got {classes!r}")
+    for dtype in (torch.float32, F64):
+        model = model.to(dtype)
+        x = torch.randn(3, *shape, dtype=dtype, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        t = torch.tensor([0.1, 0.5, 0.9], dtype=dtype)
+        logits = model(x, t)
+        if logits.shape != (3, classes) or logits.dtype != dtype:
+            _fail(f"classifier {name!r}: forward(x, t) returned shape {tuple(logits.shape)}, {logits.dtype} for x of "
+                  f"shape {tuple(x.shape)}, {dtype}; it must return logits of shape (batch, num_classes) = (3, {classes})")
+        if not bool(torch.isfinite(logits).all()):
+            _fail(f"classifier {name!r}: forward(x, t) returned non-finite logits")
+        (grad,) = torch.autograd.grad(torch.log_softmax(logits, -1)[:, 0].sum(), x)
+        if not bool(torch.isfinite(grad).all()) or not bool((grad.reshape(3, -1).abs().sum(1) > 0).all()):
+            _fail(f"classifier {name!r}: grad_x log p(y | x) is zero or non-finite; guidance needs a gradient in x")
+        with torch.no_grad():
+            alone = model(x[:1].detach(), t[:1])
+        if not torch.allclose(alone, logits[:1].detach(), rtol=1e-4, atol=1e-4):
+            _fail(f"classifier {name!r}: a sample's logits change with the rest of the batch (batch statistics in eval mode?)")
+    report.passed.append(f"forward(x, t) gives finite logits (batch, {classes}) for {shape}, float32 and float64, "
+                         "differentiable in x, per sample")
+    return report
+
+
 # Time grids ----------------------------------------------------------------------------
 
 
@@ -680,6 +716,7 @@ CHECKS: dict[str, Callable[..., ContractReport]] = {
     "ode_solver": check_ode_solver,
     "score_model": check_score_model,
     "time_grid": check_time_grid,
+    "classifier": check_classifier,
 }
 
 
