@@ -20,9 +20,10 @@ from sdeplug.assembly import (
     default_checkpoint,
     run_config_dict,
 )
-from sdeplug.config import Config, SamplerConfig, load_config, tomllib
+from sdeplug.config import Config, GuidanceConfig, SamplerConfig, load_config, tomllib
 from sdeplug.errors import ConfigError, SdeplugError
 from sdeplug.plugins import get_registry
+from sdeplug.tensors import per_sample, randn_like
 
 INTERRUPTED = 130
 
@@ -62,6 +63,19 @@ def _configured(args: argparse.Namespace) -> Config:
         if set(raw) != {"sampler"}:
             raise ConfigError(f"{sampler_file} must hold only a [sampler] section; got {sorted(raw)}")
         config = attrs.evolve(config, sampler=SamplerConfig.from_table(raw["sampler"]))
+    guidance_file = getattr(args, "guidance", None)
+    if guidance_file:
+        try:
+            raw = tomllib.loads(Path(guidance_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read the guidance file {guidance_file}: {exc}") from exc
+        if set(raw) != {"guidance"}:
+            raise ConfigError(f"{guidance_file} must hold only a [guidance] section; got {sorted(raw)}")
+        config = attrs.evolve(config, guidance=GuidanceConfig.from_table(raw["guidance"]))
+    if getattr(args, "scale", None):
+        if config.guidance is None or config.guidance.kind != "classifier":
+            raise ConfigError("--scale needs a [guidance] section with kind = 'classifier'")
+        config = attrs.evolve(config, guidance=attrs.evolve(config.guidance, scale=tuple(args.scale)))
     return config
 
 
@@ -72,31 +86,45 @@ def _out_dir(args: argparse.Namespace, config: Config) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the [model] on the [data]; resume from the checkpoint in [output] dir if there is one."""
+    """Train the [model] on the [data] (or with --classifier the [classifier] on its labels);
+    resume from the checkpoint in [output] dir if there is one."""
+    from sdeplug.guided_runs import build_classifier, classifier_run_config
     from sdeplug.plotting import loss_curve
     from sdeplug.trainer import Trainer
 
     config = _configured(args)
     sde = config.check()
-    if config.model.name == "oracle":
-        raise ConfigError("[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'")
     dataset = build_dataset(config)
     device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
-    network = build_network(config, dataset).to(device=device, dtype=dtype)
     out = _out_dir(args, config)
-    checkpoint = out / "checkpoint.safetensors"
-    trainer = Trainer(
-        network, sde, dataset.train, config.train, checkpoint_path=checkpoint, config=run_config_dict(config),
-        on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
-    )
+    if args.classifier:
+        network = build_classifier(config, dataset).to(device=device, dtype=dtype)
+        settings, run_config, prefix = config.classifier.train, classifier_run_config(config), "classifier"
+        if args.no_progress:
+            settings = attrs.evolve(settings, progress=False)
+        checkpoint = out / "classifier.safetensors"
+        trainer = Trainer(network, sde, dataset.train, settings, labels=dataset.train_labels,
+                          checkpoint_path=checkpoint, config=run_config)
+        what = f"{config.classifier.network.name} classifier"
+    else:
+        if config.model.name == "oracle":
+            raise ConfigError("[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'")
+        network = build_network(config, dataset).to(device=device, dtype=dtype)
+        settings, run_config, prefix = config.train, run_config_dict(config), ""
+        checkpoint = out / "checkpoint.safetensors"
+        trainer = Trainer(
+            network, sde, dataset.train, settings, checkpoint_path=checkpoint, config=run_config,
+            on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
+        )
+        what = config.model.name
     if checkpoint.exists() and not args.restart:
         trainer.load()
-        if trainer.config != run_config_dict(config):
+        if trainer.config != run_config:
             raise ConfigError(
                 f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train afresh, "
                 "or another [output] dir"
             )
-        print(f"resuming from {checkpoint} at step {trainer.step} of {config.train.steps}")
+        print(f"resuming from {checkpoint} at step {trainer.step} of {settings.steps}")
     start, first_step = time.perf_counter(), trainer.step
     trainer.fit()
     seconds = time.perf_counter() - start
@@ -113,12 +141,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         "steps_per_second": round(done / seconds, 1) if done and seconds > 0 else None,
         "parameters": sum(p.numel() for p in network.parameters()),
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.classifier:
+        summary["held_out_accuracy"] = _noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
+    stem = f"{prefix}-" if prefix else ""
+    (out / f"{stem}train.json").write_text(json.dumps(summary, indent=2) + "\n")
     if len(history):
-        loss_curve(history, out / "loss.png", title=f"{config.model.name} on {config.data.name}, {config.sde.name}")
+        loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
     print(f"trained {trainer.step} steps ({done} now, {seconds:.1f} s); final loss {summary['final_loss']:.4f}")
-    print(f"wrote {checkpoint}, {out / 'train.json'}, {out / 'loss.png'}")
+    if args.classifier:
+        print("held-out accuracy on noisy x_t: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in
+                                                              summary["held_out_accuracy"].items()))
+    print(f"wrote {checkpoint}, {out / f'{stem}train.json'}, {out / f'{stem}loss.png'}")
     return 0
+
+
+def _noisy_accuracy(network, sde, dataset, seed: int) -> dict[str, float]:
+    """The classifier's accuracy on held-out points perturbed to a few times t."""
+    network = network.eval()
+    param = next(network.parameters())
+    x0 = dataset.test.to(device=param.device, dtype=param.dtype)
+    labels = dataset.test_labels.to(param.device)
+    generator = torch.Generator(param.device).manual_seed(seed)
+    accuracy = {}
+    with torch.no_grad():
+        for t in (0.01, 0.25, 0.5, 0.75):
+            tt = torch.full((x0.shape[0],), t * sde.T, device=param.device, dtype=param.dtype)
+            mean, std = sde.marginal_prob(x0, tt)
+            xt = mean + per_sample(std, x0) * randn_like(x0, generator)
+            accuracy[f"{t:g}T"] = float((network(xt, tt).argmax(-1) == labels).double().mean())
+    return accuracy
 
 
 def _sample_during_training(trainer, config: Config, dataset, out: Path) -> None:
@@ -149,6 +200,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dtype, device = run.torch_dtype, torch.device(run.device)
     dataset = build_dataset(config)
     score = build_score(config, sde, dataset, args.checkpoint, device, dtype)
+    if config.guidance is not None:
+        return _sample_guided(args, config, sde, score, dataset, device, dtype)
     generator = torch.Generator(device).manual_seed(run.seed)
     batch = run.batch_size or run.num
     chunks, nfe, start = [], 0, time.perf_counter()
@@ -194,6 +247,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"class-frequency distance {c['class_frequency_tv_distance']:.3f}"
         )
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _sample_guided(args, config: Config, sde, score, dataset, device, dtype) -> int:
+    """Conditional sampling as the [guidance] section says; writes guidance.json and pictures."""
+    from sdeplug.guided_runs import run_classifier_guidance, run_inpainting
+
+    out = _out_dir(args, config)
+    run = run_classifier_guidance if config.guidance.kind == "classifier" else run_inpainting
+    report = run(config, sde, score, dataset, out, device=device, dtype=dtype, progress=config.sample.progress)
+    summary = {"config": config.source, "model": config.model.name, "sde": {"name": config.sde.name, **config.sde.options},
+               "sampler": _sampler_summary(config), "num_samples": config.sample.num, **report}
+    (out / "guidance.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if report["kind"] == "classifier":
+        print(f"classifier guidance: agreement of the {report['judge']} with the requested class "
+              f"(chance {report['chance']:.2f})")
+        print("  scale  agreement  NFE  seconds")
+        for row in report["runs"]:
+            print(f"  {row['scale']:5g}  {row['agreement']:9.3f}  {row['nfe_per_sample']:3d}  {row['seconds']:7.1f}")
+    else:
+        print(f"{report['kind']}: {report['num_points']} points x {report['per_point']} completions in "
+              f"{report['seconds']:.1f} s, {report['nfe_per_sample']} score evaluations per sample; "
+              f"RMS error to the original {report['rms_error_to_the_original']:.3f} "
+              f"(mean imputation {report['rms_error_of_mean_imputation']:.3f})")
+        if "class_kept_by_completions" in report:
+            print(f"class of the original kept ({report['judge']}): completions "
+                  f"{report['class_kept_by_completions']:.3f}, mean imputation {report['class_kept_by_mean_imputation']:.3f}")
+    print(f"wrote {out / 'guidance.json'} and the samples beside it")
     return 0
 
 
@@ -337,11 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(train)
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--classifier", action="store_true",
+                       help="train the [classifier] (for guidance) on the data's labels instead of the score model")
     train.set_defaults(func=cmd_train)
     sample = sub.add_parser("sample", help="sample with a TOML config")
     _add_run_arguments(sample)
     sample.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     sample.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    sample.add_argument("--guidance", help="a TOML file whose [guidance] section replaces the config's")
+    sample.add_argument("--scale", type=float, nargs="+", help="classifier guidance scale(s) (overrides [guidance] scale)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=cmd_sample)
     likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")

@@ -2,7 +2,8 @@
 
 A config has the sections [sde], [sampler] (with [sampler.predictor],
 [sampler.corrector] or [sampler.solver]), [model], [data], [train], [sample],
-[output] and [likelihood] (with [likelihood.solver]);
+[output], [likelihood] (with [likelihood.solver]), [classifier] (with
+[classifier.train]) and [guidance];
 see docs/config.md for every key. Unknown keys are errors that name the accepted ones.
 """
 
@@ -21,7 +22,7 @@ from sdeplug.errors import ConfigError, close_matches
 from sdeplug.interfaces import SDE, ScoreFn, check_sde_compatible
 from sdeplug.oracle import PRESETS
 from sdeplug.plugins import Registry, get_registry
-from sdeplug.sampling import SampleResult, sample_ode, sample_pc
+from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
 from sdeplug.trainer import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -134,12 +135,15 @@ class SamplerConfig:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        constraint: Constraint | None = None,
     ) -> SampleResult:
-        """Sample ``shape`` with this sampler."""
+        """Sample ``shape`` with this sampler (``constraint``, e.g. inpainting: pc only)."""
         common = dict(eps=self.eps, denoise=self.denoise, generator=generator, device=device, dtype=dtype)
         if self.grid is not None:
             common.update(grid=self.grid.name, grid_options=self.grid.options)
         if self.kind == "ode":
+            if constraint is not None:
+                raise ConfigError("a constraint (inpainting, measurements) needs [sampler] kind = 'pc'")
             return sample_ode(
                 sde, score, shape, solver=self.solver.name, solver_options=self.solver.options, steps=self.steps, **common
             )
@@ -154,6 +158,7 @@ class SamplerConfig:
             steps=self.steps if self.steps is not None else 1000,
             order=self.order,
             progress=progress,
+            constraint=constraint,
             **common,
         )
 
@@ -230,6 +235,117 @@ class OutputConfig:
     plot: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
+def _train_settings(section: str, table: Mapping[str, Any], **forced: Any) -> TrainSettings:
+    table = dict(_table(section, table))
+    _check_keys(section, table, {f.name for f in attrs.fields(TrainSettings)} - set(forced))
+    try:
+        return TrainSettings(**table, **forced)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{section}]: {exc}") from exc
+
+
+@attrs.frozen
+class ClassifierConfig:
+    """[classifier]: the time-dependent classifier network for guidance (a registered
+    ``classifier`` part and its options) and, in [classifier.train], how to train it."""
+
+    network: PartSpec
+    train: TrainSettings = attrs.field(factory=lambda: TrainSettings(objective="classifier"))
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> ClassifierConfig:
+        table = dict(_table("classifier", table))
+        train = _train_settings("classifier.train", table.pop("train", {}), objective="classifier")
+        return cls(PartSpec.from_table("classifier", table), train)
+
+
+GUIDANCE_KEYS = {
+    "classifier": {"scale", "classes", "checkpoint"},
+    "inpaint": {"mask", "data_file", "per_image"},
+    "measurement": {"matrix", "data_file", "per_image"},
+}
+IMAGE_MASKS = ("upper_half", "lower_half", "left_half", "right_half", "border")
+
+
+def _number_list(section: str, key: str, value: Any, kind: type) -> tuple:
+    values = value if isinstance(value, list) else [value]
+    ok = (int,) if kind is int else (int, float)
+    if not values or any(isinstance(x, bool) or not isinstance(x, ok) for x in values):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"[{section}] {key} must be {what} or a non-empty list of them; got {value!r}")
+    return tuple(kind(x) for x in values)
+
+
+@attrs.frozen
+class GuidanceConfig:
+    """[guidance]: conditional sampling with the same score model.
+
+    ``kind = "classifier"``: classifier guidance with the [classifier] network, at each
+    ``scale`` (a number or a list: one run per scale), the samples cycling through
+    ``classes`` (default: every class). ``kind = "inpaint"``: complete data points whose
+    ``mask`` entries (1 = known) are kept, by the paper's replacement method (a pc
+    sampler). ``kind = "measurement"``: the same for y = A x with ``matrix`` A.
+    """
+
+    kind: str = attrs.field(validator=_in("guidance", "kind", tuple(GUIDANCE_KEYS)))
+    scale: tuple[float, ...] = (1.0,)
+    classes: tuple[int, ...] | None = None
+    checkpoint: str | None = None
+    #: inpaint: a built-in image mask (IMAGE_MASKS, naming the known region), a .npy/.pt
+    #: file or an inline list like one sample; 1 = known.
+    mask: str | tuple | None = None
+    #: measurement: "grey" (the channel mean of each pixel), a .npy/.pt file or an inline
+    #: (M, D) list.
+    matrix: str | tuple | None = None
+    #: inpaint/measurement: the points to complete (default: the [data] set's held-out split).
+    data_file: str | None = None
+    per_image: int = attrs.field(default=1, validator=_positive_int("guidance", "per_image"))
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> GuidanceConfig:
+        table = dict(_table("guidance", table))
+        kind = table.get("kind")
+        if kind not in GUIDANCE_KEYS:
+            raise ConfigError(f"[guidance] kind must be one of {', '.join(map(repr, GUIDANCE_KEYS))}; got {kind!r}")
+        for key in table:
+            if key != "kind" and key not in GUIDANCE_KEYS[kind]:
+                owner = [k for k, keys in GUIDANCE_KEYS.items() if key in keys]
+                raise ConfigError(
+                    f"[guidance] kind = {kind!r} takes no key {key!r}; it accepts "
+                    f"{', '.join(sorted(GUIDANCE_KEYS[kind]))}" + (f" ({key!r} is for kind = {owner[0]!r})" if owner else "")
+                )
+        if "scale" in table:
+            table["scale"] = _number_list("guidance", "scale", table["scale"], float)
+        if "classes" in table:
+            table["classes"] = _number_list("guidance", "classes", table["classes"], int)
+        if kind == "inpaint" and "mask" not in table:
+            raise ConfigError(f"[guidance] kind = 'inpaint' needs a mask: one of {', '.join(IMAGE_MASKS)}, "
+                              "a .npy/.pt file, or a list like one sample (1 = known)")
+        if kind == "measurement" and "matrix" not in table:
+            raise ConfigError("[guidance] kind = 'measurement' needs a matrix: 'grey', a .npy/.pt file, or an (M, D) list")
+        for key in ("mask", "matrix"):
+            if isinstance(table.get(key), list):
+                table[key] = _freeze(table[key])
+            elif key in table and not isinstance(table[key], str):
+                raise ConfigError(f"[guidance] {key} must be a name, a file or a list; got {table[key]!r}")
+        try:
+            return cls(**table)
+        except TypeError as exc:
+            raise ConfigError(f"[guidance]: {exc}") from exc
+
+    def check(self, sampler: SamplerConfig, has_classifier: bool) -> None:
+        if self.kind == "classifier" and not has_classifier:
+            raise ConfigError("[guidance] kind = 'classifier' needs a [classifier] section naming the network, "
+                              "e.g. name = 'conv_classifier'")
+        if self.kind != "classifier" and sampler.kind != "pc":
+            raise ConfigError(f"[guidance] kind = {self.kind!r} uses the replacement method, which needs "
+                              "[sampler] kind = 'pc'")
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
 @attrs.frozen
 class Config:
     """A whole run: the SDE, the sampler, the score model, the data, and where results go."""
@@ -242,9 +358,11 @@ class Config:
     output: OutputConfig = attrs.field(factory=OutputConfig)
     likelihood: LikelihoodConfig = attrs.field(factory=LikelihoodConfig)
     train: TrainSettings = attrs.field(factory=TrainSettings)
+    classifier: ClassifierConfig | None = None
+    guidance: GuidanceConfig | None = None
     source: str | None = None
 
-    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood", "train")
+    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood", "train", "classifier", "guidance")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
@@ -256,10 +374,16 @@ class Config:
             parts["sampler"] = SamplerConfig.from_table(raw["sampler"])
         if "likelihood" in raw:
             parts["likelihood"] = LikelihoodConfig.from_table(raw["likelihood"])
+        if "classifier" in raw:
+            parts["classifier"] = ClassifierConfig.from_table(raw["classifier"])
+        if "guidance" in raw:
+            parts["guidance"] = GuidanceConfig.from_table(raw["guidance"])
         for section in ("model", "data"):
             if section in raw:
                 parts[section] = PartSpec.from_table(section, raw[section])
-        for section, klass in (("sample", RunConfig), ("output", OutputConfig), ("train", TrainSettings)):
+        if "train" in raw:
+            parts["train"] = _train_settings("train", raw["train"], objective="score")
+        for section, klass in (("sample", RunConfig), ("output", OutputConfig)):
             if section in raw:
                 table = _table(section, raw[section])
                 _check_keys(section, table, {f.name for f in attrs.fields(klass)})
@@ -292,6 +416,10 @@ class Config:
                 )
         else:
             registry.check_options("score_model", self.model.name, self.model.options)
+        if self.classifier is not None:
+            registry.check_options("classifier", self.classifier.network.name, self.classifier.network.options)
+        if self.guidance is not None:
+            self.guidance.check(self.sampler, self.classifier is not None)
         return sde
 
 

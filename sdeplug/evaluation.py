@@ -9,6 +9,25 @@ from torch import Tensor
 from sdeplug.data import Dataset
 
 
+def _flat(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().double().reshape(x.shape[0], -1).numpy()
+
+
+def reference_classifier(dataset: Dataset, seed: int = 0):
+    """A logistic-regression classifier (scikit-learn) fitted on the real training data: an
+    outside judge of samples, independent of anything sdeplug trained."""
+    from sklearn.linear_model import LogisticRegression
+
+    if dataset.train_labels is None:
+        raise ValueError(f"the data set {dataset.name!r} has no labels")
+    return LogisticRegression(max_iter=3000, random_state=seed).fit(_flat(dataset.train), dataset.train_labels.numpy())
+
+
+def predicted_labels(clf, x: Tensor) -> Tensor:
+    """The reference classifier's labels for x (clipped to the data range [-1, 1])."""
+    return torch.as_tensor(clf.predict(_flat(x.clamp(-1, 1))), dtype=torch.int64)
+
+
 def classifier_report(dataset: Dataset, samples: Tensor, seed: int = 0) -> dict[str, object]:
     """Fit a logistic-regression classifier on the real training data; compare how it sees
     held-out real data and the samples: mean confidence and the spread over classes.
@@ -16,12 +35,8 @@ def classifier_report(dataset: Dataset, samples: Tensor, seed: int = 0) -> dict[
     Recognisable samples get a confidence close to the real data's and a class spread close
     to uniform-like real frequencies; noise or mode collapse shows in either.
     """
-    from sklearn.linear_model import LogisticRegression
-
-    if dataset.train_labels is None:
-        raise ValueError(f"the data set {dataset.name!r} has no labels")
-    flat = lambda x: x.detach().cpu().double().reshape(x.shape[0], -1).numpy()  # noqa: E731
-    clf = LogisticRegression(max_iter=3000, random_state=seed).fit(flat(dataset.train), dataset.train_labels.numpy())
+    clf = reference_classifier(dataset, seed)
+    flat = _flat
     classes = len(clf.classes_)
 
     def view(x: Tensor) -> tuple[float, list[float]]:

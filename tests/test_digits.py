@@ -62,3 +62,54 @@ def test_bits_per_dim_beat_a_gaussian_fitted_to_the_same_data(trained):
     gaussian = float(bits_per_dim(gaussian_logp(train, test), 64, "[-1,1]", 17).mean())
     print(f"bits/dim: model {ours:.3f}, Gaussian {gaussian:.3f}")
     assert ours < gaussian - 0.3, (ours, gaussian)
+
+
+# Controllable generation on the digits ------------------------------------------------------
+
+
+def test_a_trained_classifier_guides_the_digits_to_the_requested_class(trained):
+    """A time-dependent classifier trained with the Trainer guides sampling: the logistic
+    regression fitted on real digits agrees with the requested class far above chance (0.1).
+    Measured with 200 samples: 0.07 unguided, 0.64 at scale 1, 0.90 at 2, 0.97 at 4."""
+    from sdeplug.evaluation import predicted_labels, reference_classifier
+    from sdeplug.guidance import ClassifierGuidance
+    from sdeplug.sampling import sample_pc
+
+    trainer, dataset = trained
+    torch.manual_seed(0)
+    network = sdeplug.create("classifier", "conv_classifier", num_classes=10, channels=16)
+    settings = TrainSettings(steps=1000, batch_size=128, lr=2e-3, ema_decay=0.995, objective="classifier", progress=False)
+    classifier = Trainer(network, trainer.sde, dataset.train.float(), settings, labels=dataset.train_labels).fit()
+    judge = reference_classifier(dataset)
+    wanted = torch.arange(10).repeat(20)
+    agreement = {}
+    for scale in (0.0, 2.0):
+        guided = ClassifierGuidance(trainer.score_model(), classifier.trained_network().eval(), wanted, scale)
+        x = sample_pc(trainer.sde, guided, (200, 1, 8, 8), predictor="unipc", corrector="none", steps=20,
+                      grid="logsnr", generator=torch.Generator().manual_seed(0)).x
+        agreement[scale] = float((predicted_labels(judge, x) == wanted).double().mean())
+    print(f"agreement with the requested class: {agreement}")
+    assert agreement[0.0] < 0.25
+    assert agreement[2.0] > 0.7
+
+
+def test_inpainting_completes_held_out_digits(trained):
+    """The paper's replacement method keeps the known upper half exactly and completes the lower
+    half into digits the judge most often reads as the original's class (measured 0.66 over
+    300 completions with 500 PC steps; chance is 0.1)."""
+    from sdeplug.evaluation import predicted_labels, reference_classifier
+    from sdeplug.guidance import Measurement, Replacement
+    from sdeplug.sampling import sample_pc
+
+    trainer, dataset = trained
+    originals, labels = dataset.test[:40].float(), dataset.test_labels[:40]
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :4] = 1
+    x = sample_pc(trainer.sde, trainer.score_model(), (40, 1, 8, 8), steps=250,
+                  constraint=Replacement(trainer.sde, Measurement(originals * mask, mask=mask)),
+                  generator=torch.Generator().manual_seed(0)).x
+    torch.testing.assert_close(x[:, :, :4], originals[:, :, :4])
+    assert (x[:, :, 4:] - originals[:, :, 4:]).abs().max() > 0.5  # the lower half is generated
+    kept = float((predicted_labels(reference_classifier(dataset), x) == labels).double().mean())
+    print(f"class kept by the completions: {kept:.3f}")
+    assert kept > 0.4
