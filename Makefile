@@ -28,6 +28,9 @@ demo: $(STAMP)
 	$(BIN)/sdeplug sample examples/digits.toml --no-progress
 	$(BIN)/sdeplug sample examples/digits.toml --sampler examples/samplers/pc.toml --out demo-output/digits/pc --no-progress
 	$(BIN)/sdeplug likelihood examples/digits.toml
+	$(BIN)/sdeplug train examples/digits.toml --classifier --no-progress
+	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_classes.toml --sampler examples/guidance/unipc20.toml --out demo-output/digits/guided --no-progress
+	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_inpaint.toml --sampler examples/samplers/pc.toml --num 120 --out demo-output/digits/inpaint --no-progress
 	@echo "plots, samples, checkpoints and reports are in demo-output/"
 
 test: $(STAMP)
