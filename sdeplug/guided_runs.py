@@ -121,11 +121,15 @@ def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: D
     judge = Judge(dataset, run.seed)
     rows = []
     for scale in guidance.scale:
-        generator = torch.Generator(device).manual_seed(run.seed)
+        generator = torch.Generator(device).manual_seed(run.seed)  # the same noise at every scale
+
+        def guided_batch(first: int, size: int, scale: float = scale, generator: torch.Generator = generator):
+            guided = ClassifierGuidance(score, classifier, labels[first : first + size].to(device), scale)
+            return config.sampler.run(sde, guided, (size, *dataset.event_shape), generator=generator, device=device,
+                                      dtype=dtype, progress=progress)
+
         start = time.perf_counter()
-        x, nfe = _in_batches(config, run.num, lambda first, size: config.sampler.run(
-            sde, ClassifierGuidance(score, classifier, labels[first:first + size].to(device), scale),
-            (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype, progress=progress))
+        x, nfe = _in_batches(config, run.num, guided_batch)
         seconds = time.perf_counter() - start
         agreement = float((judge.labels(x) == labels).double().mean())
         stem = f"samples-scale{scale:g}"
