@@ -34,7 +34,7 @@ demo: $(STAMP)
 	@echo "plots, samples, checkpoints and reports are in demo-output/"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # Benchmarks measure, they never run in the test suite; results go to docs/benchmarks.md.
 bench: $(STAMP)

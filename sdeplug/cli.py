@@ -56,27 +56,26 @@ def _configured(args: argparse.Namespace) -> Config:
         config = attrs.evolve(config, train=attrs.evolve(config.train, progress=False))
     sampler_file = getattr(args, "sampler", None)
     if sampler_file:
-        try:
-            raw = tomllib.loads(Path(sampler_file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read the sampler file {sampler_file}: {exc}") from exc
-        if set(raw) != {"sampler"}:
-            raise ConfigError(f"{sampler_file} must hold only a [sampler] section; got {sorted(raw)}")
-        config = attrs.evolve(config, sampler=SamplerConfig.from_table(raw["sampler"]))
+        config = attrs.evolve(config, sampler=SamplerConfig.from_table(_read_section(sampler_file, "sampler")))
     guidance_file = getattr(args, "guidance", None)
     if guidance_file:
-        try:
-            raw = tomllib.loads(Path(guidance_file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read the guidance file {guidance_file}: {exc}") from exc
-        if set(raw) != {"guidance"}:
-            raise ConfigError(f"{guidance_file} must hold only a [guidance] section; got {sorted(raw)}")
-        config = attrs.evolve(config, guidance=GuidanceConfig.from_table(raw["guidance"]))
+        config = attrs.evolve(config, guidance=GuidanceConfig.from_table(_read_section(guidance_file, "guidance")))
     if getattr(args, "scale", None):
         if config.guidance is None or config.guidance.kind != "classifier":
             raise ConfigError("--scale needs a [guidance] section with kind = 'classifier'")
         config = attrs.evolve(config, guidance=attrs.evolve(config.guidance, scale=tuple(args.scale)))
     return config
+
+
+def _read_section(path: str, section: str) -> dict:
+    """The one table of a TOML file that must hold only a [section] (--sampler, --guidance)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the {section} file {path}: {exc}") from exc
+    if set(raw) != {section}:
+        raise ConfigError(f"{path} must hold only a [{section}] section; got {sorted(raw)}")
+    return raw[section]
 
 
 def _out_dir(args: argparse.Namespace, config: Config) -> Path:

@@ -44,7 +44,7 @@ class Dataset:
 
 def _split(x: Tensor, test_fraction: float, seed: int, labels: Tensor | None = None):
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * x.shape[0]))
+    n_test = round(test_fraction * x.shape[0])
     test, train = perm[:n_test], perm[n_test:]
     if labels is None:
         return x[train], x[test], None, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Tiny tensors: one thread avoids thread-pool overhead on small CI machines.
 torch.set_num_threads(1)
+#: Running under pytest-xdist (make test): the workers already share the cores.
+PARALLEL_WORKERS = os.environ.get("PYTEST_XDIST_WORKER") is not None
+if PARALLEL_WORKERS:
+    # Subprocesses (the CLI, the example plugin's own tests) would otherwise start one OpenMP
+    # thread per core and spin against the other workers: 20x slower on two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXAMPLE_PLUGINS = Path(__file__).parent / "plugins"
 
@@ -57,10 +64,13 @@ def install_example_plugin(tmp_path_factory):
         source = Path(name) if isinstance(name, Path) else EXAMPLE_PLUGINS / name
         key = str(source)
         if key not in cache:
+            # pip builds in the source tree; a private copy keeps parallel workers (xdist) apart.
+            copy = tmp_path_factory.mktemp(f"src-{source.name}") / source.name
+            shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
             target = tmp_path_factory.mktemp(f"site-{source.name}")
             subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                 "--no-index", "--target", str(target), str(source)],
+                 "--no-index", "--target", str(target), str(copy)],
                 check=True,
                 capture_output=True,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PARALLEL_WORKERS
 
 import sdeplug
 from sdeplug.data import load_dataset
@@ -17,7 +18,8 @@ from sdeplug.trainer import Trainer, TrainSettings
 @pytest.fixture(scope="module")
 def trained():
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # convolutions use both cores; the rest of the suite runs on one
+    # Convolutions use both cores, unless pytest-xdist runs another worker on the second one.
+    torch.set_num_threads(1 if PARALLEL_WORKERS else 2)
     try:
         yield _train()
     finally:

@@ -53,7 +53,7 @@ def test_exact_divergence_likelihood_matches_the_oracle(dim, sde_name):
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_with_the_sdes_prior_the_gap_is_only_the_prior_mismatch(sde_name):
     """Using sde.prior_logp changes log p by exactly log N(z) - log p_T(z), which is small."""
-    mixture, sde, x, exact, terminal_logp = _setup(2, sde_name, 64)
+    mixture, sde, x, _, terminal_logp = _setup(2, sde_name, 64)
     score = mixture.score_model(sde)
     with_prior = log_likelihood(sde, score, x, solver_options={"rtol": 1e-6, "atol": 1e-6})
     with_exact = log_likelihood(sde, score, x, solver_options={"rtol": 1e-6, "atol": 1e-6}, prior_logp=terminal_logp)
@@ -63,7 +63,7 @@ def test_with_the_sdes_prior_the_gap_is_only_the_prior_mismatch(sde_name):
 
 
 def test_hutchinson_is_unbiased_and_more_probes_shrink_its_spread():
-    mixture, sde, x, exact, terminal_logp = _setup(16, "vp", 4, seed=3)
+    mixture, sde, x, _, terminal_logp = _setup(16, "vp", 4, seed=3)
     score = mixture.score_model(sde)
     copies = 300
     xs = x.repeat_interleave(copies, dim=0)  # every point seen with 300 independent probes

@@ -80,7 +80,7 @@ def _hypothesis(examples: int):
                     report_multiple_bugs=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mixture_and_null(name: str = "mixture3", n: int = 2000) -> tuple[GaussianMixture, EnergyNull]:
     mixture = preset(name)
     return mixture, energy_null(lambda k, g: mixture.sample(k, g), n, reps=20)
@@ -346,7 +346,7 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
 
         _check_step_interface(sde, first_step, f"predictor {name!r} with {label}")
         if getattr(cls, "identity", False):
-            _check_identity(lambda x, t: gaussian.step(x, t, t - 0.01)[0], f"predictor {name!r}")
+            _check_identity(lambda x, t, part=gaussian: part.step(x, t, t - 0.01)[0], f"predictor {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
             continue
         result = sample_pc(sde, score, (null.n, 2), predictor=cls, predictor_options=options, corrector="none",
@@ -515,9 +515,9 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
         label = type(sde).__name__
         corrector = cls(sde, mixture.score_model(sde), **options)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-        _check_step_interface(sde, lambda x, t, g: gaussian.step(x, t, g), f"corrector {name!r} with {label}")
+        _check_step_interface(sde, lambda x, t, g, part=gaussian: part.step(x, t, g), f"corrector {name!r} with {label}")
         if getattr(cls, "identity", False):
-            _check_identity(lambda x, t: gaussian.step(x, t)[0], f"corrector {name!r}")
+            _check_identity(lambda x, t, part=gaussian: part.step(x, t)[0], f"corrector {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
             continue
         t = 0.3 * sde.T
@@ -527,7 +527,7 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
         for _ in range(sweeps):
             x, _ = corrector.step(x, tt, g)
 
-        def sample_p_t(k, gen, sde=sde):
+        def sample_p_t(k, gen, sde=sde, t=t):
             return mixture.sample(k, gen, sde, t)
 
         try:
