@@ -61,10 +61,29 @@ def test_torchdiffeq_options_are_checked():
         sdeplug.create("ode_solver", "dopri5", method="rk4")
     assert sdeplug.create("ode_solver", "dopri5").order == 5
     assert _solver("rk4").adaptive is False and _solver("bosh3").order == 3
+    # explicit_adams: Adams-Bashforth of order max_order - 1, by default 3 (see the next test)
+    assert sdeplug.create("ode_solver", "explicit_adams").order == 3
+    assert _solver("explicit_adams", max_order=6).order == 5
+    with pytest.raises(OptionError, match="max_order is an option of method 'explicit_adams', not of 'dopri5'"):
+        _solver("dopri5", max_order=4)
+    with pytest.raises(OptionError, match="max_order must be an integer from 4 to 12; got 3"):
+        sdeplug.create("ode_solver", "explicit_adams", max_order=3)
+
+
+def test_explicit_adams_is_stable_where_torchdiffeqs_default_order_is_not():
+    """torchdiffeq's default max_order (12) is Adams-Bashforth of order 11: it blows up on a
+    decay at rate 2 with 100 steps. Ours defaults to a stable order."""
+    times = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    y0 = torch.ones(1, dtype=torch.float64)
+    ours = _solver("explicit_adams").solve(lambda t, y: -2 * y, y0, 0.0, 1.0, grid=times).y
+    torch.testing.assert_close(ours, y0 * torch.exp(torch.tensor(-2.0, dtype=torch.float64)), rtol=1e-5, atol=0)
+    theirs = _solver("explicit_adams", max_order=12).solve(lambda t, y: -2 * y, y0, 0.0, 1.0, grid=times).y
+    assert theirs.abs().item() > 1e3
 
 
 @pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("solver, options", [("dopri5", {}), ("rk4", {"steps": 50})])
+@pytest.mark.parametrize("solver, options", [("dopri5", {}), ("rk4", {"steps": 50}), ("explicit_adams", {}),
+                                             ("implicit_adams", {})])
 def test_torchdiffeq_ode_sampler_recovers_the_mixture(mixture, data_null, sde_name, solver, options):
     sde = sdeplug.create("sde", sde_name)
     result = sample_ode(sde, mixture.score_model(sde), (N, 2), solver=solver, solver_options=options,

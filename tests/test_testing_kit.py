@@ -130,6 +130,10 @@ def test_broken_ode_solvers_are_caught():
         check_ode_solver(FakeHeun)
     with pytest.raises(ContractError, match=r"reported nfe = \d+ but F was called \d+ times"):
         check_ode_solver(Miscounting)
+    # Adams-Bashforth of order 11 (torchdiffeq's default for explicit_adams) is accurate on
+    # smooth problems but unstable on the stiff directions of the probability flow
+    with pytest.raises(ContractError, match=r"unstable on dy/dt = -5 y with 100 steps; y\(t1\) / y\(t0\) = "):
+        check_ode_solver("explicit_adams", options={"max_order": 12})
 
 
 def test_reports_say_what_was_checked_and_what_did_not_apply():

@@ -561,8 +561,11 @@ def check_ode_solver(spec: str | type[ODESolver], *, options: dict[str, Any] | N
                 tuned = cls(**{**options, "rtol": tol, "atol": tol})
             for t0, t1 in ((0.0, 1.5), (1.5, 0.2)):
                 _check_known_ode(tuned, name, order, adaptive, dtype, device, t0, t1)
+            for t0, t1 in ((0.0, 1.0), (1.0, 0.0)):
+                _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1)
     report.passed.append("dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
                          + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else ""))
+    report.passed.append("stable on a decaying ODE (rate 5, 100 steps) forwards and backwards")
     if not adaptive and order is not None:
         observed = _observed_order(solver)
         if observed < order - 0.3:
@@ -600,6 +603,21 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
     if error > tol:
         _fail(f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
               f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})")
+
+
+def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
+    """y decays by exp(-5) from t0 to t1 at rate 5 per unit time, as the probability flow's
+    stiff directions do near t = 0; 100 steps (lambda h = 0.05) must not blow it up."""
+    rate = 5.0 if t1 > t0 else -5.0
+    y0 = torch.tensor([[1.0, -2.0]], dtype=dtype, device=device)
+    grid = None if adaptive else torch.linspace(t0, t1, 101, dtype=dtype, device=device)
+    y1 = solver.solve(lambda t, y: -rate * y, y0, t0, t1, grid=grid).y
+    decay = float((y1 / y0).max()), float((y1 / y0).min())
+    exact = math.exp(-5.0)
+    if not (0.5 * exact <= decay[1] and decay[0] <= 1.5 * exact):
+        _fail(f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}: unstable on dy/dt = {-rate:g} y "
+              f"with 100 steps; y(t1) / y(t0) = {decay[0]:.3g}, exactly exp(-5) = {exact:.3g}. A stiff direction "
+              f"like this one is what the probability flow has near t = 0.")
 
 
 def _observed_order(solver) -> float:
