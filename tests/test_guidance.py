@@ -72,3 +72,34 @@ def test_guidance_errors_name_what_is_wrong(mixture):
         ClassifierGuidance(score, lambda x, t: x.sum(), 0)(x, t)
     with pytest.raises(TypeError, match="callable"):
         ClassifierGuidance(score, "classifier", 0)
+
+
+_REGISTRY = sdeplug.get_registry()
+#: One run per registered sampling part, with the guided score in place of the plain one.
+#: Predictors run alone, correctors after reverse diffusion, ODE solvers with their defaults.
+EVERY_PART = (
+    [("predictor", name) for name in _REGISTRY.names("predictor") if name != "none"]
+    + [("corrector", name) for name in _REGISTRY.names("corrector") if name != "none"]
+    + [("ode_solver", name) for name in _REGISTRY.names("ode_solver")]
+)
+
+
+@pytest.mark.parametrize(("kind", "name"), EVERY_PART, ids=[f"{k}-{n}" for k, n in EVERY_PART])
+def test_guidance_works_unchanged_with_every_registered_sampling_part(mixture, kind, name):
+    """The guided score is an ordinary score: each part, untouched, lands in the requested class."""
+    sde, k, n = sdeplug.create("sde", "vp"), 1, 400
+    guided = ClassifierGuidance(mixture.score_model(sde), mixture.classifier(sde), k)
+    g = torch.Generator().manual_seed(1)
+    if kind == "predictor":
+        steps = 40 if name == "torchsde" else 200
+        x = sample_pc(sde, guided, (n, 2), predictor=name, corrector="none", steps=steps, generator=g, dtype=F64).x
+    elif kind == "corrector":
+        x = sample_pc(sde, guided, (n, 2), predictor="reverse_diffusion", corrector=name, steps=200, generator=g,
+                      dtype=F64).x
+    else:
+        x = sample_ode(sde, guided, (n, 2), solver=name, generator=g, dtype=F64).x
+    in_class = mixture.posterior_weights(x)[:, k] > 0.5
+    assert in_class.double().mean() > 0.97, f"{kind} {name!r}: {in_class.double().mean():.3f} in class {k}"
+    reference = mixture.component(k).sample(50_000, torch.Generator().manual_seed(2))
+    error = (x.mean(0) - reference.mean(0)).abs() / (reference.std(0) / n**0.5)
+    assert error.max() < 5, f"{kind} {name!r}: sample mean {error.max():.1f} standard errors off class {k}'s"
