@@ -309,9 +309,13 @@ def _quality(samples: torch.Tensor, dataset, seed: int) -> dict[str, object]:
         null = energy_null(lambda k, g: mixture.sample(k, g), n, reps=10, generator=generator)
         reference, what = mixture.sample(n, generator), "oracle samples"
     elif min(len(dataset.test), len(dataset.train)) >= n:
-        # Two real sets of this size give the floor: training points against held-out ones.
+        # The floor: random sets of n training points against the same held-out reference.
         reference, what = dataset.test[:n], "held-out data"
-        null = EnergyNull(n=n, mean=energy_distance(dataset.train[:n], reference), std=0.0, reps=1)
+        floor = torch.tensor([
+            energy_distance(dataset.train[torch.randperm(len(dataset.train), generator=generator)[:n]], reference)
+            for _ in range(10)
+        ], dtype=torch.float64)
+        null = EnergyNull(n=n, mean=float(floor.mean()), std=float(floor.std()), reps=len(floor))
     else:
         return report
     report.update({"reference": what, "energy_distance": energy_distance(samples, reference),

@@ -70,6 +70,7 @@ def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
     summary = json.loads((tmp_path / "pc" / "summary.json").read_text())
     assert summary["model"] == "mlp" and summary["checkpoint"].endswith("checkpoint.safetensors")
     assert summary["reference"] == "held-out data" and summary["nfe_per_sample"] == 50 * 2 + 1
+    assert summary["null_std"] > 0  # the floor's spread, from ten sets of training points
     assert (tmp_path / "pc" / "samples.png").exists()
 
     sampler = REPO / "examples" / "samplers" / "dopri5.toml"
