@@ -64,8 +64,18 @@ class _Torchdiffeq(ODESolver):
     atol: float = _tolerance()
     steps: int = attrs.field(default=100, kw_only=True, validator=[v.instance_of(int), v.ge(1)])
 
+    def _adams_bashforth_max_order(self) -> int | None:
+        """torchdiffeq's max_order for explicit_adams; None for the other methods."""
+        return None
+
     def _method_options(self) -> dict:
-        return {}
+        max_order = self._adams_bashforth_max_order()
+        return {} if max_order is None else {"max_order": max_order}
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        max_order = self._adams_bashforth_max_order()
+        return METHODS[self.method][0] if max_order is None else max_order - 1
 
     def solve(self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None) -> ODESolution:
         calls = 0
@@ -103,12 +113,8 @@ class _TorchdiffeqAdamsBashforth(_Torchdiffeq):
     max_order: int = attrs.field(default=DEFAULT_MAX_ORDER, kw_only=True,
                                  validator=lambda _self, _attr, value: _check_max_order(value))
 
-    def _method_options(self) -> dict:
-        return {"max_order": self.max_order}
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.max_order - 1
+    def _adams_bashforth_max_order(self) -> int:
+        return self.max_order
 
 
 @attrs.frozen
@@ -129,16 +135,10 @@ class Torchdiffeq(_Torchdiffeq):
             raise ValueError(f"max_order is an option of method 'explicit_adams', not of {self.method!r}")
         _check_max_order(value)
 
-    @property
-    def _max_order(self) -> int:
+    def _adams_bashforth_max_order(self) -> int | None:
+        if self.method != "explicit_adams":
+            return None
         return DEFAULT_MAX_ORDER if self.max_order is None else self.max_order
-
-    def _method_options(self) -> dict:
-        return {"max_order": self._max_order} if self.method == "explicit_adams" else {}
-
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self._max_order - 1 if self.method == "explicit_adams" else METHODS[self.method][0]
 
     @property
     def adaptive(self) -> bool:  # type: ignore[override]
@@ -151,7 +151,7 @@ def _solver_class(method: str) -> type[_Torchdiffeq]:
                  "__doc__": f"torchdiffeq's {method} ({'adaptive' if adaptive else 'fixed-step'}, order {order})."}
     base = _TorchdiffeqAdamsBashforth if method == "explicit_adams" else _Torchdiffeq
     if base is _Torchdiffeq:
-        namespace["order"] = order  # Adams-Bashforth's order follows max_order
+        namespace["order"] = order  # a class attribute; Adams-Bashforth's follows max_order
     return attrs.frozen(type(f"Torchdiffeq_{method}", (base,), namespace))
 
 
