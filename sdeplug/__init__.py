@@ -11,6 +11,7 @@ from sdeplug.errors import (
     IncompatiblePartError,
     NonFiniteError,
     OptionError,
+    PluginError,
     RegistrationError,
     SdeplugError,
     UnknownPartError,
@@ -29,8 +30,8 @@ from sdeplug.interfaces import (
     TimeClassifier,
     TimeGrid,
 )
-from sdeplug.plugins import create, get_registry, register_plugin
-from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch
+from sdeplug.plugins import create, get_registry, part_name, register_plugin, resolve
+from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch, tweedie
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "ODESolution",
     "ODESolver",
     "OptionError",
+    "PluginError",
     "Predictor",
     "RegistrationError",
     "ReverseSDE",
@@ -58,9 +60,12 @@ __all__ = [
     "create",
     "get_registry",
     "hookimpl",
+    "part_name",
     "per_sample",
     "randn",
     "randn_like",
     "register_plugin",
+    "resolve",
     "sum_except_batch",
+    "tweedie",
 ]

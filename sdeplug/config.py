@@ -19,7 +19,7 @@ import torch
 from attrs import validators as v
 
 from sdeplug.errors import ConfigError, close_matches
-from sdeplug.interfaces import SDE, ScoreFn, check_sde_compatible
+from sdeplug.interfaces import SDE, ScoreFn
 from sdeplug.oracle import PRESETS
 from sdeplug.plugins import Registry, get_registry
 from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
@@ -169,8 +169,7 @@ class SamplerConfig:
             return x
 
         if self.grid is not None:
-            grid = registry.create("time_grid", self.grid.name, **self.grid.options)
-            check_sde_compatible("time_grid", self.grid.name, type(grid), sde)
+            registry.resolve("time_grid", self.grid.name, options=self.grid.options, sde=sde)
         if self.kind == "ode":
             solver = registry.create("ode_solver", self.solver.name, **self.solver.options)
             if self.grid is not None and self.steps is None and getattr(solver, "steps", None) is None:

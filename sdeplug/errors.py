@@ -69,6 +69,10 @@ class RegistrationError(SdeplugError, TypeError):
     """A plugin tried to register something that is not a part of the kind it claimed."""
 
 
+class PluginError(SdeplugError, RuntimeError):
+    """A plugin's own code failed (not the user's input): names the part and the plugin's error."""
+
+
 class IncompatiblePartError(SdeplugError, TypeError):
     """A predictor, corrector or solver was combined with an SDE it cannot handle."""
 

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdeplug.interfaces import SDE, TimeGrid, check_sde_compatible
+from sdeplug.interfaces import SDE, LinearSDE, TimeGrid
+from sdeplug.plugins import part_name, resolve
 
-GridSpec = Tensor | str | TimeGrid | None
+GridSpec = Tensor | str | TimeGrid | type[TimeGrid] | None
 """What a sampler's ``grid`` argument accepts."""
 
 
@@ -33,6 +34,23 @@ def uniform_grid(
     """
     check_steps(steps)
     return torch.linspace(float(t_start), float(t_end), int(steps) + 1, device=device, dtype=dtype)
+
+
+def log_snr_grid(
+    sde: LinearSDE,
+    steps: int,
+    t_end: float,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``steps`` + 1 times from T to t_end evenly spaced in log-SNR (equal steps h in the
+    variable exponential integrators step in), placed in float64 and ending exactly at T
+    and t_end."""
+    check_steps(steps)
+    ends = sde.log_snr(torch.tensor([float(sde.T), float(t_end)], dtype=torch.float64))
+    times = sde.t_from_log_snr(torch.linspace(float(ends[0]), float(ends[1]), int(steps) + 1, dtype=torch.float64))
+    times[0], times[-1] = float(sde.T), float(t_end)  # the ends exactly, whatever the inversion's last bit
+    return times.to(device=device, dtype=dtype if dtype is not None else torch.float64)
 
 
 def check_steps(steps: Any) -> int:
@@ -57,19 +75,6 @@ def check_grid(grid: Tensor, *, decreasing: bool = True) -> Tensor:
     return grid
 
 
-def build_time_grid(spec: str | TimeGrid, options: Mapping[str, Any] | None = None) -> TimeGrid:
-    """A TimeGrid from a registered name (with options) or an instance (no options)."""
-    if isinstance(spec, TimeGrid):
-        if options:
-            raise ValueError("grid_options are for a grid given by name; this grid is already built")
-        return spec
-    if isinstance(spec, str):
-        from sdeplug.plugins import get_registry
-
-        return get_registry().create("time_grid", spec, **dict(options or {}))
-    raise TypeError(f"a grid is a tensor of times, a registered grid name or a TimeGrid; got {type(spec).__name__}")
-
-
 def resolve_grid(
     sde: SDE,
     grid: GridSpec,
@@ -91,9 +96,9 @@ def resolve_grid(
         return check_grid(grid.to(device=device, dtype=dtype))
     if grid is None and not grid_options:
         return uniform_grid(sde.T, eps, steps, device=device, dtype=dtype)
-    rule = build_time_grid("uniform" if grid is None else grid, grid_options)
-    name = getattr(rule, "name", None) or type(rule).__name__
-    check_sde_compatible("time_grid", name, type(rule), sde)
+    spec = "uniform" if grid is None else grid
+    rule = resolve("time_grid", spec, options=grid_options, sde=sde)
+    name = part_name(spec if isinstance(spec, str) else rule)
     times = rule.times(sde, check_steps(steps), eps, device=device, dtype=dtype)
     if not isinstance(times, Tensor) or times.shape != (steps + 1,):
         raise ValueError(

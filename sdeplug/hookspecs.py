@@ -1,8 +1,11 @@
 """The plugin contract: pluggy hook specifications of the ``sdeplug`` project.
 
 Each hook hands the plugin a ``register`` callback; the plugin calls
-``register(cls)`` or ``register(cls, name="...")`` for every part it offers.
-These names are stable: hooks may be added, never renamed.
+``register(cls)`` or ``register(cls, name="...")`` for every part it offers, or
+``register(cls, name="...", **options)`` for a configured preset whose options are
+fixed. How the toolkit builds each kind ("built as ...") is ``sdeplug.plugins.KINDS``;
+a test keeps these docstrings and the plugin guide in step with it. These names are
+stable: hooks may be added, never renamed.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ def register_ode_solvers(register: Register) -> None:
 
 @hookspec
 def register_score_models(register: Register) -> None:
-    """Register ScoreModel classes (torch modules), built as ``cls(**options)``."""
+    """Register ScoreModel classes (torch modules), built as ``cls(event_shape=..., **options)``."""
 
 
 @hookspec
 def register_classifiers(register: Register) -> None:
-    """Register TimeClassifier classes (torch modules for guidance), built as ``cls(**options)``."""
+    """Register TimeClassifier classes (torch modules for guidance), built as
+    ``cls(event_shape=..., num_classes=..., **options)``."""
 
 
 @hookspec

@@ -1,4 +1,5 @@
-"""The five kinds of part: SDE (and LinearSDE), ScoreModel, Predictor, Corrector, ODESolver.
+"""The seven kinds of part: SDE (and LinearSDE), ScoreModel, Predictor, Corrector, ODESolver,
+TimeGrid and TimeClassifier.
 
 Conventions (see docs/user-guide.md): time runs from data at t = 0 to the prior at
 t = T; ``x`` has shape (batch, *event_shape) and ``t`` shape (batch,); randomness
@@ -15,8 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug.errors import IncompatiblePartError
-from sdeplug.tensors import per_sample
+from sdeplug.tensors import per_sample, tweedie
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score(x, t) -> tensor like x``, an approximation of grad_x log p_t(x)."""
@@ -49,6 +49,12 @@ class SDE(abc.ABC):
             "parts that need one (denoising score matching, annealed Langevin, the oracle) "
             "cannot use it"
         )
+
+    @classmethod
+    def has_marginals(cls) -> bool:
+        """Whether the SDE has a closed-form perturbation kernel (it overrides ``marginal_prob``);
+        denoising score matching, annealed Langevin and the oracle need one."""
+        return cls.marginal_prob is not SDE.marginal_prob
 
     @abc.abstractmethod
     def prior_sampling(
@@ -111,6 +117,10 @@ class LinearSDE(SDE):
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
+
+    def data_prediction(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Tweedie's E[x_0 | x_t = x] = (x + sigma(t)^2 score) / alpha(t), from the score's value at (x, t)."""
+        return tweedie(x, score, per_sample(self.alpha(t), x), per_sample(self.sigma(t), x))
 
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Scale a and variance v of the exact kernel from s to t > s: x_t = a x_s + sqrt(v) z.
@@ -203,33 +213,50 @@ class TimeClassifier(torch.nn.Module, abc.ABC):
 class Predictor(abc.ABC):
     """One step of the reverse SDE (or the probability-flow ODE) from t to t_next < t.
 
-    Built as ``cls(sde, score, **options)``. Subclasses set ``sde_types`` to the SDE
-    classes they can handle and ``score_evals`` to the score evaluations per step.
+    Built as ``cls(sde, score, **options)``. A run is explicit about what carries over
+    from step to step (as torchsde's extra solver state and diffrax's solver state are)::
+
+        state = predictor.init(x, grid)
+        for i in range(len(grid) - 1):
+            x, state = predictor.step(x, t_i, t_next_i, state, generator, jumped=moved)
+
+    ``jumped`` is True when something else (a corrector, a constraint) moved x since the
+    previous step, so a multistep predictor knows its history no longer lies on the path.
     """
 
     name: ClassVar[str | None] = None
     sde_types: ClassVar[tuple[type, ...]] = (SDE,)
     #: Weak order of convergence in the step size, if the predictor claims one (the testing
-    #: kit checks the observed order against it).
-    weak_order: ClassVar[float | None] = None
+    #: kit checks the observed order against it). May depend on options: read it from the
+    #: built part.
+    weak_order: float | None = None
     #: Order of the global error of a deterministic predictor on the probability-flow ODE, if
-    #: it claims one (the testing kit checks it against the exact flow of Gaussian data).
-    ode_order: ClassVar[float | None] = None
+    #: it claims one (the testing kit checks it against the exact flow of Gaussian data). May
+    #: depend on options: read it from the built part.
+    ode_order: float | None = None
     #: True for a part that deliberately leaves x unchanged (the "none" parts).
     identity: ClassVar[bool] = False
     sde: SDE
     score: ScoreFn
 
+    def init(self, x: Tensor, grid: Tensor) -> Any:
+        """The state a run starts from, given the initial x and the whole decreasing grid of
+        times (1-D, x's device and dtype); step i then goes from grid[i] to grid[i + 1].
+        Single-step predictors keep no state: the default is None."""
+        return None
+
     @abc.abstractmethod
     def step(
-        self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Move x from time t to t_next (both shape (batch,)); return (x, x_mean without the last noise)."""
-
-    def reset(self, steps: int | None = None) -> None:
-        """Forget what earlier steps left behind; the samplers call this before every run
-        with the number of steps to come. Multistep predictors keep the score evaluations of
-        the last steps, and may lower their order on the final ones."""
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: Any,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Move x from time t to t_next (both shape (batch,)); return the new x and state."""
 
 
 class Corrector(abc.ABC):
@@ -246,8 +273,8 @@ class Corrector(abc.ABC):
     score: ScoreFn
 
     @abc.abstractmethod
-    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Correct x at time t (shape (batch,)); return (x, x_mean without the last noise)."""
+    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Correct x at time t (shape (batch,)); return the corrected x."""
 
 
 @attrs.frozen
@@ -262,10 +289,11 @@ class ODESolver(abc.ABC):
     """Integrates dy/dt = F(t, y) from t0 to t1 (either direction). Built as ``cls(**options)``."""
 
     name: ClassVar[str | None] = None
-    #: Order of convergence of the global error in the step size.
-    order: ClassVar[int]
+    #: Order of convergence of the global error in the step size (None: not claimed). May
+    #: depend on options: read it from the built part.
+    order: int | None = None
     #: Whether it chooses its own steps (then ``grid`` only gives the end points).
-    adaptive: ClassVar[bool] = False
+    adaptive: bool = False
 
     @abc.abstractmethod
     def solve(
@@ -295,15 +323,3 @@ class TimeGrid(abc.ABC):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """A 1-D tensor of ``steps`` + 1 strictly decreasing times, first T, last eps."""
-
-
-def check_sde_compatible(kind: str, name: str, part_cls: type, sde: SDE) -> None:
-    """Raise IncompatiblePartError if a predictor or corrector class cannot handle this SDE."""
-    accepted = getattr(part_cls, "sde_types", (SDE,))
-    if not isinstance(sde, accepted):
-        wanted = " or ".join(c.__name__ for c in accepted)
-        raise IncompatiblePartError(
-            f"{kind} {name!r} needs an SDE of type {wanted}; got {type(sde).__name__}"
-            + (f" ({sde.name!r})" if getattr(sde, "name", None) else "")
-        )
-

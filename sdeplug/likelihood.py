@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.interfaces import SDE, ODESolver, ScoreFn
-from sdeplug.plugins import get_registry
+from sdeplug.plugins import resolve
 from sdeplug.sampling import CountingScore, _end_time
 from sdeplug.tensors import randn_like
 
@@ -118,7 +118,7 @@ def log_likelihood(
     score: ScoreFn,
     x: Tensor,
     *,
-    solver: str | ODESolver = "dopri5",
+    solver: str | type[ODESolver] | ODESolver = "dopri5",
     solver_options: Mapping[str, Any] | None = None,
     eps: float | None = None,
     divergence: Literal["exact", "hutchinson"] = "exact",
@@ -129,7 +129,8 @@ def log_likelihood(
 ) -> LikelihoodResult:
     """log p_eps(x) per sample (nats) by the probability-flow ODE from eps to T.
 
-    ``solver`` is any registered ODESolver (name, with ``solver_options``) or an instance.
+    ``solver`` is any ODESolver: a registered name or a class (options in ``solver_options``),
+    or a built solver.
     ``divergence="exact"`` costs one backward pass per dimension; "hutchinson" costs
     ``probes`` passes and is unbiased. The terminal density is ``sde.prior_logp`` unless
     ``prior_logp`` is given: p_T is only close to the prior (for VE with sigma_max = 50,
@@ -140,10 +141,7 @@ def log_likelihood(
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
     if int(probes) != probes or probes < 1:
         raise ValueError(f"probes must be a positive integer; got {probes!r}")
-    if isinstance(solver, str):
-        ode_solver = get_registry().create("ode_solver", solver, **dict(solver_options or {}))
-    else:
-        ode_solver = solver
+    ode_solver = resolve("ode_solver", solver, options=solver_options)
     t_start = _end_time(sde, eps)
     batch, dim = x.shape[0], x[0].numel()
     counted = CountingScore(score)

@@ -23,7 +23,9 @@ import pluggy
 from sdeplug import hookspecs
 from sdeplug.errors import (
     DuplicatePartError,
+    IncompatiblePartError,
     OptionError,
+    PluginError,
     RegistrationError,
     SdeplugError,
     UnknownPartError,
@@ -36,7 +38,6 @@ from sdeplug.interfaces import (
     ScoreModel,
     TimeClassifier,
     TimeGrid,
-    check_sde_compatible,
 )
 
 ENTRY_POINT_GROUP = "sdeplug"
@@ -56,20 +57,49 @@ class Kind:
     base: type
     #: Positional arguments the toolkit supplies when it builds the part (not user options).
     supplied: tuple[str, ...] = ()
+    #: Keyword options the toolkit fills in from the data when the user gives none.
+    filled_in: tuple[str, ...] = ()
+    #: Whether the part declares ``sde_types`` and is checked against the SDE it is used with.
+    checks_sde: bool = False
+
+    def signature(self) -> str:
+        """How the toolkit calls the class, as the hook docstrings and the plugin guide write it."""
+        args = [*self.supplied, *(f"{name}=..." for name in self.filled_in), "**options"]
+        return f"cls({', '.join(args)})"
 
 
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
         Kind("sde", "register_sdes", SDE),
-        Kind("predictor", "register_predictors", Predictor, ("sde", "score")),
-        Kind("corrector", "register_correctors", Corrector, ("sde", "score")),
+        Kind("predictor", "register_predictors", Predictor, ("sde", "score"), checks_sde=True),
+        Kind("corrector", "register_correctors", Corrector, ("sde", "score"), checks_sde=True),
         Kind("ode_solver", "register_ode_solvers", ODESolver),
-        Kind("score_model", "register_score_models", ScoreModel),
-        Kind("time_grid", "register_time_grids", TimeGrid),
-        Kind("classifier", "register_classifiers", TimeClassifier),
+        Kind("score_model", "register_score_models", ScoreModel, filled_in=("event_shape",)),
+        Kind("time_grid", "register_time_grids", TimeGrid, checks_sde=True),
+        Kind("classifier", "register_classifiers", TimeClassifier, filled_in=("event_shape", "num_classes")),
     )
 }
+
+
+def part_name(part: object) -> str:
+    """How errors and reports name a part given as a name, a class or an instance."""
+    if isinstance(part, str):
+        return part
+    cls = part if isinstance(part, type) else type(part)
+    declared = getattr(cls, "name", None)
+    return declared if isinstance(declared, str) and declared else cls.__name__
+
+
+def check_sde_compatible(kind: str, part: object, sde: SDE) -> None:
+    """IncompatiblePartError unless the part (a class or an instance) lists the SDE's type in ``sde_types``."""
+    accepted = getattr(part, "sde_types", (SDE,))
+    if not isinstance(sde, accepted):
+        wanted = " or ".join(c.__name__ for c in accepted)
+        raise IncompatiblePartError(
+            f"{kind} {part_name(part)!r} needs an SDE of type {wanted}; got {type(sde).__name__}"
+            + (f" ({sde.name!r})" if getattr(sde, "name", None) else "")
+        )
 
 
 @attrs.frozen
@@ -81,6 +111,8 @@ class PartInfo:
     cls: type
     plugin: str
     distribution: str
+    #: Options fixed by the registration (a configured preset, e.g. torchdiffeq's dopri5).
+    fixed: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -174,8 +206,9 @@ class PluginHost:
                 plugin = impl.plugin_name
                 dist = self.distributions.get(plugin, "an unknown distribution")
 
-                def register(cls: type, name: str | None = None, *, _kind=kind, _plugin=plugin, _dist=dist) -> None:
-                    registry.add(_kind, cls, name, _plugin, _dist)
+                def register(cls: type, name: str | None = None, *, _kind=kind, _plugin=plugin, _dist=dist,
+                             **fixed: Any) -> None:
+                    registry.add(_kind, cls, name, _plugin, _dist, fixed)
 
                 try:
                     impl.function(register=register)
@@ -192,8 +225,10 @@ class Registry:
         self._parts: dict[str, dict[str, list[PartInfo]]] = {k: {} for k in KINDS}
         self.failures: list[PluginFailure] = list(failures)
 
-    def add(self, kind: Kind, cls: type, name: str | None, plugin: str, distribution: str) -> None:
-        """Add one part; called through the ``register`` callback the hooks receive."""
+    def add(self, kind: Kind, cls: type, name: str | None, plugin: str, distribution: str,
+            fixed: Mapping[str, Any] | None = None) -> None:
+        """Add one part; called through the ``register`` callback the hooks receive. ``fixed``
+        options make a configured preset of ``cls`` (they need a ``name``)."""
         if not (isinstance(cls, type) and issubclass(cls, kind.base)):
             raise RegistrationError(
                 f"plugin {plugin!r} registered {cls!r} through {kind.hook}, but it is not a "
@@ -201,11 +236,21 @@ class Registry:
             )
         if inspect.isabstract(cls):
             raise RegistrationError(f"plugin {plugin!r} registered the abstract class {cls.__name__} as a {kind.name}")
-        part_name = name if name is not None else _default_part_name(cls)
-        if not isinstance(part_name, str) or not part_name:
-            raise RegistrationError(f"plugin {plugin!r}: a part name must be a non-empty string; got {part_name!r}")
-        self._parts[kind.name].setdefault(part_name, []).append(
-            PartInfo(kind.name, part_name, cls, plugin, distribution)
+        registered = name if name is not None else _default_part_name(cls)
+        if not isinstance(registered, str) or not registered:
+            raise RegistrationError(f"plugin {plugin!r}: a part name must be a non-empty string; got {registered!r}")
+        fixed = dict(fixed or {})
+        if fixed:
+            if name is None:
+                raise RegistrationError(f"plugin {plugin!r}: a preset of {cls.__name__} with fixed options "
+                                        f"{sorted(fixed)} needs its own name: register(cls, name=..., **options)")
+            accepted = part_options(cls, kind.supplied)
+            unknown = [o for o in fixed if accepted is not None and o not in accepted]
+            if unknown:
+                raise RegistrationError(f"plugin {plugin!r}: preset {registered!r} fixes {unknown}, which "
+                                        f"{cls.__name__} does not accept ({_describe(accepted)})")
+        self._parts[kind.name].setdefault(registered, []).append(
+            PartInfo(kind.name, registered, cls, plugin, distribution, fixed)
         )
 
     def _kind(self, kind: str) -> Kind:
@@ -241,32 +286,127 @@ class Registry:
         return infos[0]
 
     def options(self, kind: str, name: str) -> dict[str, Any] | None:
-        """The options a part accepts with their defaults (``inspect._empty`` if required); None if any."""
-        return part_options(self.get(kind, name).cls, self._kind(kind).supplied)
+        """The options a part accepts with their defaults (``inspect._empty`` if required); None if any.
+        A preset's fixed options are not among them."""
+        info = self.get(kind, name)
+        accepted = part_options(info.cls, self._kind(kind).supplied)
+        return None if accepted is None else {k: d for k, d in accepted.items() if k not in info.fixed}
 
     def check_options(self, kind: str, name: str, options: Mapping[str, Any]) -> PartInfo:
         """Raise UnknownPartError or OptionError unless ``name`` exists and takes every option given."""
         info = self.get(kind, name)
-        accepted = part_options(info.cls, self._kind(kind).supplied)
-        if accepted is not None:
-            for option in options:
-                if option not in accepted:
-                    raise OptionError.unknown_option(kind, name, option, accepted)
+        _check_option_names(self._kind(kind), name, info.cls, options, info.fixed)
         return info
 
     def create(self, kind: str, name: str, *supplied: Any, **options: Any) -> Any:
-        """Build a part by name: ``cls(*supplied, **options)``, with its options checked first."""
-        spec = self._kind(kind)
-        info = self.check_options(kind, name, options)
-        accepted = part_options(info.cls, spec.supplied)
-        if spec.supplied and supplied and kind in ("predictor", "corrector"):
-            check_sde_compatible(kind, name, info.cls, supplied[0])
-        try:
-            return info.cls(*supplied, **options)
-        except SdeplugError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise OptionError(kind, name, f"{exc} (accepted options: {_describe(accepted)})") from exc
+        """Build a registered part by name: ``cls(*supplied, **options)``, with every check of ``resolve``."""
+        return self.resolve(kind, name, *supplied, options=options)
+
+    def identify(self, kind: str, spec: Any, options: Mapping[str, Any] | None = None) -> tuple[str, type, dict]:
+        """(display name, class, every option) of a part given as a registered name, a class or
+        a built instance, with the options checked against the class; nothing is built."""
+        spec_kind = self._kind(kind)
+        options = dict(options or {})
+        if isinstance(spec, str):
+            info = self.get(kind, spec)
+            _check_option_names(spec_kind, spec, info.cls, options, info.fixed)
+            return spec, info.cls, {**info.fixed, **options}
+        if isinstance(spec, type) and issubclass(spec, spec_kind.base):
+            _check_option_names(spec_kind, part_name(spec), spec, options, {})
+            return part_name(spec), spec, options
+        if isinstance(spec, spec_kind.base):
+            label = part_name(spec)
+            if options:
+                raise OptionError(kind, label, f"options {sorted(options)} are for a part given by name or class; "
+                                               "this one is already built")
+            return label, type(spec), _own_options(spec_kind, spec)
+        what = f"the class {spec.__name__}" if isinstance(spec, type) else f"{type(spec).__name__} {spec!r}"[:200]
+        raise TypeError(f"a {kind} must be a registered name, a subclass of sdeplug.{spec_kind.base.__name__} "
+                        f"or an instance of one; got {what}")
+
+    def resolve(self, kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None,
+                sde: SDE | None = None) -> Any:
+        """A built part of ``kind`` from a registered name, a class or an instance, with the same checks.
+
+        ``supplied`` are the arguments the toolkit passes (see ``Kind.supplied``); ``options``
+        the user's. The SDE a part is used with (``sde``, or the first supplied argument) is
+        checked against its ``sde_types`` for kinds that declare them. A built instance is
+        used as it is, except for kinds built with supplied arguments: it is rebuilt with the
+        ones given here and its own options (it must have been built for the same SDE).
+        """
+        spec_kind = self._kind(kind)
+        target = sde if sde is not None else (supplied[0] if supplied else None)
+        if isinstance(spec, spec_kind.base) and not isinstance(spec, type):
+            if spec_kind.checks_sde and target is not None:
+                check_sde_compatible(kind, spec, target)
+            if not supplied and not options:
+                return spec
+            if spec_kind.supplied[:1] == ("sde",) and getattr(spec, "sde", supplied[0]) != supplied[0]:
+                raise IncompatiblePartError(f"{kind} {part_name(spec)!r} was built for {spec.sde!r}, but it is used "
+                                            f"with {supplied[0]!r}; build it with the same SDE, or pass its name or class")
+        label, cls, all_options = self.identify(kind, spec, options)
+        if spec_kind.checks_sde and target is not None:
+            check_sde_compatible(kind, cls, target)
+        return _build(spec_kind, label, cls, supplied, all_options)
+
+
+def _check_option_names(kind: Kind, label: str, cls: type, options: Mapping[str, Any],
+                        fixed: Mapping[str, Any]) -> None:
+    accepted = part_options(cls, kind.supplied)
+    for option in options:
+        if option in fixed:
+            raise OptionError(kind.name, label, f"option {option!r} is fixed to {fixed[option]!r} by this preset; "
+                                                f"use the general part {part_name(cls)!r} to choose it")
+        if accepted is not None and option not in accepted:
+            raise OptionError.unknown_option(kind.name, label, option, [a for a in accepted if a not in fixed])
+
+
+def _raised_by_attrs(exc: BaseException) -> bool:
+    """Whether an error came from an attrs validator, converter or generated __init__ (a bad option value)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return filename.startswith("<attrs generated") or f"{os.sep}attr{os.sep}" in filename
+
+
+def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str, Any]) -> Any:
+    """``cls(*supplied, **options)``: a missing or bad option is an OptionError, an error of the
+    plugin's own code a PluginError (never blamed on the user's options)."""
+    accepted = part_options(cls, kind.supplied)
+    try:
+        inspect.signature(cls).bind(*supplied, **options)
+    except TypeError as exc:
+        raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
+    try:
+        return cls(*supplied, **options)
+    except SdeplugError:
+        raise
+    except ValueError as exc:
+        raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
+    except TypeError as exc:
+        if _raised_by_attrs(exc):
+            raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
+        raise PluginError(f"{kind.name} {label!r} failed inside its own constructor with TypeError: {exc}. "
+                          "This is a bug of the plugin that provides it, not of the options given.") from exc
+
+
+def _own_options(kind: Kind, part: Any) -> dict[str, Any]:
+    """The options a built part was made with, read back from its attributes (``name`` or ``_name``)."""
+    accepted = part_options(type(part), kind.supplied)
+    if accepted is None:
+        raise OptionError(kind.name, part_name(part), "a built part whose class takes **options cannot be "
+                                                      "rebuilt; pass its name or class with options instead")
+    own = {}
+    for option in accepted:
+        for attribute in (option, f"_{option}"):
+            if hasattr(part, attribute):
+                own[option] = getattr(part, attribute)
+                break
+        else:
+            raise OptionError(kind.name, part_name(part), f"cannot read option {option!r} back from the built part "
+                                                          "to rebuild it; pass its name or class with options instead")
+    return own
 
 
 def part_options(cls: type, supplied: tuple[str, ...] = ()) -> dict[str, Any] | None:
@@ -332,5 +472,11 @@ def reset_registry() -> None:
 
 
 def create(kind: str, name: str, *supplied: Any, **options: Any) -> Any:
-    """Build a registered part by kind and name with ``options`` (see Registry.create)."""
+    """Build a registered part by kind and name with ``options`` (see Registry.resolve)."""
     return get_registry().create(kind, name, *supplied, **options)
+
+
+def resolve(kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None,
+            sde: SDE | None = None) -> Any:
+    """Build a part from a registered name, a class or an instance (see Registry.resolve)."""
+    return get_registry().resolve(kind, spec, *supplied, options=options, sde=sde)

@@ -12,6 +12,13 @@ What the samplers do, exactly (see docs/user-guide.md):
 - ``denoise=True`` ends with the paper's final denoising step at eps: for a LinearSDE
   Tweedie's formula x0 = (x + sigma^2 s(x, eps)) / alpha, otherwise one noise-free
   reverse-diffusion step from eps to 0.
+- Predictors carry their state explicitly: ``state = predictor.init(x, grid)`` once per
+  run, then ``x, state = predictor.step(..., state, generator, jumped=...)``, with
+  ``jumped=True`` when a corrector or a constraint moved x since the previous step.
+- ``callback``, if given, is called once per step as k-diffusion's samplers call theirs:
+  ``callback({"x": x, "i": i, "t": t, "denoised": denoised})`` with the state x at
+  t = grid[i] that step i starts from and the data prediction (Tweedie's formula, for a
+  LinearSDE; None otherwise) of the step's first score evaluation, at no extra cost.
 - The non-finite check costs no host-device sync per step: one sum of the state per
   check stays on the device and the sums are tested once at the end; the error says at
   which step, time and part.
@@ -19,7 +26,7 @@ What the samplers do, exactly (see docs/user-guide.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -29,17 +36,11 @@ from tqdm.auto import tqdm
 
 from sdeplug.errors import NonFiniteError
 from sdeplug.grids import GridSpec, resolve_grid
-from sdeplug.interfaces import (
-    SDE,
-    Corrector,
-    LinearSDE,
-    ODESolver,
-    Predictor,
-    ScoreFn,
-    check_sde_compatible,
-)
-from sdeplug.plugins import get_registry
-from sdeplug.tensors import per_sample
+from sdeplug.interfaces import SDE, Corrector, LinearSDE, ODESolver, Predictor, ScoreFn
+from sdeplug.plugins import part_name, resolve
+
+Callback = Callable[[dict[str, Any]], None]
+"""``callback({"x", "i", "t", "denoised"})``, called once per step (see the module docstring)."""
 
 
 class Constraint(Protocol):
@@ -61,11 +62,18 @@ class SampleResult:
 
 
 class CountingScore:
-    """Wraps a score function: counts calls and checks the first output's shape."""
+    """Wraps a score function: counts calls, checks the first output's shape and, when asked
+    (``watch``), keeps the first evaluation after each ``watch`` for a callback's ``denoised``."""
 
     def __init__(self, score: ScoreFn) -> None:
         self.score = score
         self.calls = 0
+        self.watching = False
+        self.first: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def watch(self) -> None:
+        """Keep the next evaluation's (x, t, score)."""
+        self.watching, self.first = True, None
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.score(x, t)
@@ -75,7 +83,16 @@ class CountingScore:
                 f"{tuple(x.shape)}; a score must have the shape of x"
             )
         self.calls += 1
+        if self.watching:
+            self.watching, self.first = False, (x, t, out)
         return out
+
+    def denoised(self, sde: SDE) -> Tensor | None:
+        """Tweedie's data prediction of the kept evaluation (a LinearSDE only), else None."""
+        if self.first is None or not isinstance(sde, LinearSDE):
+            return None
+        x, t, out = self.first
+        return sde.data_prediction(x, t, out)
 
 
 class FiniteMonitor:
@@ -107,18 +124,6 @@ class FiniteMonitor:
         raise NonFiniteError(describe_index(index), float(t), self.parts[part])
 
 
-def _resolve(kind: str, spec: str | type, sde: SDE, score: ScoreFn, options: Mapping[str, Any] | None):
-    options = dict(options or {})
-    if isinstance(spec, str):
-        return get_registry().create(kind, spec, sde, score, **options)
-    check_sde_compatible(kind, getattr(spec, "name", None) or spec.__name__, spec, sde)
-    return spec(sde, score, **options)
-
-
-def _part_name(part: object) -> str:
-    return getattr(part, "name", None) or type(part).__name__
-
-
 def _make_grid(sde: SDE, steps: int, eps: float | None, grid: GridSpec, grid_options, device, dtype) -> Tensor:
     end = _end_time(sde, eps) if not isinstance(grid, Tensor) else 0.0
     return resolve_grid(sde, grid, steps, end, grid_options=grid_options, device=device, dtype=dtype)
@@ -145,8 +150,7 @@ def _initial_state(sde, shape, x_init, generator, device, dtype) -> Tensor:
 def denoise_step(sde: SDE, score: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     """The final noise-free step at t = eps: Tweedie's formula for a LinearSDE, else reverse diffusion to 0."""
     if isinstance(sde, LinearSDE):
-        alpha, sigma = sde.alpha(t), sde.sigma(t)
-        return (x + per_sample(sigma**2, x) * score(x, t)) / per_sample(alpha, x)
+        return sde.data_prediction(x, t, score(x, t))
     rev_f, _ = sde.reverse(score).discretize(x, t, t)
     return x - rev_f
 
@@ -159,14 +163,19 @@ def _defaults(device, dtype, generator, x_init) -> tuple[torch.device, torch.dty
     return torch.device(device), dtype
 
 
+def _check_shape(shape: tuple[int, ...] | None, x_init: Tensor | None) -> None:
+    if shape is not None and x_init is not None and tuple(shape) != tuple(x_init.shape):
+        raise ValueError(f"shape {tuple(shape)} disagrees with x_init of shape {tuple(x_init.shape)}; give one of them")
+
+
 @torch.no_grad()
 def sample_pc(
     sde: SDE,
     score: ScoreFn,
     shape: tuple[int, ...] | None = None,
     *,
-    predictor: str | type[Predictor] = "reverse_diffusion",
-    corrector: str | type[Corrector] = "langevin",
+    predictor: str | type[Predictor] | Predictor = "reverse_diffusion",
+    corrector: str | type[Corrector] | Corrector = "langevin",
     predictor_options: Mapping[str, Any] | None = None,
     corrector_options: Mapping[str, Any] | None = None,
     steps: int = 1000,
@@ -182,43 +191,60 @@ def sample_pc(
     progress: bool = False,
     check_finite: bool = True,
     constraint: Constraint | None = None,
+    callback: Callback | None = None,
 ) -> SampleResult:
     """Predictor-corrector sampling of the reverse SDE from the prior at T down to eps.
 
-    ``predictor`` and ``corrector`` are registered names (or classes); their options go
-    in ``predictor_options`` and ``corrector_options``. ``grid`` is a registered TimeGrid
-    name (options in ``grid_options``) placing ``steps`` + 1 times from T to eps, or a
-    decreasing tensor of times that overrides ``steps`` and ``eps``. ``constraint``
-    (inpainting, linear measurements) is applied to the state after every update.
+    ``predictor`` and ``corrector`` are registered names, classes or built parts; options
+    for a name or class go in ``predictor_options`` and ``corrector_options``. ``grid`` is
+    a registered TimeGrid (name, class or instance; options in ``grid_options``) placing
+    ``steps`` + 1 times from T to eps, or a decreasing tensor of times that overrides
+    ``steps`` and ``eps``. ``constraint`` (inpainting, linear measurements) is applied to
+    the state after every update; ``callback`` is called once per step.
     """
     if order not in ("predictor_first", "corrector_first"):
         raise ValueError(f"order must be 'predictor_first' or 'corrector_first'; got {order!r}")
+    _check_shape(shape, x_init)
     device, dtype = _defaults(device, dtype, generator, x_init)
     counted = CountingScore(score)
-    pred = _resolve("predictor", predictor, sde, counted, predictor_options)
-    corr = _resolve("corrector", corrector, sde, counted, corrector_options)
+    pred = resolve("predictor", predictor, sde, counted, options=predictor_options)
+    corr = resolve("corrector", corrector, sde, counted, options=corrector_options)
     times = _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     n_steps, batch = len(times) - 1, x.shape[0]
-    constrain = constraint if constraint is not None else (lambda x, t, generator: x)
-    x = constrain(x, times[0].expand(batch), generator)
-    pred.reset(n_steps)
+    if constraint is not None:
+        x = constraint(x, times[0].expand(batch), generator)
     monitor = FiniteMonitor(
-        (f"predictor {_part_name(pred)!r}", f"corrector {_part_name(corr)!r}", "final denoising step"),
+        (f"predictor {part_name(pred)!r}", f"corrector {part_name(corr)!r}", "final denoising step"),
         check_finite,
     )
     corrector_first = order == "corrector_first"
     corrects = not getattr(corr, "identity", False)  # an identity corrector leaves x as it was checked
+    state = pred.init(x, times)
+    jumped = False  # whether a corrector or a constraint moved x since the last predictor step
+
+    def correct(x: Tensor, t: Tensor) -> Tensor:
+        x = corr.step(x, t, generator)
+        return x if constraint is None else constraint(x, t, generator)
+
     for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
         t, t_next = times[i].expand(batch), times[i + 1].expand(batch)
         if corrector_first and corrects:
-            x = constrain(corr.step(x, t, generator)[0], t, generator)
+            x, jumped = correct(x, t), True
             monitor.check(x, i, 1, times[i])
-        x = constrain(pred.step(x, t, t_next, generator)[0], t_next, generator)
+        if callback is not None:
+            x_start = x
+            counted.watch()
+        x, state = pred.step(x, t, t_next, state, generator, jumped=jumped)
+        jumped = constraint is not None
+        if constraint is not None:
+            x = constraint(x, t_next, generator)
         monitor.check(x, i + 1, 0, times[i + 1])
         if not corrector_first and corrects:
-            x = constrain(corr.step(x, t_next, generator)[0], t_next, generator)
+            x, jumped = correct(x, t_next), True
             monitor.check(x, i + 1, 1, times[i + 1])
+        if callback is not None:
+            callback({"x": x_start, "i": i, "t": times[i], "denoised": counted.denoised(sde)})
     if denoise:
         x = denoise_step(sde, counted, x, times[-1].expand(batch))
         monitor.check(x, n_steps, 2, times[-1])
@@ -256,21 +282,20 @@ def sample_ode(
     dtype: torch.dtype | None = None,
     x_init: Tensor | None = None,
     check_finite: bool = True,
+    callback: Callback | None = None,
 ) -> SampleResult:
     """Sample by integrating the probability-flow ODE from T down to eps with an ODESolver.
 
-    Fixed-step solvers step through ``grid`` (a tensor, or a TimeGrid name placing
-    ``steps`` times, by default the solver's own ``steps`` option), or through
-    ``uniform_grid(T, eps, steps)`` when only ``steps`` is given, or their own uniform
-    grid; adaptive ones choose their own steps between the grid's ends.
+    ``solver`` is a registered name, a class or a built solver. Fixed-step solvers step
+    through ``grid`` (a tensor, or a TimeGrid placing ``steps`` times, by default the
+    solver's own ``steps`` option), or through ``uniform_grid(T, eps, steps)`` when only
+    ``steps`` is given, or their own uniform grid; adaptive ones choose their own steps
+    between the grid's ends. ``callback`` is called at every evaluation of the flow, with
+    ``i`` the evaluation's number (an adaptive solver's rejected trials included).
     """
+    _check_shape(shape, x_init)
     device, dtype = _defaults(device, dtype, generator, x_init)
-    if isinstance(solver, ODESolver):
-        ode_solver = solver
-    elif isinstance(solver, str):
-        ode_solver = get_registry().create("ode_solver", solver, **dict(solver_options or {}))
-    else:
-        ode_solver = solver(**dict(solver_options or {}))
+    ode_solver = resolve("ode_solver", solver, options=solver_options)
     counted = CountingScore(score)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     batch = x.shape[0]
@@ -284,12 +309,19 @@ def sample_ode(
         else None
     )
     t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, _end_time(sde, eps))
-    monitor = FiniteMonitor((f"ODE solver {_part_name(ode_solver)!r}", "final denoising step"), check_finite)
+    monitor = FiniteMonitor((f"ODE solver {part_name(solver if isinstance(solver, str) else ode_solver)!r}",
+                             "final denoising step"), check_finite)
     flow = probability_flow(sde, counted, batch)
 
     def F(t: Tensor, y: Tensor) -> Tensor:
         monitor.check(y, counted.calls, 0, t)
-        return flow(t, y)
+        if callback is None:
+            return flow(t, y)
+        i = counted.calls
+        counted.watch()
+        dy = flow(t, y)
+        callback({"x": y, "i": i, "t": t, "denoised": counted.denoised(sde)})
+        return dy
 
     x = ode_solver.solve(F, x, t0, t1, grid=times).y
     monitor.check(x, counted.calls, 0, torch.as_tensor(t1))

@@ -21,6 +21,12 @@ def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
+def tweedie(x: Tensor, score: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Tweedie's formula E[x_0 | x_t = x] = (x + sigma^2 score) / alpha for x_t = alpha x_0 + sigma z,
+    with alpha and sigma broadcastable to x (0-dim, or viewed with ``per_sample``)."""
+    return (x + sigma**2 * score) / alpha
+
+
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise like x, drawn from ``generator`` when one is given."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

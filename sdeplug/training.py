@@ -26,7 +26,7 @@ from sdeplug.tensors import per_sample, randn_like
 
 
 def _check_perturbable(sde: SDE, eps: float, what: str) -> None:
-    if type(sde).marginal_prob is SDE.marginal_prob:
+    if not sde.has_marginals():
         raise TypeError(
             f"{what} needs the perturbation kernel p_0t(x_t | x_0); "
             f"{type(sde).__name__} has no marginal_prob. Give the SDE a closed-form "

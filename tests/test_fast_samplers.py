@@ -120,17 +120,21 @@ def _gaussian_problem(sde_name: str = "vp"):
     return sde, data.score_model(sde)
 
 
-def test_reset_forgets_the_history_of_an_earlier_run():
+def _run(part, x, times, jumped=False):
+    """The sampler's protocol by hand: init once, then step with the state."""
+    state = part.init(x, times)
+    for i in range(len(times) - 1):
+        x, state = part.step(x, times[i].expand(5), times[i + 1].expand(5), state, jumped=jumped)
+    return x
+
+
+def test_a_part_reused_for_a_second_run_starts_afresh():
     sde, score = _gaussian_problem()
     times = _times("logsnr", "vp", 6)
     x0 = torch.linspace(-2, 2, 5, dtype=F64)[:, None]
 
     def run(part):
-        part.reset(6)
-        x = x0
-        for i in range(6):
-            x, _ = part.step(x, times[i].expand(5), times[i + 1].expand(5))
-        return x
+        return _run(part, x0, times)
 
     for name in ("dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m", "unipc"):
         options = {"eta": 0.0} if name == "sde_dpmpp_2m" else {}
@@ -145,11 +149,11 @@ def test_lower_order_final_takes_a_first_order_last_step_in_short_runs():
     times = _times("logsnr", "vp", 5)
     x = torch.linspace(-2, 2, 5, dtype=F64)[:, None]
     part = REGISTRY.create("predictor", "dpmpp_2m", sde, score)
-    part.reset(5)
+    state = part.init(x, times)
     for i in range(4):
-        x, _ = part.step(x, times[i].expand(5), times[i + 1].expand(5))
+        x, state = part.step(x, times[i].expand(5), times[i + 1].expand(5), state)
     t, t_next = times[4].expand(5), times[5].expand(5)
-    last, _ = part.step(x, t, t_next)
+    last, _ = part.step(x, t, t_next, state)
     # DDIM, the first-order exponential integrator, from the same state
     alpha, sigma, alpha_n, sigma_n = sde.alpha(t), sde.sigma(t), sde.alpha(t_next), sde.sigma(t_next)
     denoised = (x + (sigma**2)[:, None] * score(x, t)) / alpha[:, None]
@@ -157,10 +161,7 @@ def test_lower_order_final_takes_a_first_order_last_step_in_short_runs():
     torch.testing.assert_close(last, ddim)
     # ... and without the option, the same step is second order and differs
     part = REGISTRY.create("predictor", "dpmpp_2m", sde, score, lower_order_final=False)
-    part.reset(5)
-    y = torch.linspace(-2, 2, 5, dtype=F64)[:, None]
-    for i in range(5):
-        y, _ = part.step(y, times[i].expand(5), times[i + 1].expand(5))
+    y = _run(part, torch.linspace(-2, 2, 5, dtype=F64)[:, None], times)
     assert (y - last).abs().max() > 1e-6
 
 

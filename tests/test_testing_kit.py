@@ -77,10 +77,10 @@ class NoiseScaledByDt(EulerMaruyama):
 
     name = "noise_dt"
 
-    def step(self, x, t, t_next, generator=None):
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
         dt = t_next - t
-        x_mean = x + self._reverse.drift(x, t) * per_sample(dt, x)
-        return x_mean + per_sample(self._reverse.diffusion(t) * (-dt), x) * randn_like(x, generator), x_mean
+        mean = x + self._reverse.drift(x, t) * per_sample(dt, x)
+        return mean + per_sample(self._reverse.diffusion(t) * (-dt), x) * randn_like(x, generator), None
 
 
 def test_a_step_of_lower_order_than_declared_is_caught():
@@ -103,8 +103,7 @@ class HalfNoiseLangevin(Langevin):
     def step(self, x, t, generator=None):
         grad = self.score(x, t)
         step = 2 * (self.snr * torch.sqrt(torch.tensor(float(x[0].numel()))) / grad.norm(dim=-1).mean()) ** 2
-        x_mean = x + step * grad
-        return x_mean + torch.sqrt(step) * randn_like(x, generator), x_mean
+        return x + step * grad + torch.sqrt(step) * randn_like(x, generator)
 
 
 def test_a_corrector_that_does_not_keep_p_t_is_caught():

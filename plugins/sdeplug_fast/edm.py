@@ -13,8 +13,8 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import LinearSDE, Predictor, ScoreFn, per_sample, randn_like
-from sdeplug_fast.noise_levels import NoiseLevel
+from sdeplug import LinearSDE, Predictor, ScoreFn, randn_like
+from sdeplug_fast.noise_levels import NoiseLevel, grid_levels
 
 
 @attrs.frozen
@@ -38,27 +38,39 @@ class EDMHeun(Predictor):
     s_tmin: float = attrs.field(default=0.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0)])
     s_tmax: float = attrs.field(default=float("inf"), kw_only=True, validator=[v.instance_of((int, float))])
 
+    def init(self, x: Tensor, grid: Tensor) -> EDMState:
+        return EDMState(grid_levels(self.sde, grid))
+
     def _slope(self, y: Tensor, t: Tensor, level: NoiseLevel) -> Tensor:
         """dy/ds = -sigma(t) score(alpha y, t)."""
-        return -per_sample(level.sigma, y) * self.score(per_sample(level.alpha, y) * y, t)
+        return -level.sigma * self.score(level.alpha * y, t)
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        here, there = NoiseLevel.at(self.sde, t), NoiseLevel.at(self.sde, t_next)
-        y = x / per_sample(here.alpha, x)
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: EDMState, generator: torch.Generator | None = None,
+             *, jumped: bool = False) -> tuple[Tensor, EDMState]:
+        here, there = state.levels[state.index], state.levels[state.index + 1]
+        y = x / here.alpha
         if self.churn > 0:
             t, here, y = self._churn(y, t, here, generator)
-        ds = per_sample(there.s - here.s, y)
+        ds = there.s - here.s
         slope = self._slope(y, t, here)
         y_euler = y + ds * slope
         y_next = y + ds * 0.5 * (slope + self._slope(y_euler, t_next, there))
-        x_next = per_sample(there.alpha, x) * y_next
-        return x_next, x_next
+        return there.alpha * y_next, EDMState(state.levels, state.index + 1)
 
     def _churn(self, y: Tensor, t: Tensor, here: NoiseLevel, generator):
         """Raise the noise level from s to s (1 + gamma) with fresh noise; return the new time."""
         active = (here.s >= self.s_tmin) & (here.s <= self.s_tmax)
         gamma = torch.where(active, torch.full_like(here.s, float(self.churn)), torch.zeros_like(here.s))
         s_hat = here.s * (1 + gamma)
-        y = y + per_sample(torch.sqrt(s_hat**2 - here.s**2) * self.s_noise, y) * randn_like(y, generator)
-        t_hat = torch.minimum(self.sde.t_from_log_snr(2 * torch.log(1 / s_hat)), torch.full_like(t, self.sde.T))
-        return t_hat, NoiseLevel.at(self.sde, t_hat), y
+        y = y + (torch.sqrt(s_hat**2 - here.s**2) * self.s_noise) * randn_like(y, generator)
+        t_hat = torch.clamp(self.sde.t_from_log_snr(2 * torch.log(1 / s_hat)), max=self.sde.T)
+        level = NoiseLevel.at(self.sde, t_hat)
+        return t_hat.expand(t.shape), level, y
+
+
+@attrs.frozen
+class EDMState:
+    """The noise levels of the run's grid (computed once) and the step about to be taken."""
+
+    levels: tuple[NoiseLevel, ...]
+    index: int = 0

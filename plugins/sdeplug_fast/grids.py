@@ -12,17 +12,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, TimeGrid
-
-
-def _ends(sde: LinearSDE, eps: float) -> Tensor:
-    """log-SNR at T and at eps, in float64."""
-    return sde.log_snr(torch.tensor([float(sde.T), float(eps)], dtype=torch.float64))
-
-
-def _times_at(sde: LinearSDE, log_snr: Tensor, eps: float, device, dtype) -> Tensor:
-    times = sde.t_from_log_snr(log_snr)
-    times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
-    return times.to(device=device, dtype=dtype)
+from sdeplug.grids import log_snr_grid
 
 
 @attrs.frozen
@@ -33,9 +23,7 @@ class LogSNRGrid(TimeGrid):
     sde_types = (LinearSDE,)
 
     def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
-        start, end = _ends(sde, eps)
-        log_snr = torch.linspace(float(start), float(end), steps + 1, dtype=torch.float64)
-        return _times_at(sde, log_snr, eps, device, dtype)
+        return log_snr_grid(sde, steps, eps, device=device, dtype=dtype)
 
 
 @attrs.frozen
@@ -51,8 +39,10 @@ class EDMGrid(TimeGrid):
 
     def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
         # s = sigma / alpha = exp(-log_snr / 2)
-        s_max, s_min = torch.exp(-0.5 * _ends(sde, eps))
+        s_max, s_min = torch.exp(-0.5 * sde.log_snr(torch.tensor([float(sde.T), float(eps)], dtype=torch.float64)))
         u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
         inv = 1.0 / self.rho
         s = (s_max**inv + u * (s_min**inv - s_max**inv)) ** self.rho
-        return _times_at(sde, -2.0 * torch.log(s), eps, device, dtype)
+        times = sde.t_from_log_snr(-2.0 * torch.log(s))
+        times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
+        return times.to(device=device, dtype=dtype)

@@ -13,12 +13,12 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug import LinearSDE, ScoreFn, per_sample
+from sdeplug import LinearSDE, ScoreFn, per_sample, tweedie
 
 
 @attrs.frozen
 class NoiseLevel:
-    """alpha, sigma, s = sigma / alpha and lam = -log s at one time, each shape (batch,)."""
+    """alpha, sigma, s = sigma / alpha and lam = -log s at one time (0-dim) or per sample (batch,)."""
 
     alpha: Tensor
     sigma: Tensor
@@ -32,32 +32,23 @@ class NoiseLevel:
         return cls(alpha, sigma, s, -torch.log(s))
 
 
+def grid_levels(sde: LinearSDE, grid: Tensor) -> tuple[NoiseLevel, ...]:
+    """The NoiseLevel at every time of a run's grid, computed once (in float64, then in the
+    grid's dtype) as 0-dim tensors that broadcast against any state."""
+    level = NoiseLevel.at(sde, grid.to(torch.float64))
+    parts = [v.to(grid.dtype).unbind() for v in (level.alpha, level.sigma, level.s, level.lam)]
+    return tuple(NoiseLevel(*values) for values in zip(*parts))
+
+
 def data_prediction(score: ScoreFn, x: Tensor, t: Tensor, level: NoiseLevel) -> Tensor:
     """Tweedie's D(x, t) = (x + sigma^2 score(x, t)) / alpha, the posterior mean of x_0."""
-    return (x + per_sample(level.sigma**2, x) * score(x, t)) / per_sample(level.alpha, x)
+    if level.alpha.ndim == 0:
+        return tweedie(x, score(x, t), level.alpha, level.sigma)
+    return tweedie(x, score(x, t), per_sample(level.alpha, x), per_sample(level.sigma, x))
 
 
-class LevelCache:
-    """Remembers the NoiseLevel of the last t_next so the next step, which starts there,
-    does not recompute it. The cached time tensor is kept alive, so no other tensor can
-    share its memory; a hit needs the same memory, shape, strides, dtype and version."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._held: Tensor | None = None
-        self._level: NoiseLevel | None = None
-
-    @staticmethod
-    def _key_of(t: Tensor) -> tuple:
-        return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
-
-    def at(self, sde: LinearSDE, t: Tensor) -> NoiseLevel:
-        if self._held is not None and self._key == self._key_of(t):
-            return self._level
-        return NoiseLevel.at(sde, t)
-
-    def keep(self, t: Tensor, level: NoiseLevel) -> None:
-        self._held, self._key, self._level = t, self._key_of(t), level
-
-    def clear(self) -> None:
-        self._key = self._held = self._level = None
+def exponential_euler(x: Tensor, here: NoiseLevel, there: NoiseLevel, denoised: Tensor) -> Tensor:
+    """The first-order exponential-integrator step (DDIM) from ``here`` to ``there`` with data
+    prediction ``denoised``: sigma' / sigma x - alpha' (e^{-h} - 1) D, h = lam' - lam."""
+    h = there.lam - here.lam
+    return (there.sigma / here.sigma) * x - (there.alpha * torch.expm1(-h)) * denoised

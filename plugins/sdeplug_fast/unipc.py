@@ -3,24 +3,23 @@ reuses the next step's score evaluation, so the corrected step is one order high
 extra cost. Data prediction with B(h) = e^h - 1 ("bh2") or h ("bh1"), for any LinearSDE.
 
 The step from t_i to t_{i+1} first corrects the state at t_i (the previous step's output)
-with the data prediction just evaluated there, then predicts t_{i+1}. When something else
-(a corrector of the PC sampler) changed the state in between, the correction is skipped
-and the history dropped, as for every multistep predictor here, so UniPC composes with
-correctors like any predictor.
+with the data prediction just evaluated there, then predicts t_{i+1}. When the sampler
+reports a jump (a corrector or a constraint moved the state in between), the correction
+is skipped, since it would undo that move, and the history is dropped or kept as
+``on_jump`` says, as for every multistep predictor here.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import attrs
 import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import per_sample
-from sdeplug_fast.multistep import _Multistep
-from sdeplug_fast.noise_levels import NoiseLevel
+from sdeplug_fast.multistep import History, MultistepState, _Multistep
+from sdeplug_fast.noise_levels import NoiseLevel, exponential_euler
 
 
 @attrs.frozen
@@ -30,7 +29,7 @@ class _Previous:
     x: Tensor
     here: NoiseLevel
     denoised: Tensor
-    older: list[tuple[Tensor, Tensor]]  # (lam, D) of the steps before, newest first
+    older: History  # (lam, D) of the steps before, newest first
 
     @property
     def order(self) -> int:
@@ -58,60 +57,59 @@ class UniPC(_Multistep):
     """UniPC-p with UniC: ``order`` 1-3 for the predictor, one more after correction."""
 
     name = "unipc"
-    ode_order: ClassVar[float] = 3.0
 
     order: int = attrs.field(default=2, kw_only=True, validator=v.in_((1, 2, 3)))
     variant: Literal["bh1", "bh2"] = attrs.field(default="bh2", kw_only=True, validator=v.in_(("bh1", "bh2")))
-    _previous: _Previous | None = attrs.field(default=None, init=False, repr=False)
 
     @property
-    def history(self) -> int:  # earlier predictions a step of this order uses
+    def ode_order(self) -> float:  # type: ignore[override]
+        """The corrected step is one order above the predictor's."""
+        return float(self.order + 1)
+
+    @property
+    def memory(self) -> int:  # type: ignore[override]
+        """Earlier predictions a step of this order uses."""
         return self.order - 1
 
-    def reset(self, steps: int | None = None) -> None:
-        super().reset(steps)
-        self._previous = None
-
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        moved = self._was_moved(x)
-        here, there, denoised, _ = self._levels(x, t, t_next)
-        if self._previous is not None and not moved:
-            x = self._correct(self._previous, here, denoised)
-        older = self._usable_history()[: self.history]
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: MultistepState,
+             generator: torch.Generator | None = None, *, jumped: bool = False) -> tuple[Tensor, MultistepState]:
+        state, here, there, denoised = self._begin(x, t, state, jumped)
+        if state.previous is not None and not jumped:
+            x = self._correct(state.previous, here, denoised)
+        older = self._usable(state)[: self.memory]
         x_next = self._predict(x, here, there, denoised, older)
-        self._remember(here.lam, denoised)
-        self._previous = _Previous(x, here, denoised, older)
-        return self._returning(x_next), x_next
+        return x_next, self._next(state, here.lam, denoised, _Previous(x, here, denoised, older))
 
-    def _ratios(self, here: NoiseLevel, h: Tensor, older: list[tuple[Tensor, Tensor]], denoised: Tensor, x: Tensor):
-        ratios = [((lam - here.lam) / h)[0] for lam, _ in older]
-        diffs = [(d - denoised) / per_sample((lam - here.lam) / h, x) for lam, d in older]
+    @staticmethod
+    def _ratios(here: NoiseLevel, h: Tensor, older: History, denoised: Tensor):
+        ratios = [(lam - here.lam) / h for lam, _ in older]
+        diffs = [(d - denoised) / r for r, (_, d) in zip(ratios, older)]
         return ratios, diffs
 
-    def _predict(self, x, here: NoiseLevel, there: NoiseLevel, denoised, older) -> Tensor:
-        h = there.lam - here.lam
-        x_next = per_sample(there.sigma / here.sigma, x) * x - per_sample(there.alpha * torch.expm1(-h), x) * denoised
+    def _predict(self, x, here: NoiseLevel, there: NoiseLevel, denoised, older: History) -> Tensor:
+        x_next = exponential_euler(x, here, there, denoised)
         if not older:
             return x_next
-        ratios, diffs = self._ratios(here, h, older, denoised, x)
-        R, b, b_h = _coefficients(h[0], ratios, self.variant)
+        h = there.lam - here.lam
+        ratios, diffs = self._ratios(here, h, older, denoised)
+        R, b, b_h = _coefficients(h, ratios, self.variant)
         if len(older) == 1:
             rhos = torch.full((1,), 0.5, dtype=x.dtype, device=x.device)
         else:
             rhos = torch.linalg.solve_ex(R[:-1, :-1], b[:-1]).result  # solve_ex: no host sync
         correction = sum(rho * d for rho, d in zip(rhos, diffs))
-        return x_next - per_sample(there.alpha * b_h, x) * correction
+        return x_next - (there.alpha * b_h) * correction
 
     def _correct(self, previous: _Previous, there: NoiseLevel, denoised_there: Tensor) -> Tensor:
         """UniC: redo the last step with the data prediction now known at its end point."""
         x, here, denoised = previous.x, previous.here, previous.denoised
         h = there.lam - here.lam
-        ratios, diffs = self._ratios(here, h, previous.older, denoised, x)
-        R, b, b_h = _coefficients(h[0], ratios, self.variant)
+        ratios, diffs = self._ratios(here, h, previous.older, denoised)
+        R, b, b_h = _coefficients(h, ratios, self.variant)
         if previous.order == 1:
             rhos = torch.full((1,), 0.5, dtype=x.dtype, device=x.device)
         else:
             rhos = torch.linalg.solve_ex(R, b).result
-        x_base = per_sample(there.sigma / here.sigma, x) * x - per_sample(there.alpha * torch.expm1(-h), x) * denoised
+        x_base = exponential_euler(x, here, there, denoised)
         correction = sum(rho * d for rho, d in zip(rhos[:-1], diffs)) + rhos[-1] * (denoised_there - denoised)
-        return x_base - per_sample(there.alpha * b_h, x) * correction
+        return x_base - (there.alpha * b_h) * correction

@@ -35,6 +35,8 @@ class MLPClassifier(TimeClassifier):
         if width < 1 or depth < 1 or embed_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
         self.event_shape, self.num_classes = tuple(int(d) for d in event_shape), _check_classes(num_classes)
+        # kept under their own names, so a built network says how it was built
+        self.width, self.depth, self.embed_dim, self.fourier_scale = width, depth, embed_dim, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
         self.inp = nn.Linear(math.prod(self.event_shape), width)
         self.blocks = nn.ModuleList(MLPBlock(width, embed_dim) for _ in range(depth))
@@ -60,6 +62,9 @@ class ConvClassifier(TimeClassifier):
         self.event_shape, self.num_classes = tuple(int(d) for d in event_shape), _check_classes(num_classes)
         if len(self.event_shape) != 3:
             raise ValueError(f"event_shape must be (channels, height, width); got {self.event_shape}")
+        # kept under their own names, so a built network says how it was built
+        self.channels, self.channel_mult, self.num_res_blocks = channels, tuple(channel_mult), num_res_blocks
+        self.embed_dim, self.dropout, self.fourier_scale = embed_dim, dropout, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
         self.inp = nn.Conv2d(self.event_shape[0], channels, 3, padding=1)
         self.blocks = nn.ModuleList()

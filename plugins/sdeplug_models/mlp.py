@@ -36,6 +36,8 @@ class MLP(ScoreModel):
         if width < 1 or depth < 1 or embed_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
         self.event_shape = tuple(int(d) for d in event_shape)
+        # kept under their own names, so a built network says how it was built
+        self.width, self.depth, self.embed_dim, self.fourier_scale = width, depth, embed_dim, fourier_scale
         dim = math.prod(self.event_shape)
         self.embed = FourierTime(embed_dim, fourier_scale)
         self.inp = nn.Linear(dim, width)

@@ -62,6 +62,10 @@ class UNet(ScoreModel):
         self.event_shape = tuple(int(d) for d in event_shape)
         if len(self.event_shape) != 3:
             raise ValueError(f"event_shape must be (channels, height, width); got {self.event_shape}")
+        # kept under their own names, so a built network says how it was built
+        self.channels, self.channel_mult, self.num_res_blocks = channels, tuple(channel_mult), num_res_blocks
+        self.attention_resolutions, self.embed_dim = tuple(attention_resolutions), embed_dim
+        self.dropout, self.fourier_scale = dropout, fourier_scale
         c_img, height, width = self.event_shape
         levels = len(channel_mult)
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):

@@ -23,10 +23,9 @@ def _sample_norms(v_: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v_.reshape(v_.shape[0], -1), dim=-1)
 
 
-def _langevin_move(x: Tensor, grad: Tensor, noise: Tensor, step_size: Tensor) -> tuple[Tensor, Tensor]:
-    """x_mean = x + eps s, x = x_mean + sqrt(2 eps) z, with eps of shape (batch,)."""
-    x_mean = x + per_sample(step_size, x) * grad
-    return x_mean + per_sample(torch.sqrt(2 * step_size), x) * noise, x_mean
+def _langevin_move(x: Tensor, grad: Tensor, noise: Tensor, step_size: Tensor) -> Tensor:
+    """x + eps s + sqrt(2 eps) z, with eps of shape (batch,)."""
+    return x + per_sample(step_size, x) * grad + per_sample(torch.sqrt(2 * step_size), x) * noise
 
 
 def _snr_field():
@@ -61,9 +60,8 @@ class Langevin(Corrector):
     n_steps: int = _n_steps_field()
     norm: Literal["batch", "sample"] = attrs.field(default="batch", kw_only=True, validator=v.in_(("batch", "sample")))
 
-    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         alpha = self.sde.langevin_alpha(t)
-        x_mean = x
         for _ in range(self.n_steps):
             grad = self.score(x, t)
             noise = randn_like(x, generator)
@@ -71,8 +69,8 @@ class Langevin(Corrector):
             if self.norm == "batch":
                 grad_norm, noise_norm = grad_norm.mean(), noise_norm.mean()
             step_size = 2 * alpha * (self.snr * noise_norm / grad_norm) ** 2
-            x, x_mean = _langevin_move(x, grad, noise, step_size)
-        return x, x_mean
+            x = _langevin_move(x, grad, noise, step_size)
+        return x
 
 
 @attrs.frozen
@@ -90,18 +88,17 @@ class AnnealedLangevin(Corrector):
     n_steps: int = _n_steps_field()
 
     def __attrs_post_init__(self) -> None:
-        if type(self.sde).marginal_prob is SDE.marginal_prob:
+        if not self.sde.has_marginals():
             raise IncompatiblePartError(
                 f"corrector 'annealed_langevin' needs an SDE with marginal_prob; {type(self.sde).__name__} has none"
             )
 
-    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _, std = self.sde.marginal_prob(x, t)
         step_size = 2 * self.sde.langevin_alpha(t) * (self.snr * std) ** 2
-        x_mean = x
         for _ in range(self.n_steps):
-            x, x_mean = _langevin_move(x, self.score(x, t), randn_like(x, generator), step_size)
-        return x, x_mean
+            x = _langevin_move(x, self.score(x, t), randn_like(x, generator), step_size)
+        return x
 
 
 @attrs.frozen
@@ -114,5 +111,5 @@ class NoCorrector(Corrector):
     sde: SDE
     score: ScoreFn
 
-    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None):
-        return x, x
+    def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x

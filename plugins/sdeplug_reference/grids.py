@@ -8,6 +8,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import SDE, TimeGrid
+from sdeplug.grids import uniform_grid
 
 
 @attrs.frozen
@@ -17,7 +18,7 @@ class UniformGrid(TimeGrid):
     name = "uniform"
 
     def times(self, sde: SDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
-        return torch.linspace(float(sde.T), float(eps), steps + 1, device=device, dtype=dtype)
+        return uniform_grid(sde.T, eps, steps, device=device, dtype=dtype)
 
 
 @attrs.frozen

@@ -1,7 +1,7 @@
 """Reference predictors: Euler-Maruyama, reverse diffusion, ancestral sampling, and none.
 
 Each takes one step of the reverse SDE (or probability-flow ODE) from t to t_next < t
-over any grid, returning (x, x_mean) where x_mean omits the step's noise.
+over any grid; none keeps state between steps (``init`` returns None).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sdeplug import (
     ScoreFn,
     per_sample,
     randn_like,
+    tweedie,
 )
 
 
@@ -45,14 +46,15 @@ class EulerMaruyama(_ReverseSDEPredictor):
     name = "euler_maruyama"
     weak_order = 1.0
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
+             jumped: bool = False) -> tuple[Tensor, None]:
         dt = per_sample(t_next - t, x)
         g = per_sample(self.sde.diffusion(t), x)  # once, for the drift's g^2 and the noise
         weight = 0.5 if self.probability_flow else 1.0
-        x_mean = x + (self.sde.drift(x, t) - (weight * g * g) * self.score(x, t)) * dt
+        mean = x + (self.sde.drift(x, t) - (weight * g * g) * self.score(x, t)) * dt
         if self.probability_flow:
-            return x_mean, x_mean
-        return x_mean + (g * torch.sqrt(-dt)) * randn_like(x, generator), x_mean
+            return mean, None
+        return mean + (g * torch.sqrt(-dt)) * randn_like(x, generator), None
 
 
 @attrs.frozen
@@ -66,12 +68,13 @@ class ReverseDiffusion(_ReverseSDEPredictor):
     name = "reverse_diffusion"
     weak_order = 1.0
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
+             jumped: bool = False) -> tuple[Tensor, None]:
         rev_f, rev_G = self._reverse.discretize(x, t, t - t_next)
-        x_mean = x - rev_f
+        mean = x - rev_f
         if self.probability_flow:
-            return x_mean, x_mean
-        return x_mean + per_sample(rev_G, x) * randn_like(x, generator), x_mean
+            return mean, None
+        return mean + per_sample(rev_G, x) * randn_like(x, generator), None
 
 
 @attrs.frozen
@@ -100,12 +103,13 @@ class AncestralSampling(Predictor):
         if self.probability_flow:
             raise ValueError("ancestral sampling has no probability-flow form; use reverse_diffusion or euler_maruyama")
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
+             jumped: bool = False) -> tuple[Tensor, None]:
         a, var = self.sde.transition(t_next, t)
-        x_mean = (x + per_sample(var, x) * self.score(x, t)) / per_sample(a, x)
+        mean = tweedie(x, self.score(x, t), per_sample(a, x), per_sample(torch.sqrt(var), x))
         if self.variance == "posterior":
             var = var * (self.sde.sigma(t_next) / self.sde.sigma(t)) ** 2
-        return x_mean + per_sample(torch.sqrt(var), x) * randn_like(x, generator), x_mean
+        return mean + per_sample(torch.sqrt(var), x) * randn_like(x, generator), None
 
 
 @attrs.frozen
@@ -119,5 +123,6 @@ class NoPredictor(Predictor):
     score: ScoreFn
     probability_flow: bool = attrs.field(default=False, kw_only=True)
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
-        return x, x
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
+             jumped: bool = False) -> tuple[Tensor, None]:
+        return x, None

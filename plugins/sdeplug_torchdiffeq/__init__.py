@@ -1,12 +1,11 @@
 """ODE solvers backed by torchdiffeq: dopri5 and its other methods, in either time direction.
 
 Registered as ``torchdiffeq`` (choose ``method``) and, for methods whose names no other
-bundled solver uses, under the method's own name (``dopri5``, ``rk4``, ...).
+bundled solver uses, as a preset under the method's own name (``dopri5``, ``rk4``, ...):
+the same class with ``method`` fixed.
 """
 
 from __future__ import annotations
-
-from typing import ClassVar
 
 import attrs
 import torchdiffeq
@@ -54,28 +53,43 @@ def _tolerance():
 
 
 @attrs.frozen
-class _Torchdiffeq(ODESolver):
-    """torchdiffeq.odeint between two times. Adaptive methods use rtol and atol (the paper's
-    RK45 used 1e-5 for both; torchdiffeq's own defaults of 1e-7 / 1e-9 are far stricter than
-    sampling needs). Fixed-step methods step through the grid, or ``steps`` uniform steps."""
+class Torchdiffeq(ODESolver):
+    """torchdiffeq.odeint between two times, with any of its methods (``method``, default
+    dopri5). Adaptive methods use rtol and atol (the paper's RK45 used 1e-5 for both;
+    torchdiffeq's own defaults of 1e-7 / 1e-9 are far stricter than sampling needs).
+    Fixed-step methods step through the grid, or ``steps`` uniform steps. ``max_order``
+    is for explicit_adams (Adams-Bashforth of order max_order - 1, from 4 to 12)."""
 
-    method: ClassVar[str]
+    name = "torchdiffeq"
+
+    method: str = attrs.field(default="dopri5", kw_only=True, validator=v.in_(tuple(METHODS)))
     rtol: float = _tolerance()
     atol: float = _tolerance()
     steps: int = attrs.field(default=100, kw_only=True, validator=[v.instance_of(int), v.ge(1)])
+    max_order: int | None = attrs.field(default=None, kw_only=True)
 
-    def _adams_bashforth_max_order(self) -> int | None:
-        """torchdiffeq's max_order for explicit_adams; None for the other methods."""
-        return None
+    @max_order.validator
+    def _only_for_explicit_adams(self, attribute, value) -> None:
+        if value is None:
+            return
+        if self.method != "explicit_adams":
+            raise ValueError(f"max_order is an option of method 'explicit_adams', not of {self.method!r}")
+        _check_max_order(value)
 
     def _method_options(self) -> dict:
-        max_order = self._adams_bashforth_max_order()
-        return {} if max_order is None else {"max_order": max_order}
+        """torchdiffeq's options for the method: explicit_adams gets its max_order."""
+        if self.method != "explicit_adams":
+            return {}
+        return {"max_order": DEFAULT_MAX_ORDER if self.max_order is None else self.max_order}
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        max_order = self._adams_bashforth_max_order()
-        return METHODS[self.method][0] if max_order is None else max_order - 1
+        options = self._method_options()
+        return options["max_order"] - 1 if options else METHODS[self.method][0]
+
+    @property
+    def adaptive(self) -> bool:  # type: ignore[override]
+        return METHODS[self.method][1]
 
     def solve(self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None) -> ODESolution:
         calls = 0
@@ -86,7 +100,7 @@ class _Torchdiffeq(ODESolver):
             return F(t, y)
 
         options = self._method_options()
-        if not METHODS[self.method][1]:
+        if not self.adaptive:
             # Built in y0's dtype: a float32 grid cast up has steps unequal by 1e-9, and
             # explicit_adams (Adams-Bashforth up to order 11) amplifies that into divergence.
             if grid is None:
@@ -106,59 +120,12 @@ class _Torchdiffeq(ODESolver):
         return ODESolution(y=ys[-1], nfe=calls)
 
 
-@attrs.frozen
-class _TorchdiffeqAdamsBashforth(_Torchdiffeq):
-    """Fixed-step Adams-Bashforth of order ``max_order`` - 1 (max_order from 4 to 12)."""
-
-    max_order: int = attrs.field(default=DEFAULT_MAX_ORDER, kw_only=True,
-                                 validator=lambda _self, _attr, value: _check_max_order(value))
-
-    def _adams_bashforth_max_order(self) -> int:
-        return self.max_order
-
-
-@attrs.frozen
-class Torchdiffeq(_Torchdiffeq):
-    """Any torchdiffeq method, chosen with ``method`` (default dopri5); ``max_order`` is for
-    explicit_adams."""
-
-    name = "torchdiffeq"
-
-    method: str = attrs.field(default="dopri5", kw_only=True, validator=v.in_(tuple(METHODS)))
-    max_order: int | None = attrs.field(default=None, kw_only=True)
-
-    @max_order.validator
-    def _only_for_explicit_adams(self, attribute, value) -> None:
-        if value is None:
-            return
-        if self.method != "explicit_adams":
-            raise ValueError(f"max_order is an option of method 'explicit_adams', not of {self.method!r}")
-        _check_max_order(value)
-
-    def _adams_bashforth_max_order(self) -> int | None:
-        if self.method != "explicit_adams":
-            return None
-        return DEFAULT_MAX_ORDER if self.max_order is None else self.max_order
-
-    @property
-    def adaptive(self) -> bool:  # type: ignore[override]
-        return METHODS[self.method][1]
-
-
-def _solver_class(method: str) -> type[_Torchdiffeq]:
-    order, adaptive = METHODS[method]
-    namespace = {"name": method, "method": method, "adaptive": adaptive,
-                 "__doc__": f"torchdiffeq's {method} ({'adaptive' if adaptive else 'fixed-step'}, order {order})."}
-    base = _TorchdiffeqAdamsBashforth if method == "explicit_adams" else _Torchdiffeq
-    if base is _Torchdiffeq:
-        namespace["order"] = order  # a class attribute; Adams-Bashforth's follows max_order
-    return attrs.frozen(type(f"Torchdiffeq_{method}", (base,), namespace))
-
-
-SOLVERS = [Torchdiffeq] + [_solver_class(m) for m in METHODS if m not in _TAKEN]
+#: The methods registered as presets under their own names.
+PRESETS = [m for m in METHODS if m not in _TAKEN]
 
 
 @hookimpl
 def register_ode_solvers(register):
-    for cls in SOLVERS:
-        register(cls)
+    register(Torchdiffeq)
+    for method in PRESETS:
+        register(Torchdiffeq, name=method, method=method)

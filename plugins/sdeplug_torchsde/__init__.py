@@ -66,8 +66,7 @@ class TorchsdePredictor(Predictor):
     noise being additive), euler_heun, heun, midpoint, reversible_heun. ``dt`` is the
     internal step (default: the whole interval in one step); ``adaptive`` turns on
     torchsde's error control with ``rtol`` and ``atol``. Brownian motion is drawn
-    from the generator, so a seed fixes the samples. x_mean is x (the solver's noise
-    is not separable). torchsde works with Python floats for time, so each step reads
+    from the generator, so a seed fixes the samples. torchsde works with Python floats for time, so each step reads
     the two times on the host.
     """
 
@@ -85,7 +84,8 @@ class TorchsdePredictor(Predictor):
         if self.dt is not None and not (isinstance(self.dt, (int, float)) and self.dt > 0):
             raise ValueError(f"dt must be a positive number or None; got {self.dt!r}")
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, generator: torch.Generator | None = None):
+    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
+             jumped: bool = False) -> tuple[Tensor, None]:
         batch = x.shape[0]
         s0, s1 = (float(v) for v in (self.sde.T - t[0], self.sde.T - t_next[0]))
         y0 = x.reshape(batch, -1)
@@ -104,8 +104,7 @@ class TorchsdePredictor(Predictor):
             dt=self.dt if self.dt is not None else s1 - s0, adaptive=self.adaptive, rtol=self.rtol,
             atol=self.atol, options=options,
         )
-        x_next = ys[-1].reshape(x.shape)
-        return x_next, x_next
+        return ys[-1].reshape(x.shape), None
 
 
 @hookimpl

@@ -24,6 +24,7 @@ from sdeplug.testing.contracts import (
     check_time_grid,
     contract_tests,
     ode_order,
+    observed_order,
     plugin_parts,
     weak_order,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "energy_distance",
     "energy_null",
     "ode_order",
+    "observed_order",
     "plugin_parts",
     "simulate_forward",
     "weak_order",

@@ -1,6 +1,7 @@
 """Contract checks that any part, bundled or third-party, must pass.
 
-Each ``check_*`` takes a registered name or a class, runs its checks against closed
+Each ``check_*`` takes a registered name, a class or a built part (resolved as the
+samplers resolve them), builds it with its options, runs its checks against closed
 forms (forward simulation, normalisation, the Gaussian-mixture oracle, exactly
 solvable ODEs), and raises ``ContractError`` with a message that names the method
 at fault and the numbers that show it. It returns a ``ContractReport`` of what was
@@ -33,6 +34,7 @@ from sdeplug.interfaces import (
 )
 from sdeplug.oracle import GaussianMixture, preset
 from sdeplug.plugins import KINDS, get_registry, part_options
+from sdeplug.grids import log_snr_grid
 from sdeplug.sampling import sample_pc
 from sdeplug.tensors import per_sample
 from sdeplug.testing.simulate import simulate_forward
@@ -60,12 +62,9 @@ class ContractReport:
         return "\n".join(lines)
 
 
-def _resolve(kind: str, spec: str | type) -> tuple[str, type]:
-    if isinstance(spec, str):
-        return spec, get_registry().get(kind, spec).cls
-    if not (isinstance(spec, type) and issubclass(spec, KINDS[kind].base)):
-        raise TypeError(f"expected a registered {kind} name or a subclass of {KINDS[kind].base.__name__}; got {spec!r}")
-    return getattr(spec, "name", None) or spec.__name__, spec
+def _resolve(kind: str, spec: Any, options: dict[str, Any] | None = None) -> tuple[str, type, dict[str, Any]]:
+    """(name, class, every option) of a part given as a name, a class or a built part."""
+    return get_registry().identify(kind, spec, options)
 
 
 def _fail(message: str) -> None:
@@ -106,10 +105,10 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
 
     SDE parameters come from the class's ``example_options()`` hypothesis strategy.
     """
-    name, cls = _resolve("sde", spec)
+    name, cls, fixed = _resolve("sde", spec)
     report = ContractReport(f"sde {name!r}")
-    default = cls()
-    has_marginals = type(default).marginal_prob is not SDE.marginal_prob
+    default = cls(**fixed)
+    has_marginals = default.has_marginals()
 
     for device in _devices():
         for dtype in (torch.float32, F64):
@@ -121,7 +120,7 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
     @given(options=cls.example_options(), t=st.floats(0.05, 1.0), shape=st.sampled_from([(1,), (3,), (1, 2, 2)]),
            seed=st.integers(0, 2**31 - 1))
     def properties(options, t, shape, seed):
-        sde = cls(**options)
+        sde = cls(**{**fixed, **options})
         if has_marginals:
             _check_marginals(sde, t * sde.T, shape, seed, n_paths)
         _check_discretize(sde, t * sde.T, seed)
@@ -291,7 +290,7 @@ def _reverse_sample(sde: LinearSDE, score, x: Tensor, steps: int, probability_fl
             noise = per_sample(reverse.diffusion(t), x) * torch.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype)
             x = x + d1 * dt + noise
     t = times[-1].expand(batch)
-    return (x + per_sample(sde.sigma(t) ** 2, x) * score(x, t)) / per_sample(sde.alpha(t), x)
+    return sde.data_prediction(x, t, score(x, t))
 
 
 def _check_reverse_sampling(sde: LinearSDE) -> None:
@@ -311,14 +310,15 @@ def _check_reverse_sampling(sde: LinearSDE) -> None:
 # Predictors --------------------------------------------------------------------------
 
 
-def _start(kind: str, spec: str | type, sdes: Sequence[SDE] | None) -> tuple[str, type, ContractReport, list[SDE]]:
-    """Name, class, an empty report and the SDEs to check a part with (a skip noted if none)."""
-    name, cls = _resolve(kind, spec)
+def _start(kind: str, spec: Any, sdes: Sequence[SDE] | None,
+           options: dict[str, Any] | None) -> tuple[str, type, dict[str, Any], ContractReport, list[SDE]]:
+    """Name, class, options, an empty report and the SDEs to check a part with (a skip noted if none)."""
+    name, cls, options = _resolve(kind, spec, options)
     report = ContractReport(f"{kind} {name!r}")
     targets = _compatible(cls, sdes)
     if not targets:
         report.skipped.append("no compatible SDE to check it with")
-    return name, cls, report, targets
+    return name, cls, options, report, targets
 
 
 def _compatible(cls: type, sdes: Sequence[SDE] | None) -> list[SDE]:
@@ -326,12 +326,12 @@ def _compatible(cls: type, sdes: Sequence[SDE] | None) -> list[SDE]:
     return [s for s in (sdes if sdes is not None else _default_sdes()) if isinstance(s, accepted)]
 
 
-def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None = None, steps: int = 500,
+def check_predictor(spec: Any, *, sdes: Sequence[SDE] | None = None, steps: int = 500,
                     options: dict[str, Any] | None = None) -> ContractReport:
-    """Shapes and dtypes, seeded determinism, the right law with the exact score, and the
-    declared weak order (``weak_order``) on a Gaussian problem with a known solution."""
-    name, cls, report, targets = _start("predictor", spec, sdes)
-    options = options or {}
+    """Shapes and dtypes, the explicit state, seeded determinism, the right law with the
+    exact score, and the orders the built part declares (``weak_order``, ``ode_order``)
+    on Gaussian problems with a known solution."""
+    name, cls, options, report, targets = _start("predictor", spec, sdes, options)
     if not targets:
         return report
     mixture, null = _mixture_and_null()
@@ -339,14 +339,10 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
         label = f"{type(sde).__name__}"
         score = mixture.score_model(sde)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-
-        def first_step(x, t, g, part=gaussian):
-            part.reset()  # a multistep predictor would otherwise build on the previous call
-            return part.step(x, t, t - 0.01, g)
-
-        _check_step_interface(sde, first_step, f"predictor {name!r} with {label}")
-        if getattr(cls, "identity", False):
-            _check_identity(lambda x, t, part=gaussian: part.step(x, t, t - 0.01)[0], f"predictor {name!r}")
+        where = f"predictor {name!r} with {label}"
+        _check_step_interface(sde, lambda x, t, g, part=gaussian: _first_step(part, x, t, g, where), where)
+        if getattr(gaussian, "identity", False):
+            _check_identity(lambda x, t, part=gaussian: _first_step(part, x, t, None, where), f"predictor {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
             continue
         result = sample_pc(sde, score, (null.n, 2), predictor=cls, predictor_options=options, corrector="none",
@@ -357,7 +353,7 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
             _fail(f"predictor {name!r} with {label}, {steps} steps and the exact score does not recover the data "
                   f"law: {exc}. Its step does not follow the reverse SDE from t to t_next.")
         report.passed.append(f"{label}: shapes, dtypes, seeded determinism, recovers the data law in {steps} steps")
-        declared = getattr(cls, "weak_order", None)
+        declared = getattr(gaussian, "weak_order", None)
         if declared is not None:
             observed, errors = weak_order(cls, sde, options)
             if observed < declared - 0.3:
@@ -368,7 +364,7 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
             report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
         else:
             report.skipped.append(f"{label}: weak order (none declared)")
-        declared = getattr(cls, "ode_order", None)
+        declared = getattr(gaussian, "ode_order", None)
         if declared is not None:
             observed, errors = ode_order(cls, sde, options)
             if observed < declared - 0.3:
@@ -379,6 +375,17 @@ def check_predictor(spec: str | type[Predictor], *, sdes: Sequence[SDE] | None =
             report.passed.append(f"{label}: observed order {observed:.2f} on the probability-flow ODE "
                                  f"(declared {declared:g})")
     return report
+
+
+def _first_step(part: Predictor, x: Tensor, t: Tensor, generator, where: str) -> Tensor:
+    """One step from t to t - 0.01 through the explicit-state protocol: init, then step."""
+    t_next = t - 0.01
+    state = part.init(x, torch.stack([t[0], t_next[0]]))
+    out = part.step(x, t, t_next, state, generator, jumped=False)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
+        _fail(f"{where}: step(x, t, t_next, state, generator, jumped=...) must return (x, state); got "
+              f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}")
+    return out[0]
 
 
 def _check_identity(call: Callable, label: str) -> None:
@@ -404,11 +411,12 @@ def _check_step_interface(sde: SDE, call: Callable, label: str) -> None:
             t = torch.full((3,), 0.5 * sde.T, dtype=dtype, device=device)
             out = call(x, t, torch.Generator(device).manual_seed(0))
             again = call(x, t, torch.Generator(device).manual_seed(0))
-            for i, value in enumerate(out):
-                if value.shape != x.shape or value.dtype != dtype or value.device.type != torch.device(device).type:
-                    _fail(f"{label}: step output {i} has shape {tuple(value.shape)}, {value.dtype} on {value.device} "
-                          f"for x of shape {tuple(x.shape)}, {dtype} on {device}")
-            if not all(torch.equal(a, b) for a, b in zip(out, again)):
+            if not isinstance(out, Tensor):
+                _fail(f"{label}: step returned {type(out).__name__}; it must return the new x (a tensor)")
+            if out.shape != x.shape or out.dtype != dtype or out.device.type != torch.device(device).type:
+                _fail(f"{label}: step returned shape {tuple(out.shape)}, {out.dtype} on {out.device} "
+                      f"for x of shape {tuple(x.shape)}, {dtype} on {device}")
+            if not torch.equal(out, again):
                 _fail(f"{label}: two steps with generators seeded alike differ: draw noise from `generator`")
 
 
@@ -460,16 +468,6 @@ def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = 
 ODE_ORDER_STEPS: tuple[int, ...] = (16, 32, 64, 128)
 
 
-def log_snr_grid(sde: SDE, steps: int, t_end: float) -> Tensor:
-    """Times from T to t_end evenly spaced in log-SNR for a LinearSDE (in t otherwise), float64."""
-    if not isinstance(sde, LinearSDE):
-        return torch.linspace(sde.T, t_end, steps + 1, dtype=F64)
-    ends = sde.log_snr(torch.tensor([sde.T, t_end], dtype=F64))
-    times = sde.t_from_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=F64))
-    times[0], times[-1] = sde.T, t_end
-    return times
-
-
 def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
               steps: Sequence[int] = ODE_ORDER_STEPS) -> tuple[float, list[float]]:
     """Observed order of a deterministic predictor on the probability-flow ODE of Gaussian
@@ -502,12 +500,11 @@ def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = N
 # Correctors --------------------------------------------------------------------------
 
 
-def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None = None, sweeps: int = 50,
+def check_corrector(spec: Any, *, sdes: Sequence[SDE] | None = None, sweeps: int = 50,
                     options: dict[str, Any] | None = None) -> ContractReport:
     """Shapes and dtypes, seeded determinism, and invariance: exact samples of p_t stay
     distributed as p_t after ``sweeps`` corrector steps with the exact score."""
-    name, cls, report, targets = _start("corrector", spec, sdes)
-    options = options or {}
+    name, cls, options, report, targets = _start("corrector", spec, sdes, options)
     if not targets:
         return report
     mixture, null = _mixture_and_null()
@@ -516,8 +513,8 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
         corrector = cls(sde, mixture.score_model(sde), **options)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
         _check_step_interface(sde, lambda x, t, g, part=gaussian: part.step(x, t, g), f"corrector {name!r} with {label}")
-        if getattr(cls, "identity", False):
-            _check_identity(lambda x, t, part=gaussian: part.step(x, t)[0], f"corrector {name!r}")
+        if getattr(gaussian, "identity", False):
+            _check_identity(lambda x, t, part=gaussian: part.step(x, t), f"corrector {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
             continue
         t = 0.3 * sde.T
@@ -525,7 +522,7 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
         x = mixture.sample(null.n, g, sde, t)
         tt = torch.full((null.n,), t, dtype=F64)
         for _ in range(sweeps):
-            x, _ = corrector.step(x, tt, g)
+            x = corrector.step(x, tt, g)
 
         def sample_p_t(k, gen, sde=sde, t=t):
             return mixture.sample(k, gen, sde, t)
@@ -542,11 +539,10 @@ def check_corrector(spec: str | type[Corrector], *, sdes: Sequence[SDE] | None =
 # ODE solvers -------------------------------------------------------------------------
 
 
-def check_ode_solver(spec: str | type[ODESolver], *, options: dict[str, Any] | None = None) -> ContractReport:
+def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
     """Exactly solvable ODEs forwards and backwards in float32 and float64, the function
-    evaluations it reports, and for fixed-step solvers the declared order."""
-    name, cls = _resolve("ode_solver", spec)
-    options = options or {}
+    evaluations it reports, and for fixed-step solvers the order the built solver declares."""
+    name, cls, options = _resolve("ode_solver", spec, options)
     report = ContractReport(f"ode_solver {name!r}")
     solver = cls(**options)
     order, adaptive = getattr(solver, "order", None), bool(getattr(solver, "adaptive", False))
@@ -632,11 +628,11 @@ def _observed_order(solver) -> float:
 # Score models ------------------------------------------------------------------------
 
 
-def check_score_model(spec: str | type[ScoreModel], *, options: dict[str, Any] | None = None) -> ContractReport:
+def check_score_model(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
     """Built with its defaults (or ``options``), the network maps (x, t) to a tensor like x."""
-    name, cls = _resolve("score_model", spec)
+    name, cls, options = _resolve("score_model", spec, options)
     report = ContractReport(f"score_model {name!r}")
-    model = cls(**(options or {}))
+    model = cls(**options)
     shape = tuple(getattr(model, "event_shape", (2,)))
     for dtype in (torch.float32, F64):
         x = torch.randn(3, *shape, dtype=dtype)
@@ -651,13 +647,13 @@ def check_score_model(spec: str | type[ScoreModel], *, options: dict[str, Any] |
 # Classifiers ---------------------------------------------------------------------------
 
 
-def check_classifier(spec: str | type[TimeClassifier], *, options: dict[str, Any] | None = None) -> ContractReport:
+def check_classifier(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
     """Built with its defaults (or ``options``), the network maps (x, t) to finite logits of
     shape (batch, num_classes) in x's dtype, with a gradient in x (guidance needs it), and
     each sample's logits depend on that sample alone."""
-    name, cls = _resolve("classifier", spec)
+    name, cls, options = _resolve("classifier", spec, options)
     report = ContractReport(f"classifier {name!r}")
-    model = cls(**(options or {})).eval()
+    model = cls(**options).eval()
     shape, classes = tuple(getattr(model, "event_shape", (2,))), getattr(model, "num_classes", None)
     if not isinstance(classes, int) or classes < 2:
         _fail(f"classifier {name!r}: num_classes must be an int >= 2; got {classes!r}")
@@ -686,13 +682,13 @@ def check_classifier(spec: str | type[TimeClassifier], *, options: dict[str, Any
 # Time grids ----------------------------------------------------------------------------
 
 
-def check_time_grid(spec: str | type[TimeGrid], *, sdes: Sequence[SDE] | None = None,
+def check_time_grid(spec: Any, *, sdes: Sequence[SDE] | None = None,
                     options: dict[str, Any] | None = None) -> ContractReport:
     """For every compatible SDE: steps + 1 strictly decreasing times from exactly T to exactly
     eps, in the dtype and on the device asked for, the same on every call, and a mesh that
     shrinks as steps grow (samplers converge only if it does)."""
-    name, cls, report, targets = _start("time_grid", spec, sdes)
-    rule = cls(**(options or {}))
+    name, cls, options, report, targets = _start("time_grid", spec, sdes, options)
+    rule = cls(**options)
     if not targets:
         return report
     for sde in targets:

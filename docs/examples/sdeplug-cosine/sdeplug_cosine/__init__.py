@@ -9,7 +9,7 @@ import torch
 from hypothesis import strategies as st
 
 import sdeplug
-from sdeplug import hookimpl, per_sample, randn, randn_like, sum_except_batch
+from sdeplug import hookimpl, per_sample, randn, randn_like, sum_except_batch, tweedie
 
 
 class CosineVPSDE(sdeplug.LinearSDE):
@@ -83,18 +83,24 @@ class DDIM(sdeplug.Predictor):
             raise ValueError(f"eta must lie in [0, 1]; got {eta}")
         self.sde, self.score, self.eta = sde, score, float(eta)
 
-    def step(self, x, t, t_next, generator=None):
+    @property
+    def ode_order(self):
+        """Deterministic DDIM (eta = 0) is a first-order solver of the probability-flow ODE;
+        with noise there is no ODE order to claim. Read from the built part by the kit."""
+        return 1.0 if self.eta == 0 else None
+
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
         a_t, s_t = self.sde.alpha(t), self.sde.sigma(t)
         a_s, s_s = self.sde.alpha(t_next), self.sde.sigma(t_next)
         score = self.score(x, t)
         eps_hat = -per_sample(s_t, x) * score
-        x0_hat = (x + per_sample(s_t**2, x) * score) / per_sample(a_t, x)
+        x0_hat = tweedie(x, score, per_sample(a_t, x), per_sample(s_t, x))
         posterior_var = (s_s / s_t) ** 2 * (1 - (a_t * s_s / (a_s * s_t)) ** 2)
         s_eta = self.eta * torch.sqrt(posterior_var.clamp(min=0))
-        x_mean = per_sample(a_s, x) * x0_hat + per_sample(torch.sqrt(s_s**2 - s_eta**2), x) * eps_hat
-        if self.eta == 0:
-            return x_mean, x_mean
-        return x_mean + per_sample(s_eta, x) * randn_like(x, generator), x_mean
+        x_next = per_sample(a_s, x) * x0_hat + per_sample(torch.sqrt(s_s**2 - s_eta**2), x) * eps_hat
+        if self.eta != 0:
+            x_next = x_next + per_sample(s_eta, x) * randn_like(x, generator)
+        return x_next, None  # a single-step predictor: no state between steps
 
 
 @hookimpl

@@ -46,13 +46,12 @@ class StochasticHeun(sdeplug.Predictor):
         self.sde, self.score = sde, score
         self.reverse = sde.reverse(score, probability_flow)
 
-    def step(self, x, t, t_next, generator=None):
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
         dt = t_next - t
         noise = per_sample(self.reverse.diffusion(t) * torch.sqrt(-dt), x) * randn_like(x, generator)
         d1 = self.reverse.drift(x, t)
         x_pred = x + d1 * per_sample(dt, x) + noise
-        x_mean = x + 0.5 * (d1 + self.reverse.drift(x_pred, t_next)) * per_sample(dt, x)
-        return x_mean + noise, x_mean
+        return x + 0.5 * (d1 + self.reverse.drift(x_pred, t_next)) * per_sample(dt, x) + noise, None
 
 
 @hookimpl
