@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import sdeplug
-from sdeplug.data import load_dataset
+from sdeplug.app.datasets import load_dataset
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.training import DenoisingScoreMatching
+from sdeplug.losses import DenoisingScoreMatching
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import replace_section  # noqa: E402

@@ -2,7 +2,7 @@
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
 LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier), the tensor helpers and the
-errors. Concrete parts come from plugins: see ``sdeplug.plugins``.
+errors. Concrete parts come from plugins: see ``sdeplug.registry``.
 """
 
 from sdeplug.errors import (
@@ -30,7 +30,7 @@ from sdeplug.interfaces import (
     TimeClassifier,
     TimeGrid,
 )
-from sdeplug.plugins import create, get_registry, part_name, register_plugin, resolve
+from sdeplug.registry import create, get_registry, part_name, register_plugin, resolve
 from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch, tweedie
 
 __version__ = "0.1.0"

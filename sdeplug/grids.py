@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.interfaces import SDE, LinearSDE, TimeGrid
-from sdeplug.plugins import part_name, resolve
+from sdeplug.registry import part_name, resolve
 
 GridSpec = Tensor | str | TimeGrid | type[TimeGrid] | None
 """What a sampler's ``grid`` argument accepts."""
@@ -51,6 +51,15 @@ def log_snr_grid(
     times = sde.t_from_log_snr(torch.linspace(float(ends[0]), float(ends[1]), int(steps) + 1, dtype=torch.float64))
     times[0], times[-1] = float(sde.T), float(t_end)  # the ends exactly, whatever the inversion's last bit
     return times.to(device=device, dtype=dtype if dtype is not None else torch.float64)
+
+
+def end_time(sde: SDE, eps: float | None) -> float:
+    """Where sampling ends and likelihood integration starts: ``eps``, or the SDE's default;
+    checked to lie in [0, T)."""
+    eps = sde.default_eps if eps is None else eps
+    if not 0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
+    return eps
 
 
 def check_steps(steps: Any) -> int:

@@ -3,7 +3,7 @@
 Each hook hands the plugin a ``register`` callback; the plugin calls
 ``register(cls)`` or ``register(cls, name="...")`` for every part it offers, or
 ``register(cls, name="...", **options)`` for a configured preset whose options are
-fixed. How the toolkit builds each kind ("built as ...") is ``sdeplug.plugins.KINDS``;
+fixed. How the toolkit builds each kind ("built as ...") is ``sdeplug.registry.KINDS``;
 a test keeps these docstrings and the plugin guide in step with it. These names are
 stable: hooks may be added, never renamed.
 """

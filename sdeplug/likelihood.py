@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from sdeplug.interfaces import SDE, ODESolver, ScoreFn
-from sdeplug.plugins import resolve
-from sdeplug.sampling import CountingScore, _end_time
+from sdeplug.registry import resolve
+from sdeplug.grids import end_time
+from sdeplug.sampling import CountingScore
 from sdeplug.tensors import randn_like
 
 DataRange = Literal["none", "[0,1]", "[-1,1]"]
@@ -142,7 +143,7 @@ def log_likelihood(
     if int(probes) != probes or probes < 1:
         raise ValueError(f"probes must be a positive integer; got {probes!r}")
     ode_solver = resolve("ode_solver", solver, options=solver_options)
-    t_start = _end_time(sde, eps)
+    t_start = end_time(sde, eps)
     batch, dim = x.shape[0], x[0].numel()
     counted = CountingScore(score)
     reverse = sde.reverse(counted, probability_flow=True)

@@ -4,7 +4,7 @@ For a LinearSDE, x_t = alpha x_0 + sigma z, so a network that predicts the noise
 the clean data x_0 gives the score by
     s = -z_hat / sigma              (noise, "eps")
     s = (alpha x0_hat - x) / sigma^2 (data, "x0")
-and the denoising loss of sdeplug.training on the resulting score is, per sample,
+and the denoising loss of sdeplug.losses on the resulting score is, per sample,
 ||z_hat - z||^2 for noise prediction, as in DDPM. The samplers see a ScoreModel either way.
 """
 

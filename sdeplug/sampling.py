@@ -35,9 +35,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdeplug.errors import NonFiniteError
-from sdeplug.grids import GridSpec, resolve_grid
+from sdeplug.grids import GridSpec, end_time, resolve_grid
 from sdeplug.interfaces import SDE, Corrector, LinearSDE, ODESolver, Predictor, ScoreFn
-from sdeplug.plugins import part_name, resolve
+from sdeplug.registry import part_name, resolve
 
 Callback = Callable[[dict[str, Any]], None]
 """``callback({"x", "i", "t", "denoised"})``, called once per step (see the module docstring)."""
@@ -125,16 +125,8 @@ class FiniteMonitor:
 
 
 def _make_grid(sde: SDE, steps: int, eps: float | None, grid: GridSpec, grid_options, device, dtype) -> Tensor:
-    end = _end_time(sde, eps) if not isinstance(grid, Tensor) else 0.0
+    end = end_time(sde, eps) if not isinstance(grid, Tensor) else 0.0
     return resolve_grid(sde, grid, steps, end, grid_options=grid_options, device=device, dtype=dtype)
-
-
-def _end_time(sde: SDE, eps: float | None) -> float:
-    """eps, or the SDE's default; checked to lie in [0, T)."""
-    eps = sde.default_eps if eps is None else eps
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
-    return eps
 
 
 def _initial_state(sde, shape, x_init, generator, device, dtype) -> Tensor:
@@ -308,7 +300,7 @@ def sample_ode(
         if (grid is not None or steps is not None)
         else None
     )
-    t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, _end_time(sde, eps))
+    t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, end_time(sde, eps))
     monitor = FiniteMonitor((f"ODE solver {part_name(solver if isinstance(solver, str) else ode_solver)!r}",
                              "final denoising step"), check_finite)
     flow = probability_flow(sde, counted, batch)

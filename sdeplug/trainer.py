@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.interfaces import SDE
 from sdeplug.parameterization import ParameterizedScore
-from sdeplug.training import DenoisingScoreMatching, NoisyCrossEntropy
+from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
 
 
 def _positive_int(_inst, attribute, value):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-import sdeplug.plugins
+import sdeplug.registry
 
 # Deterministic by default (CI): derandomised, no example database, no deadline.
 settings.register_profile(
@@ -40,15 +40,15 @@ EXAMPLE_PLUGINS = Path(__file__).parent / "plugins"
 
 @pytest.fixture
 def registry():
-    return sdeplug.plugins.get_registry()
+    return sdeplug.registry.get_registry()
 
 
 @pytest.fixture(autouse=True)
 def _fresh_registry():
     """Each test sees the installed entry points only, whatever the previous test registered."""
     yield
-    sdeplug.plugins._extra_plugins.clear()
-    sdeplug.plugins.reset_registry()
+    sdeplug.registry._extra_plugins.clear()
+    sdeplug.registry.reset_registry()
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +83,9 @@ def install_example_plugin(tmp_path_factory):
 def run_cli(*args: str, site: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``sdeplug`` command in a fresh process, optionally with an extra site folder."""
     env = dict(os.environ)
-    env.pop(sdeplug.plugins.LOAD_PLUGINS_ENV, None)
+    env.pop(sdeplug.registry.LOAD_PLUGINS_ENV, None)
     if site is not None:
         env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "sdeplug.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+        [sys.executable, "-m", "sdeplug.app.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
     )

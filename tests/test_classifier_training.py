@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import sdeplug
-from sdeplug.data import load_dataset
+from sdeplug.app.datasets import load_dataset
 from sdeplug.guidance import ClassifierGuidance
 from sdeplug.sampling import sample_ode
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.training import NoisyCrossEntropy
+from sdeplug.losses import NoisyCrossEntropy
 
 F64 = torch.float64
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdeplug.cli import main
-from sdeplug.config import Config
-from sdeplug.data import load_dataset
+from sdeplug.app.cli import main
+from sdeplug.app.assemble import check_config
+from sdeplug.app.config import Config
+from sdeplug.app.datasets import load_dataset
 from sdeplug.errors import ConfigError
 
 CONFIG = """
@@ -113,9 +114,9 @@ def test_guidance_config_errors_name_what_is_wrong(trained, tmp_path, capsys):
         assert main(["sample", str(config), "--guidance", str(bad), "--num", "4", *sampler]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(ConfigError, match="needs \\[sampler\\] kind = 'pc'"):
-        Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "inpaint", "mask": [1, 0]},
-                          "sampler": {"kind": "ode"}}).check()
+        check_config(Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "inpaint", "mask": [1, 0]},
+                          "sampler": {"kind": "ode"}}))
     with pytest.raises(ConfigError, match="needs a \\[classifier\\] section"):
-        Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "classifier"}}).check()
+        check_config(Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "classifier"}}))
     with pytest.raises(ConfigError, match="scale must be a number"):
         Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "classifier", "scale": "big"}})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdeplug.cli import main
+from sdeplug.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_training_the_oracle_or_sampling_without_a_checkpoint_is_refused(tmp_pat
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     config = write_config(tmp_path, steps=1_000_000, every=50)
-    command = [sys.executable, "-m", "sdeplug.cli", "train", str(config)]
+    command = [sys.executable, "-m", "sdeplug.app.cli", "train", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 60
@@ -126,7 +126,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
     assert load_checkpoint(checkpoint)[1]["step"] == step > 0
     shorter = write_config(tmp_path, steps=step + 10, every=50)
-    resumed = subprocess.run([sys.executable, "-m", "sdeplug.cli", "train", str(shorter)], capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", "sdeplug.app.cli", "train", str(shorter)], capture_output=True,
                              text=True, env=dict(os.environ))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint} at step {step}" in resumed.stdout

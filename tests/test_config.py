@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdeplug.cli import main
-from sdeplug.config import Config, load_config
+from sdeplug.app.cli import main
+from sdeplug.app.assemble import check_config
+from sdeplug.app.config import Config, load_config
 from sdeplug.errors import ConfigError, OptionError, UnknownPartError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,7 @@ EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
     config = load_config(path)
-    sde = config.check()
+    sde = check_config(config)
     assert sde.name == config.sde.name
 
 
@@ -53,7 +54,7 @@ n_steps = 2
     assert config.sampler.predictor.name == "ancestral" and config.sampler.predictor.options == {"variance": "transition"}
     assert config.sampler.corrector.options == {"snr": 0.1, "n_steps": 2}
     assert config.sampler.order == "corrector_first"
-    assert config.check().beta_max == 18.0
+    assert check_config(config).beta_max == 18.0
 
 
 @pytest.mark.parametrize("text, error, fragment", [
@@ -83,7 +84,7 @@ n_steps = 2
 ])
 def test_config_errors_name_what_is_wrong(tmp_path, text, error, fragment):
     with pytest.raises(error, match=fragment):
-        load_config(write(tmp_path, text)).check()
+        check_config(load_config(write(tmp_path, text)))
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdeplug
-from sdeplug.data import load_dataset
+from sdeplug.app.datasets import load_dataset
 from sdeplug.errors import OptionError, UnknownPartError
 
 

@@ -8,8 +8,8 @@ import torch
 from conftest import PARALLEL_WORKERS
 
 import sdeplug
-from sdeplug.data import load_dataset
-from sdeplug.evaluation import classifier_report, gaussian_logp
+from sdeplug.app.datasets import load_dataset
+from sdeplug.app.evaluation import classifier_report, gaussian_logp
 from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
 from sdeplug.sampling import sample_ode
 from sdeplug.trainer import Trainer, TrainSettings
@@ -73,7 +73,7 @@ def test_a_trained_classifier_guides_the_digits_to_the_requested_class(trained):
     """A time-dependent classifier trained with the Trainer guides sampling: the logistic
     regression fitted on real digits agrees with the requested class far above chance (0.1).
     Measured with 200 samples: 0.07 unguided, 0.64 at scale 1, 0.90 at 2, 0.97 at 4."""
-    from sdeplug.evaluation import predicted_labels, reference_classifier
+    from sdeplug.app.evaluation import predicted_labels, reference_classifier
     from sdeplug.guidance import ClassifierGuidance
     from sdeplug.sampling import sample_pc
 
@@ -99,7 +99,7 @@ def test_inpainting_completes_held_out_digits(trained):
     """The paper's replacement method keeps the known upper half exactly and completes the lower
     half into digits the judge most often reads as the original's class (measured 0.66 over
     300 completions with 500 PC steps; chance is 0.1)."""
-    from sdeplug.evaluation import predicted_labels, reference_classifier
+    from sdeplug.app.evaluation import predicted_labels, reference_classifier
     from sdeplug.guidance import Measurement, Replacement
     from sdeplug.sampling import sample_pc
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import sdeplug
 from sdeplug import ConfigError, IncompatiblePartError, UnknownPartError
-from sdeplug.config import Config
+from sdeplug.app.assemble import check_config
+from sdeplug.app.config import Config
 from sdeplug.oracle import GaussianMixture, preset
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import ContractError, assert_same_law, check_predictor, energy_null, ode_order
@@ -104,9 +105,9 @@ def test_config_picks_a_grid_by_name_or_table():
     assert table.sampler.grid.name == "logsnr"
     config = Config.from_dict({"sde": {"name": "ve"}, "sampler": {"steps": 5, "grid": {"name": "edm", "rho": 2.0}}})
     assert (config.sampler.grid.name, dict(config.sampler.grid.options)) == ("edm", {"rho": 2.0})
-    config.check()
+    check_config(config)
     with pytest.raises(sdeplug.OptionError, match="rho"):
-        Config.from_dict({"sde": {"name": "ve"}, "sampler": {"grid": {"name": "edm", "rh": 2.0}}}).check()
+        check_config(Config.from_dict({"sde": {"name": "ve"}, "sampler": {"grid": {"name": "edm", "rh": 2.0}}}))
     with pytest.raises(ConfigError, match="grid"):
         Config.from_dict({"sde": {"name": "ve"}, "sampler": {"grid": 3}})
 

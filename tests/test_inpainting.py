@@ -152,8 +152,8 @@ def test_measurement_errors_name_what_is_wrong():
 
 def test_colorizing_tiny_colour_images_by_replacement():
     # "images" of 3 x 2 x 2 from a correlated Gaussian; the grey level of each pixel is known
-    from sdeplug.config import GuidanceConfig
-    from sdeplug.guided_runs import build_matrix
+    from sdeplug.app.config import GuidanceConfig
+    from sdeplug.app.guided_jobs import build_matrix
 
     A = build_matrix(GuidanceConfig(kind="measurement", matrix="grey"), (3, 2, 2))
     images = torch.randn(5, 3, 2, 2, dtype=F64)

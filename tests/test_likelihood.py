@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sdeplug
-from sdeplug.cli import main
+from sdeplug.app.cli import main
 from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
 from sdeplug.oracle import preset, random_mixture
 

@@ -15,7 +15,7 @@ from conftest import EXAMPLE_PLUGINS, run_cli
 import sdeplug
 import sdeplug.hookspecs
 from sdeplug.errors import DuplicatePartError, OptionError, UnknownPartError
-from sdeplug.plugins import PluginHost, PluginLoadWarning, register_plugin
+from sdeplug.registry import PluginHost, PluginLoadWarning, register_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,11 +119,11 @@ def test_entry_point_that_fails_to_import_is_reported_and_the_rest_load():
 
 def test_environment_variable_limits_the_loaded_plugins(monkeypatch):
     monkeypatch.setenv("SDEPLUG_LOAD_PLUGINS", "")
-    sdeplug.plugins.reset_registry()
+    sdeplug.registry.reset_registry()
     with pytest.raises(UnknownPartError, match=r"known sdes: \(none\)"):
         sdeplug.create("sde", "vp")
     monkeypatch.setenv("SDEPLUG_LOAD_PLUGINS", "reference")
-    sdeplug.plugins.reset_registry()
+    sdeplug.registry.reset_registry()
     assert "vp" in sdeplug.get_registry().names("sde")
 
 
@@ -185,4 +185,4 @@ def test_installed_duplicate_is_an_error_naming_both(install_example_plugin, tmp
 def test_plugin_warnings_do_not_fire_for_a_clean_install():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sdeplug.plugins.build_registry()
+        sdeplug.registry.build_registry()

@@ -19,7 +19,7 @@ from sdeplug import hookspecs
 from sdeplug.errors import IncompatiblePartError, OptionError, PluginError
 from sdeplug.likelihood import log_likelihood
 from sdeplug.oracle import preset
-from sdeplug.plugins import KINDS, part_name
+from sdeplug.registry import KINDS, part_name
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import check_ode_solver, check_time_grid
 
@@ -160,7 +160,7 @@ def test_a_preset_fixes_its_options_and_says_so():
 
 
 def test_a_preset_needs_a_name_and_options_the_class_takes():
-    from sdeplug.plugins import build_registry
+    from sdeplug.registry import build_registry
 
     class Plugin:
         @sdeplug.hookimpl

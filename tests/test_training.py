@@ -13,8 +13,8 @@ from torch import nn
 
 import sdeplug
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sdeplug.data import load_dataset
-from sdeplug.datafiles import load_array
+from sdeplug.app.datasets import load_dataset
+from sdeplug.app.arrays import load_array
 from sdeplug.errors import ConfigError
 from sdeplug.likelihood import log_likelihood
 from sdeplug.oracle import preset
@@ -22,7 +22,7 @@ from sdeplug.parameterization import ParameterizedScore
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.training import DenoisingScoreMatching
+from sdeplug.losses import DenoisingScoreMatching
 
 F64 = torch.float64
 

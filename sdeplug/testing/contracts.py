@@ -33,7 +33,7 @@ from sdeplug.interfaces import (
     TimeGrid,
 )
 from sdeplug.oracle import GaussianMixture, preset
-from sdeplug.plugins import KINDS, get_registry, part_options
+from sdeplug.registry import KINDS, get_registry, part_options
 from sdeplug.grids import log_snr_grid
 from sdeplug.sampling import sample_pc
 from sdeplug.tensors import per_sample

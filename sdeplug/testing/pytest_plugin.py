@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from sdeplug.plugins import get_registry
+    from sdeplug.registry import get_registry
 
     registry = get_registry()
     plugins = sorted({(p.plugin, p.distribution) for p in registry.parts()})
@@ -39,7 +39,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture
 def sdeplug_registry():
     """The registry of every sdeplug part found in this environment."""
-    from sdeplug.plugins import get_registry
+    from sdeplug.registry import get_registry
 
     return get_registry()
 

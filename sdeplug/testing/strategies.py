@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sdeplug.interfaces import SDE
 from sdeplug.oracle import GaussianMixture, random_mixture
-from sdeplug.plugins import get_registry
+from sdeplug.registry import get_registry
 
 seeds = st.integers(0, 2**31 - 1)
 batch_sizes = st.integers(1, 16)

@@ -16,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug.datafiles import load_array
+from sdeplug.app.arrays import load_array
 from sdeplug.errors import OptionError, UnknownPartError
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
 

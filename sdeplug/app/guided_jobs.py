@@ -21,14 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdeplug.app.assemble import check_provenance, in_batches, run_sampler
 from sdeplug.checkpoint import CheckpointError
-from sdeplug.config import IMAGE_MASKS, Config, GuidanceConfig
-from sdeplug.data import Dataset
-from sdeplug.datafiles import load_array
+from sdeplug.app.config import IMAGE_MASKS, Config, GuidanceConfig
+from sdeplug.app.datasets import Dataset
+from sdeplug.app.arrays import load_array
 from sdeplug.errors import ConfigError
 from sdeplug.guidance import ClassifierGuidance, Measurement, Replacement
 from sdeplug.interfaces import SDE, LinearSDE, ScoreFn
-from sdeplug.plugins import get_registry
+from sdeplug.registry import get_registry
 from sdeplug.trainer import load_ema_weights
 
 
@@ -73,11 +74,7 @@ def load_classifier(config: Config, dataset: Dataset, device: torch.device, dtyp
                               f"`sdeplug train {config.source} --classifier`")
     network = build_classifier(config, dataset)
     meta = load_ema_weights(network, path)
-    expected = classifier_run_config(config)
-    for section in ("sde", "classifier"):
-        if meta.get("config", {}).get(section) not in (None, expected[section]):
-            raise CheckpointError(f"{path} was trained with [{section}] {meta['config'][section]}, but the config "
-                                  f"says {expected[section]}")
+    check_provenance(path, meta.get("config", {}), classifier_run_config(config), ("sde", "classifier"))
     return network.to(device=device, dtype=dtype).eval()
 
 
@@ -97,7 +94,7 @@ class Judge:
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.mixture = dataset.mixture
         if self.mixture is None:
-            from sdeplug.evaluation import reference_classifier
+            from sdeplug.app.evaluation import reference_classifier
 
             self.clf = reference_classifier(dataset, seed)
             self.name = "logistic regression on the real training data"
@@ -107,7 +104,7 @@ class Judge:
     def labels(self, x: Tensor) -> Tensor:
         if self.mixture is not None:
             return self.mixture.posterior_weights(x.double().cpu()).argmax(-1)
-        from sdeplug.evaluation import predicted_labels
+        from sdeplug.app.evaluation import predicted_labels
 
         return predicted_labels(self.clf, x)
 
@@ -125,11 +122,11 @@ def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: D
 
         def guided_batch(first: int, size: int, scale: float = scale, generator: torch.Generator = generator):
             guided = ClassifierGuidance(score, classifier, labels[first : first + size].to(device), scale)
-            return config.sampler.run(sde, guided, (size, *dataset.event_shape), generator=generator, device=device,
-                                      dtype=dtype, progress=progress)
+            return run_sampler(config.sampler, sde, guided, (size, *dataset.event_shape), generator=generator,
+                               device=device, dtype=dtype, progress=progress)
 
         start = time.perf_counter()
-        x, nfe = _in_batches(config, run.num, guided_batch)
+        x, nfe = in_batches(run.num, run.batch_size, guided_batch)
         seconds = time.perf_counter() - start
         agreement = float((judge.labels(x) == labels).double().mean())
         stem = f"samples-scale{scale:g}"
@@ -143,16 +140,6 @@ def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: D
             "classes": labels[: num_classes(dataset)].tolist(), "runs": rows}
 
 
-def _in_batches(config: Config, num: int, sample) -> tuple[Tensor, int]:
-    batch = config.sample.batch_size or num
-    chunks, nfe = [], 0
-    for first in range(0, num, batch):
-        result = sample(first, min(batch, num - first))
-        chunks.append(result.x.cpu())
-        nfe = max(nfe, result.nfe)
-    return torch.cat(chunks), nfe
-
-
 def _save(path: Path, x: Tensor) -> None:
     import numpy as np
 
@@ -160,7 +147,7 @@ def _save(path: Path, x: Tensor) -> None:
 
 
 def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 10) -> None:
-    from sdeplug.plotting import image_grid, scatter_2d
+    from sdeplug.app.plotting import image_grid, scatter_2d
 
     if len(dataset.event_shape) == 3:
         image_grid(x[: 10 * ncols], path, title, ncols=ncols)
@@ -254,9 +241,9 @@ def run_inpainting(config: Config, sde: SDE, score: ScoreFn, dataset: Dataset, o
     imputed = measurement.project(mean.expand_as(truth), measurement.target(truth)).cpu()
     generator = torch.Generator(device).manual_seed(run.seed)
     start = time.perf_counter()
-    x, nfe = _in_batches(config, truth.shape[0], lambda first, size: config.sampler.run(
-        sde, score, (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype, progress=progress,
-        constraint=Replacement(sde, _rows(measurement, first, size))))
+    x, nfe = in_batches(truth.shape[0], run.batch_size, lambda first, size: run_sampler(
+        config.sampler, sde, score, (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype,
+        progress=progress, constraint=Replacement(sde, _rows(measurement, first, size))))
     seconds = time.perf_counter() - start
     _save(out / "samples.npy", x)
     summary: dict[str, Any] = {
@@ -274,7 +261,7 @@ def run_inpainting(config: Config, sde: SDE, score: ScoreFn, dataset: Dataset, o
             "class_kept_by_mean_imputation": float((judge.labels(imputed) == kept).double().mean()),
         })
     if config.output.plot and len(dataset.event_shape) == 3:
-        from sdeplug.plotting import image_grid
+        from sdeplug.app.plotting import image_grid
 
         per = guidance.per_image
         rows = [torch.cat([shown.cpu()[i * per : i * per + 1], x[i * per : (i + 1) * per], points[i : i + 1]])

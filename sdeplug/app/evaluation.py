@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdeplug.data import Dataset
+from sdeplug.app.datasets import Dataset
 
 
 def _flat(x: Tensor) -> np.ndarray:

@@ -1,0 +1,205 @@
+"""The ``sdeplug`` command: plugins, train, sample and likelihood, each driven by a TOML config.
+
+Each command reads the config with its command-line overrides, runs a job of
+``sdeplug.app.jobs`` and prints its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, tomllib
+from sdeplug.app.jobs import likelihood_job, sample_job, train_job
+from sdeplug.errors import ConfigError, SdeplugError
+from sdeplug.registry import get_registry
+
+INTERRUPTED = 130
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every registered part with its kind, plugin and distribution; then any problems."""
+    registry = get_registry()
+    rows = [(p.kind, p.name, p.plugin, p.distribution) for p in registry.parts()]
+    header = ("kind", "name", "plugin", "distribution")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    problems = [str(f) for f in registry.failures] + [str(d) for d in registry.duplicates()]
+    if problems:
+        print("\nproblems:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configured(args: argparse.Namespace) -> Config:
+    """The config with the command-line overrides applied."""
+    config = load_config(args.config)
+    overrides = {k: getattr(args, k) for k in ("num", "seed", "device") if getattr(args, k, None) is not None}
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+        config = attrs.evolve(config, train=attrs.evolve(config.train, progress=False))
+    config = attrs.evolve(config, sample=attrs.evolve(config.sample, **overrides))
+    sampler_file = getattr(args, "sampler", None)
+    if sampler_file:
+        config = attrs.evolve(config, sampler=parse_section(_read_section(sampler_file, "sampler"), SamplerConfig,
+                                                            "sampler"))
+    guidance_file = getattr(args, "guidance", None)
+    if guidance_file:
+        config = attrs.evolve(config, guidance=parse_section(_read_section(guidance_file, "guidance"),
+                                                             GuidanceConfig, "guidance"))
+    if getattr(args, "scale", None):
+        if config.guidance is None or config.guidance.kind != "classifier":
+            raise ConfigError("--scale needs a [guidance] section with kind = 'classifier'")
+        config = attrs.evolve(config, guidance=attrs.evolve(config.guidance, scale=tuple(args.scale)))
+    return config
+
+
+def _read_section(path: str, section: str) -> dict:
+    """The one table of a TOML file that must hold only a [section] (--sampler, --guidance)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the {section} file {path}: {exc}") from exc
+    if set(raw) != {section}:
+        raise ConfigError(f"{path} must hold only a [{section}] section; got {sorted(raw)}")
+    return raw[section]
+
+
+def _out_dir(args: argparse.Namespace, config: Config) -> Path:
+    out = Path(args.out or config.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _written(report: dict[str, Any]) -> None:
+    print("wrote " + ", ".join(report["written"]))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the [model] on the [data] (or with --classifier the [classifier] on its labels);
+    resume from the checkpoint in [output] dir if there is one."""
+    config = configured(args)
+    report = train_job(config, _out_dir(args, config), classifier=args.classifier, restart=args.restart)
+    if report["resumed_at"] is not None:
+        print(f"resuming from {report['checkpoint']} at step {report['resumed_at']} of {report['total_steps']}")
+    if report["interrupted"]:
+        print(f"interrupted at step {report['steps']}; checkpoint saved to {report['checkpoint']}. "
+              "Run the same command to resume.")
+        return INTERRUPTED
+    print(f"trained {report['steps']} steps ({report['steps_this_run']} now, {report['seconds_this_run']:.1f} s); "
+          f"final loss {report['final_loss']:.4f}")
+    if "held_out_accuracy" in report:
+        print("held-out accuracy on noisy x_t: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in
+                                                              report["held_out_accuracy"].items()))
+    _written(report)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample with the config's sampler from the oracle or a trained checkpoint; save samples,
+    a summary and a picture."""
+    config = configured(args)
+    report = sample_job(config, _out_dir(args, config), args.checkpoint)
+    if config.guidance is not None:
+        _print_guided(report)
+    else:
+        print(f"{report['num_samples']} samples in {report['seconds']:.1f} s, {report['nfe_per_sample']} score "
+              "evaluations per sample")
+        if "energy_distance" in report:
+            print(f"energy distance to fresh {report['reference']}: {report['energy_distance']:.3g} "
+                  f"(noise floor: mean {report['null_mean']:.3g}, std {report['null_std']:.3g})")
+        if "classifier" in report:
+            c = report["classifier"]
+            print(f"classifier confidence: samples {c['sample_confidence']:.3f}, held-out real "
+                  f"{c['real_confidence']:.3f}; class-frequency distance {c['class_frequency_tv_distance']:.3f}")
+    _written(report)
+    return 0
+
+
+def _print_guided(report: dict[str, Any]) -> None:
+    if report["kind"] == "classifier":
+        print(f"classifier guidance: agreement of the {report['judge']} with the requested class "
+              f"(chance {report['chance']:.2f})")
+        print("  scale  agreement  NFE  seconds")
+        for row in report["runs"]:
+            print(f"  {row['scale']:5g}  {row['agreement']:9.3f}  {row['nfe_per_sample']:3d}  {row['seconds']:7.1f}")
+        return
+    print(f"{report['kind']}: {report['num_points']} points x {report['per_point']} completions in "
+          f"{report['seconds']:.1f} s, {report['nfe_per_sample']} score evaluations per sample; "
+          f"RMS error to the original {report['rms_error_to_the_original']:.3f} "
+          f"(mean imputation {report['rms_error_of_mean_imputation']:.3f})")
+    if "class_kept_by_completions" in report:
+        print(f"class of the original kept ({report['judge']}): completions "
+              f"{report['class_kept_by_completions']:.3f}, mean imputation {report['class_kept_by_mean_imputation']:.3f}")
+
+
+def cmd_likelihood(args: argparse.Namespace) -> int:
+    """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
+    config = configured(args)
+    report = likelihood_job(config, _out_dir(args, config), args.checkpoint)
+    print(f"{report['num_samples']} points: mean log p = {report['mean_logp_nats']:.4f} nats, "
+          f"{report['mean_bits_per_dim']:.4f} bits/dim (Gaussian baseline "
+          f"{report['gaussian_baseline_bits_per_dim']:.4f}); {report['nfe_per_batch']} score evaluations per batch, "
+          f"{report['seconds']:.1f} s")
+    if "oracle_mean_logp_nats" in report:
+        print(f"oracle mixture: exact mean log p_eps = {report['oracle_mean_logp_nats']:.4f} nats; "
+              f"mean |error| {report['mean_abs_error_nats_per_dim']:.2e} nats/dim")
+    _written(report)
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config path and the flags that override its [sample] and [output] keys."""
+    parser.add_argument("config", help="path to a TOML config")
+    parser.add_argument("--out", help="output folder (default: [output] dir)")
+    parser.add_argument("--num", type=int, help="number of samples or data points (overrides [sample] num)")
+    parser.add_argument("--seed", type=int, help="random seed (overrides [sample] seed)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdeplug", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    plugins = sub.add_parser("plugins", help="list every registered part and where it came from")
+    plugins.set_defaults(func=cmd_plugins)
+    train = sub.add_parser("train", help="train a score model with a TOML config (resumes if interrupted)")
+    _add_run_arguments(train)
+    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--classifier", action="store_true",
+                       help="train the [classifier] (for guidance) on the data's labels instead of the score model")
+    train.set_defaults(func=cmd_train)
+    sample = sub.add_parser("sample", help="sample with a TOML config")
+    _add_run_arguments(sample)
+    sample.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    sample.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    sample.add_argument("--guidance", help="a TOML file whose [guidance] section replaces the config's")
+    sample.add_argument("--scale", type=float, nargs="+", help="classifier guidance scale(s) (overrides [guidance] scale)")
+    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sample.set_defaults(func=cmd_sample)
+    likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")
+    _add_run_arguments(likelihood)
+    likelihood.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    likelihood.set_defaults(func=cmd_likelihood)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SdeplugError as exc:
+        print(f"sdeplug: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""What the ``sdeplug`` commands compute: train, sample and likelihood from a checked config.
+
+Each job writes its files into an output folder and returns a report (a JSON-ready dict);
+printing it is the command line's business (``sdeplug.app.cli``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from sdeplug.app.assemble import (
+    build_dataset,
+    build_network,
+    build_score,
+    check_config,
+    default_checkpoint,
+    in_batches,
+    run_config_dict,
+    run_sampler,
+    summary_header,
+)
+from sdeplug.app.config import Config
+from sdeplug.app.datasets import Dataset
+from sdeplug.errors import ConfigError
+from sdeplug.tensors import per_sample, randn_like
+
+
+def write_json(path: Path, report: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path
+
+
+def plot_samples(samples: torch.Tensor, dataset: Dataset, path: Path, title: str) -> Path | None:
+    """A scatter plot against the data for 2-D samples, a grid for images; None otherwise."""
+    from sdeplug.app.plotting import image_grid, scatter_2d
+
+    shape = tuple(samples.shape[1:])
+    if shape == (2,):
+        return scatter_2d(samples, dataset.test[: samples.shape[0]], path, title)
+    if len(shape) == 3:
+        return image_grid(samples[:100], path, title)
+    return None
+
+
+# Training -------------------------------------------------------------------------------
+
+
+def train_job(config: Config, out: Path, *, classifier: bool = False, restart: bool = False) -> dict[str, Any]:
+    """Train the [model] on the [data] (or the [classifier] on its labels); resume from the
+    checkpoint in ``out`` unless ``restart``. The report says whether Ctrl-C stopped it."""
+    from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
+    from sdeplug.app.plotting import loss_curve
+    from sdeplug.trainer import Trainer
+
+    sde = check_config(config)
+    dataset = build_dataset(config)
+    device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
+    if classifier:
+        network = build_classifier(config, dataset).to(device=device, dtype=dtype)
+        settings, run_config, stem = config.classifier.train, classifier_run_config(config), "classifier-"
+        if not config.train.progress:
+            settings = attrs.evolve(settings, progress=False)
+        checkpoint = out / "classifier.safetensors"
+        trainer = Trainer(network, sde, dataset.train, settings, labels=dataset.train_labels,
+                          checkpoint_path=checkpoint, config=run_config)
+        what = f"{config.classifier.network.name} classifier"
+    else:
+        if config.model.name == "oracle":
+            raise ConfigError("[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'")
+        network = build_network(config, dataset).to(device=device, dtype=dtype)
+        settings, run_config, stem = config.train, run_config_dict(config), ""
+        checkpoint = out / "checkpoint.safetensors"
+        trainer = Trainer(network, sde, dataset.train, settings, checkpoint_path=checkpoint, config=run_config,
+                          on_sample=lambda tr: _sample_during_training(tr, config, dataset, out))
+        what = config.model.name
+    resumed_at = None
+    if checkpoint.exists() and not restart:
+        trainer.load()
+        if trainer.config != run_config:
+            raise ConfigError(f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
+                              "afresh, or another [output] dir")
+        resumed_at = trainer.step
+    start, first_step = time.perf_counter(), trainer.step
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "resumed_at": resumed_at, "total_steps": settings.steps,
+                              "interrupted": trainer.interrupted, "steps": trainer.step}
+    if trainer.interrupted:
+        return report
+    history = trainer.history[: trainer.step].cpu()
+    done = trainer.step - first_step
+    summary = {
+        "config": config.source,
+        "steps": trainer.step,
+        "final_loss": float(history[-100:].mean()) if len(history) else None,
+        "seconds_this_run": round(seconds, 2),
+        "steps_per_second": round(done / seconds, 1) if done and seconds > 0 else None,
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
+    if classifier:
+        summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
+    written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
+    if len(history):
+        written.append(loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, "
+                                                                           f"{config.sde.name}"))
+    return {**report, **summary, "steps_this_run": done, "written": [str(p) for p in written]}
+
+
+def noisy_accuracy(network: torch.nn.Module, sde, dataset: Dataset, seed: int) -> dict[str, float]:
+    """The classifier's accuracy on held-out points perturbed to a few times t."""
+    network = network.eval()
+    param = next(network.parameters())
+    x0 = dataset.test.to(device=param.device, dtype=param.dtype)
+    labels = dataset.test_labels.to(param.device)
+    generator = torch.Generator(param.device).manual_seed(seed)
+    accuracy = {}
+    with torch.no_grad():
+        for t in (0.01, 0.25, 0.5, 0.75):
+            tt = torch.full((x0.shape[0],), t * sde.T, device=param.device, dtype=param.dtype)
+            mean, std = sde.marginal_prob(x0, tt)
+            xt = mean + per_sample(std, x0) * randn_like(x0, generator)
+            accuracy[f"{t:g}T"] = float((network(xt, tt).argmax(-1) == labels).double().mean())
+    return accuracy
+
+
+def _sample_during_training(trainer, config: Config, dataset: Dataset, out: Path) -> None:
+    n = min(config.sample.num, 500)
+    result = run_sampler(config.sampler, trainer.sde, trainer.score_model(), (n, *dataset.event_shape),
+                         generator=torch.Generator(trainer.device).manual_seed(0), device=trainer.device,
+                         dtype=trainer.dtype)
+    plot_samples(result.x, dataset, out / f"samples-step{trainer.step}.png", f"step {trainer.step}")
+
+
+# Sampling -------------------------------------------------------------------------------
+
+
+def sampler_summary(config: Config) -> dict[str, Any]:
+    s = attrs.asdict(config.sampler)
+    for unused in (("predictor", "corrector", "order") if config.sampler.kind == "ode" else ("solver",)):
+        s.pop(unused)
+    return s
+
+
+def describe_sampler(config: Config) -> str:
+    s = config.sampler
+    return f"ODE {s.solver.name}" if s.kind == "ode" else f"PC {s.predictor.name} + {s.corrector.name}"
+
+
+def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict[str, Any]:
+    """Sample with the config's sampler from the oracle or a trained checkpoint (with the
+    [guidance] section, conditionally); save samples, a report and a picture."""
+    sde = check_config(config)
+    run = config.sample
+    dtype, device = run.torch_dtype, torch.device(run.device)
+    dataset = build_dataset(config)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    header = {**summary_header(config), "sampler": sampler_summary(config), "num_samples": run.num}
+    if config.guidance is not None:
+        from sdeplug.app.guided_jobs import run_classifier_guidance, run_inpainting
+
+        guided = run_classifier_guidance if config.guidance.kind == "classifier" else run_inpainting
+        report = {**header, **guided(config, sde, score, dataset, out, device=device, dtype=dtype,
+                                     progress=run.progress)}
+        write_json(out / "guidance.json", report)
+        return {**report, "written": [str(out / "guidance.json")]}
+    generator = torch.Generator(device).manual_seed(run.seed)
+    start = time.perf_counter()
+    samples, nfe = in_batches(run.num, run.batch_size, lambda first, size: run_sampler(
+        config.sampler, sde, score, (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype,
+        progress=run.progress))
+    seconds = time.perf_counter() - start
+    np.save(out / "samples.npy", samples.numpy())
+    report = {
+        **header,
+        "checkpoint": None if config.model.name == "oracle" else str(checkpoint or default_checkpoint(config)),
+        "nfe_per_sample": nfe,
+        "seconds": round(seconds, 3),
+        **sample_quality(samples, dataset, run.seed),
+    }
+    written = [out / "samples.npy", write_json(out / "summary.json", report)]
+    if config.output.plot:
+        title = f"{config.model.name}, {config.sde.name}, {describe_sampler(config)}, NFE {nfe}"
+        picture = plot_samples(samples, dataset, out / "samples.png", title)
+        if picture is not None:
+            written.append(picture)
+    return {**report, "written": [str(p) for p in written]}
+
+
+def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[str, Any]:
+    """How close the samples are to the data: energy distance beside its noise floor for
+    mixtures and small-dimensional data, a classifier's view for labelled images."""
+    from sdeplug.app.evaluation import classifier_report
+    from sdeplug.testing.stats import EnergyNull, energy_distance, energy_null
+
+    n = samples.shape[0]
+    report: dict[str, Any] = {}
+    if dataset.train_labels is not None and dataset.mixture is None:  # labelled real data (the digits)
+        report["classifier"] = classifier_report(dataset, samples, seed)
+    if not 10 <= n <= 5000 or samples[0].numel() > 64:
+        return report
+    generator = torch.Generator().manual_seed(seed + 2)
+    if dataset.mixture is not None:
+        mixture = dataset.mixture.cpu()
+        null = energy_null(lambda k, g: mixture.sample(k, g), n, reps=10, generator=generator)
+        reference, what = mixture.sample(n, generator), "oracle samples"
+    elif min(len(dataset.test), len(dataset.train)) >= n:
+        # The floor: random sets of n training points against the same held-out reference.
+        reference, what = dataset.test[:n], "held-out data"
+        floor = torch.tensor([
+            energy_distance(dataset.train[torch.randperm(len(dataset.train), generator=generator)[:n]], reference)
+            for _ in range(10)
+        ], dtype=torch.float64)
+        null = EnergyNull(n=n, mean=float(floor.mean()), std=float(floor.std()), reps=len(floor))
+    else:
+        return report
+    report.update({"reference": what, "energy_distance": energy_distance(samples, reference),
+                   "null_mean": null.mean, "null_std": null.std})
+    return report
+
+
+# Likelihood -----------------------------------------------------------------------------
+
+
+def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> dict[str, Any]:
+    """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
+    from sdeplug.app.arrays import load_array
+    from sdeplug.app.evaluation import gaussian_logp
+    from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
+
+    sde = check_config(config, likelihood=True)
+    run, lk = config.sample, config.likelihood
+    dtype, device = run.torch_dtype, torch.device(run.device)
+    dataset = build_dataset(config)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    eps = sde.default_eps if lk.eps is None else lk.eps
+    generator = torch.Generator(device).manual_seed(run.seed)
+    if lk.data_file:
+        x, source = load_array(lk.data_file)[: run.num], lk.data_file
+    else:
+        x, source = dataset.test[: run.num], f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}"
+    x = x.to(device=device, dtype=dtype)
+    if tuple(x.shape[1:]) != dataset.event_shape:
+        raise ConfigError(f"the data have event shape {tuple(x.shape[1:])}; the model expects {dataset.event_shape}")
+    data_range = lk.data_range or dataset.data_range
+    levels = lk.levels or dataset.levels or 256
+    dequantize = lk.dequantize if lk.dequantize is not None else dataset.levels is not None
+    if dequantize:
+        if data_range == "none":
+            raise ConfigError("[likelihood] dequantize = true needs data_range = '[0,1]' or '[-1,1]'")
+        x = uniform_dequantize(x, data_range, generator, levels)
+    start = time.perf_counter()
+    logp, nfe = in_batches(x.shape[0], run.batch_size, lambda first, size: _logp_batch(log_likelihood(
+        sde, score, x[first : first + size], solver=lk.solver.name, solver_options=lk.solver.options, eps=eps,
+        divergence=lk.divergence, probes=lk.probes, noise=lk.noise, generator=generator)))
+    seconds = time.perf_counter() - start
+    dim, n = x[0].numel(), x.shape[0]
+    bpd = bits_per_dim(logp, dim, data_range, levels)
+    train = dataset.train.to(dtype)
+    if dequantize:
+        train = uniform_dequantize(train, data_range, torch.Generator().manual_seed(run.seed + 3), levels)
+    gauss_bpd = bits_per_dim(gaussian_logp(train, x.cpu()), dim, data_range, levels)
+    report: dict[str, Any] = {
+        **summary_header(config),
+        "data": source,
+        "likelihood": attrs.asdict(lk),
+        "data_range": data_range,
+        "levels": levels if data_range != "none" else None,
+        "dequantized": dequantize,
+        "num_samples": n,
+        "nfe_per_batch": nfe,
+        "seconds": round(seconds, 3),
+        "mean_logp_nats": float(logp.mean()),
+        "stderr_logp_nats": float(logp.std() / n**0.5) if n > 1 else None,
+        "mean_bits_per_dim": float(bpd.mean()),
+        "gaussian_baseline_bits_per_dim": float(gauss_bpd.mean()),
+    }
+    if dataset.mixture is not None:
+        exact = dataset.mixture.to(device).log_prob(x, torch.full((n,), eps, device=device, dtype=dtype), sde).cpu()
+        report.update({
+            "oracle_mean_logp_nats": float(exact.mean()),
+            "mean_abs_error_nats_per_dim": float((logp - exact).abs().mean() / dim),
+        })
+    np.save(out / "logp.npy", logp.numpy())
+    written = [write_json(out / "likelihood.json", report), out / "logp.npy"]
+    return {**report, "written": [str(p) for p in written]}
+
+
+@attrs.frozen
+class _Batch:
+    """A likelihood batch as ``in_batches`` reads it: ``x`` the log-densities, ``nfe`` the evaluations."""
+
+    x: torch.Tensor
+    nfe: int
+
+
+def _logp_batch(result) -> _Batch:
+    return _Batch(result.logp, result.nfe)
