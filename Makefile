@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean bench
+.PHONY: demo test test-fast lint setup clean bench
 
 setup: $(STAMP)
 
@@ -33,8 +33,17 @@ demo: $(STAMP)
 	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_inpaint.toml --sampler examples/samplers/pc.toml --num 120 --out demo-output/digits/inpaint --no-progress
 	@echo "plots, samples, checkpoints and reports are in demo-output/"
 
-test: $(STAMP)
+# The CI command: lint, then the whole suite on every core.
+test: lint
 	$(BIN)/python -m pytest -n auto --dist loadfile
+
+# The edit-test loop: every module, under a minute on 2 cores (tests marked slow left out).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow" -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Benchmarks measure, they never run in the test suite; results go to docs/benchmarks.md.
 bench: $(STAMP)

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import replace_section  # benchmarks/report.py: scripts run from this folder
 from scipy import integrate
 
 import sdeplug
 from sdeplug.likelihood import log_likelihood
 from sdeplug.oracle import preset, random_mixture
-
-from report import replace_section  # benchmarks/report.py: scripts run from this folder
 
 
 def paper_baseline(sde, score, x: torch.Tensor, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -84,31 +83,46 @@ def run(n: int) -> list[dict]:
 
             options = {"rtol": 1e-5, "atol": 1e-5}
             methods = {
-                "paper: scipy RK45, 1 Hutchinson probe": lambda: paper_baseline(sde, score, x, eps, seed=1),
-                "sdeplug: dopri5, 1 Hutchinson probe": lambda: _ours(sde, score, x, options, "hutchinson"),
-                "sdeplug: dopri5, exact divergence": lambda: _ours(sde, score, x, options, "exact"),
+                "paper: scipy RK45, 1 Hutchinson probe": lambda sde=sde, score=score, x=x, eps=eps: paper_baseline(
+                    sde, score, x, eps, seed=1
+                ),
+                "sdeplug: dopri5, 1 Hutchinson probe": lambda sde=sde, score=score, x=x, options=options: _ours(
+                    sde, score, x, options, "hutchinson"
+                ),
+                "sdeplug: dopri5, exact divergence": lambda sde=sde, score=score, x=x, options=options: _ours(
+                    sde, score, x, options, "exact"
+                ),
             }
             baseline_time = None
             for method, fn in methods.items():
                 (logp, z, nfe), seconds = timed(fn)
                 ode_logp = logp - sde.prior_logp(z) + terminal(z)
                 baseline_time = baseline_time or seconds
-                rows.append({
-                    "problem": f"{label}, {sde_name.upper()}",
-                    "method": method,
-                    "total": float((logp - exact).abs().mean()) / d,
-                    "ode": float((ode_logp - exact).abs().mean()) / d,
-                    "ode_max": float((ode_logp - exact).abs().max()) / d,
-                    "nfe": nfe,
-                    "seconds": seconds,
-                    "speedup": baseline_time / seconds,
-                })
+                rows.append(
+                    {
+                        "problem": f"{label}, {sde_name.upper()}",
+                        "method": method,
+                        "total": float((logp - exact).abs().mean()) / d,
+                        "ode": float((ode_logp - exact).abs().mean()) / d,
+                        "ode_max": float((ode_logp - exact).abs().max()) / d,
+                        "nfe": nfe,
+                        "seconds": seconds,
+                        "speedup": baseline_time / seconds,
+                    }
+                )
     return rows
 
 
 def _ours(sde, score, x, options, divergence):
-    result = log_likelihood(sde, score, x, solver="dopri5", solver_options=options, divergence=divergence,
-                            generator=torch.Generator().manual_seed(1))
+    result = log_likelihood(
+        sde,
+        score,
+        x,
+        solver="dopri5",
+        solver_options=options,
+        divergence=divergence,
+        generator=torch.Generator().manual_seed(1),
+    )
     return result.logp.detach(), result.z, result.nfe
 
 
@@ -138,12 +152,16 @@ def main() -> None:
     text = table(rows, args.n)
     print(text)
     if args.write:
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU"
+        machine = (
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, CPU"
+        )
         section = (
             "## Likelihood: sdeplug against the paper's method\n\n"
             f"Command: `python benchmarks/likelihood.py --n {args.n} --write docs/benchmarks.md` "
             f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver.\n\n"
-            + text + "\n"
+            + text
+            + "\n"
         )
         replace_section(args.write, "## Likelihood", section)
 

@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+from report import replace_section  # benchmarks/report.py: scripts run from this folder
 
 import sdeplug
 from sdeplug.oracle import preset, random_mixture
 from sdeplug.sampling import sample_ode, sample_pc
-from sdeplug.testing.stats import energy_distance
-
-from report import replace_section  # benchmarks/report.py: scripts run from this folder
+from sdeplug.stats import energy_distance
 
 F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -59,21 +58,36 @@ SAMPLERS = {
     "edm_heun": ("EDM Heun", "pc", 2, {"predictor": "edm_heun"}),
     "heun": ("Heun on the PF-ODE in t", "ode", 2, {"solver": "heun"}),
     "euler": ("Euler on the PF-ODE in t", "ode", 1, {"solver": "euler"}),
-    "ddim": ("reverse diffusion, probability flow", "pc", 1,
-             {"predictor": "reverse_diffusion", "predictor_options": {"probability_flow": True}}),
+    "ddim": (
+        "reverse diffusion, probability flow",
+        "pc",
+        1,
+        {"predictor": "reverse_diffusion", "predictor_options": {"probability_flow": True}},
+    ),
     "ancestral": ("ancestral sampling", "pc", 1, {"predictor": "ancestral"}),
     "euler_maruyama": ("Euler-Maruyama", "pc", 1, {"predictor": "euler_maruyama"}),
-    "pc_langevin": ("PC: reverse diffusion + Langevin (snr 0.16)", "pc", 2,
-                    {"predictor": "reverse_diffusion", "corrector": "langevin"}),
+    "pc_langevin": (
+        "PC: reverse diffusion + Langevin (snr 0.16)",
+        "pc",
+        2,
+        {"predictor": "reverse_diffusion", "corrector": "langevin"},
+    ),
 }
 GRIDS = ("uniform", "quadratic", "logsnr", "edm")
-DEFAULT_GRID = {"unipc": "logsnr", "dpmpp_3m": "logsnr", "dpmpp_2m": "logsnr", "sde_dpmpp_2m": "logsnr",
-                "edm_heun": "edm"}
+DEFAULT_GRID = {
+    "unipc": "logsnr",
+    "dpmpp_3m": "logsnr",
+    "dpmpp_2m": "logsnr",
+    "sde_dpmpp_2m": "logsnr",
+    "edm_heun": "edm",
+}
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, CPU")
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, CPU"
+    )
 
 
 def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int) -> torch.Tensor:
@@ -86,13 +100,20 @@ def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: 
     generator = torch.Generator().manual_seed(seed)
     denoise = sampler in ("pc_langevin", "ancestral", "euler_maruyama")
     steps = max((nfe - int(denoise)) // per_step, 1)
-    common = dict(grid=None if grid == "uniform" else grid, steps=steps, denoise=denoise, generator=generator,
-                  dtype=F64)
+    common = dict(
+        grid=None if grid == "uniform" else grid, steps=steps, denoise=denoise, generator=generator, dtype=F64
+    )
     if how == "ode":
         result = sample_ode(sde, score, (n, dim), **options, **common)
     else:
-        result = sample_pc(sde, score, (n, dim), corrector=options.get("corrector", "none"),
-                           **{k: v for k, v in options.items() if k != "corrector"}, **common)
+        result = sample_pc(
+            sde,
+            score,
+            (n, dim),
+            corrector=options.get("corrector", "none"),
+            **{k: v for k, v in options.items() if k != "corrector"},
+            **common,
+        )
     if result.nfe > nfe:
         raise RuntimeError(f"{sampler} spent {result.nfe} score evaluations over a budget of {nfe}")
     return result.x
@@ -131,9 +152,11 @@ def part_quality(quick: bool) -> tuple[str, dict]:
     budgets = (5, 10, 20, 50, 100) if quick else (5, 10, 20, 50, 100, 200)
     headline_budgets = (5, 10, 20, 50, 100)
     lines, curves = [], {}
-    lines.append(f"n = {n} samples, mean over 3 seeds; each cell is energy distance / noise floor, "
-                 "**bold** where it is within two standard errors of the floor. Columns are the "
-                 "score-evaluation budget (NFE); a sampler spends at most that many.\n")
+    lines.append(
+        f"n = {n} samples, mean over 3 seeds; each cell is energy distance / noise floor, "
+        "**bold** where it is within two standard errors of the floor. Columns are the "
+        "score-evaluation budget (NFE); a sampler spends at most that many.\n"
+    )
     for mixture_label, make in MIXTURES.items():
         mixture = make().to(F64)
         headline = mixture_label.startswith("ring8 (")
@@ -167,16 +190,19 @@ def part_quality(quick: bool) -> tuple[str, dict]:
 
 
 def reference_solve(sde, score, x_T: torch.Tensor) -> torch.Tensor:
-    return sample_ode(sde, score, x_init=x_T, solver="dopri5", solver_options={"rtol": 1e-10, "atol": 1e-10},
-                      denoise=False, dtype=F64).x
+    return sample_ode(
+        sde, score, x_init=x_T, solver="dopri5", solver_options={"rtol": 1e-10, "atol": 1e-10}, denoise=False, dtype=F64
+    ).x
 
 
 def part_error(quick: bool) -> tuple[str, dict]:
     budgets = (5, 10, 20, 50, 100, 200)
     deterministic = ("unipc", "dpmpp_3m", "dpmpp_2m", "edm_heun", "heun", "euler", "ddim")
-    lines = ["RMS distance (per coordinate) of the state at eps to a dopri5 solve at rtol = atol = 1e-10 "
-             "from the same prior draw (512 draws), against the score-evaluation budget; each sampler on its "
-             "default grid (fast samplers: log-SNR, EDM Heun: EDM, others: uniform).\n"]
+    lines = [
+        "RMS distance (per coordinate) of the state at eps to a dopri5 solve at rtol = atol = 1e-10 "
+        "from the same prior draw (512 draws), against the score-evaluation budget; each sampler on its "
+        "default grid (fast samplers: log-SNR, EDM Heun: EDM, others: uniform).\n"
+    ]
     curves = {}
     for mixture_name, sde_name in (("ring8", "ve"), ("ring8", "vp"), ("blobs16", "vp")):
         mixture = preset(mixture_name).to(F64)
@@ -193,8 +219,9 @@ def part_error(quick: bool) -> tuple[str, dict]:
             row = []
             for b in budgets:
                 steps = max(b // per_step, 1)
-                common = dict(grid=None if grid == "uniform" else grid, steps=steps, denoise=False, x_init=x_T,
-                              dtype=F64)
+                common = dict(
+                    grid=None if grid == "uniform" else grid, steps=steps, denoise=False, x_init=x_T, dtype=F64
+                )
                 if how == "ode":
                     x = sample_ode(sde, score, **options, **common).x
                 else:
@@ -209,12 +236,16 @@ def part_error(quick: bool) -> tuple[str, dict]:
 def part_pc16(quick: bool) -> str:
     n, reps = 1000, 2
     steps_list = (125, 500, 2000)
-    lines = [f"Energy distance / noise floor, n = {n}, mean over {reps} seeds (**bold**: within two standard errors "
-             "of the floor). The paper's PC sampler: reverse diffusion + one Langevin step per time, snr 0.16; "
-             "sdeplug's batch-norm step rule, exact grid steps and final Tweedie step.\n"]
-    configs = [("reverse diffusion alone", {}, "none"),
-               ("+ Langevin snr 0.16 (paper)", {"snr": 0.16}, "langevin"),
-               ("+ Langevin snr 0.08", {"snr": 0.08}, "langevin")]
+    lines = [
+        f"Energy distance / noise floor, n = {n}, mean over {reps} seeds (**bold**: within two standard errors "
+        "of the floor). The paper's PC sampler: reverse diffusion + one Langevin step per time, snr 0.16; "
+        "sdeplug's batch-norm step rule, exact grid steps and final Tweedie step.\n"
+    ]
+    configs = [
+        ("reverse diffusion alone", {}, "none"),
+        ("+ Langevin snr 0.16 (paper)", {"snr": 0.16}, "langevin"),
+        ("+ Langevin snr 0.08", {"snr": 0.08}, "langevin"),
+    ]
     for label in ("blobs16 (16-D, broad: std 0.2-0.5)", "tight16 (16-D, tight: std 0.05-0.15)"):
         mixture = MIXTURES[label]().to(F64)
         fl = floor(mixture, n, 8)
@@ -228,11 +259,22 @@ def part_pc16(quick: bool) -> str:
                 for steps in steps_list:
                     values = []
                     for r in range(reps):
-                        x = sample_pc(sde, mixture.score_model(sde), (n, mixture.dim), predictor="reverse_diffusion",
-                                      corrector=corrector, corrector_options=options, steps=steps,
-                                      generator=torch.Generator().manual_seed(r), dtype=F64).x
-                        values.append(energy_distance(x, mixture.sample(n, torch.Generator().manual_seed(30_000 + r)),
-                                                      unbiased=False))
+                        x = sample_pc(
+                            sde,
+                            mixture.score_model(sde),
+                            (n, mixture.dim),
+                            predictor="reverse_diffusion",
+                            corrector=corrector,
+                            corrector_options=options,
+                            steps=steps,
+                            generator=torch.Generator().manual_seed(r),
+                            dtype=F64,
+                        ).x
+                        values.append(
+                            energy_distance(
+                                x, mixture.sample(n, torch.Generator().manual_seed(30_000 + r)), unbiased=False
+                            )
+                        )
                     mean = statistics.fmean(values)
                     cells.append(_cell(mean, statistics.stdev(values) / math.sqrt(reps), fl))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -245,8 +287,13 @@ class TinyScore(torch.nn.Module):
 
     def __init__(self, dim: int, width: int = 64) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, width), torch.nn.SiLU(), torch.nn.Linear(width, width),
-                                       torch.nn.SiLU(), torch.nn.Linear(width, dim))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim + 1, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, dim),
+        )
 
     def forward(self, x, t):
         return self.net(torch.cat([x, t[:, None]], dim=1))
@@ -285,33 +332,84 @@ def part_overhead(quick: bool) -> str:
     torch.manual_seed(0)
     sde = sdeplug.create("sde", "vp")
     batch, steps, rounds = 1024, 100, (5 if quick else 11)
-    lines = [f"Batch {batch}, {steps} steps, float32, an MLP (2 x 64 hidden) on 2-D inputs; median of {rounds} "
-             "alternating rounds (the last row: 64-D inputs and a wider MLP); ratio = sdeplug / hand-written loop "
-             "(1.00 is no overhead).\n",
-             "| sampler | hand-written (ms) | sdeplug (ms) | ratio |", "|---|---|---|---|"]
+    lines = [
+        f"Batch {batch}, {steps} steps, float32, an MLP (2 x 64 hidden) on 2-D inputs; median of {rounds} "
+        "alternating rounds (the last row: 64-D inputs and a wider MLP); ratio = sdeplug / hand-written loop "
+        "(1.00 is no overhead).\n",
+        "| sampler | hand-written (ms) | sdeplug (ms) | ratio |",
+        "|---|---|---|---|",
+    ]
     net = TinyScore(2).eval()
     score = net  # sdeplug sees the same module
     times = torch.linspace(1.0, 1e-3, steps + 1)
     cases = {
-        "Euler-Maruyama": (lambda: hand_em(sde, net, torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)),
-                                           times, torch.Generator().manual_seed(1)),
-                           lambda: sample_pc(sde, score, (batch, 2), predictor="euler_maruyama", corrector="none",
-                                             steps=steps, denoise=False, generator=torch.Generator().manual_seed(0))),
+        "Euler-Maruyama": (
+            lambda: hand_em(
+                sde,
+                net,
+                torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)),
+                times,
+                torch.Generator().manual_seed(1),
+            ),
+            lambda: sample_pc(
+                sde,
+                score,
+                (batch, 2),
+                predictor="euler_maruyama",
+                corrector="none",
+                steps=steps,
+                denoise=False,
+                generator=torch.Generator().manual_seed(0),
+            ),
+        ),
         "Euler-Maruyama, check_finite=False": (
-            lambda: hand_em(sde, net, torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)), times,
-                            torch.Generator().manual_seed(1)),
-            lambda: sample_pc(sde, score, (batch, 2), predictor="euler_maruyama", corrector="none", steps=steps,
-                              denoise=False, check_finite=False, generator=torch.Generator().manual_seed(0))),
-        "DPM-Solver++(2M)": (lambda: hand_dpmpp_2m(sde, net, torch.randn(batch, 2), times),
-                             lambda: sample_pc(sde, score, (batch, 2), predictor="dpmpp_2m",
-                                               predictor_options={"lower_order_final": False},
-                                               corrector="none", steps=steps, denoise=False)),
+            lambda: hand_em(
+                sde,
+                net,
+                torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)),
+                times,
+                torch.Generator().manual_seed(1),
+            ),
+            lambda: sample_pc(
+                sde,
+                score,
+                (batch, 2),
+                predictor="euler_maruyama",
+                corrector="none",
+                steps=steps,
+                denoise=False,
+                check_finite=False,
+                generator=torch.Generator().manual_seed(0),
+            ),
+        ),
+        "DPM-Solver++(2M)": (
+            lambda: hand_dpmpp_2m(sde, net, torch.randn(batch, 2), times),
+            lambda: sample_pc(
+                sde,
+                score,
+                (batch, 2),
+                predictor="dpmpp_2m",
+                predictor_options={"lower_order_final": False},
+                corrector="none",
+                steps=steps,
+                denoise=False,
+            ),
+        ),
     }
     big = TinyScore(64, width=512).eval()
     cases["Euler-Maruyama, 64-D, MLP 2 x 512"] = (
         lambda: hand_em(sde, big, torch.randn(batch, 64), times, torch.Generator().manual_seed(1)),
-        lambda: sample_pc(sde, big, (batch, 64), predictor="euler_maruyama", corrector="none", steps=steps,
-                          denoise=False, generator=torch.Generator().manual_seed(0)))
+        lambda: sample_pc(
+            sde,
+            big,
+            (batch, 64),
+            predictor="euler_maruyama",
+            corrector="none",
+            steps=steps,
+            denoise=False,
+            generator=torch.Generator().manual_seed(0),
+        ),
+    )
     with torch.no_grad():
         for name, (hand, ours) in cases.items():
             hand(), ours()  # warm-up
@@ -355,19 +453,29 @@ print(elapsed, (after - before) / 1024)
 
 
 def part_scaling(quick: bool) -> str:
-    lines = ["20 steps of DPM-Solver++(2M) and of UniPC with an MLP (one hidden layer of 256) on the VP SDE, "
-             "float32, 2 threads; each configuration in a fresh process after a warm-up run, median of 3. Peak memory is the growth of the process's peak "
-             "resident set during sampling (MiB); the sampler state is a few tensors of the batch's size.\n",
-             "| sampler | batch | dim | time (ms) | ms per 1k samples | peak memory growth (MiB) | batch x dim x 4 B (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "20 steps of DPM-Solver++(2M) and of UniPC with an MLP (one hidden layer of 256) on the VP SDE, "
+        "float32, 2 threads; each configuration in a fresh process after a warm-up run, median of 3. Peak memory "
+        "is the growth of the process's peak resident set during sampling (MiB); the sampler state is a few "
+        "tensors of the batch's size.\n",
+        "| sampler | batch | dim | time (ms) | ms per 1k samples | peak memory growth (MiB) "
+        "| batch x dim x 4 B (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     configs = [(b, 64) for b in (256, 1024, 4096, 16384)] + [(1024, d) for d in (2, 256, 1024, 4096)]
     for predictor in ("dpmpp_2m", "unipc"):
         for batch, dim in configs:
-            out = subprocess.run([sys.executable, "-c", SCALING_CHILD, str(batch), str(dim), predictor],
-                                 capture_output=True, text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", SCALING_CHILD, str(batch), str(dim), predictor],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             elapsed, mem = float(out[0]), float(out[1])
-            lines.append(f"| {predictor} | {batch} | {dim} | {elapsed * 1e3:.1f} | {elapsed * 1e6 / batch:.2f} | "
-                         f"{mem:.1f} | {batch * dim * 4 / 2**20:.2f} |")
+            lines.append(
+                f"| {predictor} | {batch} | {dim} | {elapsed * 1e3:.1f} | {elapsed * 1e6 / batch:.2f} | "
+                f"{mem:.1f} | {batch * dim * 4 / 2**20:.2f} |"
+            )
             print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
 
@@ -389,8 +497,13 @@ def plot_quality(curves: dict, path: Path) -> None:
             if (m, s) == (mixture, sde_name):
                 ax.plot(budgets, ratios, marker="o", color=colours[sampler], label=SAMPLERS[sampler][0])
         ax.axhline(1.0, color="k", ls="--", lw=1)
-        ax.set(xscale="log", yscale="log", title=f"{mixture.split(' (')[0]}, {sde_name.upper()}",
-               xlabel="score evaluations", ylabel="energy distance / noise floor")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            title=f"{mixture.split(' (')[0]}, {sde_name.upper()}",
+            xlabel="score evaluations",
+            ylabel="energy distance / noise floor",
+        )
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -410,8 +523,13 @@ def plot_error(curves: dict, path: Path) -> None:
         for (m, s, sampler), (budgets, errors) in curves.items():
             if (m, s) == (mixture, sde_name):
                 ax.plot(budgets, errors, marker="o", color=colours[sampler], label=SAMPLERS[sampler][0])
-        ax.set(xscale="log", yscale="log", title=f"{mixture}, {sde_name.upper()}", xlabel="score evaluations",
-               ylabel="RMS error vs reference solve")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            title=f"{mixture}, {sde_name.upper()}",
+            xlabel="score evaluations",
+            ylabel="RMS error vs reference solve",
+        )
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -425,7 +543,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     parts = args.parts.split(",")
-    command = f"`python benchmarks/sampling.py --parts {args.parts}{' --quick' if args.quick else ''} --write docs/benchmarks.md`"
+    quick = " --quick" if args.quick else ""
+    command = f"`python benchmarks/sampling.py --parts {args.parts}{quick} --write docs/benchmarks.md`"
     header = f"Command: {command} (or `make bench`). Machine: {machine()}.\n\n"
     sections = {}
     if "quality" in parts:
@@ -433,13 +552,15 @@ def main() -> None:
         IMG.mkdir(parents=True, exist_ok=True)
         plot_quality(curves, IMG / "quality_vs_nfe.png")
         sections["## Sampling: quality against score evaluations"] = (
-            header + text + "\n![quality against NFE](img/quality_vs_nfe.png)\n")
+            header + text + "\n![quality against NFE](img/quality_vs_nfe.png)\n"
+        )
     if "error" in parts:
         text, curves = part_error(args.quick)
         IMG.mkdir(parents=True, exist_ok=True)
         plot_error(curves, IMG / "solver_error.png")
         sections["## Sampling: solver error against a reference solve"] = (
-            header + text + "\n![solver error against NFE](img/solver_error.png)\n")
+            header + text + "\n![solver error against NFE](img/solver_error.png)\n"
+        )
     if "pc16" in parts:
         sections["## Sampling: predictor-corrector in 16 dimensions"] = header + part_pc16(args.quick)
     if "overhead" in parts:

@@ -21,9 +21,9 @@ import torch
 
 import sdeplug
 from sdeplug.app.datasets import load_dataset
+from sdeplug.losses import DenoisingScoreMatching
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.losses import DenoisingScoreMatching
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import replace_section  # noqa: E402
@@ -87,22 +87,38 @@ def main() -> None:
     moons = load_dataset("moons").train.float()
     digits = load_dataset("digits").train.float()
     rows = [
-        measure("MLP 128x3 on moons (2-D)", lambda: sdeplug.create("score_model", "mlp", event_shape=(2,), width=128,
-                                                                     depth=3), moons, args.steps, args.rounds),
-        measure("U-Net 16 ch on digits (1x8x8)", lambda: sdeplug.create("score_model", "unet", event_shape=(1, 8, 8),
-                                                                          channels=16), digits, args.steps // 3,
-                args.rounds),
+        measure(
+            "MLP 128x3 on moons (2-D)",
+            lambda: sdeplug.create("score_model", "mlp", event_shape=(2,), width=128, depth=3),
+            moons,
+            args.steps,
+            args.rounds,
+        ),
+        measure(
+            "U-Net 16 ch on digits (1x8x8)",
+            lambda: sdeplug.create("score_model", "unet", event_shape=(1, 8, 8), channels=16),
+            digits,
+            args.steps // 3,
+            args.rounds,
+        ),
     ]
-    lines = ["| model and data | hand-written loop (steps/s) | Trainer (steps/s) | Trainer / hand |", "|---|---|---|---|"]
+    lines = [
+        "| model and data | hand-written loop (steps/s) | Trainer (steps/s) | Trainer / hand |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['problem']} | {r['hand']:.1f} | {r['trainer']:.1f} | {r['ratio']:.3f} |")
     text = "\n".join(lines)
     print(text)
     if args.write:
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU"
+        machine = (
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, CPU"
+        )
         section = (
             "## Training: the Trainer against a hand-written loop\n\n"
-            f"Command: `python benchmarks/training.py --steps {args.steps} --rounds {args.rounds} --write docs/benchmarks.md` "
+            f"Command: `python benchmarks/training.py --steps {args.steps} --rounds {args.rounds} "
+            "--write docs/benchmarks.md` "
             f"(or `make bench`). Machine: {machine}. Batch 128, Adam with warm-up, gradient clipping and EMA in both; "
             f"median of {args.rounds} alternating rounds.\n\n" + text + "\n"
         )

@@ -81,7 +81,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
             f"{path} is not a readable safetensors checkpoint (truncated, corrupted or another format): {exc}"
         ) from exc
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an sdeplug checkpoint (format {header.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not an sdeplug checkpoint (format {header.get('format')!r}, expected {FORMAT!r})"
+        )
     meta_json = header.get("meta", "")
     if _digest(tensors, meta_json) != header.get("sha256"):
         raise CheckpointError(f"{path} failed its checksum: the file was modified or damaged after it was written")

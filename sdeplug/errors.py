@@ -26,9 +26,8 @@ class UnknownPartError(SdeplugError, LookupError):
     def __init__(self, kind: str, name: str, known: Iterable[str], load_errors: Iterable[str] = ()):
         known = sorted(known)
         self.kind, self.name, self.known = kind, name, known
-        message = (
-            f"unknown {kind} {name!r}; known {kind}s: {', '.join(known) or '(none)'}."
-            + _did_you_mean(name, known)
+        message = f"unknown {kind} {name!r}; known {kind}s: {', '.join(known) or '(none)'}." + _did_you_mean(
+            name, known
         )
         failures = list(load_errors)
         if failures:

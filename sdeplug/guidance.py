@@ -55,7 +55,9 @@ class LikelihoodGuidance:
 
     def __init__(self, score: ScoreFn, log_likelihood: LogLikelihood, scale: float = 1.0) -> None:
         if not callable(log_likelihood):
-            raise TypeError(f"log_likelihood must be callable as f(x, t) -> (batch,); got {type(log_likelihood).__name__}")
+            raise TypeError(
+                f"log_likelihood must be callable as f(x, t) -> (batch,); got {type(log_likelihood).__name__}"
+            )
         self.score, self.log_likelihood, self.scale = score, log_likelihood, _check_scale(scale)
 
     def _checked(self, x: Tensor, t: Tensor) -> Tensor:
@@ -77,7 +79,9 @@ class ClassifierGuidance:
 
     def __init__(self, score: ScoreFn, classifier: Classifier, y: int | Tensor, scale: float = 1.0) -> None:
         if not callable(classifier):
-            raise TypeError(f"classifier must be callable as classifier(x, t) -> logits; got {type(classifier).__name__}")
+            raise TypeError(
+                f"classifier must be callable as classifier(x, t) -> logits; got {type(classifier).__name__}"
+            )
         scale = _check_scale(scale)
         if isinstance(y, Tensor):
             if y.ndim != 1 or y.dtype not in (torch.int32, torch.int64):
@@ -101,8 +105,10 @@ class ClassifierGuidance:
         logits = self.classifier(x, t)
         if not self._checked:
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"the classifier returned shape {tuple(logits.shape)}; it must return logits "
-                                 f"of shape (batch, classes) = ({x.shape[0]}, C)")
+                raise ValueError(
+                    f"the classifier returned shape {tuple(logits.shape)}; it must return logits "
+                    f"of shape (batch, classes) = ({x.shape[0]}, C)"
+                )
             if not isinstance(self.y, Tensor) and self.y >= logits.shape[1]:
                 raise ValueError(f"class {self.y} does not exist: the classifier has {logits.shape[1]} classes")
             self._checked = True
@@ -148,8 +154,10 @@ class Measurement:
         if v.shape == x.shape[1:]:
             return v.expand_as(x)
         if v.shape != x.shape:
-            raise ValueError(f"mask and y must have the shape of one sample {tuple(x.shape[1:])} or of the batch "
-                             f"{tuple(x.shape)}; got {tuple(v.shape)}")
+            raise ValueError(
+                f"mask and y must have the shape of one sample {tuple(x.shape[1:])} or of the batch "
+                f"{tuple(x.shape)}; got {tuple(v.shape)}"
+            )
         return v
 
     def apply(self, x: Tensor) -> Tensor:

@@ -296,9 +296,7 @@ class ODESolver(abc.ABC):
     adaptive: bool = False
 
     @abc.abstractmethod
-    def solve(
-        self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None
-    ) -> ODESolution:
+    def solve(self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None) -> ODESolution:
         """Solve from y0 at t0 to t1. Fixed-step solvers step through ``grid`` when given
         (grid[0] = t0, grid[-1] = t1), otherwise through their own uniform grid."""
 

@@ -18,9 +18,9 @@ import attrs
 import torch
 from torch import Tensor
 
+from sdeplug.grids import end_time
 from sdeplug.interfaces import SDE, ODESolver, ScoreFn
 from sdeplug.registry import resolve
-from sdeplug.grids import end_time
 from sdeplug.sampling import CountingScore
 from sdeplug.tensors import randn_like
 

@@ -86,7 +86,9 @@ class GaussianMixture(torch.nn.Module):
 
     def _check_sde(self, sde: SDE | None) -> LinearSDE | None:
         if sde is not None and not isinstance(sde, LinearSDE):
-            raise TypeError(f"the Gaussian-mixture oracle needs a LinearSDE (alpha(t), sigma(t)); got {type(sde).__name__}")
+            raise TypeError(
+                f"the Gaussian-mixture oracle needs a LinearSDE (alpha(t), sigma(t)); got {type(sde).__name__}"
+            )
         return sde
 
     def _components_at(
@@ -268,7 +270,7 @@ def complement_rows(A: Tensor) -> Tensor:
     if is_selector:
         return torch.eye(A.shape[1], dtype=A.dtype, device=A.device)[A.sum(0) == 0]
     _, s, vh = torch.linalg.svd(A)
-    return vh[int((s > s.max() * 1e-10).sum()):]
+    return vh[int((s > s.max() * 1e-10).sum()) :]
 
 
 def ring_mixture(

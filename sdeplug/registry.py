@@ -206,8 +206,9 @@ class PluginHost:
                 plugin = impl.plugin_name
                 dist = self.distributions.get(plugin, "an unknown distribution")
 
-                def register(cls: type, name: str | None = None, *, _kind=kind, _plugin=plugin, _dist=dist,
-                             **fixed: Any) -> None:
+                def register(
+                    cls: type, name: str | None = None, *, _kind=kind, _plugin=plugin, _dist=dist, **fixed: Any
+                ) -> None:
                     registry.add(_kind, cls, name, _plugin, _dist, fixed)
 
                 try:
@@ -225,8 +226,15 @@ class Registry:
         self._parts: dict[str, dict[str, list[PartInfo]]] = {k: {} for k in KINDS}
         self.failures: list[PluginFailure] = list(failures)
 
-    def add(self, kind: Kind, cls: type, name: str | None, plugin: str, distribution: str,
-            fixed: Mapping[str, Any] | None = None) -> None:
+    def add(
+        self,
+        kind: Kind,
+        cls: type,
+        name: str | None,
+        plugin: str,
+        distribution: str,
+        fixed: Mapping[str, Any] | None = None,
+    ) -> None:
         """Add one part; called through the ``register`` callback the hooks receive. ``fixed``
         options make a configured preset of ``cls`` (they need a ``name``)."""
         if not (isinstance(cls, type) and issubclass(cls, kind.base)):
@@ -242,13 +250,17 @@ class Registry:
         fixed = dict(fixed or {})
         if fixed:
             if name is None:
-                raise RegistrationError(f"plugin {plugin!r}: a preset of {cls.__name__} with fixed options "
-                                        f"{sorted(fixed)} needs its own name: register(cls, name=..., **options)")
+                raise RegistrationError(
+                    f"plugin {plugin!r}: a preset of {cls.__name__} with fixed options "
+                    f"{sorted(fixed)} needs its own name: register(cls, name=..., **options)"
+                )
             accepted = part_options(cls, kind.supplied)
             unknown = [o for o in fixed if accepted is not None and o not in accepted]
             if unknown:
-                raise RegistrationError(f"plugin {plugin!r}: preset {registered!r} fixes {unknown}, which "
-                                        f"{cls.__name__} does not accept ({_describe(accepted)})")
+                raise RegistrationError(
+                    f"plugin {plugin!r}: preset {registered!r} fixes {unknown}, which "
+                    f"{cls.__name__} does not accept ({_describe(accepted)})"
+                )
         self._parts[kind.name].setdefault(registered, []).append(
             PartInfo(kind.name, registered, cls, plugin, distribution, fixed)
         )
@@ -317,15 +329,21 @@ class Registry:
         if isinstance(spec, spec_kind.base):
             label = part_name(spec)
             if options:
-                raise OptionError(kind, label, f"options {sorted(options)} are for a part given by name or class; "
-                                               "this one is already built")
+                raise OptionError(
+                    kind,
+                    label,
+                    f"options {sorted(options)} are for a part given by name or class; this one is already built",
+                )
             return label, type(spec), _own_options(spec_kind, spec)
         what = f"the class {spec.__name__}" if isinstance(spec, type) else f"{type(spec).__name__} {spec!r}"[:200]
-        raise TypeError(f"a {kind} must be a registered name, a subclass of sdeplug.{spec_kind.base.__name__} "
-                        f"or an instance of one; got {what}")
+        raise TypeError(
+            f"a {kind} must be a registered name, a subclass of sdeplug.{spec_kind.base.__name__} "
+            f"or an instance of one; got {what}"
+        )
 
-    def resolve(self, kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None,
-                sde: SDE | None = None) -> Any:
+    def resolve(
+        self, kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None, sde: SDE | None = None
+    ) -> Any:
         """A built part of ``kind`` from a registered name, a class or an instance, with the same checks.
 
         ``supplied`` are the arguments the toolkit passes (see ``Kind.supplied``); ``options``
@@ -342,21 +360,28 @@ class Registry:
             if not supplied and not options:
                 return spec
             if spec_kind.supplied[:1] == ("sde",) and getattr(spec, "sde", supplied[0]) != supplied[0]:
-                raise IncompatiblePartError(f"{kind} {part_name(spec)!r} was built for {spec.sde!r}, but it is used "
-                                            f"with {supplied[0]!r}; build it with the same SDE, or pass its name or class")
+                raise IncompatiblePartError(
+                    f"{kind} {part_name(spec)!r} was built for {spec.sde!r}, but it is used "
+                    f"with {supplied[0]!r}; build it with the same SDE, or pass its name or class"
+                )
         label, cls, all_options = self.identify(kind, spec, options)
         if spec_kind.checks_sde and target is not None:
             check_sde_compatible(kind, cls, target)
         return _build(spec_kind, label, cls, supplied, all_options)
 
 
-def _check_option_names(kind: Kind, label: str, cls: type, options: Mapping[str, Any],
-                        fixed: Mapping[str, Any]) -> None:
+def _check_option_names(
+    kind: Kind, label: str, cls: type, options: Mapping[str, Any], fixed: Mapping[str, Any]
+) -> None:
     accepted = part_options(cls, kind.supplied)
     for option in options:
         if option in fixed:
-            raise OptionError(kind.name, label, f"option {option!r} is fixed to {fixed[option]!r} by this preset; "
-                                                f"use the general part {part_name(cls)!r} to choose it")
+            raise OptionError(
+                kind.name,
+                label,
+                f"option {option!r} is fixed to {fixed[option]!r} by this preset; "
+                f"use the general part {part_name(cls)!r} to choose it",
+            )
         if accepted is not None and option not in accepted:
             raise OptionError.unknown_option(kind.name, label, option, [a for a in accepted if a not in fixed])
 
@@ -387,16 +412,21 @@ def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str
     except TypeError as exc:
         if _raised_by_attrs(exc):
             raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
-        raise PluginError(f"{kind.name} {label!r} failed inside its own constructor with TypeError: {exc}. "
-                          "This is a bug of the plugin that provides it, not of the options given.") from exc
+        raise PluginError(
+            f"{kind.name} {label!r} failed inside its own constructor with TypeError: {exc}. "
+            "This is a bug of the plugin that provides it, not of the options given."
+        ) from exc
 
 
 def _own_options(kind: Kind, part: Any) -> dict[str, Any]:
     """The options a built part was made with, read back from its attributes (``name`` or ``_name``)."""
     accepted = part_options(type(part), kind.supplied)
     if accepted is None:
-        raise OptionError(kind.name, part_name(part), "a built part whose class takes **options cannot be "
-                                                      "rebuilt; pass its name or class with options instead")
+        raise OptionError(
+            kind.name,
+            part_name(part),
+            "a built part whose class takes **options cannot be rebuilt; pass its name or class with options instead",
+        )
     own = {}
     for option in accepted:
         for attribute in (option, f"_{option}"):
@@ -404,8 +434,12 @@ def _own_options(kind: Kind, part: Any) -> dict[str, Any]:
                 own[option] = getattr(part, attribute)
                 break
         else:
-            raise OptionError(kind.name, part_name(part), f"cannot read option {option!r} back from the built part "
-                                                          "to rebuild it; pass its name or class with options instead")
+            raise OptionError(
+                kind.name,
+                part_name(part),
+                f"cannot read option {option!r} back from the built part "
+                "to rebuild it; pass its name or class with options instead",
+            )
     return own
 
 
@@ -424,9 +458,12 @@ def part_options(cls: type, supplied: tuple[str, ...] = ()) -> dict[str, Any] | 
 def _describe(accepted: dict[str, Any] | None) -> str:
     if accepted is None:
         return "any"
-    return ", ".join(
-        name if default is inspect.Parameter.empty else f"{name}={default!r}" for name, default in accepted.items()
-    ) or "(none)"
+    return (
+        ", ".join(
+            name if default is inspect.Parameter.empty else f"{name}={default!r}" for name, default in accepted.items()
+        )
+        or "(none)"
+    )
 
 
 _registry: Registry | None = None
@@ -476,7 +513,8 @@ def create(kind: str, name: str, *supplied: Any, **options: Any) -> Any:
     return get_registry().create(kind, name, *supplied, **options)
 
 
-def resolve(kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None,
-            sde: SDE | None = None) -> Any:
+def resolve(
+    kind: str, spec: Any, *supplied: Any, options: Mapping[str, Any] | None = None, sde: SDE | None = None
+) -> Any:
     """Build a part from a registered name, a class or an instance (see Registry.resolve)."""
     return get_registry().resolve(kind, spec, *supplied, options=options, sde=sde)

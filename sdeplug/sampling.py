@@ -301,8 +301,10 @@ def sample_ode(
         else None
     )
     t0, t1 = (float(times[0]), float(times[-1])) if times is not None else (sde.T, end_time(sde, eps))
-    monitor = FiniteMonitor((f"ODE solver {part_name(solver if isinstance(solver, str) else ode_solver)!r}",
-                             "final denoising step"), check_finite)
+    monitor = FiniteMonitor(
+        (f"ODE solver {part_name(solver if isinstance(solver, str) else ode_solver)!r}", "final denoising step"),
+        check_finite,
+    )
     flow = probability_flow(sde, counted, batch)
 
     def F(t: Tensor, y: Tensor) -> Tensor:

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.interfaces import SDE
-from sdeplug.parameterization import ParameterizedScore
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
+from sdeplug.parameterization import ParameterizedScore
 
 
 def _positive_int(_inst, attribute, value):
@@ -111,8 +111,9 @@ class Trainer:
         if s.objective == "classifier":
             if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
                 got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
-                raise ValueError(f"objective 'classifier' needs labels: an int64 tensor of shape ({data.shape[0]},); "
-                                 f"got {got}")
+                raise ValueError(
+                    f"objective 'classifier' needs labels: an int64 tensor of shape ({data.shape[0]},); got {got}"
+                )
             self.labels = labels.to(self.device)
             self.loss = NoisyCrossEntropy(sde, eps=s.eps)
         else:

@@ -37,6 +37,22 @@ if PARALLEL_WORKERS:
 
 EXAMPLE_PLUGINS = Path(__file__).parent / "plugins"
 
+#: Contracts that sample thousands of points (SDEs, predictors, correctors) take seconds each;
+#: the kinds checked on closed forms take milliseconds. adaptive_heun needs thousands of tiny
+#: steps at the tight tolerance of its contract.
+SLOW_CONTRACT_KINDS = ("sde", "predictor", "corrector")
+SLOW_CONTRACT_PARTS = ("ode_solver-adaptive_heun",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow contract tests (``make test-fast`` leaves them out); identity parts stay fast."""
+    for item in items:
+        if getattr(item, "function", None) is None or item.function.__name__ != "test_sdeplug_contract":
+            continue
+        kind, name = item.callspec.params["kind"], item.callspec.params["name"]
+        if (kind in SLOW_CONTRACT_KINDS and name != "none") or f"{kind}-{name}" in SLOW_CONTRACT_PARTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def registry():
@@ -69,8 +85,19 @@ def install_example_plugin(tmp_path_factory):
             shutil.copytree(source, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
             target = tmp_path_factory.mktemp(f"site-{source.name}")
             subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                 "--no-index", "--target", str(target), str(copy)],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-build-isolation",
+                    "--no-index",
+                    "--target",
+                    str(target),
+                    str(copy),
+                ],
                 check=True,
                 capture_output=True,
             )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sdeplug_torchsde import METHODS as SDE_METHODS
 
 import sdeplug
 from sdeplug.errors import OptionError
 from sdeplug.oracle import preset
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
+from sdeplug_torchsde import METHODS as SDE_METHODS
 
 N = 2000
 SDES = ["ve", "vp", "subvp"]
@@ -82,12 +82,20 @@ def test_explicit_adams_is_stable_where_torchdiffeqs_default_order_is_not():
 
 
 @pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("solver, options", [("dopri5", {}), ("rk4", {"steps": 50}), ("explicit_adams", {}),
-                                             ("implicit_adams", {})])
+@pytest.mark.parametrize(
+    "solver, options", [("dopri5", {}), ("rk4", {"steps": 50}), ("explicit_adams", {}), ("implicit_adams", {})]
+)
+@pytest.mark.slow
 def test_torchdiffeq_ode_sampler_recovers_the_mixture(mixture, data_null, sde_name, solver, options):
     sde = sdeplug.create("sde", sde_name)
-    result = sample_ode(sde, mixture.score_model(sde), (N, 2), solver=solver, solver_options=options,
-                        generator=torch.Generator().manual_seed(0))
+    result = sample_ode(
+        sde,
+        mixture.score_model(sde),
+        (N, 2),
+        solver=solver,
+        solver_options=options,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g), null=data_null, what=f"{sde_name} {solver}")
 
 
@@ -95,20 +103,38 @@ def test_torchdiffeq_ode_sampler_recovers_the_mixture(mixture, data_null, sde_na
 # the predictor x corrector contract in test_sampling.py.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", SDES)
 def test_torchsde_adaptive_over_the_whole_interval_recovers_the_mixture(mixture, data_null, sde_name):
     sde = sdeplug.create("sde", sde_name)
     options = {"method": "srk", "adaptive": True, "dt": 0.01}  # [eps, T] in one sdeint call
-    result = sample_pc(sde, mixture.score_model(sde), (N, 2), predictor="torchsde", predictor_options=options,
-                       corrector="none", steps=1, generator=torch.Generator().manual_seed(0))
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (N, 2),
+        predictor="torchsde",
+        predictor_options=options,
+        corrector="none",
+        steps=1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g), null=data_null, what=f"{sde_name} adaptive torchsde")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(set(SDE_METHODS) - {"srk"}))
 def test_every_torchsde_method_recovers_the_mixture(mixture, data_null, method):
     sde = sdeplug.create("sde", "vp")
-    result = sample_pc(sde, mixture.score_model(sde), (N, 2), predictor="torchsde", predictor_options={"method": method},
-                       corrector="none", steps=400, generator=torch.Generator().manual_seed(0))
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (N, 2),
+        predictor="torchsde",
+        predictor_options={"method": method},
+        corrector="none",
+        steps=400,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g), null=data_null, what=f"torchsde {method}")
 
 
@@ -119,8 +145,16 @@ def test_torchsde_is_seeded_and_handles_image_shapes():
     sde = sdeplug.create("sde", "vp")
 
     def run(seed):
-        return sample_pc(sde, mixture.score_model(sde), (64, 1, 4, 4), predictor="torchsde", corrector="none",
-                         steps=20, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).x
+        return sample_pc(
+            sde,
+            mixture.score_model(sde),
+            (64, 1, 4, 4),
+            predictor="torchsde",
+            corrector="none",
+            steps=20,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(seed),
+        ).x
 
     a, b = run(1), run(1)
     assert a.shape == (64, 1, 4, 4) and a.dtype == torch.float64

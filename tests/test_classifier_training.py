@@ -13,16 +13,24 @@ import torch
 import sdeplug
 from sdeplug.app.datasets import load_dataset
 from sdeplug.guidance import ClassifierGuidance
+from sdeplug.losses import NoisyCrossEntropy
 from sdeplug.sampling import sample_ode
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.losses import NoisyCrossEntropy
 
 F64 = torch.float64
 
 
 def _settings(**overrides) -> TrainSettings:
-    options = dict(steps=1000, batch_size=256, lr=2e-3, warmup=50, ema_decay=0.99, objective="classifier",
-                   checkpoint_every=None, progress=False)
+    options = dict(
+        steps=1000,
+        batch_size=256,
+        lr=2e-3,
+        warmup=50,
+        ema_decay=0.99,
+        objective="classifier",
+        checkpoint_every=None,
+        progress=False,
+    )
     options.update(overrides)
     return TrainSettings(**options)
 
@@ -36,6 +44,7 @@ def trained():
     return data.mixture, sde, trainer.trained_network().eval()
 
 
+@pytest.mark.slow
 def test_trained_classifier_approaches_the_exact_posterior(trained):
     mixture, sde, network = trained
     exact = mixture.classifier(sde)
@@ -52,6 +61,7 @@ def test_trained_classifier_approaches_the_exact_posterior(trained):
         assert accuracy > bayes - 0.02, f"t = {t}: accuracy {accuracy:.3f}, Bayes {bayes:.3f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2])
 def test_trained_classifier_guides_sampling_into_the_requested_component(trained, k):
     # Measured: 98-99% of guided samples lie in component k (by the exact posterior), against
@@ -71,8 +81,14 @@ def test_classifier_training_resumes_exactly(tmp_path):
     def trainer(path, seed):
         torch.manual_seed(seed)
         network = sdeplug.create("classifier", "mlp_classifier", num_classes=3, width=16, depth=1)
-        return Trainer(network, sde, data.train.float(), _settings(steps=30, batch_size=16),
-                       labels=data.train_labels, checkpoint_path=path)
+        return Trainer(
+            network,
+            sde,
+            data.train.float(),
+            _settings(steps=30, batch_size=16),
+            labels=data.train_labels,
+            checkpoint_path=path,
+        )
 
     straight = trainer(tmp_path / "a.safetensors", 0).fit()
     trainer(tmp_path / "b.safetensors", 0).fit(until=12)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdeplug.app.cli import main
 from sdeplug.app.assemble import check_config
+from sdeplug.app.cli import main
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import load_dataset
 from sdeplug.errors import ConfigError
@@ -63,6 +63,7 @@ def trained(tmp_path_factory):
     return config, tmp / "run"
 
 
+@pytest.mark.slow
 def test_trained_classifier_guides_the_cli_samples(trained, capsys):
     config, out = trained
     train = json.loads((out / "classifier-train.json").read_text())
@@ -87,7 +88,18 @@ def test_inpainting_from_a_guidance_file_keeps_the_known_entries(trained, tmp_pa
     sampler = tmp_path / "pc.toml"
     sampler.write_text('[sampler]\nkind = "pc"\nsteps = 100\n')
     out = tmp_path / "inpaint"
-    args = ["sample", str(config), "--guidance", str(guidance), "--sampler", str(sampler), "--num", "60", "--out", str(out)]
+    args = [
+        "sample",
+        str(config),
+        "--guidance",
+        str(guidance),
+        "--sampler",
+        str(sampler),
+        "--num",
+        "60",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = json.loads((out / "guidance.json").read_text())
     assert report["num_points"] == 20 and report["per_point"] == 3
@@ -107,15 +119,18 @@ def test_guidance_config_errors_name_what_is_wrong(trained, tmp_path, capsys):
         ('[guidance]\nkind = "measurement"\nmatrix = "grey"\n', "needs colour images"),
         ('[guidance]\nkind = "classifier"\nmask = [1, 0]\n', "takes no key 'mask'"),
         ('[guidance]\nkind = "classifier"\n[sample]\nnum = 3\n', "must hold only a [guidance] section"),
-        ('[guidance\n', "cannot read the guidance file"),
+        ("[guidance\n", "cannot read the guidance file"),
     ]:
         bad.write_text(text)
         sampler = ["--sampler", str(Path(__file__).parents[1] / "examples" / "samplers" / "pc.toml")]
         assert main(["sample", str(config), "--guidance", str(bad), "--num", "4", *sampler]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(ConfigError, match="needs \\[sampler\\] kind = 'pc'"):
-        check_config(Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "inpaint", "mask": [1, 0]},
-                          "sampler": {"kind": "ode"}}))
+        check_config(
+            Config.from_dict(
+                {"sde": {"name": "vp"}, "guidance": {"kind": "inpaint", "mask": [1, 0]}, "sampler": {"kind": "ode"}}
+            )
+        )
     with pytest.raises(ConfigError, match="needs a \\[classifier\\] section"):
         check_config(Config.from_dict({"sde": {"name": "vp"}, "guidance": {"kind": "classifier"}}))
     with pytest.raises(ConfigError, match="scale must be a number"):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sdeplug.app.cli import main
 
@@ -56,6 +57,7 @@ def write_config(tmp_path: Path, name: str = "c.toml", sde: str = "vp", steps: i
     return path
 
 
+@pytest.mark.slow
 def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
     config = write_config(tmp_path)
     assert main(["train", str(config)]) == 0
@@ -74,12 +76,25 @@ def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
     assert (tmp_path / "pc" / "samples.png").exists()
 
     sampler = REPO / "examples" / "samplers" / "dopri5.toml"
-    assert main(["sample", str(config), "--sampler", str(sampler), "--out", str(tmp_path / "ode"),
-                 "--checkpoint", str(run / "checkpoint.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(config),
+                "--sampler",
+                str(sampler),
+                "--out",
+                str(tmp_path / "ode"),
+                "--checkpoint",
+                str(run / "checkpoint.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ode" / "summary.json").read_text())["sampler"]["kind"] == "ode"
 
     float64 = tmp_path / "f64.toml"
-    float64.write_text(config.read_text().replace("num = 200\n", "num = 200\ndtype = \"float64\"\n"))
+    float64.write_text(config.read_text().replace("num = 200\n", 'num = 200\ndtype = "float64"\n'))
     assert 'dtype = "float64"' in float64.read_text()
     assert main(["sample", str(float64), "--out", str(tmp_path / "f64"), "--num", "20"]) == 0
     assert np.load(tmp_path / "f64" / "samples.npy").dtype == np.float64
@@ -107,6 +122,7 @@ def test_training_the_oracle_or_sampling_without_a_checkpoint_is_refused(tmp_pat
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     config = write_config(tmp_path, steps=1_000_000, every=50)
     command = [sys.executable, "-m", "sdeplug.app.cli", "train", str(config)]
@@ -126,8 +142,12 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
     assert load_checkpoint(checkpoint)[1]["step"] == step > 0
     shorter = write_config(tmp_path, steps=step + 10, every=50)
-    resumed = subprocess.run([sys.executable, "-m", "sdeplug.app.cli", "train", str(shorter)], capture_output=True,
-                             text=True, env=dict(os.environ))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sdeplug.app.cli", "train", str(shorter)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint} at step {step}" in resumed.stdout
     assert f"trained {step + 10} steps (10 now" in resumed.stdout

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdeplug.app.cli import main
 from sdeplug.app.assemble import check_config
+from sdeplug.app.cli import main
 from sdeplug.app.config import Config, load_config
 from sdeplug.errors import ConfigError, OptionError, UnknownPartError
 
@@ -31,7 +31,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_parts_and_options_are_read_from_toml(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 [sde]
 name = "vp"
 beta_max = 18.0
@@ -49,39 +52,54 @@ variance = "transition"
 name = "langevin"
 snr = 0.1
 n_steps = 2
-"""))
+""",
+        )
+    )
     assert config.sde.options == {"beta_max": 18.0}
-    assert config.sampler.predictor.name == "ancestral" and config.sampler.predictor.options == {"variance": "transition"}
+    assert config.sampler.predictor.name == "ancestral" and config.sampler.predictor.options == {
+        "variance": "transition"
+    }
     assert config.sampler.corrector.options == {"snr": 0.1, "n_steps": 2}
     assert config.sampler.order == "corrector_first"
     assert check_config(config).beta_max == 18.0
 
 
-@pytest.mark.parametrize("text, error, fragment", [
-    ("[sde]\nname='vp'\n[smapler]\nkind='pc'", ConfigError, "no key 'smapler'.*Did you mean 'sampler'"),
-    ("[sampler]\nkind='pc'", ConfigError, r"needs an \[sde\] section"),
-    ("[sde]\nbeta_max=3.0", ConfigError, r"\[sde\] needs a 'name' key"),
-    ("[sde]\nname='vp'\n[sampler]\nkind='sde'", ConfigError, "kind must be one of 'pc', 'ode'"),
-    ("[sde]\nname='vp'\n[sampler]\nsteps=0", ConfigError, "steps must be a positive integer"),
-    ("[sde]\nname='vp'\n[sampler]\nstep=10", ConfigError, "no key 'step'.*Did you mean 'steps'"),
-    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.predictor]\nname='none'", ConfigError, "takes \\[sampler.solver\\]"),
-    ("[sde]\nname='vp'\n[sample]\ndtype='float16'", ConfigError, "dtype must be one of"),
-    ("[sde]\nname='vp'\n[sample]\nprogress='yes'", ConfigError, "progress"),
-    ("[sde]\nname='vp'\nbeta_maxx=3.0", OptionError, "unknown option 'beta_maxx'"),
-    ("[sde]\nname='vq'", UnknownPartError, "unknown sde 'vq'"),
-    ("[sde]\nname='vp'\n[sampler.corrector]\nname='langevin'\nsnr=-1.0", OptionError, "snr"),
-    ("[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk45'", UnknownPartError, "unknown ode_solver 'rk45'"),
-    ("[sde]\nname='vp'\n[data]\nname='moons'", ConfigError, "'oracle' needs an oracle mixture"),
-    ("[sde]\nname='vp'\n[model]\nname='mlp'\nwidht=3", OptionError, "unknown option 'widht'.*Did you mean 'width'"),
-    ("[sde]\nname='vp'\n[model]\nname='transformer'", UnknownPartError, "unknown score_model 'transformer'"),
-    ("[sde]\nname='vp'\n[train]\nsteps=0", ConfigError, "steps must be a positive integer"),
-    ("[sde]\nname='vp'\n[train]\nparameterization='v'", ConfigError, "parameterization"),
-    ("[sde]\nname='vp'\n[train]\nlearning_rate=0.1", ConfigError, "no key 'learning_rate'"),
-    ("[sde\nname='vp'", ConfigError, "not valid TOML"),
-    ("[sde]\nname='vp'\n[likelihood]\ndivergence='trace'", ConfigError, "divergence must be one of"),
-    ("[sde]\nname='vp'\n[likelihood]\nprobe=2", ConfigError, "no key 'probe'.*Did you mean 'probes'"),
-    ("[sde]\nname='vp'\n[likelihood.solver]\nname='dopri5'\nrtoll=1e-3", OptionError, "unknown option 'rtoll'"),
-])
+@pytest.mark.parametrize(
+    "text, error, fragment",
+    [
+        ("[sde]\nname='vp'\n[smapler]\nkind='pc'", ConfigError, "no key 'smapler'.*Did you mean 'sampler'"),
+        ("[sampler]\nkind='pc'", ConfigError, r"needs an \[sde\] section"),
+        ("[sde]\nbeta_max=3.0", ConfigError, r"\[sde\] needs a 'name' key"),
+        ("[sde]\nname='vp'\n[sampler]\nkind='sde'", ConfigError, "kind must be one of 'pc', 'ode'"),
+        ("[sde]\nname='vp'\n[sampler]\nsteps=0", ConfigError, "steps must be a positive integer"),
+        ("[sde]\nname='vp'\n[sampler]\nstep=10", ConfigError, "no key 'step'.*Did you mean 'steps'"),
+        (
+            "[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.predictor]\nname='none'",
+            ConfigError,
+            "takes \\[sampler.solver\\]",
+        ),
+        ("[sde]\nname='vp'\n[sample]\ndtype='float16'", ConfigError, "dtype must be one of"),
+        ("[sde]\nname='vp'\n[sample]\nprogress='yes'", ConfigError, "progress"),
+        ("[sde]\nname='vp'\nbeta_maxx=3.0", OptionError, "unknown option 'beta_maxx'"),
+        ("[sde]\nname='vq'", UnknownPartError, "unknown sde 'vq'"),
+        ("[sde]\nname='vp'\n[sampler.corrector]\nname='langevin'\nsnr=-1.0", OptionError, "snr"),
+        (
+            "[sde]\nname='vp'\n[sampler]\nkind='ode'\n[sampler.solver]\nname='rk45'",
+            UnknownPartError,
+            "unknown ode_solver 'rk45'",
+        ),
+        ("[sde]\nname='vp'\n[data]\nname='moons'", ConfigError, "'oracle' needs an oracle mixture"),
+        ("[sde]\nname='vp'\n[model]\nname='mlp'\nwidht=3", OptionError, "unknown option 'widht'.*Did you mean 'width'"),
+        ("[sde]\nname='vp'\n[model]\nname='transformer'", UnknownPartError, "unknown score_model 'transformer'"),
+        ("[sde]\nname='vp'\n[train]\nsteps=0", ConfigError, "steps must be a positive integer"),
+        ("[sde]\nname='vp'\n[train]\nparameterization='v'", ConfigError, "parameterization"),
+        ("[sde]\nname='vp'\n[train]\nlearning_rate=0.1", ConfigError, "no key 'learning_rate'"),
+        ("[sde\nname='vp'", ConfigError, "not valid TOML"),
+        ("[sde]\nname='vp'\n[likelihood]\ndivergence='trace'", ConfigError, "divergence must be one of"),
+        ("[sde]\nname='vp'\n[likelihood]\nprobe=2", ConfigError, "no key 'probe'.*Did you mean 'probes'"),
+        ("[sde]\nname='vp'\n[likelihood.solver]\nname='dopri5'\nrtoll=1e-3", OptionError, "unknown option 'rtoll'"),
+    ],
+)
 def test_config_errors_name_what_is_wrong(tmp_path, text, error, fragment):
     with pytest.raises(error, match=fragment):
         check_config(load_config(write(tmp_path, text)))
@@ -99,8 +117,9 @@ def test_defaults_are_the_papers():
 
 
 def test_cli_sample_writes_samples_summary_and_plot(tmp_path, capsys):
-    code = main(["sample", str(REPO / "examples" / "ring8_ode.toml"), "--out", str(tmp_path), "--num", "300",
-                 "--no-progress"])
+    code = main(
+        ["sample", str(REPO / "examples" / "ring8_ode.toml"), "--out", str(tmp_path), "--num", "300", "--no-progress"]
+    )
     assert code == 0
     samples = np.load(tmp_path / "samples.npy")
     assert samples.shape == (300, 2) and np.isfinite(samples).all()
@@ -113,8 +132,19 @@ def test_cli_sample_writes_samples_summary_and_plot(tmp_path, capsys):
 
 def test_cli_same_seed_same_samples(tmp_path):
     for name in ("a", "b"):
-        main(["sample", str(REPO / "examples" / "ring8_ode.toml"), "--out", str(tmp_path / name), "--num", "50",
-              "--seed", "7", "--no-progress"])
+        main(
+            [
+                "sample",
+                str(REPO / "examples" / "ring8_ode.toml"),
+                "--out",
+                str(tmp_path / name),
+                "--num",
+                "50",
+                "--seed",
+                "7",
+                "--no-progress",
+            ]
+        )
     assert np.array_equal(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
 
 
@@ -125,7 +155,9 @@ def test_cli_errors_exit_2_with_the_message(tmp_path, capsys):
 
 
 def test_sampling_configs_can_name_the_adaptive_solvers(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [sde]
 name = "vp"
 
@@ -139,7 +171,8 @@ atol = 1e-4
 
 [data]
 name = "mixture3"
-""")
+""",
+    )
     assert main(["sample", str(path), "--out", str(tmp_path / "out"), "--num", "1000", "--no-progress"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["sampler"]["solver"] == {"name": "dopri5", "options": {"rtol": 1e-4, "atol": 1e-4}}

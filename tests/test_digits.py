@@ -14,6 +14,8 @@ from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
 from sdeplug.sampling import sample_ode
 from sdeplug.trainer import Trainer, TrainSettings
 
+pytestmark = pytest.mark.slow  # minutes of training or a pip install: left out of make test-fast
+
 
 @pytest.fixture(scope="module")
 def trained():
@@ -41,8 +43,14 @@ def test_digit_samples_are_recognisable(trained):
     (within 0.1), and the samples spread over the classes like the real ones (total-variation
     distance of class frequencies at most 0.15, no class below 3%)."""
     trainer, dataset = trained
-    x = sample_ode(trainer.sde, trainer.score_model(), (400, 1, 8, 8), solver="dopri5",
-                   solver_options={"rtol": 1e-4, "atol": 1e-4}, generator=torch.Generator().manual_seed(0)).x
+    x = sample_ode(
+        trainer.sde,
+        trainer.score_model(),
+        (400, 1, 8, 8),
+        solver="dopri5",
+        solver_options={"rtol": 1e-4, "atol": 1e-4},
+        generator=torch.Generator().manual_seed(0),
+    ).x
     report = classifier_report(dataset, x)
     print({k: v for k, v in report.items() if "frequencies" not in k})
     assert report["real_test_accuracy"] > 0.9  # the judge itself is good
@@ -58,8 +66,15 @@ def test_bits_per_dim_beat_a_gaussian_fitted_to_the_same_data(trained):
     g = torch.Generator().manual_seed(0)
     test = uniform_dequantize(dataset.test[:200], "[-1,1]", g, levels=17)
     train = uniform_dequantize(dataset.train, "[-1,1]", g, levels=17)
-    result = log_likelihood(trainer.sde, trainer.score_model(), test.float(), divergence="hutchinson", probes=4,
-                            solver_options={"rtol": 1e-4, "atol": 1e-4}, generator=g)
+    result = log_likelihood(
+        trainer.sde,
+        trainer.score_model(),
+        test.float(),
+        divergence="hutchinson",
+        probes=4,
+        solver_options={"rtol": 1e-4, "atol": 1e-4},
+        generator=g,
+    )
     ours = float(result.bits_per_dim("[-1,1]", levels=17).mean())
     gaussian = float(bits_per_dim(gaussian_logp(train, test), 64, "[-1,1]", 17).mean())
     print(f"bits/dim: model {ours:.3f}, Gaussian {gaussian:.3f}")
@@ -80,15 +95,25 @@ def test_a_trained_classifier_guides_the_digits_to_the_requested_class(trained):
     trainer, dataset = trained
     torch.manual_seed(0)
     network = sdeplug.create("classifier", "conv_classifier", num_classes=10, channels=16)
-    settings = TrainSettings(steps=1000, batch_size=128, lr=2e-3, ema_decay=0.995, objective="classifier", progress=False)
+    settings = TrainSettings(
+        steps=1000, batch_size=128, lr=2e-3, ema_decay=0.995, objective="classifier", progress=False
+    )
     classifier = Trainer(network, trainer.sde, dataset.train.float(), settings, labels=dataset.train_labels).fit()
     judge = reference_classifier(dataset)
     wanted = torch.arange(10).repeat(20)
     agreement = {}
     for scale in (0.0, 2.0):
         guided = ClassifierGuidance(trainer.score_model(), classifier.trained_network().eval(), wanted, scale)
-        x = sample_pc(trainer.sde, guided, (200, 1, 8, 8), predictor="unipc", corrector="none", steps=20,
-                      grid="logsnr", generator=torch.Generator().manual_seed(0)).x
+        x = sample_pc(
+            trainer.sde,
+            guided,
+            (200, 1, 8, 8),
+            predictor="unipc",
+            corrector="none",
+            steps=20,
+            grid="logsnr",
+            generator=torch.Generator().manual_seed(0),
+        ).x
         agreement[scale] = float((predicted_labels(judge, x) == wanted).double().mean())
     print(f"agreement with the requested class: {agreement}")
     assert agreement[0.0] < 0.25
@@ -107,9 +132,14 @@ def test_inpainting_completes_held_out_digits(trained):
     originals, labels = dataset.test[:40].float(), dataset.test_labels[:40]
     mask = torch.zeros(1, 8, 8)
     mask[:, :4] = 1
-    x = sample_pc(trainer.sde, trainer.score_model(), (40, 1, 8, 8), steps=250,
-                  constraint=Replacement(trainer.sde, Measurement(originals * mask, mask=mask)),
-                  generator=torch.Generator().manual_seed(0)).x
+    x = sample_pc(
+        trainer.sde,
+        trainer.score_model(),
+        (40, 1, 8, 8),
+        steps=250,
+        constraint=Replacement(trainer.sde, Measurement(originals * mask, mask=mask)),
+        generator=torch.Generator().manual_seed(0),
+    ).x
     torch.testing.assert_close(x[:, :, :4], originals[:, :, :4])
     assert (x[:, :, 4:] - originals[:, :, 4:]).abs().max() > 0.5  # the lower half is generated
     kept = float((predicted_labels(reference_classifier(dataset), x) == labels).double().mean())

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
+
+pytestmark = pytest.mark.slow  # minutes of training or a pip install: left out of make test-fast
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sdeplug-cosine"
 
@@ -18,13 +21,20 @@ def test_example_plugin_passes_its_own_tests(install_example_plugin):
     site = install_example_plugin(EXAMPLE)
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("SDEPLUG_LOAD_PLUGINS", None)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"], cwd=EXAMPLE,
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout
     assert "PASSED tests/test_contracts.py::test_contracts[sde-cosine_vp]" in run.stdout
     assert "PASSED tests/test_contracts.py::test_contracts[predictor-ddim]" in run.stdout
-    assert "sdeplug plugins: " in run.stdout and "cosine (sdeplug-cosine 0.1.0)" in run.stdout  # the pytest plugin's header
+    assert (
+        "sdeplug plugins: " in run.stdout and "cosine (sdeplug-cosine 0.1.0)" in run.stdout
+    )  # the pytest plugin's header
 
 
 def test_example_plugin_is_listed_and_samples_from_its_config(install_example_plugin, tmp_path):

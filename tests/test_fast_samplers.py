@@ -76,14 +76,24 @@ def test_t_from_log_snr_inverts_log_snr(t, name):
 
 def test_samplers_take_a_grid_by_name_with_options():
     sde, mixture = _sde("vp"), preset("ring8")
-    result = sample_pc(sde, mixture.score_model(sde), (4, 2), predictor="dpmpp_2m", corrector="none", steps=6,
-                       grid="edm", grid_options={"rho": 3.0}, dtype=F64)
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (4, 2),
+        predictor="dpmpp_2m",
+        corrector="none",
+        steps=6,
+        grid="edm",
+        grid_options={"rho": 3.0},
+        dtype=F64,
+    )
     torch.testing.assert_close(result.grid, _times("edm", "vp", 6, rho=3.0))
     ode = sample_ode(sde, mixture.score_model(sde), (4, 2), solver="heun", grid="logsnr", steps=5, dtype=F64)
     torch.testing.assert_close(ode.grid, _times("logsnr", "vp", 5))
     assert ode.nfe == 2 * 5 + 1  # Heun's two evaluations per step, plus the final denoising step
-    named_steps = sample_ode(sde, mixture.score_model(sde), (4, 2), solver="euler", solver_options={"steps": 7},
-                             grid="quadratic", dtype=F64)
+    named_steps = sample_ode(
+        sde, mixture.score_model(sde), (4, 2), solver="euler", solver_options={"steps": 7}, grid="quadratic", dtype=F64
+    )
     assert len(named_steps.grid) == 8  # a named grid with no steps takes the solver's own
 
 
@@ -169,6 +179,7 @@ def test_lower_order_final_takes_a_first_order_last_step_in_short_runs():
 # DPM-Solver++(3M): the weight of the second difference -----------------------------------
 
 
+@pytest.mark.slow
 def test_3m_with_the_reference_implementations_weight_is_only_second_order():
     """dpm-solver, diffusers and k-diffusion weigh the second divided difference by phi_3;
     d2 approximates h^2 D''/2, so third order needs 2 phi_3. The kit sees the difference."""
@@ -198,12 +209,23 @@ def test_unipc_raises_the_order_of_its_predictor_by_one():
 # Few evaluations -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_unipc_matches_the_ring_in_ten_score_evaluations(sde_name):
     """The headline of docs/benchmarks.md, as a regression guard: 10 evaluations, the ring."""
     sde, mixture = _sde(sde_name), preset("ring8").to(F64)
-    result = sample_pc(sde, mixture.score_model(sde), (2000, 2), predictor="unipc", corrector="none", steps=10,
-                       grid="logsnr", denoise=False, generator=torch.Generator().manual_seed(0), dtype=F64)
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (2000, 2),
+        predictor="unipc",
+        corrector="none",
+        steps=10,
+        grid="logsnr",
+        denoise=False,
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    )
     assert result.nfe == 10
     null = energy_null(lambda n, g: mixture.sample(n, g), 2000, reps=20)
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g), null=null, z=3.0)
@@ -213,7 +235,16 @@ def test_every_fast_sampler_runs_float32_on_image_shapes():
     sde = _sde("subvp")
     score = GaussianMixture([1.0], [[0.0] * 12], stds=[0.5], event_shape=(3, 2, 2)).score_model(sde)
     for name in ("dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m", "edm_heun", "unipc"):
-        x = sample_pc(sde, score, (3, 3, 2, 2), predictor=name, corrector="none", steps=8, grid="edm",
-                      generator=torch.Generator().manual_seed(0), dtype=torch.float32).x
+        x = sample_pc(
+            sde,
+            score,
+            (3, 3, 2, 2),
+            predictor=name,
+            corrector="none",
+            steps=8,
+            grid="edm",
+            generator=torch.Generator().manual_seed(0),
+            dtype=torch.float32,
+        ).x
         assert x.shape == (3, 3, 2, 2) and x.dtype == torch.float32 and bool(torch.isfinite(x).all()), name
     assert math.isfinite(float(x.std()))

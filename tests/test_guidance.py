@@ -38,6 +38,7 @@ def test_guided_score_with_the_exact_classifier_is_the_class_conditional_score(m
         torch.testing.assert_close(got, mixture.component(k).score(x, tt, sde), rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 @pytest.mark.parametrize("kind", ["pc", "ode"])
 def test_guided_sampling_draws_from_the_requested_component(mixture, sde_name, kind):
@@ -46,8 +47,9 @@ def test_guided_sampling_draws_from_the_requested_component(mixture, sde_name, k
     guided = ClassifierGuidance(mixture.score_model(sde), mixture.classifier(sde), k)
     g = torch.Generator().manual_seed(0)
     if kind == "pc":
-        x = sample_pc(sde, guided, (N, 2), predictor="reverse_diffusion", corrector="langevin", steps=500,
-                      generator=g, dtype=F64).x
+        x = sample_pc(
+            sde, guided, (N, 2), predictor="reverse_diffusion", corrector="langevin", steps=500, generator=g, dtype=F64
+        ).x
     else:
         x = sample_ode(sde, guided, (N, 2), solver="dopri5", generator=g, dtype=F64).x
     true = lambda n, gen: component.sample(n, gen)  # noqa: E731
@@ -84,6 +86,7 @@ EVERY_PART = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), EVERY_PART, ids=[f"{k}-{n}" for k, n in EVERY_PART])
 def test_guidance_works_unchanged_with_every_registered_sampling_part(mixture, kind, name):
     """The guided score is an ordinary score: each part, untouched, lands in the requested class."""
@@ -94,8 +97,9 @@ def test_guidance_works_unchanged_with_every_registered_sampling_part(mixture, k
         steps = 40 if name == "torchsde" else 200
         x = sample_pc(sde, guided, (n, 2), predictor=name, corrector="none", steps=steps, generator=g, dtype=F64).x
     elif kind == "corrector":
-        x = sample_pc(sde, guided, (n, 2), predictor="reverse_diffusion", corrector=name, steps=200, generator=g,
-                      dtype=F64).x
+        x = sample_pc(
+            sde, guided, (n, 2), predictor="reverse_diffusion", corrector=name, steps=200, generator=g, dtype=F64
+        ).x
     else:
         x = sample_ode(sde, guided, (n, 2), solver=name, generator=g, dtype=F64).x
     in_class = mixture.posterior_weights(x)[:, k] > 0.5

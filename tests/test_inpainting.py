@@ -50,6 +50,7 @@ def test_the_conditional_law_matches_rejection_sampling():
     ("sde_name", "kind", "observed", "value"),
     [("ve", "pc", 1, 0.65), ("vp", "ode", 1, 0.65), ("vp", "pc", 0, 0.3), ("ve", "ode", 0, 0.3)],
 )
+@pytest.mark.slow
 def test_exact_measurement_guidance_imputes_the_conditional_law(sde_name, kind, observed, value):
     # x_1 = 0.65: two components stay possible (weights 0.68 / 0.32); x_0 = 0.3: one does.
     mixture, sde = preset("mixture3"), sdeplug.create("sde", sde_name)
@@ -65,6 +66,7 @@ def test_exact_measurement_guidance_imputes_the_conditional_law(sde_name, kind, 
     _check_imputed(x, A, y, mixture.condition(A, y), f"{sde_name} {kind} imputed samples")
 
 
+@pytest.mark.slow
 def test_exact_guidance_recovers_colours_from_a_grey_level():
     # one "pixel" with three channels drawn from a 3-component mixture; A = channel mean
     mixture, sde = random_mixture(3, 3, seed=4, spread=2.5), sdeplug.create("sde", "vp")
@@ -76,31 +78,55 @@ def test_exact_guidance_recovers_colours_from_a_grey_level():
     _check_imputed(x, A, y, law, "colorized samples")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_replacement_with_a_corrector_imputes_a_gaussian(sde_name):
     # a correlated Gaussian, one coordinate observed: the paper's method with Langevin matches
     gaussian, sde = preset("mixture3").component(0), sdeplug.create("sde", sde_name)
     A, y = torch.tensor([[1.0, 0.0]], dtype=F64), torch.tensor([-0.8], dtype=F64)
     known = Measurement(torch.tensor([-0.8, 0.0], dtype=F64), mask=torch.tensor([1.0, 0.0], dtype=F64))
-    x = sample_pc(sde, gaussian.score_model(sde), (N, 2), steps=500, constraint=Replacement(sde, known),
-                  generator=torch.Generator().manual_seed(0), dtype=F64).x
+    x = sample_pc(
+        sde,
+        gaussian.score_model(sde),
+        (N, 2),
+        steps=500,
+        constraint=Replacement(sde, known),
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    ).x
     _check_imputed(x, A, y, gaussian.condition(A, y), f"{sde_name} replacement-imputed samples")
     # the predictor alone leaves x_1 biased (measured: 20 null standard deviations off)
     with pytest.raises(AssertionError, match="do not match"):
-        x = sample_pc(sde, gaussian.score_model(sde), (N, 2), steps=500, corrector="none",
-                      constraint=Replacement(sde, known), generator=torch.Generator().manual_seed(0), dtype=F64).x
+        x = sample_pc(
+            sde,
+            gaussian.score_model(sde),
+            (N, 2),
+            steps=500,
+            corrector="none",
+            constraint=Replacement(sde, known),
+            generator=torch.Generator().manual_seed(0),
+            dtype=F64,
+        ).x
         _check_imputed(x, A, y, gaussian.condition(A, y), "predictor-only replacement")
 
 
+@pytest.mark.slow
 def test_replacement_projection_imputes_a_gaussian_colour():
     gaussian, sde = random_mixture(3, 1, seed=2), sdeplug.create("sde", "ve")
     A, y = torch.tensor([[1 / 3, 1 / 3, 1 / 3]], dtype=F64), torch.tensor([0.2], dtype=F64)
-    x = sample_pc(sde, gaussian.score_model(sde), (N, 3), steps=500,
-                  constraint=Replacement(sde, Measurement(y, matrix=A)),
-                  generator=torch.Generator().manual_seed(0), dtype=F64).x
+    x = sample_pc(
+        sde,
+        gaussian.score_model(sde),
+        (N, 3),
+        steps=500,
+        constraint=Replacement(sde, Measurement(y, matrix=A)),
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    ).x
     _check_imputed(x, A, y, gaussian.condition(A, y), "replacement-colorized samples")
 
 
+@pytest.mark.slow
 def test_replacement_misses_a_multimodal_conditional():
     # Known limitation of the paper's method, pinned: given x_0 = 0.3 only component 2 is
     # possible (x_1 near -1.2), but the replacement method has settled x_1 while x_0 was
@@ -108,8 +134,15 @@ def test_replacement_misses_a_multimodal_conditional():
     # components' x_1 (0.5 and 0.8). The exact route above does not.
     mixture, sde = preset("mixture3"), sdeplug.create("sde", "vp")
     known = Measurement(torch.tensor([0.3, 0.0], dtype=F64), mask=torch.tensor([1.0, 0.0], dtype=F64))
-    x = sample_pc(sde, mixture.score_model(sde), (N, 2), steps=300, constraint=Replacement(sde, known),
-                  generator=torch.Generator().manual_seed(0), dtype=F64).x
+    x = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (N, 2),
+        steps=300,
+        constraint=Replacement(sde, known),
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    ).x
     assert (x[:, 0] == 0.3).all()
     wrong_mode = float((x[:, 1] > 0).double().mean())  # the exact conditional puts 3e-5 there
     assert wrong_mode > 0.3
@@ -150,6 +183,7 @@ def test_measurement_errors_name_what_is_wrong():
         LikelihoodGuidance(lambda x, t: x, lambda x, t: x)(torch.zeros(4, 2), torch.full((4,), 0.5))
 
 
+@pytest.mark.slow
 def test_colorizing_tiny_colour_images_by_replacement():
     # "images" of 3 x 2 x 2 from a correlated Gaussian; the grey level of each pixel is known
     from sdeplug.app.config import GuidanceConfig
@@ -162,9 +196,16 @@ def test_colorizing_tiny_colour_images_by_replacement():
     y = torch.tensor([0.3, -0.2, 0.1, 0.5], dtype=F64)
     # With one Langevin step per time the 8 unknown directions end 15 null standard deviations
     # off (measured); with five they pass. The exact route needs no corrector.
-    x = sample_pc(sde, gaussian.score_model(sde), (N, 3, 2, 2), steps=500, corrector_options={"n_steps": 5},
-                  constraint=Replacement(sde, Measurement(y, matrix=A)),
-                  generator=torch.Generator().manual_seed(0), dtype=F64).x
+    x = sample_pc(
+        sde,
+        gaussian.score_model(sde),
+        (N, 3, 2, 2),
+        steps=500,
+        corrector_options={"n_steps": 5},
+        constraint=Replacement(sde, Measurement(y, matrix=A)),
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    ).x
     _check_imputed(x, A, y, gaussian.condition(A, y), "colorized tiny images")
     exact = LikelihoodGuidance(gaussian.score_model(sde), gaussian.measurement_log_likelihood(sde, A, y))
     x = sample_ode(sde, exact, (N, 3, 2, 2), solver="dopri5", generator=torch.Generator().manual_seed(0), dtype=F64).x

@@ -15,11 +15,29 @@ ROOT = Path(__file__).parents[1]
 PACKAGE = ROOT / "sdeplug"
 
 #: The plugin API: what a plugin codes against.
-PLUGIN_API = {"sdeplug", "sdeplug.errors", "sdeplug.tensors", "sdeplug.interfaces", "sdeplug.hookspecs",
-              "sdeplug.registry", "sdeplug.grids"}
+PLUGIN_API = {
+    "sdeplug",
+    "sdeplug.errors",
+    "sdeplug.tensors",
+    "sdeplug.interfaces",
+    "sdeplug.hookspecs",
+    "sdeplug.registry",
+    "sdeplug.grids",
+    "sdeplug.extras",
+}
 #: The library: sampling, likelihood, guidance, training and the testing kit, usable from Python.
-LIBRARY = {"sdeplug.sampling", "sdeplug.likelihood", "sdeplug.guidance", "sdeplug.oracle", "sdeplug.parameterization",
-           "sdeplug.losses", "sdeplug.trainer", "sdeplug.checkpoint", "sdeplug.testing"}
+LIBRARY = {
+    "sdeplug.sampling",
+    "sdeplug.likelihood",
+    "sdeplug.guidance",
+    "sdeplug.oracle",
+    "sdeplug.parameterization",
+    "sdeplug.losses",
+    "sdeplug.trainer",
+    "sdeplug.checkpoint",
+    "sdeplug.stats",
+    "sdeplug.testing",
+}
 #: The application: configs, the command line and what they assemble.
 APPLICATION = {"sdeplug.app"}
 
@@ -47,8 +65,12 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             # ``from sdeplug import sampling`` imports a module; ``from sdeplug import SDE`` a name
-            found |= {f"{node.module}.{alias.name}" for alias in node.names if node.module == "sdeplug"
-                      and ((PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir())}
+            found |= {
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if node.module == "sdeplug"
+                and ((PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir())
+            }
     return {name for name in found if name == "sdeplug" or name.startswith("sdeplug.")}
 
 
@@ -89,7 +111,9 @@ def test_plugins_use_the_plugin_api_only(path):
 def test_the_check_sees_a_violation(tmp_path):
     """The reader of imports finds one inside a function too, and the layers refuse it."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from sdeplug import SDE, sampling\n\ndef f():\n    from sdeplug.app.cli import main\n    return main\n")
+    bad.write_text(
+        "from sdeplug import SDE, sampling\n\ndef f():\n    from sdeplug.app.cli import main\n    return main\n"
+    )
     assert _imports(bad) == {"sdeplug", "sdeplug.sampling", "sdeplug.app.cli"}
     assert _layer("sdeplug.sampling") == "library"
     assert _layer("sdeplug.app.cli") not in ALLOWED["library"]

@@ -33,6 +33,7 @@ def _setup(dim: int, sde_name: str, n: int, seed: int = 0):
     return mixture, sde, x, exact, terminal_logp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [2, 16])
 @pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
 def test_exact_divergence_likelihood_matches_the_oracle(dim, sde_name):
@@ -43,8 +44,14 @@ def test_exact_divergence_likelihood_matches_the_oracle(dim, sde_name):
     model (tested below), not an error of the computation.
     """
     mixture, sde, x, exact, terminal_logp = _setup(dim, sde_name, 64)
-    result = log_likelihood(sde, mixture.score_model(sde), x, solver="dopri5",
-                            solver_options={"rtol": 1e-6, "atol": 1e-6}, prior_logp=terminal_logp)
+    result = log_likelihood(
+        sde,
+        mixture.score_model(sde),
+        x,
+        solver="dopri5",
+        solver_options={"rtol": 1e-6, "atol": 1e-6},
+        prior_logp=terminal_logp,
+    )
     error_per_dim = (result.logp - exact).abs() / dim
     assert float(error_per_dim.max()) < 1e-3, float(error_per_dim.max())
     assert result.logp.shape == (64,) and result.dim == dim and result.nfe > 10
@@ -62,6 +69,7 @@ def test_with_the_sdes_prior_the_gap_is_only_the_prior_mismatch(sde_name):
     assert float(gap.abs().max()) / 2 < 1e-2
 
 
+@pytest.mark.slow
 def test_hutchinson_is_unbiased_and_more_probes_shrink_its_spread():
     mixture, sde, x, _, terminal_logp = _setup(16, "vp", 4, seed=3)
     score = mixture.score_model(sde)
@@ -73,8 +81,15 @@ def test_hutchinson_is_unbiased_and_more_probes_shrink_its_spread():
     for noise in ("rademacher", "gaussian"):
         for probes in (1, 4):
             estimate = log_likelihood(
-                sde, score, xs, solver_options=options, divergence="hutchinson", probes=probes, noise=noise,
-                generator=torch.Generator().manual_seed(probes), prior_logp=terminal_logp,
+                sde,
+                score,
+                xs,
+                solver_options=options,
+                divergence="hutchinson",
+                probes=probes,
+                noise=noise,
+                generator=torch.Generator().manual_seed(probes),
+                prior_logp=terminal_logp,
             ).logp.reshape(4, copies)
             mean, stderr = estimate.mean(1), estimate.std(1) / math.sqrt(copies)
             assert torch.all((mean - reference).abs() <= 4 * stderr), (noise, probes, mean - reference, stderr)
@@ -84,6 +99,7 @@ def test_hutchinson_is_unbiased_and_more_probes_shrink_its_spread():
         assert torch.all(ratio < 0.65) and torch.all(ratio > 0.35), ratio  # theory: 1 / sqrt(4)
 
 
+@pytest.mark.slow
 def test_any_registered_solver_and_image_shapes_and_float32():
     mixture = random_mixture(16, 3, seed=5, event_shape=(1, 4, 4))
     sde = sdeplug.create("sde", "subvp")
@@ -139,7 +155,9 @@ def test_cli_likelihood_on_oracle_samples_and_on_files(tmp_path):
     np.save(tmp_path / "points.npy", points.numpy())
     torch.save(points, tmp_path / "points.pt")
     for name in ("points.npy", "points.pt"):
-        text = config.read_text().replace('divergence = "exact"', f'divergence = "exact"\ndata_file = "{tmp_path / name}"')
+        text = config.read_text().replace(
+            'divergence = "exact"', f'divergence = "exact"\ndata_file = "{tmp_path / name}"'
+        )
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         assert main(["likelihood", str(path), "--out", str(tmp_path / f"out-{name}")]) == 0

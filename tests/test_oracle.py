@@ -20,8 +20,10 @@ F64 = torch.float64
 def torch_mixture_at(mixture: GaussianMixture, sde=None, t: float | None = None) -> MixtureSameFamily:
     """p_t built directly by torch.distributions: components N(alpha mu, alpha^2 C + sigma^2 I)."""
     mixture = mixture.to(F64)
-    evecs = mixture.evecs if mixture.evecs is not None else torch.eye(mixture.dim, dtype=F64).expand(
-        mixture.num_components, -1, -1
+    evecs = (
+        mixture.evecs
+        if mixture.evecs is not None
+        else torch.eye(mixture.dim, dtype=F64).expand(mixture.num_components, -1, -1)
     )
     covs = evecs @ torch.diag_embed(mixture.evals) @ evecs.transpose(-1, -2)
     means = mixture.means
@@ -64,6 +66,7 @@ def test_data_law_log_prob(name):
     torch.testing.assert_close(mixture.log_prob(x), reference.log_prob(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mixture3", "full4"])
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_samples_of_p_t_match_torch_distributions(name, sde_name):

@@ -138,6 +138,7 @@ def test_every_hook_is_documented_in_the_plugin_guide():
 # Real distributions, installed by pip into their own folders (see conftest.install_example_plugin).
 
 
+@pytest.mark.slow
 def test_third_party_plugin_is_listed_and_used_from_a_config(install_example_plugin, tmp_path):
     site = install_example_plugin("thirdparty")
     listing = run_cli("plugins", site=site)
@@ -157,12 +158,14 @@ def test_third_party_plugin_is_listed_and_used_from_a_config(install_example_plu
     assert (tmp_path / "samples.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_without_the_plugin_its_names_are_unknown(tmp_path):
     run = run_cli("sample", str(EXAMPLE_PLUGINS / "thirdparty" / "ou.toml"), "--out", str(tmp_path))
     assert run.returncode == 2
     assert "unknown sde 'ou'" in run.stderr and "known sdes: subvp, ve, vp" in run.stderr
 
 
+@pytest.mark.slow
 def test_broken_plugin_is_reported_and_the_rest_keep_working(install_example_plugin):
     run = run_cli("plugins", site=install_example_plugin("broken"))
     assert run.returncode == 1
@@ -171,6 +174,7 @@ def test_broken_plugin_is_reported_and_the_rest_keep_working(install_example_plu
     assert "reverse_diffusion" in run.stdout and "reference" in run.stdout
 
 
+@pytest.mark.slow
 def test_installed_duplicate_is_an_error_naming_both(install_example_plugin, tmp_path):
     site = install_example_plugin("duplicate")
     listing = run_cli("plugins", site=site)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import sdeplug
+from sdeplug.grids import log_snr_grid
 from sdeplug.guidance import Measurement, Replacement
 from sdeplug.oracle import GaussianMixture, preset
 from sdeplug.sampling import sample_ode, sample_pc
-from sdeplug.grids import log_snr_grid
 from sdeplug.testing import observed_order
 
 F64 = torch.float64
@@ -55,8 +55,9 @@ def test_a_constraint_returning_a_new_tensor_keeps_the_order_when_asked(name, op
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     common = dict(predictor=name, corrector="none", steps=12, grid="logsnr", denoise=False, x_init=x_T, dtype=F64)
     free = sample_pc(sde, score, **common, predictor_options=options).x
-    kept = sample_pc(sde, score, **common, predictor_options={**options, "on_jump": "keep"},
-                     constraint=_copying_constraint()).x
+    kept = sample_pc(
+        sde, score, **common, predictor_options={**options, "on_jump": "keep"}, constraint=_copying_constraint()
+    ).x
     torch.testing.assert_close(kept, free, rtol=0, atol=0)
     # the documented default: a jump restarts the history, so every step is first order
     restarted = sample_pc(sde, score, **common, predictor_options=options, constraint=_copying_constraint())
@@ -86,9 +87,19 @@ def _inpainting_order(on_jump: str, sde_name: str) -> tuple[float, list[float]]:
     exact = a_end * means[1] + (S_end / S_T) * (x_T[:, 1] - a_T * means[1])
     steps, errors = (16, 32, 64, 128), []
     for k in steps:
-        x = sample_pc(sde, score, predictor="dpmpp_2m", predictor_options={"on_jump": on_jump}, corrector="none",
-                      grid=log_snr_grid(sde, k, t_end), denoise=False, x_init=x_T,
-                      constraint=Replacement(sde, known), generator=torch.Generator().manual_seed(0), dtype=F64).x
+        x = sample_pc(
+            sde,
+            score,
+            predictor="dpmpp_2m",
+            predictor_options={"on_jump": on_jump},
+            corrector="none",
+            grid=log_snr_grid(sde, k, t_end),
+            denoise=False,
+            x_init=x_T,
+            constraint=Replacement(sde, known),
+            generator=torch.Generator().manual_seed(0),
+            dtype=F64,
+        ).x
         errors.append(float((x[:, 1] - exact).abs().max() / S_end))
     return observed_order(steps, errors), errors
 
@@ -114,8 +125,17 @@ def test_a_corrector_is_reported_as_a_jump():
     sde = sdeplug.create("sde", "vp")
     score = preset("mixture3").score_model(sde)
     runs = {
-        on_jump: sample_pc(sde, score, (200, 2), predictor="dpmpp_2m", predictor_options={"on_jump": on_jump},
-                           corrector="langevin", steps=20, generator=torch.Generator().manual_seed(0), dtype=F64).x
+        on_jump: sample_pc(
+            sde,
+            score,
+            (200, 2),
+            predictor="dpmpp_2m",
+            predictor_options={"on_jump": on_jump},
+            corrector="langevin",
+            steps=20,
+            generator=torch.Generator().manual_seed(0),
+            dtype=F64,
+        ).x
         for on_jump in ("restart", "keep")
     }
     assert (runs["restart"] - runs["keep"]).abs().max() > 1e-6
@@ -148,8 +168,16 @@ def test_the_ode_callback_sees_every_evaluation():
     sde = sdeplug.create("sde", "ve")
     score = preset("mixture3").score_model(sde)
     seen = []
-    result = sample_ode(sde, score, (20, 2), solver="heun", steps=5, dtype=F64,
-                        generator=torch.Generator().manual_seed(0), callback=seen.append)
+    result = sample_ode(
+        sde,
+        score,
+        (20, 2),
+        solver="heun",
+        steps=5,
+        dtype=F64,
+        generator=torch.Generator().manual_seed(0),
+        callback=seen.append,
+    )
     assert len(seen) == result.nfe - 1  # every evaluation of the flow; the last one is the final denoising
     assert [info["i"] for info in seen] == list(range(len(seen)))
     info = seen[3]
@@ -162,6 +190,14 @@ def test_a_non_linear_sde_gives_no_data_prediction():
 
     sde = TanhSDE()
     seen = []
-    sample_pc(sde, lambda x, t: -x, (10, 2), predictor="euler_maruyama", corrector="none", steps=3,
-              callback=seen.append, generator=torch.Generator().manual_seed(0))
+    sample_pc(
+        sde,
+        lambda x, t: -x,
+        (10, 2),
+        predictor="euler_maruyama",
+        corrector="none",
+        steps=3,
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(seen) == 3 and all(info["denoised"] is None for info in seen)

@@ -114,22 +114,40 @@ def test_the_samplers_take_every_form_alike():
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     cls = sdeplug.get_registry().get("predictor", "unipc").cls
     built = cls(VP, SCORE, order=3)
-    runs = [sample_pc(VP, SCORE, (50, 2), predictor=spec, predictor_options=options, corrector="none", steps=6,
-                      grid=grid, generator=g(), dtype=F64)
-            for spec, options, grid in (("unipc", {"order": 3}, "logsnr"),
-                                        (cls, {"order": 3}, sdeplug.get_registry().get("time_grid", "logsnr").cls),
-                                        (built, None, sdeplug.create("time_grid", "logsnr")))]
+    runs = [
+        sample_pc(
+            VP,
+            SCORE,
+            (50, 2),
+            predictor=spec,
+            predictor_options=options,
+            corrector="none",
+            steps=6,
+            grid=grid,
+            generator=g(),
+            dtype=F64,
+        )
+        for spec, options, grid in (
+            ("unipc", {"order": 3}, "logsnr"),
+            (cls, {"order": 3}, sdeplug.get_registry().get("time_grid", "logsnr").cls),
+            (built, None, sdeplug.create("time_grid", "logsnr")),
+        )
+    ]
     for run in runs[1:]:
         torch.testing.assert_close(run.x, runs[0].x, rtol=0, atol=0)
         assert run.nfe == runs[0].nfe == 7  # the built part's score is replaced by the counted one
     heun = sdeplug.get_registry().get("ode_solver", "heun").cls
-    odes = [sample_ode(VP, SCORE, (20, 2), solver=spec, solver_options=options, generator=g(), dtype=F64)
-            for spec, options in (("heun", {"steps": 5}), (heun, {"steps": 5}), (heun(steps=5), None))]
+    odes = [
+        sample_ode(VP, SCORE, (20, 2), solver=spec, solver_options=options, generator=g(), dtype=F64)
+        for spec, options in (("heun", {"steps": 5}), (heun, {"steps": 5}), (heun(steps=5), None))
+    ]
     for run in odes[1:]:
         torch.testing.assert_close(run.x, odes[0].x, rtol=0, atol=0)
     x = preset("mixture3").sample(5, g()).to(F64)
-    lls = [log_likelihood(VP, SCORE, x, solver=spec, solver_options=options).logp
-           for spec, options in (("heun", {"steps": 20}), (heun, {"steps": 20}), (heun(steps=20), None))]
+    lls = [
+        log_likelihood(VP, SCORE, x, solver=spec, solver_options=options).logp
+        for spec, options in (("heun", {"steps": 20}), (heun, {"steps": 20}), (heun(steps=20), None))
+    ]
     for ll in lls[1:]:
         torch.testing.assert_close(ll, lls[0], rtol=0, atol=0)
 
@@ -143,8 +161,10 @@ def test_a_built_predictor_for_another_sde_is_refused():
 
 def test_the_testing_kit_takes_every_form_alike():
     grid_cls = sdeplug.get_registry().get("time_grid", "edm").cls
-    reports = [check_time_grid(spec, sdes=[VP], options=options)
-               for spec, options in (("edm", {"rho": 3.0}), (grid_cls, {"rho": 3.0}), (grid_cls(rho=3.0), None))]
+    reports = [
+        check_time_grid(spec, sdes=[VP], options=options)
+        for spec, options in (("edm", {"rho": 3.0}), (grid_cls, {"rho": 3.0}), (grid_cls(rho=3.0), None))
+    ]
     assert reports[0].passed == reports[1].passed == reports[2].passed
     heun = sdeplug.get_registry().get("ode_solver", "heun").cls
     assert check_ode_solver(heun(steps=50)).passed == check_ode_solver("heun", options={"steps": 50}).passed

@@ -25,12 +25,7 @@ SDES = ["ve", "vp", "subvp"]
 _REGISTRY = sdeplug.get_registry()
 # Every predictor with every corrector. A predictor alone (corrector "none") is part of
 # each predictor's own contract (tests/test_contracts.py), so it is not repeated here.
-COMBOS = [
-    (p, c)
-    for p in _REGISTRY.names("predictor")
-    for c in _REGISTRY.names("corrector")
-    if c != "none"
-]
+COMBOS = [(p, c) for p in _REGISTRY.names("predictor") for c in _REGISTRY.names("corrector") if c != "none"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +57,7 @@ def _corrector_options(predictor: str, corrector: str) -> dict:
     return {"n_steps": 5} if predictor == "none" else {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", SDES)
 @pytest.mark.parametrize("predictor, corrector", COMBOS)
 def test_pc_sampling_recovers_the_mixture(mixture, data_null, sde_name, predictor, corrector):
@@ -79,6 +75,7 @@ def test_pc_sampling_recovers_the_mixture(mixture, data_null, sde_name, predicto
     assert_same_law(result.x, _true(mixture), null=data_null, what=f"{sde_name} {predictor}+{corrector} samples")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", SDES)
 @pytest.mark.parametrize("solver, steps", [("euler", 500), ("heun", 100)])
 def test_probability_flow_ode_recovers_the_mixture(mixture, data_null, sde_name, solver, steps):
@@ -90,29 +87,40 @@ def test_probability_flow_ode_recovers_the_mixture(mixture, data_null, sde_name,
     assert_same_law(result.x, _true(mixture), null=data_null, what=f"{sde_name} {solver} ODE samples")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", SDES)
 def test_corrector_first_order_recovers_the_mixture(mixture, data_null, sde_name):
     sde = sdeplug.create("sde", sde_name)
     result = sample_pc(
-        sde, mixture.score_model(sde), (N, 2), order="corrector_first", steps=STEPS,
+        sde,
+        mixture.score_model(sde),
+        (N, 2),
+        order="corrector_first",
+        steps=STEPS,
         generator=torch.Generator().manual_seed(1),
     )
     assert_same_law(result.x, _true(mixture), null=data_null)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_the_check_rejects_a_wrong_score(mixture, data_null, sde_name):
     """The two-sample check has power: a score 20% too weak gives samples that are too spread."""
     sde = sdeplug.create("sde", sde_name)
     model = mixture.score_model(sde)
     result = sample_pc(
-        sde, lambda x, t: 0.8 * model(x, t), (N, 2), corrector="none", steps=STEPS,
+        sde,
+        lambda x, t: 0.8 * model(x, t),
+        (N, 2),
+        corrector="none",
+        steps=STEPS,
         generator=torch.Generator().manual_seed(0),
     )
     with pytest.raises(AssertionError, match="do not match"):
         assert_same_law(result.x, _true(mixture), null=data_null)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_per_sample_norms_do_not_leave_p_t_invariant(mixture, sde_name):
     """Documented behaviour: norm="sample" makes the step h(x) depend on x, and Langevin with a
@@ -141,12 +149,23 @@ def test_same_seed_same_samples_and_other_seed_other_samples(mixture):
 def test_nfe_counts_every_score_evaluation(mixture):
     sde = sdeplug.create("sde", "ve")
     result = sample_pc(
-        sde, mixture.score_model(sde), (8, 2), steps=10, corrector_options={"n_steps": 3},
+        sde,
+        mixture.score_model(sde),
+        (8, 2),
+        steps=10,
+        corrector_options={"n_steps": 3},
         generator=torch.Generator().manual_seed(0),
     )
     assert result.nfe == 10 * (1 + 3) + 1  # predictor, three corrector steps, final denoising
-    result = sample_pc(sde, mixture.score_model(sde), (8, 2), steps=10, predictor="none", denoise=False,
-                       generator=torch.Generator().manual_seed(0))
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (8, 2),
+        steps=10,
+        predictor="none",
+        denoise=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.nfe == 10
 
 
@@ -206,8 +225,15 @@ def test_image_shaped_samples_in_float64_on_a_custom_grid():
     mixture = random_mixture(16, 3, seed=5, event_shape=(1, 4, 4)).to(torch.float64)
     sde = sdeplug.create("sde", "ve")
     grid = 1.0 - torch.linspace(0, 1, 301, dtype=torch.float64) ** 2 * (1.0 - 1e-5)  # denser near T
-    result = sample_pc(sde, mixture.score_model(sde), (500, 1, 4, 4), grid=grid, corrector="none",
-                       dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = sample_pc(
+        sde,
+        mixture.score_model(sde),
+        (500, 1, 4, 4),
+        grid=grid,
+        corrector="none",
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.x.shape == (500, 1, 4, 4) and result.x.dtype == torch.float64
     assert torch.equal(result.grid, grid)
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g))
@@ -241,6 +267,7 @@ def test_parts_that_need_a_linear_sde_say_so():
     with pytest.raises(IncompatiblePartError, match="annealed_langevin.*marginal_prob"):
         sample_pc(sde, lambda x, t: -x, (4, 2), corrector="annealed_langevin")
     # Euler-Maruyama and Langevin work for any SDE, and denoising falls back to reverse diffusion.
-    result = sample_pc(sde, lambda x, t: -x, (4, 2), predictor="euler_maruyama", steps=5,
-                       generator=torch.Generator().manual_seed(0))
+    result = sample_pc(
+        sde, lambda x, t: -x, (4, 2), predictor="euler_maruyama", steps=5, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(result.x).all()

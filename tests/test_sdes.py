@@ -63,7 +63,8 @@ def test_prior_logp_is_the_normal_density(sde, shape, seed):
 
 @pytest.mark.parametrize("name", ["vp", "ve"])
 def test_ddpm_and_smld_discretisations(name):
-    """VP: x_t = sqrt(1 - beta_i) x + sqrt(beta_i) z with alpha(t)^2 / alpha(t-dt)^2 = 1 - beta_i. VE: G^2 = sigma_t^2 - sigma_{t-dt}^2."""
+    """VP: x_t = sqrt(1 - beta_i) x + sqrt(beta_i) z with alpha(t)^2 / alpha(t-dt)^2 = 1 - beta_i.
+    VE: G^2 = sigma_t^2 - sigma_{t-dt}^2."""
     sde = sdeplug.create("sde", name)
     t, dt = torch.tensor([0.6], dtype=F64), torch.tensor([0.01], dtype=F64)
     x = torch.tensor([[1.5, -2.0]], dtype=F64)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sdeplug_reference import VPSDE, Euler, EulerMaruyama, Heun, Langevin
 
 import sdeplug
 from sdeplug.interfaces import ReverseSDE
@@ -20,6 +19,7 @@ from sdeplug.testing.contracts import (
     check_predictor,
     check_sde,
 )
+from sdeplug_reference import VPSDE, Euler, EulerMaruyama, Heun, Langevin
 
 
 @attrs.frozen
@@ -60,6 +60,7 @@ def test_a_marginal_std_off_by_a_factor_is_caught():
         check_sde(StdOffByAFactor)
 
 
+@pytest.mark.slow
 def test_a_prior_without_its_normaliser_is_caught():
     with pytest.raises(ContractError, match="prior_logp is not the normalised density.*normalising constant"):
         check_sde(PriorWithoutNormaliser)
@@ -83,6 +84,7 @@ class NoiseScaledByDt(EulerMaruyama):
         return mean + per_sample(self._reverse.diffusion(t) * (-dt), x) * randn_like(x, generator), None
 
 
+@pytest.mark.slow
 def test_a_step_of_lower_order_than_declared_is_caught():
     vp = sdeplug.create("sde", "vp")
     with pytest.raises(ContractError, match=r"observed weak order 1\.\d+ is below its declared weak_order 2"):

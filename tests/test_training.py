@@ -12,17 +12,17 @@ from problems import TanhSDE
 from torch import nn
 
 import sdeplug
-from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sdeplug.app.datasets import load_dataset
 from sdeplug.app.arrays import load_array
+from sdeplug.app.datasets import load_dataset
+from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sdeplug.errors import ConfigError
 from sdeplug.likelihood import log_likelihood
+from sdeplug.losses import DenoisingScoreMatching
 from sdeplug.oracle import preset
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
 from sdeplug.trainer import Trainer, TrainSettings
-from sdeplug.losses import DenoisingScoreMatching
 
 F64 = torch.float64
 
@@ -32,8 +32,9 @@ class TinyNet(nn.Module):
 
     def __init__(self, dim: int = 2, width: int = 64) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 2, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                                 nn.Linear(width, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + 2, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, dim)
+        )
 
     def forward(self, x, t):
         return self.net(torch.cat([x, torch.sin(6 * t)[:, None], torch.cos(6 * t)[:, None]], dim=1))
@@ -59,12 +60,14 @@ def test_loss_is_the_papers_formula_for_every_parameterization(sde_name):
     out = net(xt, t).detach()
     expected = {
         # lambda = sigma^2: ||sigma s + z||^2, per entry, averaged
-        "noise": ((z - out) ** 2).mean(1).mean(),                        # sigma s = -eps_hat
+        "noise": ((z - out) ** 2).mean(1).mean(),  # sigma s = -eps_hat
         "data": ((alpha * (out - x0) / std[:, None]) ** 2).mean(1).mean(),  # sigma s + z = alpha (x0_hat - x0) / sigma
         "score": ((std[:, None] * out + z) ** 2).mean(1).mean(),
     }
     for parameterization, value in expected.items():
-        loss = DenoisingScoreMatching(sde)(ParameterizedScore(net, sde, parameterization), x0, torch.Generator().manual_seed(7))
+        loss = DenoisingScoreMatching(sde)(
+            ParameterizedScore(net, sde, parameterization), x0, torch.Generator().manual_seed(7)
+        )
         torch.testing.assert_close(loss.detach(), value)
     summed = DenoisingScoreMatching(sde, reduction="sum")(net, x0, torch.Generator().manual_seed(7))
     torch.testing.assert_close(summed.detach(), ((std[:, None] * out + z) ** 2).sum(1).mean())
@@ -96,6 +99,7 @@ def test_loss_refuses_an_sde_without_a_perturbation_kernel():
         ParameterizedScore(TinyNet(), TanhSDE(), "noise")
 
 
+@pytest.mark.slow
 def test_loss_trains_a_plain_module_in_a_hand_written_loop():
     """No Trainer: Adam on the loss brings a plain module's loss to the exact score's (the minimum)."""
     sde = sdeplug.create("sde", "vp")
@@ -140,6 +144,7 @@ def trained_mixture_model():
     return trainer, dataset
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pc", "ode"])
 def test_trained_model_samples_pass_the_two_sample_test(trained_mixture_model, kind):
     """Tolerance: the same as for the exact score, 5 null standard deviations at n = 2000."""
@@ -150,10 +155,12 @@ def test_trained_model_samples_pass_the_two_sample_test(trained_mixture_model, k
         x = sample_pc(sde, score, (2000, 2), steps=500, generator=g).x
     else:
         x = sample_ode(sde, score, (2000, 2), solver="dopri5", generator=g).x
-    assert_same_law(x, lambda n, gen: mixture.sample(n, gen),
-                    null=energy_null(lambda n, gen: mixture.sample(n, gen), 2000))
+    assert_same_law(
+        x, lambda n, gen: mixture.sample(n, gen), null=energy_null(lambda n, gen: mixture.sample(n, gen), 2000)
+    )
 
 
+@pytest.mark.slow
 def test_trained_model_likelihood_is_close_to_the_exact_density(trained_mixture_model):
     """On 500 held-out points: mean log-likelihood within 0.03 nats per dimension of the exact
     log p_eps, and per point within 0.1 nats per dimension on average."""

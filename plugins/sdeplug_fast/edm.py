@@ -32,8 +32,9 @@ class EDMHeun(Predictor):
 
     sde: LinearSDE
     score: ScoreFn
-    churn: float = attrs.field(default=0.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0),
-                                                                     v.le(2**0.5 - 1)])
+    churn: float = attrs.field(
+        default=0.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0), v.le(2**0.5 - 1)]
+    )
     s_noise: float = attrs.field(default=1.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0)])
     s_tmin: float = attrs.field(default=0.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0)])
     s_tmax: float = attrs.field(default=float("inf"), kw_only=True, validator=[v.instance_of((int, float))])
@@ -45,8 +46,16 @@ class EDMHeun(Predictor):
         """dy/ds = -sigma(t) score(alpha y, t)."""
         return -level.sigma * self.score(level.alpha * y, t)
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: EDMState, generator: torch.Generator | None = None,
-             *, jumped: bool = False) -> tuple[Tensor, EDMState]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: EDMState,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, EDMState]:
         here, there = state.levels[state.index], state.levels[state.index + 1]
         y = x / here.alpha
         if self.churn > 0:

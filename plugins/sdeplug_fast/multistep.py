@@ -61,8 +61,9 @@ class _Multistep(Predictor):
     sde: LinearSDE
     score: ScoreFn
     lower_order_final: bool = attrs.field(default=True, kw_only=True, validator=v.instance_of(bool))
-    on_jump: Literal["restart", "keep"] = attrs.field(default="restart", kw_only=True,
-                                                      validator=v.in_(("restart", "keep")))
+    on_jump: Literal["restart", "keep"] = attrs.field(
+        default="restart", kw_only=True, validator=v.in_(("restart", "keep"))
+    )
 
     def init(self, x: Tensor, grid: Tensor) -> MultistepState:
         return MultistepState(grid_levels(self.sde, grid))
@@ -104,8 +105,16 @@ class DPMSolverPP2M(_Multistep):
     ode_order = 2.0
     memory = 1
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: MultistepState,
-             generator: torch.Generator | None = None, *, jumped: bool = False) -> tuple[Tensor, MultistepState]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: MultistepState,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, MultistepState]:
         state, here, there, denoised = self._begin(x, t, state, jumped)
         combined, past = denoised, self._usable(state)
         if past:
@@ -131,8 +140,16 @@ class DPMSolverPP3M(_Multistep):
     ode_order = 3.0
     memory = 2
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: MultistepState,
-             generator: torch.Generator | None = None, *, jumped: bool = False) -> tuple[Tensor, MultistepState]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: MultistepState,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, MultistepState]:
         state, here, there, denoised = self._begin(x, t, state, jumped)
         h = there.lam - here.lam
         scaled = torch.exp(-h) * (x / here.alpha) - torch.expm1(-h) * denoised
@@ -171,8 +188,16 @@ class SDEDPMSolverPP2M(_Multistep):
     memory = 1
     eta: float = attrs.field(default=1.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0)])
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: MultistepState,
-             generator: torch.Generator | None = None, *, jumped: bool = False) -> tuple[Tensor, MultistepState]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: MultistepState,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, MultistepState]:
         state, here, there, denoised = self._begin(x, t, state, jumped)
         h = there.lam - here.lam
         decay = -torch.expm1(-(1 + self.eta) * h)  # 1 - e^{-(1 + eta) h}

@@ -71,8 +71,16 @@ class UniPC(_Multistep):
         """Earlier predictions a step of this order uses."""
         return self.order - 1
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: MultistepState,
-             generator: torch.Generator | None = None, *, jumped: bool = False) -> tuple[Tensor, MultistepState]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: MultistepState,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, MultistepState]:
         state, here, there, denoised = self._begin(x, t, state, jumped)
         if state.previous is not None and not jumped:
             x = self._correct(state.previous, here, denoised)

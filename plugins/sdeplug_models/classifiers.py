@@ -29,8 +29,15 @@ class MLPClassifier(TimeClassifier):
 
     name = "mlp_classifier"
 
-    def __init__(self, event_shape: Sequence[int] = (2,), num_classes: int = 3, width: int = 128, depth: int = 3,
-                 embed_dim: int = 64, fourier_scale: float = 16.0) -> None:
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (2,),
+        num_classes: int = 3,
+        width: int = 128,
+        depth: int = 3,
+        embed_dim: int = 64,
+        fourier_scale: float = 16.0,
+    ) -> None:
         super().__init__()
         if width < 1 or depth < 1 or embed_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
@@ -55,9 +62,17 @@ class ConvClassifier(TimeClassifier):
 
     name = "conv_classifier"
 
-    def __init__(self, event_shape: Sequence[int] = (1, 8, 8), num_classes: int = 10, channels: int = 32,
-                 channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, embed_dim: int = 128,
-                 dropout: float = 0.0, fourier_scale: float = 16.0) -> None:
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (1, 8, 8),
+        num_classes: int = 10,
+        channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2),
+        num_res_blocks: int = 1,
+        embed_dim: int = 128,
+        dropout: float = 0.0,
+        fourier_scale: float = 16.0,
+    ) -> None:
         super().__init__()
         self.event_shape, self.num_classes = tuple(int(d) for d in event_shape), _check_classes(num_classes)
         if len(self.event_shape) != 3:
@@ -75,7 +90,9 @@ class ConvClassifier(TimeClassifier):
                 c = channels * mult
             if level < len(channel_mult) - 1:
                 self.blocks.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.head = nn.Sequential(_norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, self.num_classes))
+        self.head = nn.Sequential(
+            _norm(c), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, self.num_classes)
+        )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         emb = self.embed(t)

@@ -30,8 +30,14 @@ class MLP(ScoreModel):
 
     name = "mlp"
 
-    def __init__(self, event_shape: Sequence[int] = (2,), width: int = 256, depth: int = 4, embed_dim: int = 64,
-                 fourier_scale: float = 16.0) -> None:
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (2,),
+        width: int = 256,
+        depth: int = 4,
+        embed_dim: int = 64,
+        fourier_scale: float = 16.0,
+    ) -> None:
         super().__init__()
         if width < 1 or depth < 1 or embed_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")

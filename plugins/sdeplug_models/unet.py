@@ -55,9 +55,17 @@ class UNet(ScoreModel):
 
     name = "unet"
 
-    def __init__(self, event_shape: Sequence[int] = (1, 8, 8), channels: int = 32, channel_mult: Sequence[int] = (1, 2),
-                 num_res_blocks: int = 1, attention_resolutions: Sequence[int] = (4,), embed_dim: int = 128,
-                 dropout: float = 0.0, fourier_scale: float = 16.0) -> None:
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (1, 8, 8),
+        channels: int = 32,
+        channel_mult: Sequence[int] = (1, 2),
+        num_res_blocks: int = 1,
+        attention_resolutions: Sequence[int] = (4,),
+        embed_dim: int = 128,
+        dropout: float = 0.0,
+        fourier_scale: float = 16.0,
+    ) -> None:
         super().__init__()
         self.event_shape = tuple(int(d) for d in event_shape)
         if len(self.event_shape) != 3:
@@ -95,7 +103,9 @@ class UNet(ScoreModel):
                     block.append(Attention(c))
                 self.up.append(block)
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)])
+                )
                 res *= 2
         self.out_norm = _norm(c)
         self.out = nn.Conv2d(c, c_img, 3, padding=1)

@@ -46,8 +46,16 @@ class EulerMaruyama(_ReverseSDEPredictor):
     name = "euler_maruyama"
     weak_order = 1.0
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
-             jumped: bool = False) -> tuple[Tensor, None]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: None,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, None]:
         dt = per_sample(t_next - t, x)
         g = per_sample(self.sde.diffusion(t), x)  # once, for the drift's g^2 and the noise
         weight = 0.5 if self.probability_flow else 1.0
@@ -68,8 +76,16 @@ class ReverseDiffusion(_ReverseSDEPredictor):
     name = "reverse_diffusion"
     weak_order = 1.0
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
-             jumped: bool = False) -> tuple[Tensor, None]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: None,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, None]:
         rev_f, rev_G = self._reverse.discretize(x, t, t - t_next)
         mean = x - rev_f
         if self.probability_flow:
@@ -103,8 +119,16 @@ class AncestralSampling(Predictor):
         if self.probability_flow:
             raise ValueError("ancestral sampling has no probability-flow form; use reverse_diffusion or euler_maruyama")
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
-             jumped: bool = False) -> tuple[Tensor, None]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: None,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, None]:
         a, var = self.sde.transition(t_next, t)
         mean = tweedie(x, self.score(x, t), per_sample(a, x), per_sample(torch.sqrt(var), x))
         if self.variance == "posterior":
@@ -123,6 +147,14 @@ class NoPredictor(Predictor):
     score: ScoreFn
     probability_flow: bool = attrs.field(default=False, kw_only=True)
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
-             jumped: bool = False) -> tuple[Tensor, None]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: None,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, None]:
         return x, None

@@ -44,7 +44,9 @@ class VESDE(LinearSDE):
 
     def __attrs_post_init__(self) -> None:
         if not self.sigma_max > self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min; got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+            raise ValueError(
+                f"sigma_max must exceed sigma_min; got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+            )
 
     @property
     def _log_ratio(self) -> float:
@@ -100,7 +102,9 @@ class _BetaSchedule(LinearSDE):
 
     def __attrs_post_init__(self) -> None:
         if not self.beta_max >= self.beta_min:
-            raise ValueError(f"beta_max must be at least beta_min; got beta_min={self.beta_min}, beta_max={self.beta_max}")
+            raise ValueError(
+                f"beta_max must be at least beta_min; got beta_min={self.beta_min}, beta_max={self.beta_max}"
+            )
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)

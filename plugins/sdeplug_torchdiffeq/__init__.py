@@ -114,9 +114,7 @@ class Torchdiffeq(ODESolver):
             # exist beyond [0, T] (VP's sigma(t)^2 < 0 for t < 0), so end a step exactly at t1.
             options["step_t"] = times[-1:]
         ends = times[[0, -1]]
-        ys = torchdiffeq.odeint(
-            counted, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options
-        )
+        ys = torchdiffeq.odeint(counted, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
         return ODESolution(y=ys[-1], nfe=calls)
 
 

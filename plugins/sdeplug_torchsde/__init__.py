@@ -84,8 +84,16 @@ class TorchsdePredictor(Predictor):
         if self.dt is not None and not (isinstance(self.dt, (int, float)) and self.dt > 0):
             raise ValueError(f"dt must be a positive number or None; got {self.dt!r}")
 
-    def step(self, x: Tensor, t: Tensor, t_next: Tensor, state: None, generator: torch.Generator | None = None, *,
-             jumped: bool = False) -> tuple[Tensor, None]:
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        t_next: Tensor,
+        state: None,
+        generator: torch.Generator | None = None,
+        *,
+        jumped: bool = False,
+    ) -> tuple[Tensor, None]:
         batch = x.shape[0]
         s0, s1 = (float(v) for v in (self.sde.T - t[0], self.sde.T - t_next[0]))
         y0 = x.reshape(batch, -1)
@@ -95,14 +103,26 @@ class TorchsdePredictor(Predictor):
         if generator is not None:
             entropy = int(torch.randint(2**62, (), generator=generator, device=generator.device))
         bm = torchsde.BrownianInterval(
-            t0=s0, t1=s1, size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,
+            t0=s0,
+            t1=s1,
+            size=y0.shape,
+            dtype=y0.dtype,
+            device=y0.device,
+            entropy=entropy,
             levy_area_approximation="space-time" if self.method == "srk" else "none",
         )
         options: dict[str, Any] = {"grad_free": True} if self.method == "milstein" else {}
         ys = torchsde.sdeint(
-            system, y0, torch.tensor([s0, s1], dtype=y0.dtype, device=y0.device), bm=bm, method=self.method,
-            dt=self.dt if self.dt is not None else s1 - s0, adaptive=self.adaptive, rtol=self.rtol,
-            atol=self.atol, options=options,
+            system,
+            y0,
+            torch.tensor([s0, s1], dtype=y0.dtype, device=y0.device),
+            bm=bm,
+            method=self.method,
+            dt=self.dt if self.dt is not None else s1 - s0,
+            adaptive=self.adaptive,
+            rtol=self.rtol,
+            atol=self.atol,
+            options=options,
         )
         return ys[-1].reshape(x.shape), None
 

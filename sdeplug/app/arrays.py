@@ -22,7 +22,9 @@ def load_array(path: str | Path) -> Tensor:
         try:
             array = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never execute
-            raise ConfigError(f"{path} could not be loaded safely (weights_only: tensors only, no code): {exc}") from exc
+            raise ConfigError(
+                f"{path} could not be loaded safely (weights_only: tensors only, no code): {exc}"
+            ) from exc
         if not isinstance(array, Tensor):
             raise ConfigError(f"{path} must hold a single tensor; got {type(array).__name__}")
     else:

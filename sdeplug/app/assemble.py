@@ -70,11 +70,14 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
     guidance = config.guidance
     if guidance is not None:
         if guidance.kind == "classifier" and config.classifier is None:
-            raise ConfigError("[guidance] kind = 'classifier' needs a [classifier] section naming the network, "
-                              "e.g. name = 'conv_classifier'")
+            raise ConfigError(
+                "[guidance] kind = 'classifier' needs a [classifier] section naming the network, "
+                "e.g. name = 'conv_classifier'"
+            )
         if guidance.kind != "classifier" and config.sampler.kind != "pc":
-            raise ConfigError(f"[guidance] kind = {guidance.kind!r} uses the replacement method, which needs "
-                              "[sampler] kind = 'pc'")
+            raise ConfigError(
+                f"[guidance] kind = {guidance.kind!r} uses the replacement method, which needs [sampler] kind = 'pc'"
+            )
     return sde
 
 
@@ -91,20 +94,36 @@ def run_sampler(
     constraint: Constraint | None = None,
 ) -> SampleResult:
     """Sample ``shape`` with the [sampler] (``constraint``, e.g. inpainting: pc only)."""
-    common: dict[str, Any] = dict(eps=sampler.eps, denoise=sampler.denoise, generator=generator, device=device,
-                                  dtype=dtype)
+    common: dict[str, Any] = dict(
+        eps=sampler.eps, denoise=sampler.denoise, generator=generator, device=device, dtype=dtype
+    )
     if sampler.grid is not None:
         common.update(grid=sampler.grid.name, grid_options=sampler.grid.options)
     if sampler.kind == "ode":
         if constraint is not None:
             raise ConfigError("a constraint (inpainting, measurements) needs [sampler] kind = 'pc'")
-        return sample_ode(sde, score, shape, solver=sampler.solver.name, solver_options=sampler.solver.options,
-                          steps=sampler.steps, **common)
+        return sample_ode(
+            sde,
+            score,
+            shape,
+            solver=sampler.solver.name,
+            solver_options=sampler.solver.options,
+            steps=sampler.steps,
+            **common,
+        )
     return sample_pc(
-        sde, score, shape, predictor=sampler.predictor.name, predictor_options=sampler.predictor.options,
-        corrector=sampler.corrector.name, corrector_options=sampler.corrector.options,
-        steps=sampler.steps if sampler.steps is not None else 1000, order=sampler.order, progress=progress,
-        constraint=constraint, **common,
+        sde,
+        score,
+        shape,
+        predictor=sampler.predictor.name,
+        predictor_options=sampler.predictor.options,
+        corrector=sampler.corrector.name,
+        corrector_options=sampler.corrector.options,
+        steps=sampler.steps if sampler.steps is not None else 1000,
+        order=sampler.order,
+        progress=progress,
+        constraint=constraint,
+        **common,
     )
 
 
@@ -125,8 +144,9 @@ def summary_header(config: Config) -> dict[str, Any]:
     return {"config": config.source, "model": config.model.name, "sde": {"name": config.sde.name, **config.sde.options}}
 
 
-def check_provenance(path: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any],
-                     sections: tuple[str, ...]) -> None:
+def check_provenance(
+    path: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any], sections: tuple[str, ...]
+) -> None:
     """Refuse a checkpoint trained with other [sections] than the config says (sections it
     does not record are not checked)."""
     for section in sections:
@@ -163,7 +183,11 @@ def run_config_dict(config: Config) -> dict:
 
 
 def build_score(
-    config: Config, sde: SDE, dataset: Dataset, checkpoint: str | Path | None, device: torch.device,
+    config: Config,
+    sde: SDE,
+    dataset: Dataset,
+    checkpoint: str | Path | None,
+    device: torch.device,
     dtype: torch.dtype | None = None,
 ) -> ScoreModel:
     """The exact oracle score, or the trained network's EMA weights from a checkpoint."""

@@ -49,12 +49,14 @@ def configured(args: argparse.Namespace) -> Config:
     config = attrs.evolve(config, sample=attrs.evolve(config.sample, **overrides))
     sampler_file = getattr(args, "sampler", None)
     if sampler_file:
-        config = attrs.evolve(config, sampler=parse_section(_read_section(sampler_file, "sampler"), SamplerConfig,
-                                                            "sampler"))
+        config = attrs.evolve(
+            config, sampler=parse_section(_read_section(sampler_file, "sampler"), SamplerConfig, "sampler")
+        )
     guidance_file = getattr(args, "guidance", None)
     if guidance_file:
-        config = attrs.evolve(config, guidance=parse_section(_read_section(guidance_file, "guidance"),
-                                                             GuidanceConfig, "guidance"))
+        config = attrs.evolve(
+            config, guidance=parse_section(_read_section(guidance_file, "guidance"), GuidanceConfig, "guidance")
+        )
     if getattr(args, "scale", None):
         if config.guidance is None or config.guidance.kind != "classifier":
             raise ConfigError("--scale needs a [guidance] section with kind = 'classifier'")
@@ -91,14 +93,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if report["resumed_at"] is not None:
         print(f"resuming from {report['checkpoint']} at step {report['resumed_at']} of {report['total_steps']}")
     if report["interrupted"]:
-        print(f"interrupted at step {report['steps']}; checkpoint saved to {report['checkpoint']}. "
-              "Run the same command to resume.")
+        print(
+            f"interrupted at step {report['steps']}; checkpoint saved to {report['checkpoint']}. "
+            "Run the same command to resume."
+        )
         return INTERRUPTED
-    print(f"trained {report['steps']} steps ({report['steps_this_run']} now, {report['seconds_this_run']:.1f} s); "
-          f"final loss {report['final_loss']:.4f}")
+    print(
+        f"trained {report['steps']} steps ({report['steps_this_run']} now, {report['seconds_this_run']:.1f} s); "
+        f"final loss {report['final_loss']:.4f}"
+    )
     if "held_out_accuracy" in report:
-        print("held-out accuracy on noisy x_t: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in
-                                                              report["held_out_accuracy"].items()))
+        print(
+            "held-out accuracy on noisy x_t: "
+            + ", ".join(f"t = {t}: {a:.3f}" for t, a in report["held_out_accuracy"].items())
+        )
     _written(report)
     return 0
 
@@ -111,47 +119,63 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if config.guidance is not None:
         _print_guided(report)
     else:
-        print(f"{report['num_samples']} samples in {report['seconds']:.1f} s, {report['nfe_per_sample']} score "
-              "evaluations per sample")
+        print(
+            f"{report['num_samples']} samples in {report['seconds']:.1f} s, {report['nfe_per_sample']} score "
+            "evaluations per sample"
+        )
         if "energy_distance" in report:
-            print(f"energy distance to fresh {report['reference']}: {report['energy_distance']:.3g} "
-                  f"(noise floor: mean {report['null_mean']:.3g}, std {report['null_std']:.3g})")
+            print(
+                f"energy distance to fresh {report['reference']}: {report['energy_distance']:.3g} "
+                f"(noise floor: mean {report['null_mean']:.3g}, std {report['null_std']:.3g})"
+            )
         if "classifier" in report:
             c = report["classifier"]
-            print(f"classifier confidence: samples {c['sample_confidence']:.3f}, held-out real "
-                  f"{c['real_confidence']:.3f}; class-frequency distance {c['class_frequency_tv_distance']:.3f}")
+            print(
+                f"classifier confidence: samples {c['sample_confidence']:.3f}, held-out real "
+                f"{c['real_confidence']:.3f}; class-frequency distance {c['class_frequency_tv_distance']:.3f}"
+            )
     _written(report)
     return 0
 
 
 def _print_guided(report: dict[str, Any]) -> None:
     if report["kind"] == "classifier":
-        print(f"classifier guidance: agreement of the {report['judge']} with the requested class "
-              f"(chance {report['chance']:.2f})")
+        print(
+            f"classifier guidance: agreement of the {report['judge']} with the requested class "
+            f"(chance {report['chance']:.2f})"
+        )
         print("  scale  agreement  NFE  seconds")
         for row in report["runs"]:
             print(f"  {row['scale']:5g}  {row['agreement']:9.3f}  {row['nfe_per_sample']:3d}  {row['seconds']:7.1f}")
         return
-    print(f"{report['kind']}: {report['num_points']} points x {report['per_point']} completions in "
-          f"{report['seconds']:.1f} s, {report['nfe_per_sample']} score evaluations per sample; "
-          f"RMS error to the original {report['rms_error_to_the_original']:.3f} "
-          f"(mean imputation {report['rms_error_of_mean_imputation']:.3f})")
+    print(
+        f"{report['kind']}: {report['num_points']} points x {report['per_point']} completions in "
+        f"{report['seconds']:.1f} s, {report['nfe_per_sample']} score evaluations per sample; "
+        f"RMS error to the original {report['rms_error_to_the_original']:.3f} "
+        f"(mean imputation {report['rms_error_of_mean_imputation']:.3f})"
+    )
     if "class_kept_by_completions" in report:
-        print(f"class of the original kept ({report['judge']}): completions "
-              f"{report['class_kept_by_completions']:.3f}, mean imputation {report['class_kept_by_mean_imputation']:.3f}")
+        print(
+            f"class of the original kept ({report['judge']}): completions "
+            f"{report['class_kept_by_completions']:.3f}, mean imputation {report['class_kept_by_mean_imputation']:.3f}"
+        )
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
     """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
     config = configured(args)
     report = likelihood_job(config, _out_dir(args, config), args.checkpoint)
-    print(f"{report['num_samples']} points: mean log p = {report['mean_logp_nats']:.4f} nats, "
-          f"{report['mean_bits_per_dim']:.4f} bits/dim (Gaussian baseline "
-          f"{report['gaussian_baseline_bits_per_dim']:.4f}); {report['nfe_per_batch']} score evaluations per batch, "
-          f"{report['seconds']:.1f} s")
+    print(
+        f"{report['num_samples']} points: mean log p = {report['mean_logp_nats']:.4f} nats, "
+        f"{report['mean_bits_per_dim']:.4f} bits/dim (Gaussian baseline "
+        f"{report['gaussian_baseline_bits_per_dim']:.4f}); {report['nfe_per_batch']} score evaluations per batch, "
+        f"{report['seconds']:.1f} s"
+    )
     if "oracle_mean_logp_nats" in report:
-        print(f"oracle mixture: exact mean log p_eps = {report['oracle_mean_logp_nats']:.4f} nats; "
-              f"mean |error| {report['mean_abs_error_nats_per_dim']:.2e} nats/dim")
+        print(
+            f"oracle mixture: exact mean log p_eps = {report['oracle_mean_logp_nats']:.4f} nats; "
+            f"mean |error| {report['mean_abs_error_nats_per_dim']:.2e} nats/dim"
+        )
     _written(report)
     return 0
 
@@ -174,15 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(train)
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.add_argument("--classifier", action="store_true",
-                       help="train the [classifier] (for guidance) on the data's labels instead of the score model")
+    train.add_argument(
+        "--classifier",
+        action="store_true",
+        help="train the [classifier] (for guidance) on the data's labels instead of the score model",
+    )
     train.set_defaults(func=cmd_train)
     sample = sub.add_parser("sample", help="sample with a TOML config")
     _add_run_arguments(sample)
     sample.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     sample.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
     sample.add_argument("--guidance", help="a TOML file whose [guidance] section replaces the config's")
-    sample.add_argument("--scale", type=float, nargs="+", help="classifier guidance scale(s) (overrides [guidance] scale)")
+    sample.add_argument(
+        "--scale", type=float, nargs="+", help="classifier guidance scale(s) (overrides [guidance] scale)"
+    )
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=cmd_sample)
     likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")

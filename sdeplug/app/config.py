@@ -68,8 +68,9 @@ class SamplerConfig:
     steps: int | None = attrs.field(default=None, validator=_positive_int("steps", optional=True))
     eps: float | None = None
     denoise: bool = True
-    order: str = attrs.field(default="predictor_first",
-                             validator=_one_of("order", ("predictor_first", "corrector_first")))
+    order: str = attrs.field(
+        default="predictor_first", validator=_one_of("order", ("predictor_first", "corrector_first"))
+    )
     predictor: PartSpec = attrs.field(factory=lambda: PartSpec("reverse_diffusion"))
     corrector: PartSpec = attrs.field(factory=lambda: PartSpec("langevin"))
     solver: PartSpec = attrs.field(factory=lambda: PartSpec("heun"))
@@ -88,8 +89,9 @@ class LikelihoodConfig:
     noise: str = attrs.field(default="rademacher", validator=_one_of("noise", ("rademacher", "gaussian")))
     eps: float | None = None
     #: None: the data set's own ("[-1,1]" with 17 levels for the digits, "none" for toys).
-    data_range: str | None = attrs.field(default=None,
-                                         validator=v.optional(_one_of("data_range", ("none", "[0,1]", "[-1,1]"))))
+    data_range: str | None = attrs.field(
+        default=None, validator=v.optional(_one_of("data_range", ("none", "[0,1]", "[-1,1]")))
+    )
     levels: int | None = attrs.field(default=None, validator=_positive_int("levels", optional=True))
     #: None: dequantise exactly when the data set is quantised.
     dequantize: bool | None = None
@@ -274,8 +276,9 @@ def _with_precheck(converter: cattrs.Converter, cls: type, precheck: Callable[[M
 def _sampler_table(table: Mapping[str, Any]) -> dict:
     table = dict(table)
     if table.get("kind", "pc") == "pc" and "solver" in table:
-        raise ValueError("[sampler.solver] is for kind = 'ode'; a 'pc' sampler takes [sampler.predictor] and "
-                         "[sampler.corrector]")
+        raise ValueError(
+            "[sampler.solver] is for kind = 'ode'; a 'pc' sampler takes [sampler.predictor] and [sampler.corrector]"
+        )
     if table.get("kind") == "ode" and {"predictor", "corrector", "order"} & table.keys():
         raise ValueError("kind = 'ode' takes [sampler.solver], not predictor, corrector or order")
     return table
@@ -297,15 +300,20 @@ def _guidance_table(table: Mapping[str, Any]) -> dict:
     for key in table:
         if key != "kind" and key not in GUIDANCE_KEYS[kind]:
             owner = [k for k, keys in GUIDANCE_KEYS.items() if key in keys]
-            raise _Refused(key, GUIDANCE_KEYS[kind] | {"kind"},
-                           f" (kind = {kind!r} takes no key {key!r}" + (f"; it is for kind = {owner[0]!r})" if owner else ")"))
+            raise _Refused(
+                key,
+                GUIDANCE_KEYS[kind] | {"kind"},
+                f" (kind = {kind!r} takes no key {key!r}" + (f"; it is for kind = {owner[0]!r})" if owner else ")"),
+            )
     if "scale" in table:
         table["scale"] = _number_list("scale", table["scale"], float)
     if "classes" in table:
         table["classes"] = _number_list("classes", table["classes"], int)
     if kind == "inpaint" and "mask" not in table:
-        raise ValueError(f"kind = 'inpaint' needs a mask: one of {', '.join(IMAGE_MASKS)}, a .npy/.pt file, or a "
-                         "list like one sample (1 = known)")
+        raise ValueError(
+            f"kind = 'inpaint' needs a mask: one of {', '.join(IMAGE_MASKS)}, a .npy/.pt file, or a "
+            "list like one sample (1 = known)"
+        )
     if kind == "measurement" and "matrix" not in table:
         raise ValueError("kind = 'measurement' needs a matrix: 'grey', a .npy/.pt file, or an (M, D) list")
     for key in ("mask", "matrix"):
@@ -379,8 +387,10 @@ def _message(exc: BaseException) -> str:
         leaf = _Refused(sorted(leaf.extra_fields)[0], {f.name for f in attrs.fields(leaf.cl)} - {"source"})
     if isinstance(leaf, _Refused):
         hint = close_matches(leaf.key, leaf.accepted)
-        return (f"[{section or 'top level'}] has no key {leaf.key!r}{leaf.hint}; accepted keys: "
-                f"{', '.join(leaf.accepted)}." + (f" Did you mean {hint[0]!r}?" if hint else ""))
+        return (
+            f"[{section or 'top level'}] has no key {leaf.key!r}{leaf.hint}; accepted keys: "
+            f"{', '.join(leaf.accepted)}." + (f" Did you mean {hint[0]!r}?" if hint else "")
+        )
     if isinstance(leaf, KeyError):
         return f"[{section}] needs the key {leaf.args[0]!r}" if section else f"the config needs [{leaf.args[0]}]"
     # attrs' own validators raise with (message, attribute, ...) as arguments: keep the message

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sdeplug.app.arrays import load_array
 from sdeplug.errors import OptionError, UnknownPartError
+from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
 
 
@@ -71,7 +72,7 @@ def swiss_roll(n: int, noise: float = 0.05, generator: torch.Generator | None = 
 
 def digits(seed: int = 0) -> Dataset:
     """scikit-learn's 8x8 digits (no download: the data ship with the package)."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "the digits data set (it ships inside scikit-learn)").load_digits
 
     raw = load_digits()
     images = torch.as_tensor(raw.images, dtype=torch.float64)[:, None] / 16.0 * 2 - 1
@@ -83,8 +84,15 @@ def digits(seed: int = 0) -> Dataset:
 TOYS = {"moons": moons, "swiss_roll": swiss_roll}
 
 
-def load_dataset(name: str, *, n_train: int = 20_000, n_test: int = 2_000, seed: int = 0,
-                 noise: float = 0.05, path: str | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    *,
+    n_train: int = 20_000,
+    n_test: int = 2_000,
+    seed: int = 0,
+    noise: float = 0.05,
+    path: str | None = None,
+) -> Dataset:
     """A built-in data set by name (see the module docstring); float64 tensors on the CPU."""
     if name == "digits":
         return digits(seed)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.datasets import Dataset
+from sdeplug.extras import require
 
 
 def _flat(x: Tensor) -> np.ndarray:
@@ -16,8 +17,7 @@ def _flat(x: Tensor) -> np.ndarray:
 def reference_classifier(dataset: Dataset, seed: int = 0):
     """A logistic-regression classifier (scikit-learn) fitted on the real training data: an
     outside judge of samples, independent of anything sdeplug trained."""
-    from sklearn.linear_model import LogisticRegression
-
+    LogisticRegression = require("sklearn.linear_model", "judging samples of labelled data").LogisticRegression
     if dataset.train_labels is None:
         raise ValueError(f"the data set {dataset.name!r} has no labels")
     return LogisticRegression(max_iter=3000, random_state=seed).fit(_flat(dataset.train), dataset.train_labels.numpy())
@@ -64,5 +64,3 @@ def gaussian_logp(train: Tensor, x: Tensor) -> Tensor:
     cov = cov + 1e-6 * torch.eye(cov.shape[0], dtype=cov.dtype)
     dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
     return dist.log_prob(x.reshape(x.shape[0], -1).double().cpu())
-
-

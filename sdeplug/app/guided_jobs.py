@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdeplug.app.arrays import load_array
 from sdeplug.app.assemble import check_provenance, in_batches, run_sampler
-from sdeplug.checkpoint import CheckpointError
 from sdeplug.app.config import IMAGE_MASKS, Config, GuidanceConfig
 from sdeplug.app.datasets import Dataset
-from sdeplug.app.arrays import load_array
+from sdeplug.checkpoint import CheckpointError
 from sdeplug.errors import ConfigError
 from sdeplug.guidance import ClassifierGuidance, Measurement, Replacement
 from sdeplug.interfaces import SDE, LinearSDE, ScoreFn
@@ -42,8 +42,9 @@ def num_classes(dataset: Dataset) -> int:
 def build_classifier(config: Config, dataset: Dataset) -> torch.nn.Module:
     """The [classifier] network, shaped for the data's event shape and number of classes."""
     if config.classifier is None:
-        raise ConfigError("the config has no [classifier] section naming a classifier network, "
-                          "e.g. name = 'conv_classifier'")
+        raise ConfigError(
+            "the config has no [classifier] section naming a classifier network, e.g. name = 'conv_classifier'"
+        )
     options = dict(config.classifier.network.options)
     options.setdefault("event_shape", dataset.event_shape)
     options.setdefault("num_classes", num_classes(dataset))
@@ -70,8 +71,9 @@ def load_classifier(config: Config, dataset: Dataset, device: torch.device, dtyp
     """The trained classifier's EMA weights, checked against the config it was trained with."""
     path = classifier_checkpoint(config)
     if not path.exists():
-        raise CheckpointError(f"classifier checkpoint not found: {path}; train it first with "
-                              f"`sdeplug train {config.source} --classifier`")
+        raise CheckpointError(
+            f"classifier checkpoint not found: {path}; train it first with `sdeplug train {config.source} --classifier`"
+        )
     network = build_classifier(config, dataset)
     meta = load_ema_weights(network, path)
     check_provenance(path, meta.get("config", {}), classifier_run_config(config), ("sde", "classifier"))
@@ -109,8 +111,17 @@ class Judge:
         return predicted_labels(self.clf, x)
 
 
-def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: Dataset, out: Path, *,
-                            device: torch.device, dtype: torch.dtype, progress: bool) -> dict[str, Any]:
+def run_classifier_guidance(
+    config: Config,
+    sde: SDE,
+    score: ScoreFn,
+    dataset: Dataset,
+    out: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool,
+) -> dict[str, Any]:
     """One sampling run per guidance scale; samples, a picture and the judge's agreement for each."""
     guidance, run = config.guidance, config.sample
     classifier = load_classifier(config, dataset, device, dtype)
@@ -122,8 +133,16 @@ def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: D
 
         def guided_batch(first: int, size: int, scale: float = scale, generator: torch.Generator = generator):
             guided = ClassifierGuidance(score, classifier, labels[first : first + size].to(device), scale)
-            return run_sampler(config.sampler, sde, guided, (size, *dataset.event_shape), generator=generator,
-                               device=device, dtype=dtype, progress=progress)
+            return run_sampler(
+                config.sampler,
+                sde,
+                guided,
+                (size, *dataset.event_shape),
+                generator=generator,
+                device=device,
+                dtype=dtype,
+                progress=progress,
+            )
 
         start = time.perf_counter()
         x, nfe = in_batches(run.num, run.batch_size, guided_batch)
@@ -132,12 +151,28 @@ def run_classifier_guidance(config: Config, sde: SDE, score: ScoreFn, dataset: D
         stem = f"samples-scale{scale:g}"
         _save(out / f"{stem}.npy", x)
         if config.output.plot:
-            _picture(x, dataset, out / f"{stem}.png", f"classifier guidance, scale {scale:g}: "
-                     f"{100 * agreement:.0f}% judged the requested class")
-        rows.append({"scale": scale, "agreement": agreement, "nfe_per_sample": nfe, "seconds": round(seconds, 2),
-                     "samples": f"{stem}.npy"})
-    return {"kind": "classifier", "judge": judge.name, "chance": 1 / num_classes(dataset),
-            "classes": labels[: num_classes(dataset)].tolist(), "runs": rows}
+            _picture(
+                x,
+                dataset,
+                out / f"{stem}.png",
+                f"classifier guidance, scale {scale:g}: {100 * agreement:.0f}% judged the requested class",
+            )
+        rows.append(
+            {
+                "scale": scale,
+                "agreement": agreement,
+                "nfe_per_sample": nfe,
+                "seconds": round(seconds, 2),
+                "samples": f"{stem}.npy",
+            }
+        )
+    return {
+        "kind": "classifier",
+        "judge": judge.name,
+        "chance": 1 / num_classes(dataset),
+        "classes": labels[: num_classes(dataset)].tolist(),
+        "runs": rows,
+    }
 
 
 def _save(path: Path, x: Tensor) -> None:
@@ -161,8 +196,10 @@ def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 1
 def image_mask(name: str, event_shape: tuple[int, ...]) -> Tensor:
     """A built-in mask for images (C, H, W) naming the known region; 1 = known."""
     if len(event_shape) != 3:
-        raise ConfigError(f"the mask {name!r} is for images (C, H, W); these data have event shape {event_shape}. "
-                          "Give a list or a file like one sample instead")
+        raise ConfigError(
+            f"the mask {name!r} is for images (C, H, W); these data have event shape {event_shape}. "
+            "Give a list or a file like one sample instead"
+        )
     _, h, w = event_shape
     mask = torch.zeros(event_shape, dtype=torch.float64)
     if name == "upper_half":
@@ -194,8 +231,9 @@ def build_mask(guidance: GuidanceConfig, event_shape: tuple[int, ...]) -> Tensor
     if isinstance(guidance.mask, str) and guidance.mask in IMAGE_MASKS:
         return image_mask(guidance.mask, event_shape)
     if isinstance(guidance.mask, str) and not guidance.mask.endswith((".npy", ".pt")):
-        raise ConfigError(f"unknown mask {guidance.mask!r}; built-in masks: {', '.join(IMAGE_MASKS)}, "
-                          "or a .npy/.pt file")
+        raise ConfigError(
+            f"unknown mask {guidance.mask!r}; built-in masks: {', '.join(IMAGE_MASKS)}, or a .npy/.pt file"
+        )
     mask = _array(guidance.mask, "mask")
     if mask.ndim == len(event_shape) + 1 and mask.shape[0] == 1:
         mask = mask[0]
@@ -210,8 +248,9 @@ def build_matrix(guidance: GuidanceConfig, event_shape: tuple[int, ...]) -> Tens
     dim = torch.Size(event_shape).numel()
     if guidance.matrix == "grey":
         if len(event_shape) != 3 or event_shape[0] < 2:
-            raise ConfigError(f"matrix = 'grey' (colorization) needs colour images (C >= 2, H, W); "
-                              f"got event shape {event_shape}")
+            raise ConfigError(
+                f"matrix = 'grey' (colorization) needs colour images (C >= 2, H, W); got event shape {event_shape}"
+            )
         c, hw = event_shape[0], dim // event_shape[0]
         return torch.eye(hw, dtype=torch.float64).repeat(1, c) / c  # channel-major flattening
     A = _array(guidance.matrix, "matrix")
@@ -220,8 +259,17 @@ def build_matrix(guidance: GuidanceConfig, event_shape: tuple[int, ...]) -> Tens
     return A
 
 
-def run_inpainting(config: Config, sde: SDE, score: ScoreFn, dataset: Dataset, out: Path, *,
-                   device: torch.device, dtype: torch.dtype, progress: bool) -> dict[str, Any]:
+def run_inpainting(
+    config: Config,
+    sde: SDE,
+    score: ScoreFn,
+    dataset: Dataset,
+    out: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool,
+) -> dict[str, Any]:
     """Complete held-out points (or a data file) from their known part, ``per_image`` times each."""
     guidance, run = config.guidance, config.sample
     if not isinstance(sde, LinearSDE):
@@ -241,33 +289,57 @@ def run_inpainting(config: Config, sde: SDE, score: ScoreFn, dataset: Dataset, o
     imputed = measurement.project(mean.expand_as(truth), measurement.target(truth)).cpu()
     generator = torch.Generator(device).manual_seed(run.seed)
     start = time.perf_counter()
-    x, nfe = in_batches(truth.shape[0], run.batch_size, lambda first, size: run_sampler(
-        config.sampler, sde, score, (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype,
-        progress=progress, constraint=Replacement(sde, _rows(measurement, first, size))))
+    x, nfe = in_batches(
+        truth.shape[0],
+        run.batch_size,
+        lambda first, size: run_sampler(
+            config.sampler,
+            sde,
+            score,
+            (size, *dataset.event_shape),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            constraint=Replacement(sde, _rows(measurement, first, size)),
+        ),
+    )
     seconds = time.perf_counter() - start
     _save(out / "samples.npy", x)
     summary: dict[str, Any] = {
-        "kind": guidance.kind, "points": source, "num_points": points.shape[0], "per_point": guidance.per_image,
-        "nfe_per_sample": nfe, "seconds": round(seconds, 2),
+        "kind": guidance.kind,
+        "points": source,
+        "num_points": points.shape[0],
+        "per_point": guidance.per_image,
+        "nfe_per_sample": nfe,
+        "seconds": round(seconds, 2),
         "rms_error_to_the_original": float((x - truth.cpu()).pow(2).mean().sqrt()),
         "rms_error_of_mean_imputation": float((imputed - truth.cpu()).pow(2).mean().sqrt()),
     }
     if labels is not None:
         judge = Judge(dataset, run.seed)
         kept = labels.repeat_interleave(guidance.per_image)
-        summary.update({
-            "judge": judge.name,
-            "class_kept_by_completions": float((judge.labels(x) == kept).double().mean()),
-            "class_kept_by_mean_imputation": float((judge.labels(imputed) == kept).double().mean()),
-        })
+        summary.update(
+            {
+                "judge": judge.name,
+                "class_kept_by_completions": float((judge.labels(x) == kept).double().mean()),
+                "class_kept_by_mean_imputation": float((judge.labels(imputed) == kept).double().mean()),
+            }
+        )
     if config.output.plot and len(dataset.event_shape) == 3:
         from sdeplug.app.plotting import image_grid
 
         per = guidance.per_image
-        rows = [torch.cat([shown.cpu()[i * per : i * per + 1], x[i * per : (i + 1) * per], points[i : i + 1]])
-                for i in range(min(points.shape[0], 10))]
-        image_grid(torch.cat(rows), out / "samples.png",
-                   f"{guidance.kind}: known part | {per} completions | original", ncols=per + 2)
+        rows = [
+            torch.cat([shown.cpu()[i * per : i * per + 1], x[i * per : (i + 1) * per], points[i : i + 1]])
+            for i in range(min(points.shape[0], 10))
+        ]
+        image_grid(
+            torch.cat(rows),
+            out / "samples.png",
+            f"{guidance.kind}: known part | {per} completions | original",
+            ncols=per + 2,
+        )
     return summary
 
 
@@ -283,8 +355,10 @@ def _points(guidance: GuidanceConfig, dataset: Dataset, num: int) -> tuple[Tenso
     if guidance.data_file:
         points = load_array(guidance.data_file)[:count].to(torch.float64)
         if tuple(points.shape[1:]) != dataset.event_shape:
-            raise ConfigError(f"{guidance.data_file} holds points of shape {tuple(points.shape[1:])}; "
-                              f"the model's are {dataset.event_shape}")
+            raise ConfigError(
+                f"{guidance.data_file} holds points of shape {tuple(points.shape[1:])}; "
+                f"the model's are {dataset.event_shape}"
+            )
         return points, None, guidance.data_file
     labels = None if dataset.test_labels is None else dataset.test_labels[:count]
     return dataset.test[:count], labels, f"the first {count} held-out points of {dataset.name!r}"

@@ -68,30 +68,53 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
         if not config.train.progress:
             settings = attrs.evolve(settings, progress=False)
         checkpoint = out / "classifier.safetensors"
-        trainer = Trainer(network, sde, dataset.train, settings, labels=dataset.train_labels,
-                          checkpoint_path=checkpoint, config=run_config)
+        trainer = Trainer(
+            network,
+            sde,
+            dataset.train,
+            settings,
+            labels=dataset.train_labels,
+            checkpoint_path=checkpoint,
+            config=run_config,
+        )
         what = f"{config.classifier.network.name} classifier"
     else:
         if config.model.name == "oracle":
-            raise ConfigError("[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'")
+            raise ConfigError(
+                "[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'"
+            )
         network = build_network(config, dataset).to(device=device, dtype=dtype)
         settings, run_config, stem = config.train, run_config_dict(config), ""
         checkpoint = out / "checkpoint.safetensors"
-        trainer = Trainer(network, sde, dataset.train, settings, checkpoint_path=checkpoint, config=run_config,
-                          on_sample=lambda tr: _sample_during_training(tr, config, dataset, out))
+        trainer = Trainer(
+            network,
+            sde,
+            dataset.train,
+            settings,
+            checkpoint_path=checkpoint,
+            config=run_config,
+            on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
+        )
         what = config.model.name
     resumed_at = None
     if checkpoint.exists() and not restart:
         trainer.load()
         if trainer.config != run_config:
-            raise ConfigError(f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
-                              "afresh, or another [output] dir")
+            raise ConfigError(
+                f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
+                "afresh, or another [output] dir"
+            )
         resumed_at = trainer.step
     start, first_step = time.perf_counter(), trainer.step
     trainer.fit()
     seconds = time.perf_counter() - start
-    report: dict[str, Any] = {"checkpoint": str(checkpoint), "resumed_at": resumed_at, "total_steps": settings.steps,
-                              "interrupted": trainer.interrupted, "steps": trainer.step}
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "resumed_at": resumed_at,
+        "total_steps": settings.steps,
+        "interrupted": trainer.interrupted,
+        "steps": trainer.step,
+    }
     if trainer.interrupted:
         return report
     history = trainer.history[: trainer.step].cpu()
@@ -107,9 +130,10 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
     if classifier:
         summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
     written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
-    if len(history):
-        written.append(loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, "
-                                                                           f"{config.sde.name}"))
+    if len(history) and config.output.plot:
+        written.append(
+            loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
+        )
     return {**report, **summary, "steps_this_run": done, "written": [str(p) for p in written]}
 
 
@@ -132,9 +156,15 @@ def noisy_accuracy(network: torch.nn.Module, sde, dataset: Dataset, seed: int) -
 
 def _sample_during_training(trainer, config: Config, dataset: Dataset, out: Path) -> None:
     n = min(config.sample.num, 500)
-    result = run_sampler(config.sampler, trainer.sde, trainer.score_model(), (n, *dataset.event_shape),
-                         generator=torch.Generator(trainer.device).manual_seed(0), device=trainer.device,
-                         dtype=trainer.dtype)
+    result = run_sampler(
+        config.sampler,
+        trainer.sde,
+        trainer.score_model(),
+        (n, *dataset.event_shape),
+        generator=torch.Generator(trainer.device).manual_seed(0),
+        device=trainer.device,
+        dtype=trainer.dtype,
+    )
     plot_samples(result.x, dataset, out / f"samples-step{trainer.step}.png", f"step {trainer.step}")
 
 
@@ -143,7 +173,7 @@ def _sample_during_training(trainer, config: Config, dataset: Dataset, out: Path
 
 def sampler_summary(config: Config) -> dict[str, Any]:
     s = attrs.asdict(config.sampler)
-    for unused in (("predictor", "corrector", "order") if config.sampler.kind == "ode" else ("solver",)):
+    for unused in ("predictor", "corrector", "order") if config.sampler.kind == "ode" else ("solver",):
         s.pop(unused)
     return s
 
@@ -166,15 +196,28 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
         from sdeplug.app.guided_jobs import run_classifier_guidance, run_inpainting
 
         guided = run_classifier_guidance if config.guidance.kind == "classifier" else run_inpainting
-        report = {**header, **guided(config, sde, score, dataset, out, device=device, dtype=dtype,
-                                     progress=run.progress)}
+        report = {
+            **header,
+            **guided(config, sde, score, dataset, out, device=device, dtype=dtype, progress=run.progress),
+        }
         write_json(out / "guidance.json", report)
         return {**report, "written": [str(out / "guidance.json")]}
     generator = torch.Generator(device).manual_seed(run.seed)
     start = time.perf_counter()
-    samples, nfe = in_batches(run.num, run.batch_size, lambda first, size: run_sampler(
-        config.sampler, sde, score, (size, *dataset.event_shape), generator=generator, device=device, dtype=dtype,
-        progress=run.progress))
+    samples, nfe = in_batches(
+        run.num,
+        run.batch_size,
+        lambda first, size: run_sampler(
+            config.sampler,
+            sde,
+            score,
+            (size, *dataset.event_shape),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            progress=run.progress,
+        ),
+    )
     seconds = time.perf_counter() - start
     np.save(out / "samples.npy", samples.numpy())
     report = {
@@ -197,7 +240,7 @@ def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[s
     """How close the samples are to the data: energy distance beside its noise floor for
     mixtures and small-dimensional data, a classifier's view for labelled images."""
     from sdeplug.app.evaluation import classifier_report
-    from sdeplug.testing.stats import EnergyNull, energy_distance, energy_null
+    from sdeplug.stats import EnergyNull, energy_distance, energy_null
 
     n = samples.shape[0]
     report: dict[str, Any] = {}
@@ -213,15 +256,24 @@ def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[s
     elif min(len(dataset.test), len(dataset.train)) >= n:
         # The floor: random sets of n training points against the same held-out reference.
         reference, what = dataset.test[:n], "held-out data"
-        floor = torch.tensor([
-            energy_distance(dataset.train[torch.randperm(len(dataset.train), generator=generator)[:n]], reference)
-            for _ in range(10)
-        ], dtype=torch.float64)
+        floor = torch.tensor(
+            [
+                energy_distance(dataset.train[torch.randperm(len(dataset.train), generator=generator)[:n]], reference)
+                for _ in range(10)
+            ],
+            dtype=torch.float64,
+        )
         null = EnergyNull(n=n, mean=float(floor.mean()), std=float(floor.std()), reps=len(floor))
     else:
         return report
-    report.update({"reference": what, "energy_distance": energy_distance(samples, reference),
-                   "null_mean": null.mean, "null_std": null.std})
+    report.update(
+        {
+            "reference": what,
+            "energy_distance": energy_distance(samples, reference),
+            "null_mean": null.mean,
+            "null_std": null.std,
+        }
+    )
     return report
 
 
@@ -244,7 +296,10 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     if lk.data_file:
         x, source = load_array(lk.data_file)[: run.num], lk.data_file
     else:
-        x, source = dataset.test[: run.num], f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}"
+        x, source = (
+            dataset.test[: run.num],
+            f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}",
+        )
     x = x.to(device=device, dtype=dtype)
     if tuple(x.shape[1:]) != dataset.event_shape:
         raise ConfigError(f"the data have event shape {tuple(x.shape[1:])}; the model expects {dataset.event_shape}")
@@ -256,9 +311,24 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
             raise ConfigError("[likelihood] dequantize = true needs data_range = '[0,1]' or '[-1,1]'")
         x = uniform_dequantize(x, data_range, generator, levels)
     start = time.perf_counter()
-    logp, nfe = in_batches(x.shape[0], run.batch_size, lambda first, size: _logp_batch(log_likelihood(
-        sde, score, x[first : first + size], solver=lk.solver.name, solver_options=lk.solver.options, eps=eps,
-        divergence=lk.divergence, probes=lk.probes, noise=lk.noise, generator=generator)))
+    logp, nfe = in_batches(
+        x.shape[0],
+        run.batch_size,
+        lambda first, size: _logp_batch(
+            log_likelihood(
+                sde,
+                score,
+                x[first : first + size],
+                solver=lk.solver.name,
+                solver_options=lk.solver.options,
+                eps=eps,
+                divergence=lk.divergence,
+                probes=lk.probes,
+                noise=lk.noise,
+                generator=generator,
+            )
+        ),
+    )
     seconds = time.perf_counter() - start
     dim, n = x[0].numel(), x.shape[0]
     bpd = bits_per_dim(logp, dim, data_range, levels)
@@ -283,10 +353,12 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     }
     if dataset.mixture is not None:
         exact = dataset.mixture.to(device).log_prob(x, torch.full((n,), eps, device=device, dtype=dtype), sde).cpu()
-        report.update({
-            "oracle_mean_logp_nats": float(exact.mean()),
-            "mean_abs_error_nats_per_dim": float((logp - exact).abs().mean() / dim),
-        })
+        report.update(
+            {
+                "oracle_mean_logp_nats": float(exact.mean()),
+                "mean_abs_error_nats_per_dim": float((logp - exact).abs().mean() / dim),
+            }
+        )
     np.save(out / "logp.npy", logp.numpy())
     written = [write_json(out / "likelihood.json", report), out / "logp.npy"]
     return {**report, "written": [str(p) for p in written]}

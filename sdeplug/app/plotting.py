@@ -1,14 +1,15 @@
-"""Figures written by the CLI (matplotlib, no screen needed)."""
+"""Figures written by the CLI (matplotlib, the ``plots`` extra; no screen needed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from torch import Tensor
 
-matplotlib.use("Agg")
+from sdeplug.extras import require
+
+require("matplotlib", "writing pictures ([output] plot = true; set it to false to skip them)").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
 
 
 def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, title: str = "") -> Path:
@@ -29,8 +30,9 @@ def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, titl
     return path
 
 
-def image_grid(images: Tensor, path: str | Path, title: str = "", ncols: int = 10,
-               value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+def image_grid(
+    images: Tensor, path: str | Path, title: str = "", ncols: int = 10, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> Path:
     """A grid of single-channel (or RGB) images (batch, C, H, W), clipped to value_range."""
     imgs = images.detach().cpu().float().clamp(*value_range)
     lo, hi = value_range

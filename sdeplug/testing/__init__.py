@@ -1,5 +1,9 @@
 """The testing kit for plugin authors: contract checks, hypothesis strategies, statistics.
 
+It needs the ``testing`` extra (pytest, hypothesis): ``pip install 'sdeplug[testing]'``.
+Importing it registers the hypothesis profile ``sdeplug-ci`` (derandomised, no example
+database, no deadline).
+
 - ``contract_tests("my_plugin")``: a pytest test running every contract on every part a
   plugin registers (one line in the plugin's tests);
 - ``check_sde``, ``check_predictor``, ``check_corrector``, ``check_ode_solver``,
@@ -11,7 +15,25 @@
 - ``simulate_forward``: the forward SDE from its drift and diffusion alone.
 """
 
-from sdeplug.testing.contracts import (
+from sdeplug.extras import require
+
+require("hypothesis", "the testing kit (sdeplug.testing)")
+require("pytest", "the testing kit (sdeplug.testing)")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "sdeplug-ci", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+from sdeplug.stats import (  # noqa: E402
+    EnergyNull,
+    TwoSampleResult,
+    assert_same_law,
+    energy_distance,
+    energy_null,
+)
+from sdeplug.testing.contracts import (  # noqa: E402
     ContractError,
     ContractReport,
     check_classifier,
@@ -23,19 +45,12 @@ from sdeplug.testing.contracts import (
     check_sde,
     check_time_grid,
     contract_tests,
-    ode_order,
     observed_order,
+    ode_order,
     plugin_parts,
     weak_order,
 )
-from sdeplug.testing.simulate import simulate_forward
-from sdeplug.testing.stats import (
-    EnergyNull,
-    TwoSampleResult,
-    assert_same_law,
-    energy_distance,
-    energy_null,
-)
+from sdeplug.testing.simulate import simulate_forward  # noqa: E402
 
 __all__ = [
     "ContractError",

@@ -22,23 +22,18 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from sdeplug.errors import IncompatiblePartError
+from sdeplug.grids import log_snr_grid
 from sdeplug.interfaces import (
     SDE,
-    Corrector,
     LinearSDE,
-    ODESolver,
     Predictor,
-    ScoreModel,
-    TimeClassifier,
-    TimeGrid,
 )
 from sdeplug.oracle import GaussianMixture, preset
-from sdeplug.registry import KINDS, get_registry, part_options
-from sdeplug.grids import log_snr_grid
+from sdeplug.registry import get_registry, part_options
 from sdeplug.sampling import sample_pc
+from sdeplug.stats import EnergyNull, assert_same_law, energy_null
 from sdeplug.tensors import per_sample
 from sdeplug.testing.simulate import simulate_forward
-from sdeplug.testing.stats import EnergyNull, assert_same_law, energy_null
 
 F64 = torch.float64
 
@@ -74,9 +69,15 @@ def _fail(message: str) -> None:
 def _hypothesis(examples: int):
     # No shrinking: each example is a costly simulation, and the first failure already
     # says which method is wrong and with which parameters.
-    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
-                    report_multiple_bugs=False)
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+        report_multiple_bugs=False,
+    )
 
 
 @functools.cache
@@ -117,8 +118,12 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
     report.passed.append("shapes, dtypes and devices of every method; seeded prior sampling")
 
     @_hypothesis(examples)
-    @given(options=cls.example_options(), t=st.floats(0.05, 1.0), shape=st.sampled_from([(1,), (3,), (1, 2, 2)]),
-           seed=st.integers(0, 2**31 - 1))
+    @given(
+        options=cls.example_options(),
+        t=st.floats(0.05, 1.0),
+        shape=st.sampled_from([(1,), (3,), (1, 2, 2)]),
+        seed=st.integers(0, 2**31 - 1),
+    )
     def properties(options, t, shape, seed):
         sde = cls(**{**fixed, **options})
         if has_marginals:
@@ -167,9 +172,15 @@ def _check_sde_interface(sde: SDE, shape, dtype, device, has_marginals: bool) ->
     z = sde.prior_sampling((4, *shape), g1, device, dtype)
     checks.append(("prior_sampling(shape)", z, x.shape))
     for label, value, expected in checks:
-        if tuple(value.shape) != tuple(expected) or value.dtype != dtype or value.device.type != torch.device(device).type:
-            _fail(f"{label} returned shape {tuple(value.shape)}, {value.dtype} on {value.device} {where}; "
-                  f"expected shape {tuple(expected)}, {dtype} on {device}")
+        if (
+            tuple(value.shape) != tuple(expected)
+            or value.dtype != dtype
+            or value.device.type != torch.device(device).type
+        ):
+            _fail(
+                f"{label} returned shape {tuple(value.shape)}, {value.dtype} on {value.device} {where}; "
+                f"expected shape {tuple(expected)}, {dtype} on {device}"
+            )
     again = sde.prior_sampling((4, *shape), torch.Generator(device).manual_seed(3), device, dtype)
     if not torch.equal(z, again):
         _fail(f"prior_sampling is not reproducible with a seeded generator {where}: draw noise from `generator`")
@@ -186,15 +197,19 @@ def _check_marginals(sde: SDE, t: float, shape, seed: int, n: int) -> None:
     sd = float(std[0])
     error = (xt.mean(0) - mean[0]).abs().max()
     if float(error) > 5 * sd / math.sqrt(n) + 1e-9:
-        _fail(f"marginal_prob mean at t = {t:.4g} is off by {float(error):.4g} from the mean of {n} paths simulated "
-              f"from drift() and diffusion() ({float(error) / (sd / math.sqrt(n)):.1f} standard errors). "
-              f"Check marginal_prob's mean (alpha(t)) against drift().")
+        _fail(
+            f"marginal_prob mean at t = {t:.4g} is off by {float(error):.4g} from the mean of {n} paths simulated "
+            f"from drift() and diffusion() ({float(error) / (sd / math.sqrt(n)):.1f} standard errors). "
+            f"Check marginal_prob's mean (alpha(t)) against drift()."
+        )
     ratio = math.sqrt(float(xt.var(0).mean())) / sd
     tol = 5 * math.sqrt(1 / (2 * n * x0[0].numel()))  # 5 standard errors of a std estimate
     if abs(ratio - 1) > tol:
-        _fail(f"marginal_prob std at t = {t:.4g} is {1 / ratio:.4f} times the std of {n} paths simulated from "
-              f"drift() and diffusion() (allowed: 1 +- {tol:.4f}). Check marginal_prob's std (sigma(t)) against "
-              f"diffusion().")
+        _fail(
+            f"marginal_prob std at t = {t:.4g} is {1 / ratio:.4f} times the std of {n} paths simulated from "
+            f"drift() and diffusion() (allowed: 1 +- {tol:.4f}). Check marginal_prob's std (sigma(t)) against "
+            f"diffusion()."
+        )
 
 
 def _check_discretize(sde: SDE, t: float, seed: int) -> None:
@@ -205,11 +220,15 @@ def _check_discretize(sde: SDE, t: float, seed: int) -> None:
     f, G = sde.discretize(x, tt, torch.full((3,), dt, dtype=F64))
     scale = float(drift.abs().max()) + 1e-12
     if float((f / dt - drift).abs().max()) > 1e-2 * scale + 1e-9:
-        _fail(f"discretize(x, t={t:.4g}, dt={dt:g}) gives f / dt = {(f / dt)[0, :2].tolist()} but drift(x, t) = "
-              f"{drift[0, :2].tolist()}: the discretisation must tend to the SDE as dt -> 0")
+        _fail(
+            f"discretize(x, t={t:.4g}, dt={dt:g}) gives f / dt = {(f / dt)[0, :2].tolist()} but drift(x, t) = "
+            f"{drift[0, :2].tolist()}: the discretisation must tend to the SDE as dt -> 0"
+        )
     if float((G / math.sqrt(dt) - g).abs().max()) > 1e-2 * (float(g.abs().max()) + 1e-12):
-        _fail(f"discretize(x, t={t:.4g}, dt={dt:g}) gives G / sqrt(dt) = {float(G[0] / math.sqrt(dt)):.6g} but "
-              f"diffusion(t) = {float(g[0]):.6g}: the discretisation must tend to the SDE as dt -> 0")
+        _fail(
+            f"discretize(x, t={t:.4g}, dt={dt:g}) gives G / sqrt(dt) = {float(G[0] / math.sqrt(dt)):.6g} but "
+            f"diffusion(t) = {float(g[0]):.6g}: the discretisation must tend to the SDE as dt -> 0"
+        )
 
 
 def _check_transitions(sde: LinearSDE, t: float) -> None:
@@ -219,17 +238,27 @@ def _check_transitions(sde: LinearSDE, t: float) -> None:
     a_su, v_su = sde.transition(s_, u)
     a_ut, v_ut = sde.transition(u, tt)
     a_st, v_st = sde.transition(s_, tt)
-    if not (torch.allclose(a_st, a_su * a_ut, rtol=1e-6) and torch.allclose(v_st, a_ut**2 * v_su + v_ut, rtol=1e-6, atol=1e-12)):
-        _fail(f"transition(s, t) does not compose at s = {float(s_):.4g}, u = {float(u):.4g}, t = {t:.4g}: "
-              f"scale {float(a_st):.6g} vs {float(a_su * a_ut):.6g}, variance {float(v_st):.6g} vs "
-              f"{float(a_ut**2 * v_su + v_ut):.6g}. Check transition() against alpha(t) and sigma(t).")
+    if not (
+        torch.allclose(a_st, a_su * a_ut, rtol=1e-6)
+        and torch.allclose(v_st, a_ut**2 * v_su + v_ut, rtol=1e-6, atol=1e-12)
+    ):
+        _fail(
+            f"transition(s, t) does not compose at s = {float(s_):.4g}, u = {float(u):.4g}, t = {t:.4g}: "
+            f"scale {float(a_st):.6g} vs {float(a_su * a_ut):.6g}, variance {float(v_st):.6g} vs "
+            f"{float(a_ut**2 * v_su + v_ut):.6g}. Check transition() against alpha(t) and sigma(t)."
+        )
     zero = torch.zeros(1, dtype=F64)
     a0, v0 = sde.transition(zero, tt)
     expected_v = sde.sigma(tt) ** 2 - (a0 * sde.sigma(zero)) ** 2
-    if not (torch.allclose(a0, sde.alpha(tt) / sde.alpha(zero), rtol=1e-6) and torch.allclose(v0, expected_v, rtol=1e-6, atol=1e-12)):
-        _fail(f"transition(0, t) at t = {t:.4g} is ({float(a0):.6g}, {float(v0):.6g}) but the marginals give "
-              f"({float(sde.alpha(tt) / sde.alpha(zero)):.6g}, {float(expected_v):.6g}): transition() disagrees with "
-              "alpha(t) and sigma(t)")
+    if not (
+        torch.allclose(a0, sde.alpha(tt) / sde.alpha(zero), rtol=1e-6)
+        and torch.allclose(v0, expected_v, rtol=1e-6, atol=1e-12)
+    ):
+        _fail(
+            f"transition(0, t) at t = {t:.4g} is ({float(a0):.6g}, {float(v0):.6g}) but the marginals give "
+            f"({float(sde.alpha(tt) / sde.alpha(zero)):.6g}, {float(expected_v):.6g}): transition() disagrees with "
+            "alpha(t) and sigma(t)"
+        )
 
 
 def _check_reverse_formula(sde: SDE, t: float, seed: int) -> None:
@@ -248,14 +277,21 @@ def _check_reverse_formula(sde: SDE, t: float, seed: int) -> None:
         if not torch.allclose(got, want, rtol=1e-6, atol=1e-9):
             flipped = torch.allclose(got, f + weight * g2 * s, rtol=1e-6, atol=1e-9)
             kind = "probability-flow ODE" if probability_flow else "reverse SDE"
-            _fail(f"reverse(score, probability_flow={probability_flow}).drift is not {label} at t = {t:.4g}"
-                  + (": it is f + g^2 s, the sign of the score term is flipped" if flipped else
-                     f": max difference {float((got - want).abs().max()):.4g}")
-                  + f" (the {kind} would not reverse the forward SDE)")
+            _fail(
+                f"reverse(score, probability_flow={probability_flow}).drift is not {label} at t = {t:.4g}"
+                + (
+                    ": it is f + g^2 s, the sign of the score term is flipped"
+                    if flipped
+                    else f": max difference {float((got - want).abs().max()):.4g}"
+                )
+                + f" (the {kind} would not reverse the forward SDE)"
+            )
         want_g = torch.zeros_like(sde.diffusion(tt)) if probability_flow else sde.diffusion(tt)
         if not torch.allclose(reverse.diffusion(tt), want_g):
-            _fail(f"reverse(score, probability_flow={probability_flow}).diffusion(t) should be "
-                  f"{'0' if probability_flow else 'g(t)'}; got {reverse.diffusion(tt).tolist()}")
+            _fail(
+                f"reverse(score, probability_flow={probability_flow}).diffusion(t) should be "
+                f"{'0' if probability_flow else 'g(t)'}; got {reverse.diffusion(tt).tolist()}"
+            )
 
 
 def _check_prior(sde: SDE, n: int = 50_000, dim: int = 3) -> None:
@@ -267,10 +303,12 @@ def _check_prior(sde: SDE, n: int = 50_000, dim: int = 3) -> None:
     w = torch.exp(log_w - log_w.max()) * math.exp(float(log_w.max()))
     m, se = float(w.mean()), float(w.std() / math.sqrt(n))
     if not math.isfinite(m) or abs(m - 1) > 5 * se + 0.02:
-        _fail(f"prior_logp is not the normalised density of prior_sampling: E[q(z) / p(z)] = {m:.4g} +- {se:.2g} "
-              f"over {n} samples z ~ prior_sampling, with q a Gaussian fitted to them (it is 1 when prior_logp is "
-              f"their log-density). log E = {math.log(m) if m > 0 else float('-inf'):+.3f} nats: a missing or wrong "
-              f"normalising constant, or a density of another scale than the samples.")
+        _fail(
+            f"prior_logp is not the normalised density of prior_sampling: E[q(z) / p(z)] = {m:.4g} +- {se:.2g} "
+            f"over {n} samples z ~ prior_sampling, with q a Gaussian fitted to them (it is 1 when prior_logp is "
+            f"their log-density). log E = {math.log(m) if m > 0 else float('-inf'):+.3f} nats: a missing or wrong "
+            f"normalising constant, or a density of another scale than the samples."
+        )
 
 
 def _reverse_sample(sde: LinearSDE, score, x: Tensor, steps: int, probability_flow: bool) -> Tensor:
@@ -287,7 +325,9 @@ def _reverse_sample(sde: LinearSDE, score, x: Tensor, steps: int, probability_fl
             x_pred = x + d1 * dt
             x = x + 0.5 * (d1 + reverse.drift(x_pred, t_next)) * dt
         else:
-            noise = per_sample(reverse.diffusion(t), x) * torch.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            noise = (
+                per_sample(reverse.diffusion(t), x) * torch.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            )
             x = x + d1 * dt + noise
     t = times[-1].expand(batch)
     return sde.data_prediction(x, t, score(x, t))
@@ -297,21 +337,26 @@ def _check_reverse_sampling(sde: LinearSDE) -> None:
     mixture, null = _mixture_and_null()
     score = mixture.score_model(sde)
     x_T = sde.prior_sampling((null.n, 2), torch.Generator().manual_seed(0), "cpu", F64)
-    for probability_flow, steps, what in ((False, 1000, "the reverse SDE (Euler-Maruyama, 1000 steps)"),
-                                          (True, 200, "the probability-flow ODE (Heun, 200 steps)")):
+    for probability_flow, steps, what in (
+        (False, 1000, "the reverse SDE (Euler-Maruyama, 1000 steps)"),
+        (True, 200, "the probability-flow ODE (Heun, 200 steps)"),
+    ):
         x = _reverse_sample(sde, score, x_T.clone(), steps, probability_flow)
         try:
             assert_same_law(x, lambda k, g: mixture.sample(k, g), null=null)
         except AssertionError as exc:
-            _fail(f"{what} from prior_sampling with the exact score does not recover the data law: {exc}. "
-                  "Check reverse(), prior_sampling and that alpha(t), sigma(t) match drift() and diffusion().")
+            _fail(
+                f"{what} from prior_sampling with the exact score does not recover the data law: {exc}. "
+                "Check reverse(), prior_sampling and that alpha(t), sigma(t) match drift() and diffusion()."
+            )
 
 
 # Predictors --------------------------------------------------------------------------
 
 
-def _start(kind: str, spec: Any, sdes: Sequence[SDE] | None,
-           options: dict[str, Any] | None) -> tuple[str, type, dict[str, Any], ContractReport, list[SDE]]:
+def _start(
+    kind: str, spec: Any, sdes: Sequence[SDE] | None, options: dict[str, Any] | None
+) -> tuple[str, type, dict[str, Any], ContractReport, list[SDE]]:
     """Name, class, options, an empty report and the SDEs to check a part with (a skip noted if none)."""
     name, cls, options = _resolve(kind, spec, options)
     report = ContractReport(f"{kind} {name!r}")
@@ -326,8 +371,9 @@ def _compatible(cls: type, sdes: Sequence[SDE] | None) -> list[SDE]:
     return [s for s in (sdes if sdes is not None else _default_sdes()) if isinstance(s, accepted)]
 
 
-def check_predictor(spec: Any, *, sdes: Sequence[SDE] | None = None, steps: int = 500,
-                    options: dict[str, Any] | None = None) -> ContractReport:
+def check_predictor(
+    spec: Any, *, sdes: Sequence[SDE] | None = None, steps: int = 500, options: dict[str, Any] | None = None
+) -> ContractReport:
     """Shapes and dtypes, the explicit state, seeded determinism, the right law with the
     exact score, and the orders the built part declares (``weak_order``, ``ode_order``)
     on Gaussian problems with a known solution."""
@@ -340,27 +386,42 @@ def check_predictor(spec: Any, *, sdes: Sequence[SDE] | None = None, steps: int 
         score = mixture.score_model(sde)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
         where = f"predictor {name!r} with {label}"
-        _check_step_interface(sde, lambda x, t, g, part=gaussian: _first_step(part, x, t, g, where), where)
+        _check_step_interface(sde, lambda x, t, g, part=gaussian, at=where: _first_step(part, x, t, g, at), where)
         if getattr(gaussian, "identity", False):
-            _check_identity(lambda x, t, part=gaussian: _first_step(part, x, t, None, where), f"predictor {name!r}")
+            _check_identity(
+                lambda x, t, part=gaussian, at=where: _first_step(part, x, t, None, at), f"predictor {name!r}"
+            )
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
             continue
-        result = sample_pc(sde, score, (null.n, 2), predictor=cls, predictor_options=options, corrector="none",
-                           steps=steps, generator=torch.Generator().manual_seed(0), dtype=F64)
+        result = sample_pc(
+            sde,
+            score,
+            (null.n, 2),
+            predictor=cls,
+            predictor_options=options,
+            corrector="none",
+            steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            dtype=F64,
+        )
         try:
             assert_same_law(result.x, lambda k, g: mixture.sample(k, g), null=null)
         except AssertionError as exc:
-            _fail(f"predictor {name!r} with {label}, {steps} steps and the exact score does not recover the data "
-                  f"law: {exc}. Its step does not follow the reverse SDE from t to t_next.")
+            _fail(
+                f"predictor {name!r} with {label}, {steps} steps and the exact score does not recover the data "
+                f"law: {exc}. Its step does not follow the reverse SDE from t to t_next."
+            )
         report.passed.append(f"{label}: shapes, dtypes, seeded determinism, recovers the data law in {steps} steps")
         declared = getattr(gaussian, "weak_order", None)
         if declared is not None:
             observed, errors = weak_order(cls, sde, options)
             if observed < declared - 0.3:
-                _fail(f"predictor {name!r} with {label}: observed weak order {observed:.2f} is below its declared "
-                      f"weak_order {declared:g} (relative errors {', '.join(f'{e:.2e}' for e in errors)} at "
-                      f"{', '.join(map(str, WEAK_ORDER_STEPS))} steps): the step is of a lower order than claimed, "
-                      "or inconsistent")
+                _fail(
+                    f"predictor {name!r} with {label}: observed weak order {observed:.2f} is below its declared "
+                    f"weak_order {declared:g} (relative errors {', '.join(f'{e:.2e}' for e in errors)} at "
+                    f"{', '.join(map(str, WEAK_ORDER_STEPS))} steps): the step is of a lower order than claimed, "
+                    "or inconsistent"
+                )
             report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
         else:
             report.skipped.append(f"{label}: weak order (none declared)")
@@ -368,12 +429,15 @@ def check_predictor(spec: Any, *, sdes: Sequence[SDE] | None = None, steps: int 
         if declared is not None:
             observed, errors = ode_order(cls, sde, options)
             if observed < declared - 0.3:
-                _fail(f"predictor {name!r} with {label}: observed order {observed:.2f} on the probability-flow ODE is "
-                      f"below its declared ode_order {declared:g} (largest errors against the exact flow "
-                      f"{', '.join(f'{e:.2e}' for e in errors)} at {', '.join(map(str, ODE_ORDER_STEPS))} steps "
-                      "uniform in log-SNR): a term of the step is missing or mis-weighted")
-            report.passed.append(f"{label}: observed order {observed:.2f} on the probability-flow ODE "
-                                 f"(declared {declared:g})")
+                _fail(
+                    f"predictor {name!r} with {label}: observed order {observed:.2f} on the probability-flow ODE is "
+                    f"below its declared ode_order {declared:g} (largest errors against the exact flow "
+                    f"{', '.join(f'{e:.2e}' for e in errors)} at {', '.join(map(str, ODE_ORDER_STEPS))} steps "
+                    "uniform in log-SNR): a term of the step is missing or mis-weighted"
+                )
+            report.passed.append(
+                f"{label}: observed order {observed:.2f} on the probability-flow ODE (declared {declared:g})"
+            )
     return report
 
 
@@ -383,8 +447,10 @@ def _first_step(part: Predictor, x: Tensor, t: Tensor, generator, where: str) ->
     state = part.init(x, torch.stack([t[0], t_next[0]]))
     out = part.step(x, t, t_next, state, generator, jumped=False)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor)):
-        _fail(f"{where}: step(x, t, t_next, state, generator, jumped=...) must return (x, state); got "
-              f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}")
+        _fail(
+            f"{where}: step(x, t, t_next, state, generator, jumped=...) must return (x, state); got "
+            f"{type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}"
+        )
     return out[0]
 
 
@@ -396,6 +462,7 @@ def _check_identity(call: Callable, label: str) -> None:
 
 def _unit_gaussian_score(sde: SDE):
     """The exact score of p_t for N(0, I) data under a LinearSDE (-x for others): any shape."""
+
     def score(x, t):
         if isinstance(sde, LinearSDE):
             return -x / per_sample(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, x)
@@ -414,8 +481,10 @@ def _check_step_interface(sde: SDE, call: Callable, label: str) -> None:
             if not isinstance(out, Tensor):
                 _fail(f"{label}: step returned {type(out).__name__}; it must return the new x (a tensor)")
             if out.shape != x.shape or out.dtype != dtype or out.device.type != torch.device(device).type:
-                _fail(f"{label}: step returned shape {tuple(out.shape)}, {out.dtype} on {out.device} "
-                      f"for x of shape {tuple(x.shape)}, {dtype} on {device}")
+                _fail(
+                    f"{label}: step returned shape {tuple(out.shape)}, {out.dtype} on {out.device} "
+                    f"for x of shape {tuple(x.shape)}, {dtype} on {device}"
+                )
             if not torch.equal(out, again):
                 _fail(f"{label}: two steps with generators seeded alike differ: draw noise from `generator`")
 
@@ -439,8 +508,14 @@ def observed_order(steps: Sequence[int], errors: Sequence[float]) -> float:
 WEAK_ORDER_STEPS: tuple[int, ...] = (8, 16, 32, 64)
 
 
-def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
-               steps: Sequence[int] = WEAK_ORDER_STEPS, n: int = 100_000, seed: int = 0) -> tuple[float, list[float]]:
+def weak_order(
+    cls: type[Predictor],
+    sde: SDE,
+    options: dict[str, Any] | None = None,
+    steps: Sequence[int] = WEAK_ORDER_STEPS,
+    n: int = 100_000,
+    seed: int = 0,
+) -> tuple[float, list[float]]:
     """Observed weak order on Gaussian data: from exact samples of p_T down to t = 0.2, the
     relative error of the mean and variance against the exact p_0.2; the order is ``observed_order``."""
     data = GaussianMixture([1.0], [[0.3]], stds=[0.5])
@@ -458,8 +533,19 @@ def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = 
     x_T = (x_T - x_T.mean()) / x_T.std() * math.sqrt(alpha_T**2 * 0.25 + sigma_T**2) + alpha_T * 0.3
     for k in steps:
         g = torch.Generator().manual_seed(seed * 1000 + k)
-        x = sample_pc(sde, score, predictor=cls, predictor_options=options or {}, corrector="none", steps=k,
-                      eps=t_end, denoise=False, x_init=x_T, generator=g, dtype=F64).x
+        x = sample_pc(
+            sde,
+            score,
+            predictor=cls,
+            predictor_options=options or {},
+            corrector="none",
+            steps=k,
+            eps=t_end,
+            denoise=False,
+            x_init=x_T,
+            generator=g,
+            dtype=F64,
+        ).x
         errors.append(abs(float(x.var()) / exact_var - 1) + abs(float(x.mean()) - exact_mean) / math.sqrt(exact_var))
     return observed_order(steps, errors), errors
 
@@ -468,8 +554,9 @@ def weak_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = 
 ODE_ORDER_STEPS: tuple[int, ...] = (16, 32, 64, 128)
 
 
-def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None,
-              steps: Sequence[int] = ODE_ORDER_STEPS) -> tuple[float, list[float]]:
+def ode_order(
+    cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = None, steps: Sequence[int] = ODE_ORDER_STEPS
+) -> tuple[float, list[float]]:
     """Observed order of a deterministic predictor on the probability-flow ODE of Gaussian
     data N(0.3, 0.5^2), whose flow is known exactly: x_t = a_t m + (S_t / S_T)(x_T - a_T m)
     with S_t^2 = a_t^2 v + sigma_t^2. From 65 points spread over p_T down to the SDE's eps,
@@ -491,8 +578,17 @@ def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = N
     exact = a_end * mean + (S_end / S_T) * (x_T - a_T * mean)
     errors = []
     for k in steps:
-        x = sample_pc(sde, score, predictor=cls, predictor_options=options or {}, corrector="none",
-                      grid=log_snr_grid(sde, k, t_end), denoise=False, x_init=x_T, dtype=F64).x
+        x = sample_pc(
+            sde,
+            score,
+            predictor=cls,
+            predictor_options=options or {},
+            corrector="none",
+            grid=log_snr_grid(sde, k, t_end),
+            denoise=False,
+            x_init=x_T,
+            dtype=F64,
+        ).x
         errors.append(float((x - exact).abs().max() / S_end))
     return observed_order(steps, errors), errors
 
@@ -500,8 +596,9 @@ def ode_order(cls: type[Predictor], sde: SDE, options: dict[str, Any] | None = N
 # Correctors --------------------------------------------------------------------------
 
 
-def check_corrector(spec: Any, *, sdes: Sequence[SDE] | None = None, sweeps: int = 50,
-                    options: dict[str, Any] | None = None) -> ContractReport:
+def check_corrector(
+    spec: Any, *, sdes: Sequence[SDE] | None = None, sweeps: int = 50, options: dict[str, Any] | None = None
+) -> ContractReport:
     """Shapes and dtypes, seeded determinism, and invariance: exact samples of p_t stay
     distributed as p_t after ``sweeps`` corrector steps with the exact score."""
     name, cls, options, report, targets = _start("corrector", spec, sdes, options)
@@ -512,7 +609,9 @@ def check_corrector(spec: Any, *, sdes: Sequence[SDE] | None = None, sweeps: int
         label = type(sde).__name__
         corrector = cls(sde, mixture.score_model(sde), **options)
         gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-        _check_step_interface(sde, lambda x, t, g, part=gaussian: part.step(x, t, g), f"corrector {name!r} with {label}")
+        _check_step_interface(
+            sde, lambda x, t, g, part=gaussian: part.step(x, t, g), f"corrector {name!r} with {label}"
+        )
         if getattr(gaussian, "identity", False):
             _check_identity(lambda x, t, part=gaussian: part.step(x, t), f"corrector {name!r}")
             report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
@@ -530,8 +629,10 @@ def check_corrector(spec: Any, *, sdes: Sequence[SDE] | None = None, sweeps: int
         try:
             assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n, reps=20))
         except AssertionError as exc:
-            _fail(f"corrector {name!r} with {label} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
-                  f"from exact samples of p_t, with the exact score, {exc}")
+            _fail(
+                f"corrector {name!r} with {label} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
+                f"from exact samples of p_t, with the exact score, {exc}"
+            )
         report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
     return report
 
@@ -559,14 +660,18 @@ def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> Con
                 _check_known_ode(tuned, name, order, adaptive, dtype, device, t0, t1)
             for t0, t1 in ((0.0, 1.0), (1.0, 0.0)):
                 _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1)
-    report.passed.append("dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
-                         + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else ""))
+    report.passed.append(
+        "dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
+        + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else "")
+    )
     report.passed.append("stable on a decaying ODE (rate 5, 100 steps) forwards and backwards")
     if not adaptive and order is not None:
         observed = _observed_order(solver)
         if observed < order - 0.3:
-            _fail(f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y (40 vs 80 steps) is below "
-                  f"its declared order {order}")
+            _fail(
+                f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y (40 vs 80 steps) is below "
+                f"its declared order {order}"
+            )
         report.passed.append(f"observed order {observed:.2f} (declared {order})")
     else:
         report.skipped.append("order of convergence: adaptive, or no order declared")
@@ -587,8 +692,10 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
     exact = y0 * math.exp((t0**2 - t1**2) / 2)
     where = f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}"
     if solution.y.shape != y0.shape or solution.y.dtype != dtype or solution.y.device.type != torch.device(device).type:
-        _fail(f"{where}: solution of shape {tuple(solution.y.shape)}, {solution.y.dtype} for y0 of shape "
-              f"{tuple(y0.shape)}, {dtype}")
+        _fail(
+            f"{where}: solution of shape {tuple(solution.y.shape)}, {solution.y.dtype} for y0 of shape "
+            f"{tuple(y0.shape)}, {dtype}"
+        )
     if solution.nfe != calls:
         _fail(f"{where}: reported nfe = {solution.nfe} but F was called {calls} times")
     if adaptive:
@@ -597,8 +704,10 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
         tol = max(1e-3 if (order or 1) >= 2 else 2e-2, 1e-4 if dtype == torch.float32 else 0)
     error = float(((solution.y - exact).abs() / exact.abs()).max())
     if error > tol:
-        _fail(f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
-              f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})")
+        _fail(
+            f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
+            f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})"
+        )
 
 
 def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
@@ -611,9 +720,11 @@ def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
     decay = float((y1 / y0).max()), float((y1 / y0).min())
     exact = math.exp(-5.0)
     if not (0.5 * exact <= decay[1] and decay[0] <= 1.5 * exact):
-        _fail(f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}: unstable on dy/dt = {-rate:g} y "
-              f"with 100 steps; y(t1) / y(t0) = {decay[0]:.3g}, exactly exp(-5) = {exact:.3g}. A stiff direction "
-              f"like this one is what the probability flow has near t = 0.")
+        _fail(
+            f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}: unstable on dy/dt = {-rate:g} y "
+            f"with 100 steps; y(t1) / y(t0) = {decay[0]:.3g}, exactly exp(-5) = {exact:.3g}. A stiff direction "
+            f"like this one is what the probability flow has near t = 0."
+        )
 
 
 def _observed_order(solver) -> float:
@@ -638,8 +749,10 @@ def check_score_model(spec: Any, *, options: dict[str, Any] | None = None) -> Co
         x = torch.randn(3, *shape, dtype=dtype)
         out = model.to(dtype)(x, torch.rand(3, dtype=dtype))
         if out.shape != x.shape or out.dtype != dtype:
-            _fail(f"score_model {name!r}: forward(x, t) returned shape {tuple(out.shape)}, {out.dtype} for x of "
-                  f"shape {tuple(x.shape)}, {dtype}")
+            _fail(
+                f"score_model {name!r}: forward(x, t) returned shape {tuple(out.shape)}, {out.dtype} for x of "
+                f"shape {tuple(x.shape)}, {dtype}"
+            )
     report.passed.append(f"forward(x, t) keeps the shape {shape} and dtype")
     return report
 
@@ -663,8 +776,10 @@ def check_classifier(spec: Any, *, options: dict[str, Any] | None = None) -> Con
         t = torch.tensor([0.1, 0.5, 0.9], dtype=dtype)
         logits = model(x, t)
         if logits.shape != (3, classes) or logits.dtype != dtype:
-            _fail(f"classifier {name!r}: forward(x, t) returned shape {tuple(logits.shape)}, {logits.dtype} for x of "
-                  f"shape {tuple(x.shape)}, {dtype}; it must return logits of shape (batch, num_classes) = (3, {classes})")
+            _fail(
+                f"classifier {name!r}: forward(x, t) returned shape {tuple(logits.shape)}, {logits.dtype} for x of "
+                f"shape {tuple(x.shape)}, {dtype}; it must return logits of shape (batch, num_classes) = (3, {classes})"
+            )
         if not bool(torch.isfinite(logits).all()):
             _fail(f"classifier {name!r}: forward(x, t) returned non-finite logits")
         (grad,) = torch.autograd.grad(torch.log_softmax(logits, -1)[:, 0].sum(), x)
@@ -673,17 +788,23 @@ def check_classifier(spec: Any, *, options: dict[str, Any] | None = None) -> Con
         with torch.no_grad():
             alone = model(x[:1].detach(), t[:1])
         if not torch.allclose(alone, logits[:1].detach(), rtol=1e-4, atol=1e-4):
-            _fail(f"classifier {name!r}: a sample's logits change with the rest of the batch (batch statistics in eval mode?)")
-    report.passed.append(f"forward(x, t) gives finite logits (batch, {classes}) for {shape}, float32 and float64, "
-                         "differentiable in x, per sample")
+            _fail(
+                f"classifier {name!r}: a sample's logits change with the rest of the batch "
+                "(batch statistics in eval mode?)"
+            )
+    report.passed.append(
+        f"forward(x, t) gives finite logits (batch, {classes}) for {shape}, float32 and float64, "
+        "differentiable in x, per sample"
+    )
     return report
 
 
 # Time grids ----------------------------------------------------------------------------
 
 
-def check_time_grid(spec: Any, *, sdes: Sequence[SDE] | None = None,
-                    options: dict[str, Any] | None = None) -> ContractReport:
+def check_time_grid(
+    spec: Any, *, sdes: Sequence[SDE] | None = None, options: dict[str, Any] | None = None
+) -> ContractReport:
     """For every compatible SDE: steps + 1 strictly decreasing times from exactly T to exactly
     eps, in the dtype and on the device asked for, the same on every call, and a mesh that
     shrinks as steps grow (samplers converge only if it does)."""
@@ -699,14 +820,18 @@ def check_time_grid(spec: Any, *, sdes: Sequence[SDE] | None = None,
                 for dtype in (torch.float32, F64):
                     times = rule.times(sde, steps, eps, device=device, dtype=dtype)
                     if not isinstance(times, Tensor) or times.shape != (steps + 1,):
-                        _fail(f"{label}: times(steps={steps}) returned shape {tuple(getattr(times, 'shape', ()))}; "
-                              f"it must return steps + 1 = {steps + 1} times")
+                        _fail(
+                            f"{label}: times(steps={steps}) returned shape {tuple(getattr(times, 'shape', ()))}; "
+                            f"it must return steps + 1 = {steps + 1} times"
+                        )
                     if times.dtype != dtype or times.device.type != torch.device(device).type:
                         _fail(f"{label}: asked for {dtype} on {device}, got {times.dtype} on {times.device}")
                     ends = torch.tensor([sde.T, eps], dtype=dtype)
                     if not torch.equal(times[[0, -1]].cpu(), ends):
-                        _fail(f"{label}: the grid must run from exactly T = {sde.T} to exactly eps = {eps}; "
-                              f"got {float(times[0])!r} to {float(times[-1])!r}")
+                        _fail(
+                            f"{label}: the grid must run from exactly T = {sde.T} to exactly eps = {eps}; "
+                            f"got {float(times[0])!r} to {float(times[-1])!r}"
+                        )
                     if not bool((times.diff() < 0).all()) or not bool(torch.isfinite(times).all()):
                         _fail(f"{label}: times must be finite and strictly decreasing; got {times.tolist()[:10]}")
             if not torch.equal(rule.times(sde, steps, eps, dtype=F64), rule.times(sde, steps, eps, dtype=F64)):
@@ -714,10 +839,14 @@ def check_time_grid(spec: Any, *, sdes: Sequence[SDE] | None = None,
         coarse = float(rule.times(sde, 50, eps, dtype=F64).diff().abs().max())
         fine = float(rule.times(sde, 400, eps, dtype=F64).diff().abs().max())
         if fine > coarse / 4:
-            _fail(f"{label}: the largest step shrinks only from {coarse:.3g} (50 steps) to {fine:.3g} (400 steps); "
-                  "a sampler can converge only if every step shrinks with 1/steps")
-        report.passed.append(f"{type(sde).__name__}: ends at T and eps exactly, decreasing, dtypes, devices, "
-                             f"deterministic, largest step {coarse:.3g} -> {fine:.3g} from 50 to 400 steps")
+            _fail(
+                f"{label}: the largest step shrinks only from {coarse:.3g} (50 steps) to {fine:.3g} (400 steps); "
+                "a sampler can converge only if every step shrinks with 1/steps"
+            )
+        report.passed.append(
+            f"{type(sde).__name__}: ends at T and eps exactly, decreasing, dtypes, devices, "
+            f"deterministic, largest step {coarse:.3g} -> {fine:.3g} from 50 to 400 steps"
+        )
     return report
 
 

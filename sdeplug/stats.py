@@ -57,7 +57,9 @@ class EnergyNull:
         return self.mean + z * self.std
 
 
-def energy_null(sample_true: TrueSampler, n: int, *, reps: int = 20, generator: torch.Generator | None = None) -> EnergyNull:
+def energy_null(
+    sample_true: TrueSampler, n: int, *, reps: int = 20, generator: torch.Generator | None = None
+) -> EnergyNull:
     """Estimate the null spread of energy_distance at sample size n from ``reps`` independent pairs."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     values = torch.tensor(

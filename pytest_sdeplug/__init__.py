@@ -1,12 +1,16 @@
-"""sdeplug's pytest plugin (entry point ``pytest11``), loaded whenever sdeplug is installed.
+"""sdeplug's pytest plugin (entry point ``pytest11``), installed with sdeplug.
 
-- The test report header lists the sdeplug plugins that loaded, with their
-  distributions, and any that failed, so a plugin author sees at once whether the
-  package under test was found.
+It costs nothing and changes nothing in a project that does not use sdeplug: at start-up
+it imports pytest alone (no torch, no sdeplug plugins loaded), and it speaks only once a
+collected test module has imported the testing kit.
+
+- After collection, when the tests use ``sdeplug.testing``, the report lists the sdeplug
+  plugins that loaded, with their distributions, and any that failed, so a plugin author
+  sees at once whether the package under test was found.
 - The fixture ``sdeplug_registry`` gives the registry; ``sdeplug_contract`` runs the
   contract of one part by kind and name.
-- A hypothesis profile ``sdeplug-ci`` (derandomised, no example database, no deadline)
-  is registered; load it with ``--hypothesis-profile=sdeplug-ci``.
+- Importing ``sdeplug.testing`` registers the hypothesis profile ``sdeplug-ci``; load it
+  with ``--hypothesis-profile=sdeplug-ci``.
 
 Running every contract on every part a plugin registers is one line in a test module::
 
@@ -15,17 +19,15 @@ Running every contract on every part a plugin registers is one line in a test mo
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
-from hypothesis import HealthCheck, settings
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    settings.register_profile(
-        "sdeplug-ci", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-    )
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
+def pytest_report_collectionfinish(config: pytest.Config, start_path: Path, items: list[pytest.Item]) -> list[str]:
+    if "sdeplug.testing" not in sys.modules:
+        return []
     from sdeplug.registry import get_registry
 
     registry = get_registry()
