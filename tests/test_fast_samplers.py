@@ -199,6 +199,26 @@ def test_3m_with_the_reference_implementations_weight_is_only_second_order():
         check_predictor(ReferenceWeight3M, sdes=[sde])
 
 
+@pytest.mark.slow
+def test_the_kit_checks_the_order_the_built_part_declares():
+    """UniPC's ode_order follows its option: built with order = 1 it claims 2, and the kit
+    measures that claim; a part whose claim its options do not meet fails."""
+    cls = REGISTRY.get("predictor", "unipc").cls
+    vp = _sde("vp")
+    assert cls(vp, lambda x, t: x, order=1).ode_order == 2.0 and cls(vp, lambda x, t: x).ode_order == 3.0
+    report = check_predictor(cls, sdes=[vp], options={"order": 1})
+    assert any("(declared 2)" in line for line in report.passed), report.passed
+
+    @attrs.define
+    class Overclaims(cls):
+        @property
+        def ode_order(self) -> float:
+            return float(self.order + 2)  # one more than UniC gives
+
+    with pytest.raises(ContractError, match="below its declared ode_order 3"):
+        check_predictor(Overclaims, sdes=[vp], options={"order": 1})
+
+
 def test_unipc_raises_the_order_of_its_predictor_by_one():
     sde = _sde("vp")
     cls = REGISTRY.get("predictor", "unipc").cls
