@@ -228,6 +228,7 @@ def sample_pc(
             x_start = x
             counted.watch()
         x, state = pred.step(x, t, t_next, state, generator, jumped=jumped)
+        counted.watching = False  # the predictor's evaluations only: None if it made none
         jumped = constraint is not None
         if constraint is not None:
             x = constraint(x, t_next, generator)

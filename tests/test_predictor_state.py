@@ -185,6 +185,22 @@ def test_the_ode_callback_sees_every_evaluation():
     torch.testing.assert_close(info["denoised"], sde.data_prediction(info["x"], t, score(info["x"], t)))
 
 
+def test_no_data_prediction_where_the_predictor_evaluated_nothing():
+    sde = sdeplug.create("sde", "vp")
+    seen = []
+    sample_pc(
+        sde,
+        preset("mixture3").score_model(sde),
+        (10, 2),
+        predictor="none",
+        corrector="langevin",
+        steps=3,
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(seen) == 3 and all(info["denoised"] is None for info in seen)
+
+
 def test_a_non_linear_sde_gives_no_data_prediction():
     from problems import TanhSDE
 
