@@ -20,6 +20,14 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" Did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception's message; attrs' validators raise with (message, attribute, ...) as their
+    arguments, and only the message is for the user."""
+    if len(exc.args) > 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
+
+
 class UnknownPartError(SdeplugError, LookupError):
     """A part was asked for by a name no plugin registered."""
 

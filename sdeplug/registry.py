@@ -29,6 +29,7 @@ from sdeplug.errors import (
     RegistrationError,
     SdeplugError,
     UnknownPartError,
+    error_text,
 )
 from sdeplug.interfaces import (
     SDE,
@@ -408,10 +409,10 @@ def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str
     except SdeplugError:
         raise
     except ValueError as exc:
-        raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
+        raise OptionError(kind.name, label, f"{error_text(exc)} (accepted options: {_describe(accepted)})") from exc
     except TypeError as exc:
         if _raised_by_attrs(exc):
-            raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
+            raise OptionError(kind.name, label, f"{error_text(exc)} (accepted options: {_describe(accepted)})") from exc
         raise PluginError(
             f"{kind.name} {label!r} failed inside its own constructor with TypeError: {exc}. "
             "This is a bug of the plugin that provides it, not of the options given."

@@ -257,3 +257,10 @@ def test_the_guide_lists_every_hook_and_no_other():
     guide = (Path(__file__).parents[1] / "docs" / "plugin-guide.md").read_text()
     listed = set(re.findall(r"^\| `(register_\w+)\(register\)`", guide, flags=re.M))
     assert listed == {k.hook for k in KINDS.values()}
+
+
+def test_an_attrs_validator_message_reads_as_one_line():
+    with pytest.raises(OptionError) as caught:
+        sdeplug.create("predictor", "unipc", VP, SCORE, order=7)
+    message = str(caught.value)
+    assert "'order' must be in (1, 2, 3) (got 7)" in message and "Attribute(" not in message

@@ -23,7 +23,7 @@ from attrs import validators as v
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from sdeplug.errors import ConfigError, close_matches
+from sdeplug.errors import ConfigError, close_matches, error_text
 from sdeplug.trainer import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -393,8 +393,7 @@ def _message(exc: BaseException) -> str:
         )
     if isinstance(leaf, KeyError):
         return f"[{section}] needs the key {leaf.args[0]!r}" if section else f"the config needs [{leaf.args[0]}]"
-    # attrs' own validators raise with (message, attribute, ...) as arguments: keep the message
-    text = leaf.args[0] if len(leaf.args) > 1 and isinstance(leaf.args[0], str) else str(leaf)
+    text = error_text(leaf)
     return f"[{section}] {text}" if section else text
 
 
