@@ -128,14 +128,14 @@ def run_sampler(
 
 
 def in_batches(num: int, batch_size: int | None, run: Callable[[int, int], Any]) -> tuple[Tensor, int]:
-    """``run(first, size)`` over batches of ``num`` items; the results' ``x`` (or the tensors
-    themselves) joined on the CPU, and the largest ``nfe`` of any batch."""
+    """``run(first, size)`` over batches of ``num`` items, each returning a result with ``x``
+    and ``nfe`` (a SampleResult); the ``x`` joined on the CPU, and the largest ``nfe``."""
     batch = batch_size or num
     chunks, nfe = [], 0
     for first in range(0, num, batch):
         result = run(first, min(batch, num - first))
-        chunks.append((result.x if hasattr(result, "x") else result).detach().cpu())
-        nfe = max(nfe, int(getattr(result, "nfe", 0)))
+        chunks.append(result.x.detach().cpu())
+        nfe = max(nfe, int(result.nfe))
     return torch.cat(chunks), nfe
 
 

@@ -29,6 +29,7 @@ from sdeplug.app.assemble import (
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset
 from sdeplug.errors import ConfigError
+from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
 
 
@@ -364,13 +365,6 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     return {**report, "written": [str(p) for p in written]}
 
 
-@attrs.frozen
-class _Batch:
-    """A likelihood batch as ``in_batches`` reads it: ``x`` the log-densities, ``nfe`` the evaluations."""
-
-    x: torch.Tensor
-    nfe: int
-
-
-def _logp_batch(result) -> _Batch:
-    return _Batch(result.logp, result.nfe)
+def _logp_batch(result) -> SampleResult:
+    """A likelihood batch as ``in_batches`` reads it: the log-densities as ``x``, with the evaluations."""
+    return SampleResult(x=result.logp, nfe=result.nfe)
