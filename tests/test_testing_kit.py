@@ -158,3 +158,57 @@ def test_strategies_build_valid_objects(sde, data):
     mixture = data.draw(strategies.mixtures())
     x = mixture.sample(4, torch.Generator().manual_seed(data.draw(strategies.seeds)))
     assert torch.isfinite(mixture.log_prob(x)).all()
+
+
+# A contract that checks nothing fails (issue 14, first part) --------------------------------
+
+
+class OwnVP(VPSDE):
+    """A plugin's own SDE: VP under another class and name."""
+
+    name = "own_vp"
+
+
+@attrs.frozen
+class GarbageForOwnSDE(sdeplug.Predictor):
+    """Claims only its plugin's own SDE and returns 123 everywhere."""
+
+    name = "garbage_for_own_sde"
+    sde_types = (OwnVP,)
+    sde: sdeplug.SDE
+    score: object
+
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
+        return torch.full_like(x, 123.0), None
+
+
+def test_a_predictor_that_no_registered_sde_fits_fails_instead_of_passing_unchecked():
+    with pytest.raises(ContractError, match=r"was checked against no SDE.*sde_types = OwnVP.*pass sdes=\[\.\.\.\]"):
+        check_predictor(GarbageForOwnSDE)
+
+
+def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde():
+    class Plugin:
+        @sdeplug.hookimpl
+        def register_sdes(self, register):
+            register(OwnVP)
+
+        @sdeplug.hookimpl
+        def register_predictors(self, register):
+            register(GarbageForOwnSDE)
+
+    sdeplug.register_plugin(Plugin(), "garbage_plugin")
+    assert contracts.plugin_parts("garbage_plugin") == [("sde", "own_vp"), ("predictor", "garbage_for_own_sde")]
+    with pytest.raises(ContractError, match="predictor 'garbage_for_own_sde' with OwnVP.*does not recover"):
+        contracts.check_part("predictor", "garbage_for_own_sde")
+
+
+@pytest.mark.parametrize("form", ["name", "class", "instance"])
+def test_sdes_are_given_by_name_class_or_instance(form):
+    spec = {"name": "vp", "class": VPSDE, "instance": VPSDE()}[form]
+    report = contracts.check_time_grid("logsnr", sdes=[spec])
+    assert [line.split(":")[0] for line in report.passed] == ["VPSDE"]
+    with pytest.raises(ContractError, match="was checked against no SDE"):
+        contracts.check_time_grid("logsnr", sdes=[])
+    with pytest.raises(sdeplug.UnknownPartError, match="karras_ve"):
+        contracts.check_time_grid("logsnr", sdes=["karras_ve"])
