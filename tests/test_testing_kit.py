@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
 import torch
@@ -19,7 +21,7 @@ from sdeplug.testing.contracts import (
     check_predictor,
     check_sde,
 )
-from sdeplug_reference import VPSDE, Euler, EulerMaruyama, Heun, Langevin
+from sdeplug_reference import VESDE, VPSDE, Euler, EulerMaruyama, Heun, Langevin
 
 
 @attrs.frozen
@@ -62,8 +64,62 @@ def test_a_marginal_std_off_by_a_factor_is_caught():
 
 @pytest.mark.slow
 def test_a_prior_without_its_normaliser_is_caught():
-    with pytest.raises(ContractError, match="prior_logp is not the normalised density.*normalising constant"):
+    with pytest.raises(ContractError, match="disagree.*the normalising constant of prior_logp is missing or wrong"):
         check_sde(PriorWithoutNormaliser)
+
+
+class PriorSamplesTooWide(VPSDE):
+    name = "prior_samples_too_wide"
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=None):
+        return 2 * super().prior_sampling(shape, generator, device, dtype)
+
+
+class PriorDensityTooWide(VPSDE):
+    name = "prior_density_too_wide"
+
+    def prior_logp(self, z):
+        return super().prior_logp(z / 2) - z[0].numel() * math.log(2)
+
+
+def test_the_prior_check_says_which_side_has_the_wrong_scale():
+    with pytest.raises(ContractError, match="prior_sampling is at fault: its samples have std 2"):
+        contracts._check_prior(PriorSamplesTooWide())
+    with pytest.raises(ContractError, match="prior_logp is at fault: it is the density of std 2"):
+        contracts._check_prior(PriorDensityTooWide())
+    with pytest.raises(ContractError, match="the normalising constant of prior_logp is missing or wrong"):
+        contracts._check_prior(PriorWithoutNormaliser())
+    contracts._check_prior(VPSDE())  # the right prior passes
+
+
+class VEClosedForm(VESDE):
+    """VE with t_from_log_snr in closed form: log_snr = -2 log sigma(t), sigma = sigma_min r^t."""
+
+    name = "ve_closed_form"
+
+    def t_from_log_snr(self, log_snr):
+        return (-0.5 * log_snr - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
+
+class VEMissingHalf(VESDE):
+    name = "ve_missing_half"
+
+    def t_from_log_snr(self, log_snr):
+        return (-log_snr - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
+
+def test_an_overridden_t_from_log_snr_is_checked():
+    contracts._check_t_from_log_snr(VEClosedForm())
+    with pytest.raises(ContractError, match="t_from_log_snr is not the inverse of log_snr.*factors of 2"):
+        contracts._check_t_from_log_snr(VEMissingHalf())
+
+
+@pytest.mark.slow
+def test_the_sde_contract_catches_a_t_from_log_snr_missing_a_factor():
+    with pytest.raises(ContractError, match="t_from_log_snr is not the inverse of log_snr"):
+        check_sde(VEMissingHalf, examples=2, n_paths=2000)
+    report = check_sde(VEClosedForm, examples=2, n_paths=2000)
+    assert "the overridden t_from_log_snr inverts log_snr" in report.passed
 
 
 class ClaimsSecondOrder(EulerMaruyama):

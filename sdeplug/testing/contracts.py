@@ -133,6 +133,10 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
                 _check_sde_interface(default, shape, dtype, device, has_marginals)
     report.passed.append("shapes, dtypes and devices of every method; seeded prior sampling")
 
+    overrides_t_from_log_snr = (
+        isinstance(default, LinearSDE) and type(default).t_from_log_snr is not LinearSDE.t_from_log_snr
+    )
+
     @_hypothesis(examples)
     @given(
         options=cls.example_options(),
@@ -148,6 +152,8 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
         _check_reverse_formula(sde, t * sde.T, seed)
         if isinstance(sde, LinearSDE):
             _check_transitions(sde, t * sde.T)
+            if overrides_t_from_log_snr:
+                _check_t_from_log_snr(sde)
 
     properties()
     if has_marginals:
@@ -158,6 +164,10 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
     report.passed.append("reverse() has drift f - g^2 s (SDE) and f - g^2 s / 2 (probability flow)")
     if isinstance(default, LinearSDE):
         report.passed.append("transition kernels compose and start from the marginals (alpha, sigma)")
+    if overrides_t_from_log_snr:
+        report.passed.append("the overridden t_from_log_snr inverts log_snr")
+    elif isinstance(default, LinearSDE):
+        report.skipped.append("t_from_log_snr: not overridden (the default bisection is exact by construction)")
 
     _check_prior(default)
     report.passed.append("prior_logp is the normalised density of prior_sampling")
@@ -311,19 +321,74 @@ def _check_reverse_formula(sde: SDE, t: float, seed: int) -> None:
 
 
 def _check_prior(sde: SDE, n: int = 50_000, dim: int = 3) -> None:
-    """E_{z~prior}[q(z) / p(z)] = 1 for any normalised q when p is the density of the samples."""
+    """prior_logp is the normalised density of prior_sampling: E_{z~prior}[q(z) / p(z)] = 1 for
+    any normalised q. For a LinearSDE both also have the scale of the marginal at T of
+    unit-variance data (the importance check alone has no power when the samples are the
+    wider side: its weights then have infinite variance)."""
     z = sde.prior_sampling((n, dim), torch.Generator().manual_seed(0), "cpu", F64)
     mean, std = z.mean(0), z.std(0)
     log_q = torch.distributions.Normal(mean, std).log_prob(z).sum(1)
     log_w = log_q - sde.prior_logp(z)
     w = torch.exp(log_w - log_w.max()) * math.exp(float(log_w.max()))
     m, se = float(w.mean()), float(w.std() / math.sqrt(n))
-    if not math.isfinite(m) or abs(m - 1) > 5 * se + 0.02:
+    samples, density, expected = _prior_scales(sde, z)
+    off_scale = expected is not None and max(abs(samples / expected - 1), abs(density / expected - 1)) > 0.1
+    if not math.isfinite(m) or abs(m - 1) > 5 * se + 0.02 or off_scale:
         _fail(
-            f"prior_logp is not the normalised density of prior_sampling: E[q(z) / p(z)] = {m:.4g} +- {se:.2g} "
-            f"over {n} samples z ~ prior_sampling, with q a Gaussian fitted to them (it is 1 when prior_logp is "
-            f"their log-density). log E = {math.log(m) if m > 0 else float('-inf'):+.3f} nats: a missing or wrong "
-            f"normalising constant, or a density of another scale than the samples."
+            f"prior_sampling and prior_logp disagree: E[q(z) / p(z)] = {m:.4g} +- {se:.2g} over {n} samples "
+            f"z ~ prior_sampling, with q a Gaussian fitted to them (it is 1 when prior_logp is their log-density; "
+            f"log E = {math.log(m) if m > 0 else float('-inf'):+.3f} nats). "
+            f"{_prior_diagnosis(samples, density, expected)}"
+        )
+
+
+def _prior_scales(sde: SDE, z: Tensor) -> tuple[float, float, float | None]:
+    """The samples' std; the density's scale from its curvature at the origin
+    (log p(0) - log p(h e_1) = h^2 / (2 s^2) for a Gaussian); and for a LinearSDE the std
+    both should have, that of the marginal at T of unit-variance data."""
+    samples = float(z.std())
+    h = max(samples, 1e-6)
+    probe = torch.zeros(2, z.shape[1], dtype=F64)
+    probe[1, 0] = h
+    drop = float(sde.prior_logp(probe)[0] - sde.prior_logp(probe)[1])
+    density = h / math.sqrt(2 * drop) if drop > 0 else float("inf")
+    if not isinstance(sde, LinearSDE):
+        return samples, density, None
+    tt = torch.tensor([float(sde.T)], dtype=F64)
+    return samples, density, math.sqrt(float(sde.alpha(tt)) ** 2 + float(sde.sigma(tt)) ** 2)
+
+
+def _prior_diagnosis(samples: float, density: float, expected: float | None) -> str:
+    """Which side is wrong: the scale of the samples, the scale of the density, or its constant."""
+    if expected is None:
+        return f"The samples have std {samples:.4g}, the density the scale of std {density:.4g}: " + (
+            "the normalising constant of prior_logp is missing or wrong."
+            if abs(density / samples - 1) < 0.05
+            else "one of them has the wrong scale."
+        )
+    marginal = f"the marginal at T (sqrt(alpha(T)^2 + sigma(T)^2) = {expected:.4g})"
+    samples_ok, density_ok = abs(samples / expected - 1) <= 0.1, abs(density / expected - 1) <= 0.1
+    if samples_ok and density_ok:
+        return f"Both have the scale of {marginal}: the normalising constant of prior_logp is missing or wrong."
+    if density_ok:
+        return f"prior_sampling is at fault: its samples have std {samples:.4g}; prior_logp and {marginal} agree."
+    if samples_ok:
+        return f"prior_logp is at fault: it is the density of std {density:.4g}; prior_sampling and {marginal} agree."
+    return f"Both have the wrong scale: samples of std {samples:.4g}, a density of std {density:.4g}, and {marginal}."
+
+
+def _check_t_from_log_snr(sde: LinearSDE) -> None:
+    """An overridden t_from_log_snr must invert log_snr on (0, T]."""
+    t = torch.linspace(0.02, 1.0, 50, dtype=F64) * sde.T
+    back = sde.t_from_log_snr(sde.log_snr(t))
+    error = (back - t).abs()
+    worst = int(error.argmax())
+    if not bool(torch.isfinite(back).all()) or float(error[worst]) > 1e-6 * sde.T:
+        _fail(
+            f"t_from_log_snr is not the inverse of log_snr: t_from_log_snr(log_snr(t)) = {float(back[worst]):.6g} at "
+            f"t = {float(t[worst]):.6g} (log_snr = {float(sde.log_snr(t[worst : worst + 1])):.6g}). Check the "
+            "closed form against log_snr(t) = 2 (log alpha(t) - log sigma(t)), factors of 2 included, or drop the "
+            "override: the default bisects log_snr to the last bit."
         )
 
 
