@@ -116,10 +116,10 @@ def test_an_overridden_t_from_log_snr_is_checked():
 
 @pytest.mark.slow
 def test_the_sde_contract_catches_a_t_from_log_snr_missing_a_factor():
+    """Through the whole SDE contract, as the one-liner runs it (the correct closed form
+    passing is shown by the test above, without the contract's costly sampling checks)."""
     with pytest.raises(ContractError, match="t_from_log_snr is not the inverse of log_snr"):
         check_sde(VEMissingHalf, examples=2, n_paths=2000)
-    report = check_sde(VEClosedForm, examples=2, n_paths=2000)
-    assert "the overridden t_from_log_snr inverts log_snr" in report.passed
 
 
 class ClaimsSecondOrder(EulerMaruyama):
