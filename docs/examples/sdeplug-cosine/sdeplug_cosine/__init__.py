@@ -80,7 +80,6 @@ class DDIM(sdeplug.Predictor):
 
     name = "ddim"
     sde_types = (sdeplug.LinearSDE,)
-    weak_order = 1.0
 
     def __init__(self, sde, score, eta: float = 0.0) -> None:
         if not 0 <= eta <= 1:
@@ -92,6 +91,12 @@ class DDIM(sdeplug.Predictor):
         """Deterministic DDIM (eta = 0) is a first-order solver of the probability-flow ODE;
         with noise there is no ODE order to claim. Read from the built part by the kit."""
         return 1.0 if self.eta == 0 else None
+
+    @property
+    def weak_order(self):
+        """With noise (eta > 0) DDIM is a weak first-order sampler of the reverse SDE; the
+        deterministic one claims its ODE order instead."""
+        return 1.0 if self.eta > 0 else None
 
     def step(self, x, t, t_next, state, generator=None, *, jumped=False):
         a_t, s_t = self.sde.alpha(t), self.sde.sigma(t)
