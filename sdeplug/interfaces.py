@@ -94,10 +94,9 @@ class SDE(abc.ABC):
 
     @classmethod
     def example_options(cls) -> Any:
-        """A hypothesis strategy of valid option dicts, for the testing kit (default: the defaults)."""
-        from hypothesis import strategies as st
-
-        return st.just({})
+        """Valid option dicts for the testing kit: a hypothesis strategy of them, or a list
+        (default: the defaults alone)."""
+        return ({},)
 
 
 class LinearSDE(SDE):
@@ -245,6 +244,12 @@ class Predictor(abc.ABC):
         Single-step predictors keep no state: the default is None."""
         return None
 
+    @classmethod
+    def example_options(cls) -> Any:
+        """Option sets the testing kit checks besides the defaults: a list of option dicts, or
+        a hypothesis strategy of them (default: none). Declare every code path an option opens."""
+        return ()
+
     @abc.abstractmethod
     def step(
         self,
@@ -271,6 +276,12 @@ class Corrector(abc.ABC):
     identity: ClassVar[bool] = False
     sde: SDE
     score: ScoreFn
+
+    @classmethod
+    def example_options(cls) -> Any:
+        """Option sets the testing kit checks besides the defaults: a list of option dicts, or
+        a hypothesis strategy of them (default: none)."""
+        return ()
 
     @abc.abstractmethod
     def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:

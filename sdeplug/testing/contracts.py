@@ -11,6 +11,7 @@ checked and what did not apply.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from sdeplug.errors import IncompatiblePartError, SdeplugError
+from sdeplug.errors import IncompatiblePartError, SdeplugError, error_text
 from sdeplug.grids import log_snr_grid
 from sdeplug.interfaces import (
     SDE,
@@ -34,6 +35,7 @@ from sdeplug.sampling import sample_pc
 from sdeplug.stats import EnergyNull, assert_same_law, energy_null
 from sdeplug.tensors import per_sample
 from sdeplug.testing.simulate import simulate_forward
+from sdeplug.testing.strategies import option_sets
 
 F64 = torch.float64
 
@@ -139,7 +141,7 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
 
     @_hypothesis(examples)
     @given(
-        options=cls.example_options(),
+        options=option_sets(cls.example_options()),
         t=st.floats(0.05, 1.0),
         shape=st.sampled_from([(1,), (3,), (1, 2, 2)]),
         seed=st.integers(0, 2**31 - 1),
@@ -437,10 +439,10 @@ def _check_reverse_sampling(sde: LinearSDE) -> None:
 
 def _start(
     kind: str, spec: Any, sdes: Sequence[Any] | None, options: dict[str, Any] | None, *, oracle: bool = True
-) -> tuple[str, type, dict[str, Any], ContractReport, list[SDE]]:
-    """Name, class, options, an empty report and the SDEs to check a part with. A contract
-    that would check nothing fails: a pass without a check would say nothing."""
-    name, cls, options = _resolve(kind, spec, options)
+) -> tuple[str, type, list[dict[str, Any]], ContractReport, list[SDE]]:
+    """Name, class, the option sets to check, an empty report and the SDEs to check a part
+    with. A contract that would check nothing fails: a pass without a check would say nothing."""
+    name, cls, defaults = _resolve(kind, spec, options)
     report = ContractReport(f"{kind} {name!r}")
     candidates = _as_sdes(sdes)
     given = candidates is not None
@@ -457,75 +459,204 @@ def _start(
             "Register an SDE it accepts in your plugin (register_sdes), or pass sdes=[...] (registered names, "
             "classes or instances)."
         )
-    return name, cls, options, report, targets
+    sets = [defaults] if options is not None else _option_sets(kind, name, cls, spec, defaults)
+    return name, cls, sets, report, targets
+
+
+#: How many option sets the kit draws from an example_options() strategy of a predictor or corrector.
+EXAMPLE_DRAWS = 3
+
+
+def _draw(strategy, count: int) -> list[Any]:
+    """``count`` examples of a hypothesis strategy, the same on every run."""
+    drawn: list[Any] = []
+
+    @_hypothesis(count)
+    @given(strategy)
+    def collect(example):
+        drawn.append(example)
+
+    collect()
+    return drawn
+
+
+def _option_sets(kind: str, name: str, cls: type, spec: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The part's options as given (its defaults, or a preset's fixed ones) and each set its
+    ``example_options()`` declares (a list, or ``EXAMPLE_DRAWS`` draws of a strategy), each
+    checked like a user's options; duplicates once."""
+    declared = getattr(cls, "example_options", lambda: ())()
+    if not isinstance(declared, st.SearchStrategy) and not declared:
+        return [defaults]
+    examples = _draw(option_sets(declared), EXAMPLE_DRAWS) if isinstance(declared, st.SearchStrategy) else declared
+    by_name_or_class = isinstance(spec, (str, type))
+    fixed = get_registry().get(kind, spec).fixed if isinstance(spec, str) else {}
+    sets: list[dict[str, Any]] = []
+    for example in [{}, *examples]:
+        example = {k: v for k, v in dict(example).items() if k not in fixed}  # a preset keeps its own
+        try:
+            base, given = (spec, example) if by_name_or_class else (cls, {**defaults, **example})
+            _, _, options = _resolve(kind, base, given)
+        except SdeplugError as exc:
+            _fail(f"{kind} {name!r}: example_options() declares {example!r}, which is refused: {error_text(exc)}")
+        if all(_with_defaults(cls, options) != _with_defaults(cls, seen) for seen in sets):
+            sets.append(options)
+    return sets
+
+
+def _with_defaults(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with every default of the constructor filled in: equal sets compare equal."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return options
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return {**defaults, **options}
+
+
+def _label(sde: SDE, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+    """The SDE's class, and the options that differ from the part's defaults."""
+    changed = {k: v for k, v in options.items() if defaults is None or defaults.get(k, _MISSING) != v}
+    return type(sde).__name__ + (f", options {changed}" if changed else "")
+
+
+_MISSING = object()
 
 
 def check_predictor(
     spec: Any, *, sdes: Sequence[Any] | None = None, steps: int = 500, options: dict[str, Any] | None = None
 ) -> ContractReport:
-    """Shapes and dtypes, the explicit state, seeded determinism, the right law with the
-    exact score, and the orders the built part declares (``weak_order``, ``ode_order``)
-    on Gaussian problems with a known solution."""
-    name, cls, options, report, targets = _start("predictor", spec, sdes, options)
+    """Shapes and dtypes, the explicit state, seeded determinism, one short step that carries
+    p_t to p_t_next, the right law with the exact score, and the orders the built part
+    declares (``weak_order``, ``ode_order``) on Gaussian problems with a known solution; for
+    its options as given, or else its defaults and each set its ``example_options()`` declares."""
+    name, cls, sets, report, targets = _start("predictor", spec, sdes, options)
+    for options in sets:
+        for sde in targets:
+            _check_predictor_on(name, cls, options, sde, _label(sde, options, sets[0]), steps, report)
+    return report
+
+
+def _check_predictor_on(
+    name: str, cls: type, options: dict[str, Any], sde: SDE, label: str, steps: int, report: ContractReport
+) -> None:
     mixture, null = _mixture_and_null()
-    for sde in targets:
-        label = f"{type(sde).__name__}"
-        score = mixture.score_model(sde)
-        gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-        where = f"predictor {name!r} with {label}"
-        _check_step_interface(sde, lambda x, t, g, part=gaussian, at=where: _first_step(part, x, t, g, at), where)
-        if getattr(gaussian, "identity", False):
-            _check_identity(
-                lambda x, t, part=gaussian, at=where: _first_step(part, x, t, None, at), f"predictor {name!r}"
+    score = mixture.score_model(sde)
+    gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
+    where = f"predictor {name!r} with {label}"
+    _check_step_interface(sde, lambda x, t, g, part=gaussian, at=where: _first_step(part, x, t, g, at), where)
+    if getattr(gaussian, "identity", False):
+        _check_identity(lambda x, t, part=gaussian, at=where: _first_step(part, x, t, None, at), f"predictor {name!r}")
+        report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
+        return
+    _check_one_step(cls, sde, options, where)
+    report.passed.append(f"{label}: one short step carries p_t to p_t_next (mean and variance within 5%)")
+    result = sample_pc(
+        sde,
+        score,
+        (null.n, 2),
+        predictor=cls,
+        predictor_options=options,
+        corrector="none",
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    )
+    try:
+        assert_same_law(result.x, lambda k, g: mixture.sample(k, g), null=null)
+    except AssertionError as exc:
+        _fail(
+            f"{where}, {steps} steps and the exact score does not recover the data "
+            f"law: {exc}. Its step does not follow the reverse SDE from t to t_next."
+        )
+    report.passed.append(f"{label}: shapes, dtypes, seeded determinism, recovers the data law in {steps} steps")
+    declared = getattr(gaussian, "weak_order", None)
+    if declared is not None:
+        observed, errors = weak_order(cls, sde, options)
+        if observed < declared - 0.3:
+            _fail(
+                f"{where}: observed weak order {observed:.2f} is below its declared "
+                f"weak_order {declared:g} (relative errors {', '.join(f'{e:.2e}' for e in errors)} at "
+                f"{', '.join(map(str, WEAK_ORDER_STEPS))} steps): the step is of a lower order than claimed, "
+                "or inconsistent"
             )
-            report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
-            continue
-        result = sample_pc(
+        report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
+    else:
+        report.skipped.append(f"{label}: weak order (none declared)")
+    declared = getattr(gaussian, "ode_order", None)
+    if declared is not None:
+        observed, errors = ode_order(cls, sde, options)
+        if observed < declared - 0.3:
+            _fail(
+                f"{where}: observed order {observed:.2f} on the probability-flow ODE is "
+                f"below its declared ode_order {declared:g} (largest errors against the exact flow "
+                f"{', '.join(f'{e:.2e}' for e in errors)} at {', '.join(map(str, ODE_ORDER_STEPS))} steps "
+                "uniform in log-SNR): a term of the step is missing or mis-weighted"
+            )
+        report.passed.append(
+            f"{label}: observed order {observed:.2f} on the probability-flow ODE (declared {declared:g})"
+        )
+
+
+#: Gaussian data N(mean, std^2) per coordinate for the one-step and balance checks.
+_DATA_MEAN, _DATA_STD = 0.3, 0.5
+
+
+def _gaussian_marginal(sde: LinearSDE, t: float) -> tuple[float, float]:
+    """Mean and variance of p_t for the Gaussian data."""
+    tt = torch.tensor([t], dtype=F64)
+    a, s = float(sde.alpha(tt)), float(sde.sigma(tt))
+    return a * _DATA_MEAN, a**2 * _DATA_STD**2 + s**2
+
+
+def _exact_samples(sde: LinearSDE, t: float, n: int, seed: int = 0) -> Tensor:
+    """n samples of p_t for the Gaussian data (1-D), moment-matched: their mean and variance are exact."""
+    mean, var = _gaussian_marginal(sde, t)
+    z = torch.randn(n, 1, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return mean + (z - z.mean()) / z.std(correction=0) * math.sqrt(var)
+
+
+def _check_times(sde: LinearSDE) -> list[float]:
+    """Where the one-step and balance checks look: where the noise is a third of the signal's
+    scale (log-SNR 2), where they are equal (log-SNR 0), and at 0.3 T."""
+    at = sde.t_from_log_snr(torch.tensor([2.0, 0.0], dtype=F64)).tolist()
+    return [*at, 0.3 * sde.T]
+
+
+#: Samples, length in log-SNR and tolerance of the one-step check.
+ONE_STEP_SAMPLES, ONE_STEP_LOG_SNR, ONE_STEP_TOLERANCE = 100_000, 0.1, 0.05
+
+
+def _check_one_step(cls: type, sde: LinearSDE, options: dict[str, Any], where: str) -> None:
+    """One step, over a grid of that step alone, from exact samples of p_t for Gaussian data to
+    t_next (log-SNR 0.1 higher): mean and variance of p_t_next within 5%. Consistent steps are
+    within a fraction of a percent; a wrong noise scale or a score at the wrong time is off by
+    tens of percent, even where the multi-step checks average it away."""
+    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    for t in _check_times(sde):
+        log_snr = sde.log_snr(torch.tensor([t], dtype=F64))
+        t_next = float(sde.t_from_log_snr(log_snr + ONE_STEP_LOG_SNR))
+        x = sample_pc(
             sde,
             score,
-            (null.n, 2),
             predictor=cls,
             predictor_options=options,
             corrector="none",
-            steps=steps,
-            generator=torch.Generator().manual_seed(0),
+            grid=torch.tensor([t, t_next], dtype=F64),
+            denoise=False,
+            x_init=_exact_samples(sde, t, ONE_STEP_SAMPLES),
+            generator=torch.Generator().manual_seed(1),
             dtype=F64,
-        )
-        try:
-            assert_same_law(result.x, lambda k, g: mixture.sample(k, g), null=null)
-        except AssertionError as exc:
+        ).x
+        mean, var = _gaussian_marginal(sde, t_next)
+        ratio, shift = float(x.var()) / var, (float(x.mean()) - mean) / math.sqrt(var)
+        if not (abs(ratio - 1) <= ONE_STEP_TOLERANCE and abs(shift) <= ONE_STEP_TOLERANCE):
             _fail(
-                f"predictor {name!r} with {label}, {steps} steps and the exact score does not recover the data "
-                f"law: {exc}. Its step does not follow the reverse SDE from t to t_next."
+                f"{where}: one step of step() from exact samples of p_t at t = {t:.4g} to t_next = {t_next:.4g} "
+                f"(Gaussian data, exact score, {ONE_STEP_SAMPLES} samples) gives variance {ratio:.3g} times "
+                f"that of p_t_next and a mean {shift:+.3g} of its std off (a correct step is within "
+                f"{ONE_STEP_TOLERANCE:.0%}): check the scale of the noise the step adds (a std, not a variance) "
+                "and the time at which it evaluates the score (the noise level x has when it is evaluated)"
             )
-        report.passed.append(f"{label}: shapes, dtypes, seeded determinism, recovers the data law in {steps} steps")
-        declared = getattr(gaussian, "weak_order", None)
-        if declared is not None:
-            observed, errors = weak_order(cls, sde, options)
-            if observed < declared - 0.3:
-                _fail(
-                    f"predictor {name!r} with {label}: observed weak order {observed:.2f} is below its declared "
-                    f"weak_order {declared:g} (relative errors {', '.join(f'{e:.2e}' for e in errors)} at "
-                    f"{', '.join(map(str, WEAK_ORDER_STEPS))} steps): the step is of a lower order than claimed, "
-                    "or inconsistent"
-                )
-            report.passed.append(f"{label}: observed weak order {observed:.2f} (declared {declared:g})")
-        else:
-            report.skipped.append(f"{label}: weak order (none declared)")
-        declared = getattr(gaussian, "ode_order", None)
-        if declared is not None:
-            observed, errors = ode_order(cls, sde, options)
-            if observed < declared - 0.3:
-                _fail(
-                    f"predictor {name!r} with {label}: observed order {observed:.2f} on the probability-flow ODE is "
-                    f"below its declared ode_order {declared:g} (largest errors against the exact flow "
-                    f"{', '.join(f'{e:.2e}' for e in errors)} at {', '.join(map(str, ODE_ORDER_STEPS))} steps "
-                    "uniform in log-SNR): a term of the step is missing or mis-weighted"
-                )
-            report.passed.append(
-                f"{label}: observed order {observed:.2f} on the probability-flow ODE (declared {declared:g})"
-            )
-    return report
 
 
 def _first_step(part: Predictor, x: Tensor, t: Tensor, generator, where: str) -> Tensor:
@@ -607,7 +738,7 @@ def weak_order(
     relative error of the mean and variance against the exact p_0.2; the order is ``observed_order``."""
     data = GaussianMixture([1.0], [[0.3]], stds=[0.5])
     score = data.score_model(sde)
-    t_end = 0.2 * sde.T
+    t_end = _weak_order_end(sde)
     tt = torch.tensor([t_end], dtype=F64)
     alpha, sigma = (float(sde.alpha(tt)), float(sde.sigma(tt))) if isinstance(sde, LinearSDE) else (None, None)
     exact_mean, exact_var = alpha * 0.3, alpha**2 * 0.25 + sigma**2
@@ -635,6 +766,16 @@ def weak_order(
         ).x
         errors.append(abs(float(x.var()) / exact_var - 1) + abs(float(x.mean()) - exact_mean) / math.sqrt(exact_var))
     return observed_order(steps, errors), errors
+
+
+def _weak_order_end(sde: SDE) -> float:
+    """Where the weak-order runs stop: at 0.2 T, or earlier where the noise std has fallen to
+    the signal's scale (sigma = alpha), so that the data's part of p_t is not lost in noise
+    (for sigma(t) = t up to T = 80, 0.2 T would stop where p_t is the prior to 1e-3)."""
+    if not isinstance(sde, LinearSDE):
+        return 0.2 * sde.T
+    equal = float(sde.t_from_log_snr(torch.zeros(1, dtype=F64)))
+    return min(0.2 * sde.T, equal)
 
 
 #: Step counts at which ode_order measures the error.
@@ -686,40 +827,117 @@ def ode_order(
 def check_corrector(
     spec: Any, *, sdes: Sequence[Any] | None = None, sweeps: int = 50, options: dict[str, Any] | None = None
 ) -> ContractReport:
-    """Shapes and dtypes, seeded determinism, and invariance: exact samples of p_t stay
-    distributed as p_t after ``sweeps`` corrector steps with the exact score."""
-    name, cls, options, report, targets = _start("corrector", spec, sdes, options)
-    mixture, null = _mixture_and_null()
-    for sde in targets:
-        label = type(sde).__name__
-        corrector = cls(sde, mixture.score_model(sde), **options)
-        gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
-        _check_step_interface(
-            sde, lambda x, t, g, part=gaussian: part.step(x, t, g), f"corrector {name!r} with {label}"
-        )
-        if getattr(gaussian, "identity", False):
-            _check_identity(lambda x, t, part=gaussian: part.step(x, t), f"corrector {name!r}")
-            report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
-            continue
-        t = 0.3 * sde.T
-        g = torch.Generator().manual_seed(2)
-        x = mixture.sample(null.n, g, sde, t)
-        tt = torch.full((null.n,), t, dtype=F64)
-        for _ in range(sweeps):
-            x = corrector.step(x, tt, g)
-
-        def sample_p_t(k, gen, sde=sde, t=t):
-            return mixture.sample(k, gen, sde, t)
-
-        try:
-            assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n, reps=20))
-        except AssertionError as exc:
-            _fail(
-                f"corrector {name!r} with {label} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
-                f"from exact samples of p_t, with the exact score, {exc}"
-            )
-        report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
+    """Shapes and dtypes, seeded determinism, the balance of drift and noise in one step (at
+    whatever step size the corrector takes), and invariance: exact samples of p_t stay
+    distributed as p_t after ``sweeps`` steps with the exact score; for its options as given,
+    or else its defaults and each set its ``example_options()`` declares."""
+    name, cls, sets, report, targets = _start("corrector", spec, sdes, options)
+    for options in sets:
+        for sde in targets:
+            _check_corrector_on(name, cls, options, sde, _label(sde, options, sets[0]), sweeps, report)
     return report
+
+
+def _check_corrector_on(
+    name: str, cls: type, options: dict[str, Any], sde: SDE, label: str, sweeps: int, report: ContractReport
+) -> None:
+    mixture, null = _mixture_and_null()
+    corrector = cls(sde, mixture.score_model(sde), **options)
+    gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
+    where = f"corrector {name!r} with {label}"
+    _check_step_interface(sde, lambda x, t, g, part=gaussian: part.step(x, t, g), where)
+    if getattr(gaussian, "identity", False):
+        _check_identity(lambda x, t, part=gaussian: part.step(x, t), f"corrector {name!r}")
+        report.passed.append(f"{label}: shapes, dtypes, leaves x unchanged (declared identity)")
+        return
+    judged = _check_balance(cls, sde, options, where)
+    if judged:
+        report.passed.append(f"{label}: one step's noise adds the variance its drift removes (at t = {judged})")
+    else:
+        report.skipped.append(f"{label}: balance of drift and noise (the step moves x too little to judge)")
+    t = 0.3 * sde.T
+    g = torch.Generator().manual_seed(2)
+    x = mixture.sample(null.n, g, sde, t)
+    tt = torch.full((null.n,), t, dtype=F64)
+    for _ in range(sweeps):
+        x = corrector.step(x, tt, g)
+
+    def sample_p_t(k, gen, sde=sde, t=t):
+        return mixture.sample(k, gen, sde, t)
+
+    try:
+        assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n, reps=20))
+    except AssertionError as exc:
+        _fail(
+            f"{where} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
+            f"from exact samples of p_t, with the exact score, {exc}. Its step size and noise do not balance "
+            "(Langevin needs noise sqrt(2 eps) for a drift eps * score), or the score is taken at the wrong time."
+        )
+    report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
+
+
+#: Samples (pairs) of the balance check, and how far its ratio may stray.
+BALANCE_SAMPLES, BALANCE_TOLERANCE = 50_000, 0.2
+
+
+def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: str) -> str:
+    """One corrector step from exact samples of p_t = N(m, v) (Gaussian data, exact score).
+
+    Its drift pulls x towards m by a factor b (the regression slope of the output on the
+    input), removing (1 - b^2) v of variance; its noise must add it back. The statistic
+    rho = (var(x') / v - 1) / (1 - b^2) is the excess of noise over that, in units of what
+    the drift removes: 0 for an exact MCMC step, c / (2 - c) for unadjusted Langevin with
+    c = 1 - b, -1/2 for noise sqrt(eps) instead of sqrt(2 eps), +1 for a halved drift,
+    whatever the step size. Each sample is paired with its mirror image 2m - x under the
+    same seed, so the sampling noise of the cross terms cancels and the check keeps its
+    power at small steps. Returns the times judged (none if x hardly moves)."""
+    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    corrector = cls(sde, score, **options)
+    judged = []
+    for t in _check_times(sde):
+        mean, var = _gaussian_marginal(sde, t)
+        x = _exact_samples(sde, t, BALANCE_SAMPLES)
+        tt = torch.full((BALANCE_SAMPLES,), t, dtype=F64)
+        y = corrector.step(x, tt, torch.Generator().manual_seed(3))
+        y_mirror = corrector.step(2 * mean - x, tt, torch.Generator().manual_seed(3))
+        xs, ys = torch.cat([x, 2 * mean - x]) - mean, torch.cat([y, y_mirror])
+        spread = (xs**2).mean()  # the input's own variance: its rounding must not pass for a step's effect
+        slope = float((xs * (ys - ys.mean())).mean() / spread)
+        removed = 1 - slope**2
+        ratio, shift = float(ys.var(correction=0) / spread), (float(ys.mean()) - mean) / math.sqrt(var)
+        at = f"t = {t:.4g} (p_t = N({mean:.3g}, {var:.3g}), exact score, {2 * BALANCE_SAMPLES} samples)"
+        if slope > 1 + 1e-9:
+            _fail(
+                f"{where}: step() pushes x away from the mode of p_t at {at}: one step multiplies the distance "
+                f"to the mean by {slope:.6g}; its drift must follow the score (is its sign flipped?)"
+            )
+        contraction = 1 - slope
+        if abs(ratio - 1) < 1e-12 and contraction < 1e-9:
+            continue  # x hardly moves: nothing to judge at this t
+        noise = math.sqrt(max(removed, 1e-300) / BALANCE_SAMPLES)
+        if abs(shift) > 6 * noise + BALANCE_TOLERANCE * contraction * max(abs(mean) / math.sqrt(var), 1.0):
+            _fail(
+                f"{where}: one step of step() from exact samples of p_t at {at} moves their mean by {shift:+.3g} "
+                f"of its std, while its drift contracts x by {contraction:.3g}: the drift does not point to the "
+                "mode of p_t (a score for another time or data, or a wrong offset)"
+            )
+        rho = (ratio - 1) / removed
+        if not -BALANCE_TOLERANCE <= rho <= BALANCE_TOLERANCE + contraction:
+            side = (
+                "too little noise for its drift: noise sqrt(eps) where Langevin needs sqrt(2 eps) for a drift "
+                "eps * score, or a drift weighted too much"
+                if rho < 0
+                else "too much noise for its drift: a drift weighted too little (eps/2 * score with noise "
+                "sqrt(2 eps)), or noise too large"
+            )
+            _fail(
+                f"{where}: step() does not balance drift and noise at {at}: its drift removes {removed:.3g} of the "
+                f"variance of p_t, its noise adds {removed + ratio - 1:.3g} ({1 + rho:.3g} times as much; p_t is "
+                f"kept only if they are equal, up to the step's own bias): {side}. The step moves x by "
+                f"{contraction:.3g} of its distance to the mean, whatever its step size."
+            )
+        judged.append(f"{t:.4g}")
+    return ", ".join(judged)
 
 
 # ODE solvers -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ draw a ``seed`` and the test makes a ``torch.Generator`` from it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -32,7 +33,15 @@ def sde_classes(names: Sequence[str] | None = None) -> st.SearchStrategy[type[SD
 def sdes(draw, names: Sequence[str] | None = None) -> SDE:
     """A registered SDE built with options drawn from its ``example_options()``."""
     cls = draw(sde_classes(names))
-    return cls(**draw(cls.example_options()))
+    return cls(**draw(option_sets(cls.example_options())))
+
+
+def option_sets(declared: Any) -> st.SearchStrategy[dict]:
+    """A part's ``example_options()`` as a strategy: a strategy as it is, a list sampled from."""
+    if isinstance(declared, st.SearchStrategy):
+        return declared
+    declared = [dict(options) for options in declared]
+    return st.sampled_from(declared) if declared else st.just({})
 
 
 def times(sde: SDE, low: float | None = None, high: float | None = None) -> st.SearchStrategy[float]:
