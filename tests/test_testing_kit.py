@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import attrs
 import pytest
@@ -22,6 +23,7 @@ from sdeplug.testing.contracts import (
     check_sde,
 )
 from sdeplug_reference import VESDE, VPSDE, Euler, EulerMaruyama, Heun, Langevin
+from tests import edm_plugin
 
 
 @attrs.frozen
@@ -149,8 +151,27 @@ def test_a_step_of_lower_order_than_declared_is_caught():
 
 def test_an_inconsistent_step_is_caught():
     vp = sdeplug.create("sde", "vp")
-    with pytest.raises(ContractError, match="does not recover the data law.*does not follow the reverse SDE"):
+    with pytest.raises(ContractError, match=r"one step of step\(\) .* variance 0\.9\d* times .*a std, not a variance"):
         check_predictor(NoiseScaledByDt, sdes=[vp])
+
+
+class DenoiseToTheMean(EulerMaruyama):
+    """A step right for Gaussian data that misses the law of a mixture: it follows the score
+    of a Gaussian fit of the batch (its mean and variance) instead of the score."""
+
+    name = "gaussian_fit"
+
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
+        dt = per_sample(t_next - t, x)
+        g2 = per_sample(self.sde.diffusion(t) ** 2, x)
+        fit = -(x - x.mean(0)) / x.var(0)
+        mean = x + (self.sde.drift(x, t) - g2 * fit) * dt
+        return mean + torch.sqrt(g2 * -dt) * randn_like(x, generator), None
+
+
+def test_a_step_that_misses_the_law_of_a_mixture_is_caught():
+    with pytest.raises(ContractError, match="does not recover the data law.*does not follow the reverse SDE"):
+        check_predictor(DenoiseToTheMean, sdes=["vp"])
 
 
 class HalfNoiseLangevin(Langevin):
@@ -165,8 +186,26 @@ class HalfNoiseLangevin(Langevin):
 
 
 def test_a_corrector_that_does_not_keep_p_t_is_caught():
-    with pytest.raises(ContractError, match="does not leave p_t invariant"):
+    with pytest.raises(
+        ContractError, match=r"does not balance drift and noise.*noise sqrt\(eps\) where Langevin needs"
+    ):
         check_corrector(HalfNoiseLangevin, sdes=[sdeplug.create("sde", "vp")])
+
+
+class GaussianFitLangevin(Langevin):
+    """An exact MCMC step for a Gaussian fit of the batch (its mean and variance) instead of
+    p_t: balanced, and right for Gaussian p_t, but it turns the mixture into a Gaussian."""
+
+    name = "gaussian_fit_langevin"
+
+    def step(self, x, t, generator=None):
+        mean, std = x.mean(0), x.std(0)
+        return mean + 0.5 * (x - mean) + math.sqrt(0.75) * std * randn_like(x, generator)
+
+
+def test_a_corrector_that_keeps_only_gaussians_is_caught_by_invariance():
+    with pytest.raises(ContractError, match="does not leave p_t invariant: after 50 steps"):
+        check_corrector(GaussianFitLangevin, sdes=["vp"])
 
 
 class FakeHeun(Euler):
@@ -243,7 +282,22 @@ def test_a_predictor_that_no_registered_sde_fits_fails_instead_of_passing_unchec
         check_predictor(GarbageForOwnSDE)
 
 
-def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde():
+@pytest.fixture
+def in_process_plugin():
+    """``in_process_plugin(plugin, name)`` registers a plugin for one test and removes it after,
+    so that no other test's contract run sees its parts."""
+    added = []
+
+    def register(plugin, name):
+        sdeplug.register_plugin(plugin, name)
+        added.append(plugin)
+
+    yield register
+    for plugin in added:
+        sdeplug.registry.unregister_plugin(plugin)
+
+
+def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde(in_process_plugin):
     class Plugin:
         @sdeplug.hookimpl
         def register_sdes(self, register):
@@ -253,9 +307,9 @@ def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde():
         def register_predictors(self, register):
             register(GarbageForOwnSDE)
 
-    sdeplug.register_plugin(Plugin(), "garbage_plugin")
+    in_process_plugin(Plugin(), "garbage_plugin")
     assert contracts.plugin_parts("garbage_plugin") == [("sde", "own_vp"), ("predictor", "garbage_for_own_sde")]
-    with pytest.raises(ContractError, match="predictor 'garbage_for_own_sde' with OwnVP.*does not recover"):
+    with pytest.raises(ContractError, match="predictor 'garbage_for_own_sde' with OwnVP.*one step of step()"):
         contracts.check_part("predictor", "garbage_for_own_sde")
 
 
@@ -268,3 +322,129 @@ def test_sdes_are_given_by_name_class_or_instance(form):
         contracts.check_time_grid("logsnr", sdes=[])
     with pytest.raises(sdeplug.UnknownPartError, match="karras_ve"):
         contracts.check_time_grid("logsnr", sdes=["karras_ve"])
+
+
+# A plugin written from the guide, and planted bugs that its one-line contract test catches ---------
+
+_one_liner = contracts.contract_tests  # what a plugin's tests call, once per plugin
+
+
+def _run_one_liner(plugin_name, kind, name, **kwargs):
+    """Run the one-liner's test for one part, exactly as pytest would (the test is a plain function)."""
+    _one_liner(plugin_name, **kwargs)(kind, name)
+
+
+@pytest.mark.slow
+def test_a_correct_plugin_passes_its_one_liner_with_its_options_and_sdes_varied(in_process_plugin, capsys):
+    in_process_plugin(edm_plugin.EDMPlugin(), "edm_example")
+    parts = contracts.plugin_parts("edm_example")
+    assert parts == [("sde", "karras_ve"), ("predictor", "edm_churn"), ("corrector", "fixed_langevin")]
+    for kind, name in parts:
+        _run_one_liner("edm_example", kind, name)
+    report = capsys.readouterr().out
+    # churn on and off (the declared example options), on the plugin's own SDE at its defaults
+    # and with one set of its example options; the corrector on every registered SDE
+    assert "KarrasVESDE, options {'s_churn': 40.0}: one short step carries p_t to p_t_next" in report
+    assert "KarrasVESDE, options {'s_churn': 40.0}: observed weak order" in report
+    assert "KarrasVESDE: observed order 2." in report  # the ODE order, read from the part built without churn
+    assert re.search(r"KarrasVESDE\(T=[\d.]+\): one short step", report)
+    for sde in ("VPSDE", "VESDE", "SubVPSDE", "KarrasVESDE"):
+        assert f"{sde}: one step's noise adds the variance its drift removes" in report
+
+
+PLANTED = {
+    # (kind, the broken part, what the message must say)
+    "churn noise from the variance": (
+        "predictor",
+        edm_plugin.ChurnNoiseFromVariance,
+        r"predictor 'edm_churn' with KarrasVESDE, options \{'s_churn': 40.0\}: one step of step\(\) .* variance "
+        r"0\.78\d* times .*a std, not a variance",
+    ),
+    "churn score at the old time": (
+        "predictor",
+        edm_plugin.ChurnScoreAtOldTime,
+        r"predictor 'edm_churn' with KarrasVESDE, options \{'s_churn': 40.0\}: one step of step\(\) .*"
+        r"the time at which it evaluates the score",
+    ),
+    "corrector noise sqrt(eps)": (
+        "corrector",
+        edm_plugin.LangevinSqrtEpsNoise,
+        r"corrector 'fixed_langevin' with .*step\(\) does not balance drift and noise.*\(0\.5\d* times as much.*"
+        r"noise sqrt\(eps\) where Langevin needs sqrt\(2 eps\)",
+    ),
+    "corrector drift halved": (
+        "corrector",
+        edm_plugin.LangevinHalvedDrift,
+        r"corrector 'fixed_langevin' with .*step\(\) does not balance drift and noise.*\([12]\.\d+ times as much.*"
+        r"a drift weighted too little",
+    ),
+    "t_from_log_snr missing a factor": (
+        "sde",
+        edm_plugin.KarrasVEMissingHalf,
+        r"t_from_log_snr is not the inverse of log_snr",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", list(PLANTED))
+def test_each_planted_bug_fails_the_one_liner_naming_the_method(bug, in_process_plugin):
+    kind, broken, message = PLANTED[bug]
+    parts = {"sde": edm_plugin.KarrasVESDE, "predictor": edm_plugin.EDMChurn, "corrector": edm_plugin.FixedStepLangevin}
+    parts[kind] = broken
+    in_process_plugin(edm_plugin.EDMPlugin(parts["sde"], parts["predictor"], parts["corrector"]), "edm_example")
+    name = {"sde": "karras_ve", "predictor": "edm_churn", "corrector": "fixed_langevin"}[kind]
+    with pytest.raises(ContractError, match=message):
+        _run_one_liner("edm_example", kind, name)
+
+
+def test_a_corrector_with_a_tiny_step_is_still_judged():
+    """The balance check's power does not depend on the step size: at the default step 1e-3
+    the drift moves x by about 1e-6 of its spread at t = 0.3 T on the EDM SDE, and the
+    halved noise is still caught there (and passes when correct)."""
+    sde = edm_plugin.KarrasVESDE()
+    at = contracts._check_balance(edm_plugin.FixedStepLangevin, sde, {"step_size": 1e-5}, "x")
+    assert at.split(", ")[-1] == "24"  # t = 0.3 T judged
+    with pytest.raises(ContractError, match=r"at t = 0\.3679 .*\(0\.5\d* times as much"):
+        contracts._check_balance(edm_plugin.LangevinSqrtEpsNoise, sde, {"step_size": 1e-5}, "x")
+
+
+def test_a_predictor_for_its_own_sde_alone_is_checked_on_the_sde_given_by_name(in_process_plugin):
+    class SDEPlugin:
+        @sdeplug.hookimpl
+        def register_sdes(self, register):
+            register(edm_plugin.KarrasVESDE)
+
+    class PredictorPlugin:
+        @sdeplug.hookimpl
+        def register_predictors(self, register):
+            register(edm_plugin.GarbageForKarrasVE)
+
+    in_process_plugin(SDEPlugin(), "edm_sde")
+    in_process_plugin(PredictorPlugin(), "garbage_plugin")
+    with pytest.raises(ContractError, match=r"predictor 'garbage' with KarrasVESDE: one step of step\(\)"):
+        _run_one_liner("garbage_plugin", "predictor", "garbage", sdes=["karras_ve"])
+    with pytest.raises(ContractError, match=r"predictor 'garbage' was checked against no SDE"):
+        _run_one_liner("garbage_plugin", "predictor", "garbage", sdes=["vp"])
+
+
+class DeclaresABadOptionSet(EulerMaruyama):
+    @classmethod
+    def example_options(cls):
+        return [{"probability_flow": "yes"}]
+
+
+def test_example_options_are_checked_like_a_users():
+    with pytest.raises(ContractError, match=r"example_options\(\) declares \{'probability_flow': 'yes'\}, which is "):
+        check_predictor(DeclaresABadOptionSet, sdes=["vp"])
+
+
+def test_example_options_may_be_a_strategy_drawn_the_same_on_every_run():
+    class Drawn(EulerMaruyama):
+        @classmethod
+        def example_options(cls):
+            return st.fixed_dictionaries({"probability_flow": st.booleans()})
+
+    first = contracts._option_sets("predictor", "drawn", Drawn, Drawn, {})
+    assert first == contracts._option_sets("predictor", "drawn", Drawn, Drawn, {})
+    assert {} in first and {"probability_flow": True} in first and len(first) == 2  # the default, drawn once

@@ -103,6 +103,24 @@ def _default_sdes() -> list[SDE]:
     return built
 
 
+def _example_sdes(plugin: str) -> list[SDE]:
+    """The LinearSDEs a plugin registers, each built with one set of its ``example_options()``
+    that differs from its defaults (the first drawn), so that the plugin's predictors and
+    correctors are also checked away from its SDEs' defaults."""
+    registry = get_registry()
+    built = []
+    for info in registry.parts():
+        if info.kind != "sde" or info.plugin != plugin or not issubclass(info.cls, LinearSDE):
+            continue
+        declared = option_sets(info.cls.example_options())
+        for example in _draw(declared, 4):
+            example = {k: v for k, v in example.items() if k not in info.fixed}
+            if example and _with_defaults(info.cls, example) != _with_defaults(info.cls, {}):
+                built.append(registry.create("sde", info.name, **example))
+                break
+    return built
+
+
 def _as_sdes(sdes: Sequence[Any] | None) -> list[SDE] | None:
     """``sdes=`` given as registered names, classes or instances, built."""
     if sdes is None:
@@ -447,8 +465,8 @@ def _start(
     candidates = _as_sdes(sdes)
     given = candidates is not None
     candidates = _default_sdes() if candidates is None else candidates
+    targets = _accepted(cls, candidates, oracle)
     accepted = getattr(cls, "sde_types", (SDE,))
-    targets = [s for s in candidates if isinstance(s, accepted) and (isinstance(s, LinearSDE) or not oracle)]
     if not targets:
         wanted = " or ".join(c.__name__ for c in accepted)
         offered = ", ".join(f"{part_name(s)} ({type(s).__name__})" for s in candidates) or "none"
@@ -460,7 +478,19 @@ def _start(
             "classes or instances)."
         )
     sets = [defaults] if options is not None else _option_sets(kind, name, cls, spec, defaults)
+    for options in sets[1:]:  # each declared set is built once, so a bad one is named as such
+        supplied = (targets[0], _unit_gaussian_score(targets[0])) if kind != "time_grid" else ()
+        try:
+            get_registry().resolve(kind, cls, *supplied, options=options)
+        except SdeplugError as exc:
+            _fail(f"{kind} {name!r}: example_options() declares {options!r}, which is refused: {error_text(exc)}")
     return name, cls, sets, report, targets
+
+
+def _accepted(cls: type, sdes: Sequence[SDE], oracle: bool = True) -> list[SDE]:
+    """The SDEs a part accepts (``sde_types``), LinearSDEs only where the checks need exact scores."""
+    accepted = getattr(cls, "sde_types", (SDE,))
+    return [s for s in sdes if isinstance(s, accepted) and (isinstance(s, LinearSDE) or not oracle)]
 
 
 #: How many option sets the kit draws from an example_options() strategy of a predictor or corrector.
@@ -514,30 +544,56 @@ def _with_defaults(cls: type, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _label(sde: SDE, options: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
-    """The SDE's class, and the options that differ from the part's defaults."""
+    """The SDE (with its options that differ from its defaults), and the part's options that
+    differ from the part's defaults."""
     changed = {k: v for k, v in options.items() if defaults is None or defaults.get(k, _MISSING) != v}
-    return type(sde).__name__ + (f", options {changed}" if changed else "")
+    return _sde_label(sde) + (f", options {changed}" if changed else "")
+
+
+def _sde_label(sde: SDE) -> str:
+    accepted = part_options(type(sde)) or {}
+    own = {}
+    for option, default in accepted.items():
+        value = getattr(sde, option, getattr(sde, f"_{option}", default))
+        if default is not inspect.Parameter.empty and value != default:
+            own[option] = value
+    return type(sde).__name__ + (f"({', '.join(f'{k}={v!r}' for k, v in own.items())})" if own else "")
 
 
 _MISSING = object()
 
 
 def check_predictor(
-    spec: Any, *, sdes: Sequence[Any] | None = None, steps: int = 500, options: dict[str, Any] | None = None
+    spec: Any,
+    *,
+    sdes: Sequence[Any] | None = None,
+    steps: int = 500,
+    options: dict[str, Any] | None = None,
+    local_sdes: Sequence[Any] = (),
 ) -> ContractReport:
     """Shapes and dtypes, the explicit state, seeded determinism, one short step that carries
     p_t to p_t_next, the right law with the exact score, and the orders the built part
     declares (``weak_order``, ``ode_order``) on Gaussian problems with a known solution; for
     its options as given, or else its defaults and each set its ``example_options()`` declares."""
     name, cls, sets, report, targets = _start("predictor", spec, sdes, options)
+    local = _accepted(cls, _as_sdes(local_sdes) or [])
     for options in sets:
-        for sde in targets:
-            _check_predictor_on(name, cls, options, sde, _label(sde, options, sets[0]), steps, report)
+        for sde in [*targets, *local]:
+            label = _label(sde, options, sets[0])
+            _check_predictor_on(name, cls, options, sde, label, steps, report, local_only=sde in local)
     return report
 
 
 def _check_predictor_on(
-    name: str, cls: type, options: dict[str, Any], sde: SDE, label: str, steps: int, report: ContractReport
+    name: str,
+    cls: type,
+    options: dict[str, Any],
+    sde: SDE,
+    label: str,
+    steps: int,
+    report: ContractReport,
+    *,
+    local_only: bool = False,
 ) -> None:
     mixture, null = _mixture_and_null()
     score = mixture.score_model(sde)
@@ -550,15 +606,20 @@ def _check_predictor_on(
         return
     _check_one_step(cls, sde, options, where)
     report.passed.append(f"{label}: one short step carries p_t to p_t_next (mean and variance within 5%)")
+    if local_only:
+        return
+    # From exact samples of p_T, not prior_sampling: the predictor is on trial, and an SDE
+    # built with example options need not make its prior match p_T of this data.
+    generator = torch.Generator().manual_seed(0)
     result = sample_pc(
         sde,
         score,
-        (null.n, 2),
         predictor=cls,
         predictor_options=options,
         corrector="none",
         steps=steps,
-        generator=torch.Generator().manual_seed(0),
+        x_init=mixture.sample(null.n, generator, sde, sde.T),
+        generator=generator,
         dtype=F64,
     )
     try:
@@ -825,21 +886,36 @@ def ode_order(
 
 
 def check_corrector(
-    spec: Any, *, sdes: Sequence[Any] | None = None, sweeps: int = 50, options: dict[str, Any] | None = None
+    spec: Any,
+    *,
+    sdes: Sequence[Any] | None = None,
+    sweeps: int = 50,
+    options: dict[str, Any] | None = None,
+    local_sdes: Sequence[Any] = (),
 ) -> ContractReport:
     """Shapes and dtypes, seeded determinism, the balance of drift and noise in one step (at
     whatever step size the corrector takes), and invariance: exact samples of p_t stay
     distributed as p_t after ``sweeps`` steps with the exact score; for its options as given,
     or else its defaults and each set its ``example_options()`` declares."""
     name, cls, sets, report, targets = _start("corrector", spec, sdes, options)
+    local = _accepted(cls, _as_sdes(local_sdes) or [])
     for options in sets:
-        for sde in targets:
-            _check_corrector_on(name, cls, options, sde, _label(sde, options, sets[0]), sweeps, report)
+        for sde in [*targets, *local]:
+            label = _label(sde, options, sets[0])
+            _check_corrector_on(name, cls, options, sde, label, sweeps, report, local_only=sde in local)
     return report
 
 
 def _check_corrector_on(
-    name: str, cls: type, options: dict[str, Any], sde: SDE, label: str, sweeps: int, report: ContractReport
+    name: str,
+    cls: type,
+    options: dict[str, Any],
+    sde: SDE,
+    label: str,
+    sweeps: int,
+    report: ContractReport,
+    *,
+    local_only: bool = False,
 ) -> None:
     mixture, null = _mixture_and_null()
     corrector = cls(sde, mixture.score_model(sde), **options)
@@ -855,6 +931,8 @@ def _check_corrector_on(
         report.passed.append(f"{label}: one step's noise adds the variance its drift removes (at t = {judged})")
     else:
         report.skipped.append(f"{label}: balance of drift and noise (the step moves x too little to judge)")
+    if local_only:
+        return
     t = 0.3 * sde.T
     g = torch.Generator().manual_seed(2)
     x = mixture.sample(null.n, g, sde, t)
@@ -870,8 +948,9 @@ def _check_corrector_on(
     except AssertionError as exc:
         _fail(
             f"{where} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "
-            f"from exact samples of p_t, with the exact score, {exc}. Its step size and noise do not balance "
-            "(Langevin needs noise sqrt(2 eps) for a drift eps * score), or the score is taken at the wrong time."
+            f"from exact samples of p_t, with the exact score, {exc}. Its drift and noise balance on Gaussian p_t "
+            "(checked), so the fault shows only on a non-Gaussian law: the step does not follow the score it is "
+            "given (a Gaussian or batch-statistics shortcut, clipping), or a step size tied to the batch."
         )
     report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
 
@@ -1111,9 +1190,9 @@ def check_time_grid(
     """For every compatible SDE: steps + 1 strictly decreasing times from exactly T to exactly
     eps, in the dtype and on the device asked for, the same on every call, and a mesh that
     shrinks as steps grow (samplers converge only if it does)."""
-    name, cls, options, report, targets = _start("time_grid", spec, sdes, options, oracle=False)
-    rule = cls(**options)
-    for sde in targets:
+    name, cls, sets, report, targets = _start("time_grid", spec, sdes, options, oracle=False)
+    for options, sde in [(options, sde) for options in sets for sde in targets]:
+        rule = cls(**options)
         label = f"time_grid {name!r} with {type(sde).__name__}"
         eps = sde.default_eps
         for steps in (1, 7, 50):
@@ -1164,10 +1243,21 @@ CHECKS: dict[str, Callable[..., ContractReport]] = {
 }
 
 
-def check_part(kind: str, name: str) -> ContractReport:
-    """Run the contract of a registered part; IncompatiblePartError-free parts only."""
+#: The kinds whose contracts run against SDEs (``sdes=``).
+_CHECKED_ON_SDES = ("predictor", "corrector", "time_grid")
+
+
+def check_part(kind: str, name: str, *, sdes: Sequence[Any] | None = None) -> ContractReport:
+    """Run the contract of a registered part. Parts checked on SDEs use ``sdes`` when given,
+    else every registered LinearSDE with its defaults; predictors and correctors also get the
+    local checks (one step, balance) on their own plugin's SDEs built with example options."""
     try:
-        return CHECKS[kind](name)
+        if kind not in _CHECKED_ON_SDES:
+            return CHECKS[kind](name)
+        if kind == "time_grid":
+            return CHECKS[kind](name, sdes=sdes)
+        local = _example_sdes(get_registry().get(kind, name).plugin) if sdes is None else []
+        return CHECKS[kind](name, sdes=sdes, local_sdes=local)
     except IncompatiblePartError as exc:
         raise ContractError(f"{kind} {name!r}: {exc}") from exc
 
@@ -1185,12 +1275,15 @@ def plugin_parts(*plugins: str) -> list[tuple[str, str]]:
     return [(p.kind, p.name) for p in registry.parts() if p.plugin in plugins]
 
 
-def contract_tests(*plugins: str):
+def contract_tests(*plugins: str, sdes: Sequence[Any] | None = None):
     """A pytest test running the contract of every part the named plugins register.
 
     One line in a plugin's own tests::
 
         test_contracts = sdeplug.testing.contract_tests("my_plugin")
+
+    ``sdes`` (registered names, classes or instances) replaces the SDEs that predictors,
+    correctors and time grids are checked on.
     """
     import pytest
 
@@ -1198,6 +1291,6 @@ def contract_tests(*plugins: str):
 
     @pytest.mark.parametrize("kind, name", parts, ids=[f"{k}-{n}" for k, n in parts])
     def test_sdeplug_contract(kind: str, name: str) -> None:
-        print(check_part(kind, name))
+        print(check_part(kind, name, sdes=sdes))
 
     return test_sdeplug_contract
