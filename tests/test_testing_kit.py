@@ -282,22 +282,7 @@ def test_a_predictor_that_no_registered_sde_fits_fails_instead_of_passing_unchec
         check_predictor(GarbageForOwnSDE)
 
 
-@pytest.fixture
-def in_process_plugin():
-    """``in_process_plugin(plugin, name)`` registers a plugin for one test and removes it after,
-    so that no other test's contract run sees its parts."""
-    added = []
-
-    def register(plugin, name):
-        sdeplug.register_plugin(plugin, name)
-        added.append(plugin)
-
-    yield register
-    for plugin in added:
-        sdeplug.registry.unregister_plugin(plugin)
-
-
-def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde(in_process_plugin):
+def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde():
     class Plugin:
         @sdeplug.hookimpl
         def register_sdes(self, register):
@@ -307,7 +292,7 @@ def test_the_one_liner_pairs_a_plugins_predictor_with_the_plugins_own_sde(in_pro
         def register_predictors(self, register):
             register(GarbageForOwnSDE)
 
-    in_process_plugin(Plugin(), "garbage_plugin")
+    sdeplug.register_plugin(Plugin(), "garbage_plugin")
     assert contracts.plugin_parts("garbage_plugin") == [("sde", "own_vp"), ("predictor", "garbage_for_own_sde")]
     with pytest.raises(ContractError, match="predictor 'garbage_for_own_sde' with OwnVP.*one step of step()"):
         contracts.check_part("predictor", "garbage_for_own_sde")
@@ -335,8 +320,8 @@ def _run_one_liner(plugin_name, kind, name, **kwargs):
 
 
 @pytest.mark.slow
-def test_a_correct_plugin_passes_its_one_liner_with_its_options_and_sdes_varied(in_process_plugin, capsys):
-    in_process_plugin(edm_plugin.EDMPlugin(), "edm_example")
+def test_a_correct_plugin_passes_its_one_liner_with_its_options_and_sdes_varied(capsys):
+    sdeplug.register_plugin(edm_plugin.EDMPlugin(), "edm_example")
     parts = contracts.plugin_parts("edm_example")
     assert parts == [("sde", "karras_ve"), ("predictor", "edm_churn"), ("corrector", "fixed_langevin")]
     for kind, name in parts:
@@ -388,11 +373,11 @@ PLANTED = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bug", list(PLANTED))
-def test_each_planted_bug_fails_the_one_liner_naming_the_method(bug, in_process_plugin):
+def test_each_planted_bug_fails_the_one_liner_naming_the_method(bug):
     kind, broken, message = PLANTED[bug]
     parts = {"sde": edm_plugin.KarrasVESDE, "predictor": edm_plugin.EDMChurn, "corrector": edm_plugin.FixedStepLangevin}
     parts[kind] = broken
-    in_process_plugin(edm_plugin.EDMPlugin(parts["sde"], parts["predictor"], parts["corrector"]), "edm_example")
+    sdeplug.register_plugin(edm_plugin.EDMPlugin(parts["sde"], parts["predictor"], parts["corrector"]), "edm_example")
     name = {"sde": "karras_ve", "predictor": "edm_churn", "corrector": "fixed_langevin"}[kind]
     with pytest.raises(ContractError, match=message):
         _run_one_liner("edm_example", kind, name)
@@ -409,7 +394,7 @@ def test_a_corrector_with_a_tiny_step_is_still_judged():
         contracts._check_balance(edm_plugin.LangevinSqrtEpsNoise, sde, {"step_size": 1e-5}, "x")
 
 
-def test_a_predictor_for_its_own_sde_alone_is_checked_on_the_sde_given_by_name(in_process_plugin):
+def test_a_predictor_for_its_own_sde_alone_is_checked_on_the_sde_given_by_name():
     class SDEPlugin:
         @sdeplug.hookimpl
         def register_sdes(self, register):
@@ -420,8 +405,8 @@ def test_a_predictor_for_its_own_sde_alone_is_checked_on_the_sde_given_by_name(i
         def register_predictors(self, register):
             register(edm_plugin.GarbageForKarrasVE)
 
-    in_process_plugin(SDEPlugin(), "edm_sde")
-    in_process_plugin(PredictorPlugin(), "garbage_plugin")
+    sdeplug.register_plugin(SDEPlugin(), "edm_sde")
+    sdeplug.register_plugin(PredictorPlugin(), "garbage_plugin")
     with pytest.raises(ContractError, match=r"predictor 'garbage' with KarrasVESDE: one step of step\(\)"):
         _run_one_liner("garbage_plugin", "predictor", "garbage", sdes=["karras_ve"])
     with pytest.raises(ContractError, match=r"predictor 'garbage' was checked against no SDE"):

@@ -86,6 +86,10 @@ class DDIM(sdeplug.Predictor):
             raise ValueError(f"eta must lie in [0, 1]; got {eta}")
         self.sde, self.score, self.eta = sde, score, float(eta)
 
+    @classmethod
+    def example_options(cls):
+        return [{"eta": 1.0}]  # the kit checks the default (eta = 0) and this: both code paths
+
     @property
     def ode_order(self):
         """Deterministic DDIM (eta = 0) is a first-order solver of the probability-flow ODE;
@@ -104,7 +108,7 @@ class DDIM(sdeplug.Predictor):
         score = self.score(x, t)
         eps_hat = -per_sample(s_t, x) * score
         x0_hat = tweedie(x, score, per_sample(a_t, x), per_sample(s_t, x))
-        posterior_var = (s_s / s_t) ** 2 * (1 - (a_t * s_s / (a_s * s_t)) ** 2)
+        posterior_var = s_s**2 * (1 - (a_t * s_s / (a_s * s_t)) ** 2)  # of x_s given x_t and x_0
         s_eta = self.eta * torch.sqrt(posterior_var.clamp(min=0))
         x_next = per_sample(a_s, x) * x0_hat + per_sample(torch.sqrt(s_s**2 - s_eta**2), x) * eps_hat
         if self.eta != 0:
