@@ -124,6 +124,39 @@ def test_the_sde_contract_catches_a_t_from_log_snr_missing_a_factor():
         check_sde(VEMissingHalf, examples=2, n_paths=2000)
 
 
+class LogSnrMissingTwo(VPSDE):
+    name = "log_snr_missing_two"
+
+    def log_snr(self, t):
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+
+class TweedieWithoutSquare(VPSDE):
+    name = "tweedie_without_square"
+
+    def data_prediction(self, x, t, score):
+        return (x + per_sample(self.sigma(t), x) * score) / per_sample(self.alpha(t), x)
+
+
+class ExactMarginals(VPSDE):
+    """marginal_prob written out by hand, correctly."""
+
+    name = "exact_marginals"
+
+    def marginal_prob(self, x0, t):
+        return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
+
+
+def test_every_overridden_closed_form_is_checked():
+    with pytest.raises(ContractError, match=r"log_snr is not 2 \(log alpha\(t\) - log sigma\(t\)\)"):
+        check_sde(LogSnrMissingTwo, examples=1, n_paths=2000)
+    with pytest.raises(ContractError, match=r"data_prediction\(x, t, score\) .* is not Tweedie's formula"):
+        check_sde(TweedieWithoutSquare, examples=1, n_paths=2000)
+    assert contracts._overridden_closed_forms(ExactMarginals()) == ["marginal_prob"]
+    for t in (0.01, 0.5, 1.0):
+        contracts._check_marginal_prob(ExactMarginals(), t, seed=0)
+
+
 class ClaimsSecondOrder(EulerMaruyama):
     """Euler-Maruyama is weak order 1; this one claims 2."""
 

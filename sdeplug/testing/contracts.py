@@ -156,6 +156,7 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
     overrides_t_from_log_snr = (
         isinstance(default, LinearSDE) and type(default).t_from_log_snr is not LinearSDE.t_from_log_snr
     )
+    closed_forms = _overridden_closed_forms(default)
 
     @_hypothesis(examples)
     @given(
@@ -174,6 +175,8 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
             _check_transitions(sde, t * sde.T)
             if overrides_t_from_log_snr:
                 _check_t_from_log_snr(sde)
+            for method in closed_forms:
+                CLOSED_FORMS[method](sde, t * sde.T, seed)
 
     properties()
     if has_marginals:
@@ -188,6 +191,8 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
         report.passed.append("the overridden t_from_log_snr inverts log_snr")
     elif isinstance(default, LinearSDE):
         report.skipped.append("t_from_log_snr: not overridden (the default bisection is exact by construction)")
+    for method in closed_forms:
+        report.passed.append(f"the overridden {method} agrees with alpha(t) and sigma(t)")
 
     _check_prior(default)
     report.passed.append("prior_logp is the normalised density of prior_sampling")
@@ -395,6 +400,57 @@ def _prior_diagnosis(samples: float, density: float, expected: float | None) -> 
     if samples_ok:
         return f"prior_logp is at fault: it is the density of std {density:.4g}; prior_sampling and {marginal} agree."
     return f"Both have the wrong scale: samples of std {samples:.4g}, a density of std {density:.4g}, and {marginal}."
+
+
+def _check_log_snr(sde: LinearSDE, t: float, seed: int) -> None:
+    tt = torch.tensor([t], dtype=F64)
+    got, expected = sde.log_snr(tt), 2 * (torch.log(sde.alpha(tt)) - torch.log(sde.sigma(tt)))
+    if not torch.allclose(got, expected, rtol=1e-6, atol=1e-9):
+        _fail(
+            f"log_snr is not 2 (log alpha(t) - log sigma(t)): at t = {t:.4g} it gives {float(got):.6g}, alpha and "
+            f"sigma give {float(expected):.6g}. Check the closed form (factors of 2, the sign) or drop the override."
+        )
+
+
+def _check_marginal_prob(sde: LinearSDE, t: float, seed: int) -> None:
+    x0 = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    tt = torch.full((4,), t, dtype=F64)
+    mean, std = sde.marginal_prob(x0, tt)
+    alpha, sigma = per_sample(sde.alpha(tt), x0), sde.sigma(tt)
+    if not (torch.allclose(mean, alpha * x0, rtol=1e-6, atol=1e-9) and torch.allclose(std, sigma, rtol=1e-6)):
+        _fail(
+            f"marginal_prob(x0, t) at t = {t:.4g} is not (alpha(t) x0, sigma(t)): its std is {float(std[0]):.6g} "
+            f"against sigma(t) = {float(sigma[0]):.6g}, its mean {float((mean / (alpha * x0)).mean()):.6g} times "
+            "alpha(t) x0. Check the override, or drop it: a LinearSDE derives marginal_prob from alpha and sigma."
+        )
+
+
+def _check_data_prediction(sde: LinearSDE, t: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, score = torch.randn(4, 3, dtype=F64, generator=g), torch.randn(4, 3, dtype=F64, generator=g)
+    tt = torch.full((4,), t, dtype=F64)
+    alpha, sigma = per_sample(sde.alpha(tt), x), per_sample(sde.sigma(tt), x)
+    expected = (x + sigma**2 * score) / alpha
+    got = sde.data_prediction(x, tt, score)
+    if not torch.allclose(got, expected, rtol=1e-6, atol=1e-9):
+        _fail(
+            f"data_prediction(x, t, score) at t = {t:.4g} is not Tweedie's formula (x + sigma(t)^2 score) / alpha(t): "
+            f"largest difference {float((got - expected).abs().max()):.3g}. Check the override, or drop it."
+        )
+
+
+#: LinearSDE methods with a closed form in alpha and sigma, checked when a subclass overrides them.
+CLOSED_FORMS: dict[str, Callable[[LinearSDE, float, int], None]] = {
+    "log_snr": _check_log_snr,
+    "marginal_prob": _check_marginal_prob,
+    "data_prediction": _check_data_prediction,
+}
+
+
+def _overridden_closed_forms(sde: SDE) -> list[str]:
+    if not isinstance(sde, LinearSDE):
+        return []
+    return [m for m in CLOSED_FORMS if getattr(type(sde), m) is not getattr(LinearSDE, m)]
 
 
 def _check_t_from_log_snr(sde: LinearSDE) -> None:
