@@ -35,11 +35,11 @@ demo: $(STAMP)
 
 # The CI command: lint, then the whole suite on every core.
 test: lint
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # The edit-test loop: every module, under a minute on 2 cores (tests marked slow left out).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow" -q
+	$(BIN)/python -m pytest -n auto --dist loadgroup -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,6 +20,10 @@ from sdeplug.trainer import Trainer, TrainSettings
 F64 = torch.float64
 
 
+# Its module-scoped fixture trains once: keep its tests on one worker (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("classifier_training")
+
+
 def _settings(**overrides) -> TrainSettings:
     options = dict(
         steps=1000,

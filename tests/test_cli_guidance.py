@@ -54,6 +54,10 @@ dir = "{out}"
 """
 
 
+# Its module-scoped fixture trains once: keep its tests on one worker (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("cli_guidance")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guidance")

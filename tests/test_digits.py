@@ -14,7 +14,10 @@ from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
 from sdeplug.sampling import sample_ode
 from sdeplug.trainer import Trainer, TrainSettings
 
-pytestmark = pytest.mark.slow  # minutes of training or a pip install: left out of make test-fast
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("digits"),
+]  # minutes of training or a pip install: left out of make test-fast
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def test_digit_samples_are_recognisable(trained):
 def test_bits_per_dim_beat_a_gaussian_fitted_to_the_same_data(trained):
     trainer, dataset = trained
     g = torch.Generator().manual_seed(0)
-    test = uniform_dequantize(dataset.test[:200], "[-1,1]", g, levels=17)
+    test = uniform_dequantize(dataset.test[:100], "[-1,1]", g, levels=17)
     train = uniform_dequantize(dataset.train, "[-1,1]", g, levels=17)
     result = log_likelihood(
         trainer.sde,

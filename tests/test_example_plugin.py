@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow  # minutes of training or a pip install: left out of make test-fast
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("example_plugin"),
+]  # minutes of training or a pip install: left out of make test-fast
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sdeplug-cosine"
 

@@ -20,6 +20,11 @@ from sdeplug.registry import PluginHost, PluginLoadWarning, register_plugin
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Its tests share the example plugins pip installs once per worker: keep them on one worker
+# (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("installed_plugins")
+
+
 def _plugin(**hooks) -> types.SimpleNamespace:
     """An in-process plugin object whose attributes are hook implementations."""
     return types.SimpleNamespace(**{name: sdeplug.hookimpl(fn) for name, fn in hooks.items()})

@@ -27,6 +27,10 @@ from sdeplug.trainer import Trainer, TrainSettings
 F64 = torch.float64
 
 
+# Its module-scoped fixture trains once: keep its tests on one worker (make test uses --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("training")
+
+
 class TinyNet(nn.Module):
     """A plain torch module: no sdeplug base class."""
 
