@@ -457,6 +457,26 @@ def test_example_options_are_checked_like_a_users():
         check_predictor(DeclaresABadOptionSet, sdes=["vp"])
 
 
+def test_example_options_of_the_wrong_type_are_named():
+    class ReturnsADict(EulerMaruyama):
+        @classmethod
+        def example_options(cls):
+            return {"probability_flow": True}  # a list of dicts was meant
+
+    with pytest.raises(ContractError, match=r"example_options\(\) must return a list of option dicts .* got dict"):
+        check_predictor(ReturnsADict, sdes=["vp"])
+    with pytest.raises(TypeError, match=r"example_options\(\) must return a list of option dicts .* got dict"):
+        strategies.option_sets({"T": 1.0})
+
+
+def test_the_local_checks_stay_inside_0_T_for_an_sde_whose_log_snr_never_reaches_their_levels():
+    sde = VESDE(sigma_min=0.5, sigma_max=50.0)  # log-SNR at most 1.39: levels 2 and 0 map to an end
+    times = contracts._check_times(sde)
+    assert all(0 < t <= sde.T for t in times) and len(set(times)) == len(times)
+    contracts._check_one_step(EulerMaruyama, sde, {}, "euler_maruyama")
+    assert contracts._check_balance(Langevin, sde, {}, "langevin")
+
+
 def test_example_options_may_be_a_strategy_drawn_the_same_on_every_run():
     class Drawn(EulerMaruyama):
         @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -571,6 +571,13 @@ def _option_sets(kind: str, name: str, cls: type, spec: Any, defaults: dict[str,
     ``example_options()`` declares (a list, or ``EXAMPLE_DRAWS`` draws of a strategy), each
     checked like a user's options; duplicates once."""
     declared = getattr(cls, "example_options", lambda: ())()
+    if not isinstance(declared, st.SearchStrategy) and not (
+        isinstance(declared, (list, tuple)) and all(isinstance(d, Mapping) for d in declared)
+    ):
+        _fail(
+            f"{kind} {name!r}: example_options() must return a list of option dicts or a hypothesis strategy of "
+            f"them; got {type(declared).__name__} {declared!r:.100}"
+        )
     if not isinstance(declared, st.SearchStrategy) and not declared:
         return [defaults]
     examples = _draw(option_sets(declared), EXAMPLE_DRAWS) if isinstance(declared, st.SearchStrategy) else declared
@@ -736,7 +743,9 @@ def _check_times(sde: LinearSDE) -> list[float]:
     """Where the one-step and balance checks look: where the noise is a third of the signal's
     scale (log-SNR 2), where they are equal (log-SNR 0), and at 0.3 T."""
     at = sde.t_from_log_snr(torch.tensor([2.0, 0.0], dtype=F64)).tolist()
-    return [*at, 0.3 * sde.T]
+    low = min(10 * sde.default_eps, 0.01 * sde.T)  # an SDE whose log-SNR never reaches 2 or 0 maps them to an end
+    times = [min(max(t, low), sde.T) for t in [*at, 0.3 * sde.T]]
+    return sorted(set(times), key=times.index)
 
 
 #: Samples, length in log-SNR and tolerance of the one-step check.
@@ -752,6 +761,8 @@ def _check_one_step(cls: type, sde: LinearSDE, options: dict[str, Any], where: s
     for t in _check_times(sde):
         log_snr = sde.log_snr(torch.tensor([t], dtype=F64))
         t_next = float(sde.t_from_log_snr(log_snr + ONE_STEP_LOG_SNR))
+        if not 0 < t_next < t:  # log-SNR 0.1 higher lies beyond t = 0
+            t_next = 0.5 * t
         x = sample_pc(
             sde,
             score,

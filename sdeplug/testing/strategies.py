@@ -6,7 +6,7 @@ draw a ``seed`` and the test makes a ``torch.Generator`` from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,11 @@ def option_sets(declared: Any) -> st.SearchStrategy[dict]:
     """A part's ``example_options()`` as a strategy: a strategy as it is, a list sampled from."""
     if isinstance(declared, st.SearchStrategy):
         return declared
+    if not (isinstance(declared, (list, tuple)) and all(isinstance(options, Mapping) for options in declared)):
+        raise TypeError(
+            "example_options() must return a list of option dicts or a hypothesis strategy of them; "
+            f"got {type(declared).__name__} {declared!r:.100}"
+        )
     declared = [dict(options) for options in declared]
     return st.sampled_from(declared) if declared else st.just({})
 
