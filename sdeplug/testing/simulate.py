@@ -43,10 +43,12 @@ def stiffness_fractions(sde: SDE, like: Tensor, t_end: float, steps: int) -> Ten
     dense where it is stiff. |df/dx| is probed from the drift at x = 0 and x = 1 alone."""
     fine = torch.linspace(0, 1, 8 * steps + 1, dtype=like.dtype, device=like.device)
     times = fine * t_end
-    probe = torch.stack([torch.zeros_like(like[0]), torch.ones_like(like[0])])
-    rates = torch.stack(
-        [(sde.drift(probe, t.expand(2))[1] - sde.drift(probe, t.expand(2))[0]).abs().mean() for t in times]
+    k = len(times)
+    probe = torch.cat(
+        [torch.zeros_like(like[:1]).expand(k, *like.shape[1:]), torch.ones_like(like[:1]).expand(k, *like.shape[1:])]
     )
+    drift = sde.drift(probe, times.repeat(2)).reshape(2, k, -1)
+    rates = (drift[1] - drift[0]).abs().mean(-1)
     weight = 1 + t_end * torch.nan_to_num(rates, nan=0.0, posinf=0.0)
     cumulative = torch.cat([torch.zeros(1, dtype=weight.dtype), torch.cumsum(0.5 * (weight[1:] + weight[:-1]), 0)])
     cumulative = cumulative / cumulative[-1]
