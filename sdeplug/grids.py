@@ -102,7 +102,14 @@ def resolve_grid(
     if isinstance(grid, Tensor):
         if grid_options:
             raise ValueError("grid_options are for a grid given by name; a tensor grid takes none")
-        return check_grid(grid.to(device=device, dtype=dtype))
+        times = check_grid(grid.to(device=device, dtype=dtype))
+        first, last = float(times[0]), float(times[-1])  # once per run, before sampling
+        slack = 4 * torch.finfo(times.dtype).eps * max(1.0, sde.T)  # T rounded to the grid's dtype
+        if first > sde.T + slack or last < -slack:
+            raise ValueError(
+                f"a time grid must lie in [0, T] = [0, {sde.T:g}] for this SDE; got times from {first:g} to {last:g}"
+            )
+        return times
     if grid is None and not grid_options:
         return uniform_grid(sde.T, eps, steps, device=device, dtype=dtype)
     spec = "uniform" if grid is None else grid

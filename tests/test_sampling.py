@@ -276,3 +276,28 @@ def test_parts_that_need_a_linear_sde_say_so():
         sde, lambda x, t: -x, (4, 2), predictor="euler_maruyama", steps=5, generator=torch.Generator().manual_seed(0)
     )
     assert torch.isfinite(result.x).all()
+
+
+@pytest.mark.parametrize("times", [[3.0, 1.0, 0.1], [1.0, 0.5, -0.1]])
+def test_a_tensor_grid_beyond_0_T_is_refused(times):
+    """A VE grid from t = 3 used to give samples of size 4e4 without a word (issue 15)."""
+    sde = sdeplug.create("sde", "ve")
+    with pytest.raises(ValueError, match=r"a time grid must lie in \[0, T\] = \[0, 1\] for this SDE; got times from"):
+        sample_pc(sde, lambda x, t: -x, (4, 2), grid=torch.tensor(times))
+    with pytest.raises(ValueError, match=r"a time grid must lie in \[0, T\]"):
+        sample_ode(sde, lambda x, t: -x, (4, 2), solver="euler", grid=torch.tensor(times))
+
+
+def test_a_grid_from_T_rounded_to_float32_is_accepted():
+    sde = sdeplug.create("sde", "vp")
+    odd_t = type(sde)(T=0.98)  # 0.98 in float32 is 0.98000002
+    grid = torch.tensor([0.98, 0.5, 1e-3], dtype=torch.float32)
+    assert float(grid[0]) > odd_t.T
+    result = sample_pc(odd_t, lambda x, t: -x, (4, 2), grid=grid, dtype=torch.float32)
+    assert result.x.shape == (4, 2)
+
+
+def test_a_shape_that_disagrees_with_x_init_is_refused():
+    sde = sdeplug.create("sde", "vp")
+    with pytest.raises(ValueError, match=r"shape \(100, 2\) disagrees with x_init of shape \(5, 2\)"):
+        sample_pc(sde, lambda x, t: -x, (100, 2), x_init=torch.zeros(5, 2), steps=2)
