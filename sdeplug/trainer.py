@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -45,15 +46,30 @@ def _optional_positive_int(inst, attribute, value):
         _positive_int(inst, attribute, value)
 
 
+def _positive_finite(_inst, attribute, value):
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive finite number; got {value!r}")
+
+
+def _optional_float(value):
+    return None if value is None else float(value)
+
+
+def _optional_positive_finite(inst, attribute, value):
+    if value is not None:
+        _positive_finite(inst, attribute, value)
+
+
 @attrs.frozen(kw_only=True)
 class TrainSettings:
     """How to train; the [train] section of a config."""
 
     steps: int = attrs.field(default=5000, validator=_positive_int)
     batch_size: int = attrs.field(default=128, validator=_positive_int)
-    lr: float = attrs.field(default=2e-4, converter=float, validator=v.gt(0.0))
+    lr: float = attrs.field(default=2e-4, converter=float, validator=_positive_finite)
     warmup: int = attrs.field(default=100, validator=[v.instance_of(int), v.ge(0)])
-    grad_clip: float | None = attrs.field(default=1.0)
+    #: Largest gradient norm (None: no clipping); a negative one would reverse the step.
+    grad_clip: float | None = attrs.field(default=1.0, converter=_optional_float, validator=_optional_positive_finite)
     ema_decay: float = attrs.field(default=0.999, converter=float, validator=[v.ge(0.0), v.lt(1.0)])
     checkpoint_every: int | None = attrs.field(default=1000, validator=_optional_positive_int)
     sample_every: int | None = attrs.field(default=None, validator=_optional_positive_int)
