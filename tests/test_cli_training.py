@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sdeplug.app.cli import main
 
@@ -159,3 +160,25 @@ def test_periodic_sampling_writes_pictures_while_training(tmp_path):
     assert main(["train", str(config)]) == 0
     pictures = sorted(p.name for p in (tmp_path / "run").glob("samples-step*.png"))
     assert pictures == ["samples-step20.png", "samples-step40.png"]
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_the_same_config_trains_bit_identical_checkpoints_and_seed_changes_them(tmp_path, capsys):
+    """Issue 15: the network was initialised from torch's unseeded global generator, so two
+    runs of one config differed; for train, --seed seeds the run (it used to set [sample] seed)."""
+    config = write_config(tmp_path, steps=5, every=5)
+    for out in ("a", "b", "c"):
+        seed = ["--seed", "1"] if out == "c" else []
+        assert main(["train", str(config), "--out", str(tmp_path / out), *seed]) == 0
+    a, b, c = (_tensors(tmp_path / out / "checkpoint.safetensors") for out in "abc")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("ema."))  # other weights, another run
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "overrides [train] seed" in " ".join(capsys.readouterr().out.split())

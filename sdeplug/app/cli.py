@@ -43,6 +43,16 @@ def configured(args: argparse.Namespace) -> Config:
     """The config with the command-line overrides applied."""
     config = load_config(args.config)
     overrides = {k: getattr(args, k) for k in ("num", "seed", "device") if getattr(args, k, None) is not None}
+    if getattr(args, "command", None) == "train" and "seed" in overrides:
+        # for train, --seed seeds the run being trained: its initial weights, data order and loss noise
+        seed = overrides.pop("seed")
+        if getattr(args, "classifier", False):
+            config = attrs.evolve(
+                config,
+                classifier=attrs.evolve(config.classifier, train=attrs.evolve(config.classifier.train, seed=seed)),
+            )
+        else:
+            config = attrs.evolve(config, train=attrs.evolve(config.train, seed=seed))
     if getattr(args, "no_progress", False):
         overrides["progress"] = False
         config = attrs.evolve(config, train=attrs.evolve(config.train, progress=False))
@@ -180,12 +190,12 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The config path and the flags that override its [sample] and [output] keys."""
+def _add_run_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed of the samples") -> None:
+    """The config path and the flags that override its [sample] (or [train]) and [output] keys."""
     parser.add_argument("config", help="path to a TOML config")
     parser.add_argument("--out", help="output folder (default: [output] dir)")
     parser.add_argument("--num", type=int, help="number of samples or data points (overrides [sample] num)")
-    parser.add_argument("--seed", type=int, help="random seed (overrides [sample] seed)")
+    parser.add_argument("--seed", type=int, help=seed_help)
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
 
 
@@ -195,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list every registered part and where it came from")
     plugins.set_defaults(func=cmd_plugins)
     train = sub.add_parser("train", help="train a score model with a TOML config (resumes if interrupted)")
-    _add_run_arguments(train)
+    _add_run_arguments(
+        train,
+        "seed of the training run: initial weights, data order and loss noise (overrides [train] seed, or "
+        "[classifier.train] seed with --classifier); the same config and seed give the same checkpoint",
+    )
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
@@ -205,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
     sample = sub.add_parser("sample", help="sample with a TOML config")
-    _add_run_arguments(sample)
+    _add_run_arguments(sample, "random seed of the samples (overrides [sample] seed)")
     sample.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     sample.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
     sample.add_argument("--guidance", help="a TOML file whose [guidance] section replaces the config's")
@@ -215,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=cmd_sample)
     likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")
-    _add_run_arguments(likelihood)
+    _add_run_arguments(likelihood, "random seed of the dequantisation and the probes (overrides [sample] seed)")
     likelihood.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     likelihood.set_defaults(func=cmd_likelihood)
     return parser

@@ -6,8 +6,10 @@ printing it is the command line's business (``sdeplug.app.cli``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,15 @@ def plot_samples(samples: torch.Tensor, dataset: Dataset, path: Path, title: str
 # Training -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Networks draw their initial weights from torch's global generator: seed it from the
+    run's seed for the build, then put it back, so the same config gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def train_job(config: Config, out: Path, *, classifier: bool = False, restart: bool = False) -> dict[str, Any]:
     """Train the [model] on the [data] (or the [classifier] on its labels); resume from the
     checkpoint in ``out`` unless ``restart``. The report says whether Ctrl-C stopped it."""
@@ -64,7 +75,8 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
     dataset = build_dataset(config)
     device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
     if classifier:
-        network = build_classifier(config, dataset).to(device=device, dtype=dtype)
+        with _seeded(config.classifier.train.seed):
+            network = build_classifier(config, dataset).to(device=device, dtype=dtype)
         settings, run_config, stem = config.classifier.train, classifier_run_config(config), "classifier-"
         if not config.train.progress:
             settings = attrs.evolve(settings, progress=False)
@@ -84,7 +96,8 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
             raise ConfigError(
                 "[model] 'oracle' is the exact score and needs no training; name a score network, e.g. 'mlp'"
             )
-        network = build_network(config, dataset).to(device=device, dtype=dtype)
+        with _seeded(config.train.seed):
+            network = build_network(config, dataset).to(device=device, dtype=dtype)
         settings, run_config, stem = config.train, run_config_dict(config), ""
         checkpoint = out / "checkpoint.safetensors"
         trainer = Trainer(
