@@ -96,5 +96,13 @@ class NonFiniteError(SdeplugError, FloatingPointError):
         )
 
 
+class DataError(SdeplugError, ValueError):
+    """Data that cannot be trained on or evaluated (non-finite values, a wrong shape)."""
+
+
+class TrainingDivergedError(SdeplugError, FloatingPointError):
+    """A training loss or gradient became non-finite; nothing from that step on is saved."""
+
+
 class ConfigError(SdeplugError, ValueError):
     """A configuration file or section is malformed."""

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sdeplug.errors import DataError, TrainingDivergedError
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
 from sdeplug.parameterization import ParameterizedScore
@@ -123,6 +124,7 @@ class Trainer:
         self.device = next(network.parameters()).device
         self.dtype = next(network.parameters()).dtype
         self.data = data.to(device=self.device, dtype=self.dtype)
+        _check_finite_rows(self.data)
         self.ema = copy.deepcopy(network).requires_grad_(False)
         if s.objective == "classifier":
             if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
@@ -144,6 +146,10 @@ class Trainer:
         self.config = config or {}
         self.on_sample = on_sample
         self.interrupted = False
+        # The first step whose loss or gradient was not finite (-1: none), kept on the device
+        # and read only when the host looks anyway (progress, checkpoints, the end).
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_loss = torch.zeros((), dtype=torch.float32, device=self.device)
         self._train_score = ParameterizedScore(network, sde, s.parameterization)
         # Listed once: walking the module tree every step costs more than the EMA itself.
         self._params = list(network.parameters())
@@ -170,8 +176,13 @@ class Trainer:
             loss = self.loss(self._train_score, self.data[idx], generator=self.loss_generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if s.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self._params, s.grad_clip)
+        # the gradient norm, clipped or not (an infinite max_norm leaves the gradients as they are)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self._params, s.grad_clip if s.grad_clip is not None else float("inf")
+        )
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(bad, self.step, self._first_bad_step)
+        self._bad_loss = torch.where(bad, loss.detach().float(), self._bad_loss)
         lr = s.lr * min(1.0, (self.step + 1) / s.warmup) if s.warmup else s.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -194,6 +205,8 @@ class Trainer:
         with _stop_on_interrupt() as interrupt:
             while self.step < until:
                 self.train_step()
+                if self.step % DIVERGENCE_CHECK_EVERY == 0:
+                    self.check_finite()
                 if s.progress and (self.step % 50 == 0 or self.step == until):
                     window = self.history[max(0, self.step - 50) : self.step]
                     bar.set_postfix(loss=f"{float(window.mean()):.4f}")
@@ -206,6 +219,7 @@ class Trainer:
                     self.interrupted = True
                     break
         bar.close()
+        self.check_finite()
         if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):
             self.save()
         return self
@@ -225,11 +239,31 @@ class Trainer:
         tensors["history"] = self.history[: self.step]
         return tensors
 
+    def check_finite(self) -> None:
+        """Raise TrainingDivergedError if any step so far had a non-finite loss or gradient
+        (one host read of a flag kept on the device)."""
+        first = int(self._first_bad_step)
+        if first < 0:
+            return
+        s = self.settings
+        kept = (
+            f"the checkpoint {self.checkpoint_path} keeps the last good state"
+            if self.checkpoint_path is not None and self.checkpoint_path.exists()
+            else "nothing was saved"
+        )
+        raise TrainingDivergedError(
+            f"training stopped: step {first + 1} had a non-finite loss or gradient (loss {float(self._bad_loss):g}); "
+            f"the weights since then are not saved and {kept}. Likely causes: non-finite or extreme data, "
+            f"a learning rate too large (lr = {s.lr:g}), or no gradient clipping (grad_clip = {s.grad_clip})."
+        )
+
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint (atomically) of everything needed to resume exactly."""
+        """Write a checkpoint (atomically) of everything needed to resume exactly; never of a
+        state that a non-finite step has touched (TrainingDivergedError instead)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass one or give the Trainer a checkpoint_path")
+        self.check_finite()
         optim = self.optimizer.state_dict()
         meta = {
             "step": self.step,
@@ -272,6 +306,21 @@ class Trainer:
         self.history[: self.step] = tensors["history"].to(self.history.device)
         self.config = meta.get("config", self.config)
         return self
+
+
+#: Steps between reads of the divergence flag (checkpoints and the end also read it).
+DIVERGENCE_CHECK_EVERY = 100
+
+
+def _check_finite_rows(data: Tensor) -> None:
+    """Refuse training data with NaN or inf, naming the first bad row (one check at start)."""
+    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0])
+        raise DataError(
+            f"the training data has NaN or inf values: row {row} is the first of {int((~finite).sum())} such rows; "
+            "clean the data (every value must be finite)"
+        )
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

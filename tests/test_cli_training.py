@@ -182,3 +182,17 @@ def test_the_same_config_trains_bit_identical_checkpoints_and_seed_changes_them(
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "overrides [train] seed" in " ".join(capsys.readouterr().out.split())
+
+
+def test_training_on_a_data_file_with_nan_rows_fails_naming_the_file_and_row(tmp_path, capsys):
+    data = np.random.default_rng(0).normal(size=(400, 2))
+    data[123] = np.nan
+    np.save(tmp_path / "x.npy", data)
+    text = CONFIG.format(sde="vp", steps=5, every=5, out=tmp_path / "run").replace(
+        'name = "moons"\nn_train = 2000\nn_test = 500', f'name = "file"\npath = "{tmp_path / "x.npy"}"'
+    )
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["train", str(tmp_path / "c.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "x.npy: row 123 has NaN or inf values" in err, err
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()

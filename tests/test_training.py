@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 
 import pytest
@@ -303,3 +304,58 @@ def test_warmup_ramps_the_learning_rate():
         trainer.train_step()
         rates.append(trainer.optimizer.param_groups[0]["lr"])
     assert rates == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+
+
+# Nothing silent: a diverged run saves nothing non-finite, and non-finite data is refused (issue 15) ---
+
+
+def _diverging_trainer(tmp_path, **settings):
+    from sdeplug.app.datasets import load_dataset
+
+    torch.manual_seed(0)
+    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=16, depth=2)
+    data = load_dataset("moons").train.float()
+    options = dict(steps=50, batch_size=64, lr=1e30, warmup=0, grad_clip=1e30, checkpoint_every=1, progress=False)
+    return Trainer(
+        network,
+        sdeplug.create("sde", "vp"),
+        data,
+        TrainSettings(**{**options, **settings}),
+        checkpoint_path=tmp_path / "c.safetensors",
+    )
+
+
+def test_a_run_whose_loss_turns_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from sdeplug.checkpoint import load_checkpoint
+    from sdeplug.errors import TrainingDivergedError
+
+    trainer = _diverging_trainer(tmp_path)
+    with pytest.raises(
+        TrainingDivergedError, match=r"step (\d+) had a non-finite loss or gradient .*keeps the last good"
+    ) as info:
+        trainer.fit()
+    bad = int(re.search(r"step (\d+) had", str(info.value)).group(1))
+    tensors, meta = load_checkpoint(tmp_path / "c.safetensors")
+    assert meta["step"] == bad - 1  # the step before the first bad one, saved because checkpoint_every = 1
+    assert all(bool(torch.isfinite(t).all()) for k, t in tensors.items() if t.is_floating_point())
+    assert "lr = 1e+30" in str(info.value)
+
+
+def test_a_divergence_between_checkpoints_is_found_without_a_checkpoint(tmp_path):
+    from sdeplug.errors import TrainingDivergedError
+
+    trainer = _diverging_trainer(tmp_path, checkpoint_every=None, steps=500)
+    with pytest.raises(TrainingDivergedError, match="nothing was saved"):
+        trainer.fit()
+    assert trainer.step <= 200  # read every 100 steps: it stopped soon, not at step 500
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_training_data_with_nan_is_refused_naming_the_row():
+    from sdeplug.errors import DataError
+
+    data = torch.randn(20, 2)
+    data[7, 1] = float("nan")
+    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=8, depth=1)
+    with pytest.raises(DataError, match="row 7 is the first of 1 such rows"):
+        Trainer(network, sdeplug.create("sde", "vp"), data, TrainSettings(steps=1, progress=False))

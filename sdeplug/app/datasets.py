@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.arrays import load_array
-from sdeplug.errors import OptionError, UnknownPartError
+from sdeplug.errors import DataError, OptionError, UnknownPartError
 from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
 
@@ -100,6 +100,12 @@ def load_dataset(
         if path is None:
             raise OptionError("data", "file", "needs a 'path' to a .npy or .pt file")
         x = load_array(Path(path)).to(torch.float64)
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+        if not bool(finite.all()):
+            raise DataError(
+                f"{path}: row {int((~finite).nonzero()[0])} has NaN or inf values (the first of "
+                f"{int((~finite).sum())} such rows); every value must be finite"
+            )
         train, test, _, _ = _split(x, 0.1, seed)
         return Dataset(f"file:{path}", train, test)
     generator = torch.Generator().manual_seed(seed)

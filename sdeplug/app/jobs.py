@@ -30,7 +30,7 @@ from sdeplug.app.assemble import (
 )
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset
-from sdeplug.errors import ConfigError
+from sdeplug.errors import ConfigError, DataError
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
 
@@ -67,13 +67,23 @@ def _seeded(seed: int) -> Iterator[None]:
 def train_job(config: Config, out: Path, *, classifier: bool = False, restart: bool = False) -> dict[str, Any]:
     """Train the [model] on the [data] (or the [classifier] on its labels); resume from the
     checkpoint in ``out`` unless ``restart``. The report says whether Ctrl-C stopped it."""
-    from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
-    from sdeplug.app.plotting import loss_curve
-    from sdeplug.trainer import Trainer
 
     sde = check_config(config)
     dataset = build_dataset(config)
     device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
+    try:
+        return _train(config, sde, dataset, device, dtype, out, classifier=classifier, restart=restart)
+    except DataError as exc:
+        options = "".join(f", {k} = {v!r}" for k, v in config.data.options.items())
+        raise DataError(f"[data] {config.data.name!r}{options}: {exc}") from exc
+
+
+def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, restart: bool) -> dict[str, Any]:
+    """train_job's work once the config is checked and the data loaded."""
+    from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
+    from sdeplug.app.plotting import loss_curve
+    from sdeplug.trainer import Trainer
+
     if classifier:
         with _seeded(config.classifier.train.seed):
             network = build_classifier(config, dataset).to(device=device, dtype=dtype)
