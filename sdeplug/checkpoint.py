@@ -9,9 +9,12 @@ an interruption never leaves half a checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,52 @@ FORMAT = "sdeplug-checkpoint-1"
 
 class CheckpointError(SdeplugError, ValueError):
     """A checkpoint is missing, truncated, tampered with, or not an sdeplug checkpoint."""
+
+
+class CheckpointInUseError(CheckpointError):
+    """Another process is training into the same checkpoint."""
+
+
+@contextlib.contextmanager
+def exclusive_writer(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (beside it, ``<name>.lock``) for the block, so that
+    two training runs never write one checkpoint. The operating system drops the lock when
+    its process ends, killed or not, so a stale lock never blocks the next run. Where the
+    platform has no ``fcntl`` (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path).resolve()
+    if path in _held:  # this process holds it already (the CLI locks load and fit together)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise CheckpointInUseError(
+                f"{path} is being trained into by another run ({holder}); wait for it to finish, stop it, or "
+                "write to another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        _held.add(path)
+        try:
+            yield
+        finally:
+            _held.discard(path)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+#: Checkpoints whose lock this process holds.
+_held: set[Path] = set()
 
 
 def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:

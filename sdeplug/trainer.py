@@ -30,7 +30,7 @@ from attrs import validators as v
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
 from sdeplug.errors import DataError, TrainingDivergedError
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
@@ -196,7 +196,13 @@ class Trainer:
         return loss
 
     def fit(self, until: int | None = None) -> Trainer:
-        """Train up to step ``until`` (default: settings.steps), checkpointing as configured."""
+        """Train up to step ``until`` (default: settings.steps), checkpointing as configured;
+        with a checkpoint path, no other run may train into the same file meanwhile."""
+        lock = exclusive_writer(self.checkpoint_path) if self.checkpoint_path else contextlib.nullcontext()
+        with lock:
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> Trainer:
         s = self.settings
         until = s.steps if until is None else min(until, s.steps)
         first_step = self.step

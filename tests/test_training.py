@@ -359,3 +359,38 @@ def test_training_data_with_nan_is_refused_naming_the_row():
     network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=8, depth=1)
     with pytest.raises(DataError, match="row 7 is the first of 1 such rows"):
         Trainer(network, sdeplug.create("sde", "vp"), data, TrainSettings(steps=1, progress=False))
+
+
+def test_two_runs_never_train_into_one_checkpoint_and_a_killed_runs_lock_does_not_block(tmp_path):
+    """Issue 15: two trainers on one folder overwrote each other. The second now gets an error
+    naming the first process; once that process is killed (SIGKILL: no clean-up), the next run trains."""
+    import subprocess
+    import sys
+    import time
+
+    from sdeplug.checkpoint import CheckpointInUseError
+
+    checkpoint = tmp_path / "c.safetensors"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sdeplug.checkpoint import exclusive_writer\n"
+            f"with exclusive_writer({str(checkpoint)!r}):\n    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        trainer = _diverging_trainer(tmp_path, lr=1e-3, grad_clip=1.0, steps=2)
+        with pytest.raises(
+            CheckpointInUseError, match=rf"c.safetensors is being trained into by another run \(process {holder.pid} "
+        ):
+            trainer.fit()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    time.sleep(0.1)
+    trainer.fit()  # the killed holder's lock went with its process
+    assert checkpoint.exists() and trainer.step == 2

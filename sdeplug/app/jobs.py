@@ -30,6 +30,7 @@ from sdeplug.app.assemble import (
 )
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset
+from sdeplug.checkpoint import exclusive_writer
 from sdeplug.errors import ConfigError, DataError
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
@@ -120,45 +121,46 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
         )
         what = config.model.name
-    resumed_at = None
-    if checkpoint.exists() and not restart:
-        trainer.load()
-        if trainer.config != run_config:
-            raise ConfigError(
-                f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
-                "afresh, or another [output] dir"
+    with exclusive_writer(checkpoint):  # one run per checkpoint, from loading it to the last save
+        resumed_at = None
+        if checkpoint.exists() and not restart:
+            trainer.load()
+            if trainer.config != run_config:
+                raise ConfigError(
+                    f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
+                    "afresh, or another [output] dir"
+                )
+            resumed_at = trainer.step
+        start, first_step = time.perf_counter(), trainer.step
+        trainer.fit()
+        seconds = time.perf_counter() - start
+        report: dict[str, Any] = {
+            "checkpoint": str(checkpoint),
+            "resumed_at": resumed_at,
+            "total_steps": settings.steps,
+            "interrupted": trainer.interrupted,
+            "steps": trainer.step,
+        }
+        if trainer.interrupted:
+            return report
+        history = trainer.history[: trainer.step].cpu()
+        done = trainer.step - first_step
+        summary = {
+            "config": config.source,
+            "steps": trainer.step,
+            "final_loss": float(history[-100:].mean()) if len(history) else None,
+            "seconds_this_run": round(seconds, 2),
+            "steps_per_second": round(done / seconds, 1) if done and seconds > 0 else None,
+            "parameters": sum(p.numel() for p in network.parameters()),
+        }
+        if classifier:
+            summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
+        written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
+        if len(history) and config.output.plot:
+            written.append(
+                loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
             )
-        resumed_at = trainer.step
-    start, first_step = time.perf_counter(), trainer.step
-    trainer.fit()
-    seconds = time.perf_counter() - start
-    report: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "resumed_at": resumed_at,
-        "total_steps": settings.steps,
-        "interrupted": trainer.interrupted,
-        "steps": trainer.step,
-    }
-    if trainer.interrupted:
-        return report
-    history = trainer.history[: trainer.step].cpu()
-    done = trainer.step - first_step
-    summary = {
-        "config": config.source,
-        "steps": trainer.step,
-        "final_loss": float(history[-100:].mean()) if len(history) else None,
-        "seconds_this_run": round(seconds, 2),
-        "steps_per_second": round(done / seconds, 1) if done and seconds > 0 else None,
-        "parameters": sum(p.numel() for p in network.parameters()),
-    }
-    if classifier:
-        summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
-    written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
-    if len(history) and config.output.plot:
-        written.append(
-            loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
-        )
-    return {**report, **summary, "steps_this_run": done, "written": [str(p) for p in written]}
+        return {**report, **summary, "steps_this_run": done, "written": [str(p) for p in written]}
 
 
 def noisy_accuracy(network: torch.nn.Module, sde, dataset: Dataset, seed: int) -> dict[str, float]:
