@@ -181,3 +181,20 @@ name = "mixture3"
     assert summary["sampler"]["solver"] == {"name": "dopri5", "options": {"rtol": 1e-4, "atol": 1e-4}}
     assert 20 < summary["nfe_per_sample"] < 200  # adaptive: its own steps
     assert summary["energy_distance"] <= summary["null_mean"] + 5 * summary["null_std"]
+
+
+def test_the_output_folder_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """Issue 15: --out naming a file, a folder that cannot be made, and ~ were tracebacks or wrong."""
+    config = tmp_path / "c.toml"
+    config.write_text('[sde]\nname = "vp"\n[sample]\nnum = 8\nprogress = false\n[sampler]\nsteps = 2\n')
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert main(["sample", str(config), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert "--out = " in err and "is an existing file; give a folder" in err, err
+    assert main(["sample", str(config), "--out", str(a_file / "below")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot make the folder" in err, err
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["sample", str(config), "--out", "~/home-out"]) == 0
+    assert (tmp_path / "home-out" / "samples.npy").exists() and not (tmp_path / "~").exists()

@@ -170,7 +170,7 @@ def build_network(config: Config, dataset: Dataset) -> torch.nn.Module:
 
 
 def default_checkpoint(config: Config) -> Path:
-    return Path(config.output.dir) / "checkpoint.safetensors"
+    return Path(config.output.dir).expanduser() / "checkpoint.safetensors"
 
 
 def run_config_dict(config: Config) -> dict:

@@ -7,6 +7,7 @@ Each command reads the config with its command-line overrides, runs a job of
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,8 +87,17 @@ def _read_section(path: str, section: str) -> dict:
 
 
 def _out_dir(args: argparse.Namespace, config: Config) -> Path:
-    out = Path(args.out or config.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """The output folder (``~`` expanded), made if missing and checked writable before any work."""
+    given = "--out" if args.out else "[output] dir"
+    out = Path(args.out or config.output.dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{given} = {str(out)!r} is an existing file; give a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{given} = {str(out)!r}: cannot make the folder ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{given} = {str(out)!r} is not writable; give a folder you can write to")
     return out
 
 

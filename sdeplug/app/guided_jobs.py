@@ -54,7 +54,7 @@ def build_classifier(config: Config, dataset: Dataset) -> torch.nn.Module:
 def classifier_checkpoint(config: Config) -> Path:
     if config.guidance is not None and config.guidance.checkpoint:
         return Path(config.guidance.checkpoint)
-    return Path(config.output.dir) / "classifier.safetensors"
+    return Path(config.output.dir).expanduser() / "classifier.safetensors"
 
 
 def classifier_run_config(config: Config) -> dict[str, Any]:
