@@ -36,6 +36,10 @@ class CheckpointInUseError(CheckpointError):
     """Another process is training into the same checkpoint."""
 
 
+#: Checkpoints whose lock this process holds.
+_held: set[Path] = set()
+
+
 @contextlib.contextmanager
 def exclusive_writer(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (beside it, ``<name>.lock``) for the block, so that
@@ -72,10 +76,6 @@ def exclusive_writer(path: str | Path) -> Iterator[None]:
             _held.discard(path)
     finally:
         os.close(fd)  # releases the lock
-
-
-#: Checkpoints whose lock this process holds.
-_held: set[Path] = set()
 
 
 def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:

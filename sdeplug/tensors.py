@@ -37,6 +37,11 @@ def sum_except_batch(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).sum(dim=1)
 
 
+def non_finite_rows(x: Tensor) -> Tensor:
+    """Indices of the rows (along the first dimension) of x that hold NaN or inf, in order."""
+    return (~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)).nonzero().flatten()
+
+
 def event_size(x: Tensor) -> int:
     """Number of entries in one sample (the dimension D)."""
     return x[0].numel()

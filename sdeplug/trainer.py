@@ -35,6 +35,7 @@ from sdeplug.errors import DataError, TrainingDivergedError
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
 from sdeplug.parameterization import ParameterizedScore
+from sdeplug.tensors import non_finite_rows
 
 
 def _positive_int(_inst, attribute, value):
@@ -320,11 +321,10 @@ DIVERGENCE_CHECK_EVERY = 100
 
 def _check_finite_rows(data: Tensor) -> None:
     """Refuse training data with NaN or inf, naming the first bad row (one check at start)."""
-    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0])
+    bad = non_finite_rows(data)
+    if len(bad):
         raise DataError(
-            f"the training data has NaN or inf values: row {row} is the first of {int((~finite).sum())} such rows; "
+            f"the training data has NaN or inf values: row {int(bad[0])} is the first of {len(bad)} such rows; "
             "clean the data (every value must be finite)"
         )
 

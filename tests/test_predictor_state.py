@@ -185,35 +185,30 @@ def test_the_ode_callback_sees_every_evaluation():
     torch.testing.assert_close(info["denoised"], sde.data_prediction(info["x"], t, score(info["x"], t)))
 
 
-def test_no_data_prediction_where_the_predictor_evaluated_nothing():
-    sde = sdeplug.create("sde", "vp")
+def _callbacks(sde, score, predictor, corrector) -> list[dict]:
+    """What the callback of a three-step run sees."""
     seen = []
     sample_pc(
         sde,
-        preset("mixture3").score_model(sde),
+        score,
         (10, 2),
-        predictor="none",
-        corrector="langevin",
+        predictor=predictor,
+        corrector=corrector,
         steps=3,
         callback=seen.append,
         generator=torch.Generator().manual_seed(0),
     )
+    return seen
+
+
+def test_no_data_prediction_where_the_predictor_evaluated_nothing():
+    sde = sdeplug.create("sde", "vp")
+    seen = _callbacks(sde, preset("mixture3").score_model(sde), "none", "langevin")
     assert len(seen) == 3 and all(info["denoised"] is None for info in seen)
 
 
 def test_a_non_linear_sde_gives_no_data_prediction():
     from problems import TanhSDE
 
-    sde = TanhSDE()
-    seen = []
-    sample_pc(
-        sde,
-        lambda x, t: -x,
-        (10, 2),
-        predictor="euler_maruyama",
-        corrector="none",
-        steps=3,
-        callback=seen.append,
-        generator=torch.Generator().manual_seed(0),
-    )
+    seen = _callbacks(TanhSDE(), lambda x, t: -x, "euler_maruyama", "none")
     assert len(seen) == 3 and all(info["denoised"] is None for info in seen)

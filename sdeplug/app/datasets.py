@@ -20,6 +20,7 @@ from sdeplug.app.arrays import load_array
 from sdeplug.errors import DataError, OptionError, UnknownPartError
 from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
+from sdeplug.tensors import non_finite_rows
 
 
 @attrs.frozen
@@ -100,11 +101,11 @@ def load_dataset(
         if path is None:
             raise OptionError("data", "file", "needs a 'path' to a .npy or .pt file")
         x = load_array(Path(path)).to(torch.float64)
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
-        if not bool(finite.all()):
+        bad = non_finite_rows(x)
+        if len(bad):
             raise DataError(
-                f"{path}: row {int((~finite).nonzero()[0])} has NaN or inf values (the first of "
-                f"{int((~finite).sum())} such rows); every value must be finite"
+                f"{path}: row {int(bad[0])} has NaN or inf values (the first of {len(bad)} such rows); "
+                "every value must be finite"
             )
         train, test, _, _ = _split(x, 0.1, seed)
         return Dataset(f"file:{path}", train, test)

@@ -626,6 +626,25 @@ def _sde_label(sde: SDE) -> str:
 _MISSING = object()
 
 
+def _check_cases(
+    kind: str,
+    spec: Any,
+    sdes: Sequence[Any] | None,
+    options: dict[str, Any] | None,
+    local_sdes: Sequence[Any],
+    check_on: Callable[..., None],
+) -> ContractReport:
+    """Run ``check_on(name, cls, options, sde, label, report, local_only=...)`` for each option
+    set on each SDE to check, then with the local checks alone on each of ``local_sdes``."""
+    name, cls, sets, report, targets = _start(kind, spec, sdes, options)
+    local = _accepted(cls, _as_sdes(local_sdes) or [])
+    cases = [(sde, False) for sde in targets] + [(sde, True) for sde in local]
+    for options in sets:
+        for sde, local_only in cases:
+            check_on(name, cls, options, sde, _label(sde, options, sets[0]), report, local_only=local_only)
+    return report
+
+
 def check_predictor(
     spec: Any,
     *,
@@ -638,13 +657,9 @@ def check_predictor(
     p_t to p_t_next, the right law with the exact score, and the orders the built part
     declares (``weak_order``, ``ode_order``) on Gaussian problems with a known solution; for
     its options as given, or else its defaults and each set its ``example_options()`` declares."""
-    name, cls, sets, report, targets = _start("predictor", spec, sdes, options)
-    local = _accepted(cls, _as_sdes(local_sdes) or [])
-    for options in sets:
-        for sde in [*targets, *local]:
-            label = _label(sde, options, sets[0])
-            _check_predictor_on(name, cls, options, sde, label, steps, report, local_only=sde in local)
-    return report
+    return _check_cases(
+        "predictor", spec, sdes, options, local_sdes, functools.partial(_check_predictor_on, steps=steps)
+    )
 
 
 def _check_predictor_on(
@@ -653,9 +668,9 @@ def _check_predictor_on(
     options: dict[str, Any],
     sde: SDE,
     label: str,
-    steps: int,
     report: ContractReport,
     *,
+    steps: int,
     local_only: bool = False,
 ) -> None:
     mixture, null = _mixture_and_null()
@@ -964,13 +979,9 @@ def check_corrector(
     whatever step size the corrector takes), and invariance: exact samples of p_t stay
     distributed as p_t after ``sweeps`` steps with the exact score; for its options as given,
     or else its defaults and each set its ``example_options()`` declares."""
-    name, cls, sets, report, targets = _start("corrector", spec, sdes, options)
-    local = _accepted(cls, _as_sdes(local_sdes) or [])
-    for options in sets:
-        for sde in [*targets, *local]:
-            label = _label(sde, options, sets[0])
-            _check_corrector_on(name, cls, options, sde, label, sweeps, report, local_only=sde in local)
-    return report
+    return _check_cases(
+        "corrector", spec, sdes, options, local_sdes, functools.partial(_check_corrector_on, sweeps=sweeps)
+    )
 
 
 def _check_corrector_on(
@@ -979,9 +990,9 @@ def _check_corrector_on(
     options: dict[str, Any],
     sde: SDE,
     label: str,
-    sweeps: int,
     report: ContractReport,
     *,
+    sweeps: int,
     local_only: bool = False,
 ) -> None:
     mixture, null = _mixture_and_null()
