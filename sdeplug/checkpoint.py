@@ -1,20 +1,23 @@
 """Checkpoints: safetensors files written atomically, checksummed, and loaded without running code.
 
 A checkpoint holds named tensors plus JSON metadata. A SHA-256 digest of both is
-stored in the header and checked on load, so a truncated, damaged or edited file is
-refused with a clear error instead of silently resuming from wrong state. Writing
-goes to a temporary file in the same folder, fsync'd and renamed over the target, so
-an interruption never leaves half a checkpoint behind.
+stored in the header and checked on load, so a truncated or damaged file is refused
+with a clear error instead of silently resuming from wrong state. The digest has no
+key: it catches accidents, not deliberate edits (anyone can recompute it), so readers
+check every field they use (``sdeplug.trainer.checked_metadata``). Writing goes to a
+temporary file in the same folder, fsync'd and renamed over the target, so an
+interruption never leaves half a checkpoint behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,10 @@ FORMAT = "sdeplug-checkpoint-1"
 
 class CheckpointError(SdeplugError, ValueError):
     """A checkpoint is missing, truncated, tampered with, or not an sdeplug checkpoint."""
+
+
+class WriteError(SdeplugError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the old one is kept."""
 
 
 class CheckpointInUseError(CheckpointError):
@@ -69,6 +76,7 @@ def exclusive_writer(path: str | Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        remove_stale_temporaries(path)  # no one else writes it now: any temporary file is a killed run's
         _held.add(path)
         try:
             yield
@@ -89,6 +97,50 @@ def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:
     return h.hexdigest()
 
 
+def _temporary(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: beside it, hidden, named by process."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer of ``path`` left behind; call it only while no
+    other process can be writing ``path`` (under ``exclusive_writer``). Returns what was removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object], *, sync: bool = False) -> Path:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary file beside it, which is
+    renamed over ``path``; if anything fails (a full disk, Ctrl-C) the old file stays as it was
+    and the temporary file is removed. ``sync`` flushes the data to disk before the rename."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        write(tmp)
+        if sync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise WriteError(f"could not write {path}: {exc.strerror or exc}; {kept}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    if sync:
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+            pass
+    return path
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically."""
     path = Path(path)
@@ -96,24 +148,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"format": FORMAT, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
-        pass
-    return path
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), sync=True)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:

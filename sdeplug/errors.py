@@ -106,3 +106,11 @@ class TrainingDivergedError(SdeplugError, FloatingPointError):
 
 class ConfigError(SdeplugError, ValueError):
     """A configuration file or section is malformed."""
+
+
+class SdeplugWarning(UserWarning):
+    """Base class of the warnings sdeplug gives on purpose (the command line prints them on one line)."""
+
+
+class DataMismatchWarning(SdeplugWarning):
+    """A checkpoint is used with another data set than it was trained on."""

@@ -408,7 +408,7 @@ def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str
         return cls(*supplied, **options)
     except SdeplugError:
         raise
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:  # a refused value, or one too large (int(inf))
         raise OptionError(kind.name, label, f"{error_text(exc)} (accepted options: {_describe(accepted)})") from exc
     except TypeError as exc:
         if _raised_by_attrs(exc):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: Seeds sdeplug takes are integers in [0, SEED_LIMIT): torch takes up to 64 bits, and a run
+#: derives a few more seeds from its own by adding small offsets.
+SEED_LIMIT = 2**63
+
 
 def per_sample(v: Tensor, x: Tensor) -> Tensor:
     """View a per-sample tensor of shape (batch,) so it broadcasts over x's event shape."""

@@ -9,7 +9,8 @@ takes an Adam step with linear learning-rate warm-up and gradient-norm clipping,
 updates an exponential moving average of the weights (sampling uses the EMA). A
 checkpoint holds everything the next step depends on (weights, EMA, optimiser state,
 step, generator states, loss history, config), so a resumed run reproduces the
-uninterrupted one exactly. Ctrl-C finishes the current step, saves, and stops.
+uninterrupted one exactly. Ctrl-C finishes the current step, saves, and stops; more Ctrl-C
+while that checkpoint is written wait for it.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
-from sdeplug.errors import DataError, TrainingDivergedError
+from sdeplug.errors import DataError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
 from sdeplug.parameterization import ParameterizedScore
-from sdeplug.tensors import non_finite_rows
+from sdeplug.tensors import SEED_LIMIT, non_finite_rows
 
 
 def _positive_int(_inst, attribute, value):
@@ -51,6 +52,16 @@ def _optional_positive_int(inst, attribute, value):
 def _positive_finite(_inst, attribute, value):
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{attribute.name} must be a positive finite number; got {value!r}")
+
+
+def _seed(_inst, attribute, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{attribute.name} must be an integer in [0, 2**63); got {value!r}")
+
+
+def _eps(_inst, attribute, value):
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0 (below the SDE's T); got {value!r}")
 
 
 def _optional_float(value):
@@ -75,13 +86,13 @@ class TrainSettings:
     ema_decay: float = attrs.field(default=0.999, converter=float, validator=[v.ge(0.0), v.lt(1.0)])
     checkpoint_every: int | None = attrs.field(default=1000, validator=_optional_positive_int)
     sample_every: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    seed: int = attrs.field(default=0, validator=v.instance_of(int))
+    seed: int = attrs.field(default=0, validator=_seed)
     #: "score": denoising score matching; "classifier": noisy cross-entropy on the labels.
     objective: str = attrs.field(default="score", validator=v.in_(("score", "classifier")))
     parameterization: str = attrs.field(default="noise", validator=v.in_(("score", "noise", "data")))
     weighting: str = attrs.field(default="sigma2", validator=v.in_(("sigma2", "likelihood")))
     reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
-    eps: float = attrs.field(default=1e-5, converter=float)
+    eps: float = attrs.field(default=1e-5, converter=float, validator=_eps)
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
@@ -225,10 +236,11 @@ class Trainer:
                 if interrupt["stop"]:
                     self.interrupted = True
                     break
-        bar.close()
-        self.check_finite()
-        if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):
-            self.save()
+            bar.close()
+            self.check_finite()
+            # still under the guard: a second Ctrl-C while the last checkpoint is written waits for it
+            if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):
+                self.save()
         return self
 
     # Checkpoints ---------------------------------------------------------------------
@@ -287,7 +299,7 @@ class Trainer:
         """Restore weights, EMA, optimiser, generators, step and history from a checkpoint."""
         path = Path(path) if path is not None else self.checkpoint_path
         tensors, meta = load_checkpoint(path, device="cpu")
-        saved = TrainSettings(**meta["settings"])
+        saved = checked_metadata(path, tensors, meta)
         # Settings that change what a step computes must match; length and bookkeeping may differ.
         bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every")
         if attrs.evolve(saved, **{k: getattr(self.settings, k) for k in bookkeeping}) != self.settings:
@@ -295,6 +307,11 @@ class Trainer:
                 f"{path} was written with other training settings; resume with the same ones or start afresh.\n"
                 f"  checkpoint: {json.dumps(meta['settings'], sort_keys=True)}\n"
                 f"  now:        {json.dumps(attrs.asdict(self.settings), sort_keys=True)}"
+            )
+        if meta["step"] > self.settings.steps:
+            raise CheckpointError(
+                f"{path} is at step {meta['step']}, beyond steps = {self.settings.steps}; to continue it, "
+                f"set steps to {meta['step']} or more (or restart to train afresh)"
             )
         try:
             self.network.load_state_dict(_prefixed(tensors, "model."))
@@ -305,14 +322,84 @@ class Trainer:
             int(index): {key: tensors[f"optim.{index}.{key}"] for key in keys}
             for index, keys in meta["optimizer"]["state_keys"].items()
         }
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-        self.data_generator.set_state(tensors["rng.data"])
-        self.loss_generator.set_state(tensors["rng.loss"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step = int(meta["step"])
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this network: {exc}") from exc
+        for name, generator in (("rng.data", self.data_generator), ("rng.loss", self.loss_generator)):
+            _set_generator_state(path, name, generator, tensors[name])
+        _set_generator_state(path, "rng.torch", None, tensors["rng.torch"])
+        self.step = meta["step"]
         self.history[: self.step] = tensors["history"].to(self.history.device)
-        self.config = meta.get("config", self.config)
+        self.config = meta["config"]
         return self
+
+
+#: The metadata a training checkpoint holds, each key with the JSON type it must have.
+META_KEYS = {"step": int, "settings": dict, "config": dict, "optimizer": dict}
+#: The tensors beside the weights (model.*, ema.*) and optimiser state (optim.*).
+STATE_TENSORS = {"rng.data", "rng.loss", "rng.torch", "history"}
+
+
+def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) -> TrainSettings:
+    """The training settings of a checkpoint after checking its metadata field by field.
+
+    The checksum only shows the file is as some writer left it; anyone can edit and re-hash
+    it, so every field is checked here before it is trusted.
+    """
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a valid training checkpoint: {problem}")
+
+    if not isinstance(meta, dict):
+        raise refuse(f"its metadata must be a JSON object; got {type(meta).__name__}")
+    missing, unexpected = META_KEYS.keys() - meta.keys(), meta.keys() - META_KEYS.keys()
+    if missing or unexpected:
+        raise refuse(f"metadata keys missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    for key, kind in META_KEYS.items():
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise refuse(f"metadata {key!r} must be a {kind.__name__}; got {meta[key]!r:.80}")
+    try:
+        settings = TrainSettings(**meta["settings"])
+    except (TypeError, ValueError) as exc:
+        raise refuse(f"its training settings are invalid: {error_text(exc)}") from None
+    step, history = meta["step"], tensors.get("history")
+    if not 0 <= step <= settings.steps:
+        raise refuse(f"step {step} lies outside the run it belongs to (0 to {settings.steps} steps)")
+    if history is None or history.shape != (step,):
+        got = None if history is None else tuple(history.shape)
+        raise refuse(f"its loss history must have shape ({step},), one loss per step; got {got}")
+    missing_tensors = STATE_TENSORS - tensors.keys()
+    stray = {k for k in tensors if k not in STATE_TENSORS and not k.startswith(("model.", "ema.", "optim."))}
+    if missing_tensors or stray:
+        raise refuse(f"tensors missing {sorted(missing_tensors)}, unexpected {sorted(stray)[:5]}")
+    optimizer = meta["optimizer"]
+    if set(optimizer) != {"param_groups", "state_keys"} or not isinstance(optimizer["param_groups"], list):
+        raise refuse("metadata 'optimizer' must hold exactly a 'param_groups' list and 'state_keys'")
+    state_keys = optimizer["state_keys"]
+    if not isinstance(state_keys, dict):
+        raise refuse("metadata 'optimizer' 'state_keys' must be an object")
+    for index, keys in state_keys.items():
+        if not index.isdigit() or not isinstance(keys, list):
+            raise refuse(f"optimizer state {index!r} must be a parameter index with a list of keys")
+        for key in keys:
+            if f"optim.{index}.{key}" not in tensors:
+                raise refuse(f"the tensor optim.{index}.{key} that its metadata lists is missing")
+    return settings
+
+
+def _set_generator_state(path: Path, name: str, generator: torch.Generator | None, state: Tensor) -> None:
+    """Restore a generator (None: torch's global one) from a checkpoint's state, or say it is bad."""
+    try:
+        if generator is None:
+            torch.set_rng_state(state)
+        else:
+            generator.set_state(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid training checkpoint: its random state {name} is not one "
+            f"({state.dtype} {tuple(state.shape)}: {exc})"
+        ) from None
 
 
 #: Steps between reads of the divergence flag (checkpoints and the end also read it).
@@ -336,6 +423,7 @@ def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def load_ema_weights(network: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint's EMA weights into ``network`` (for sampling); return its metadata."""
     tensors, meta = load_checkpoint(path, device="cpu")
+    checked_metadata(path, tensors, meta)
     try:
         network.load_state_dict(_prefixed(tensors, "ema."))
     except RuntimeError as exc:

@@ -114,5 +114,5 @@ def run_cli(*args: str, site: Path | None = None, cwd: Path | None = None) -> su
     if site is not None:
         env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "sdeplug.app.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+        [sys.executable, "-m", "sdeplug_cli", *args], capture_output=True, text=True, env=env, cwd=cwd
     )

@@ -126,7 +126,7 @@ def test_training_the_oracle_or_sampling_without_a_checkpoint_is_refused(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     config = write_config(tmp_path, steps=1_000_000, every=50)
-    command = [sys.executable, "-m", "sdeplug.app.cli", "train", str(config)]
+    command = [sys.executable, "-m", "sdeplug_cli", "train", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 60
@@ -144,7 +144,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     assert load_checkpoint(checkpoint)[1]["step"] == step > 0
     shorter = write_config(tmp_path, steps=step + 10, every=50)
     resumed = subprocess.run(
-        [sys.executable, "-m", "sdeplug.app.cli", "train", str(shorter)],
+        [sys.executable, "-m", "sdeplug_cli", "train", str(shorter)],
         capture_output=True,
         text=True,
         env=dict(os.environ),

@@ -11,7 +11,17 @@ from torch import Tensor
 
 from sdeplug import LinearSDE, per_sample, randn, sum_except_batch
 
-_positive = [v.instance_of(float), v.gt(0.0)]
+
+def _positive(_inst, attribute, value: float) -> None:
+    if not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be a finite positive number; got {value!r}")
+
+
+def _whole(value: object) -> int:
+    """An integer option given as an int (or a float with no fraction), never truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"N must be a positive integer; got {value!r}")
+    return int(value)
 
 
 def _normal_logp(z: Tensor, std: float) -> Tensor:
@@ -90,7 +100,7 @@ class _BetaSchedule(LinearSDE):
     beta_max: float = attrs.field(default=20.0, converter=float, validator=_positive)
     T: float = attrs.field(default=1.0, converter=float, validator=_positive)
     #: Steps of the paper's discrete chain; used only for alpha in the Langevin step rule.
-    N: int = attrs.field(default=1000, converter=int, validator=v.gt(0))
+    N: int = attrs.field(default=1000, converter=_whole, validator=v.gt(0))
 
     @classmethod
     def example_options(cls):

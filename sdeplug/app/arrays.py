@@ -1,4 +1,4 @@
-"""Reading arrays of samples from .npy and .pt files without executing code."""
+"""Reading arrays of samples from .npy and .pt files without executing code, and writing them whole."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError
 
 
@@ -32,3 +33,13 @@ def load_array(path: str | Path) -> Tensor:
     if array.ndim < 2 or not (array.is_floating_point() or array.dtype == torch.uint8):
         raise ConfigError(f"{path} must hold numbers of shape (batch, ...); got {array.dtype} {tuple(array.shape)}")
     return array.to(torch.float64) if array.dtype != torch.float32 else array
+
+
+def save_array(path: Path, array: np.ndarray) -> Path:
+    """Write a .npy file whole or not at all."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return write_atomically(path, write)

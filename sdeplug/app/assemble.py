@@ -3,7 +3,10 @@ sampler, the data set, the network, and the score to sample from."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +14,50 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.config import Config, LikelihoodConfig, SamplerConfig
-from sdeplug.app.datasets import Dataset, load_dataset
+from sdeplug.app.datasets import Dataset, check_data_options, load_dataset
+from sdeplug.app.limits import check_device, check_fits
 from sdeplug.checkpoint import CheckpointError
-from sdeplug.errors import ConfigError
-from sdeplug.interfaces import SDE, ScoreFn, ScoreModel
+from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugError
+from sdeplug.interfaces import SDE, LinearSDE, ScoreFn, ScoreModel
 from sdeplug.oracle import PRESETS
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import Registry, get_registry
 from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
-from sdeplug.trainer import load_ema_weights
+from sdeplug.trainer import TrainSettings, load_ema_weights
 
 
 def build_sde(config: Config, registry: Registry | None = None) -> SDE:
     """The [sde] part with its options."""
     return (registry or get_registry()).create("sde", config.sde.name, **config.sde.options)
+
+
+def check_sde_finite(sde: SDE, config: Config) -> None:
+    """Refuse an SDE whose horizon or coefficients are not finite (an option of inf or an
+    overflow), before it is blamed on the score model."""
+    where = f"[sde] {config.sde.name!r}" + "".join(f", {k} = {v!r}" for k, v in config.sde.options.items())
+    if not (isinstance(sde.T, (int, float)) and 0 < sde.T < math.inf):
+        raise ConfigError(f"{where}: T = {sde.T!r}; T must be a finite positive number")
+    t = torch.tensor([sde.T, sde.T / 2, sde.default_eps], dtype=torch.float64)
+    coefficients = {"diffusion": lambda: sde.diffusion(t)}
+    if isinstance(sde, LinearSDE):
+        coefficients.update(alpha=lambda: sde.alpha(t), sigma=lambda: sde.sigma(t))
+    for name, value in coefficients.items():
+        bad = ~torch.isfinite(value().reshape(3, -1)).all(-1)
+        if bad.any():
+            at = float(t[bad.nonzero()[0, 0]])
+            raise ConfigError(f"{where}: its {name} at t = {at:g} is not finite; every option must be finite")
+
+
+def _check_end_times(config: Config, sde: SDE) -> None:
+    """Every eps of the config lies in [0, T) of its SDE."""
+    sections = {"sampler": config.sampler.eps, "likelihood": config.likelihood.eps, "train": config.train.eps}
+    if config.classifier is not None:
+        sections["classifier.train"] = config.classifier.train.eps
+    for section, eps in sections.items():
+        if eps is not None and not eps < sde.T:
+            raise ConfigError(
+                f"[{section}] eps = {eps!r} must lie in [0, T) = [0, {sde.T:g}) for [sde] {config.sde.name!r}"
+            )
 
 
 def check_sampler(sampler: SamplerConfig, sde: SDE, registry: Registry | None = None) -> None:
@@ -52,6 +85,10 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
     """
     registry = registry or get_registry()
     sde = build_sde(config, registry)
+    check_sde_finite(sde, config)
+    _check_end_times(config, sde)
+    check_device(config.sample.device)
+    check_data_options(config.data.name, config.data.options)
     check_sampler(config.sampler, sde, registry)
     if likelihood or config.likelihood != LikelihoodConfig():
         registry.create("ode_solver", config.likelihood.solver.name, **config.likelihood.solver.options)
@@ -144,22 +181,78 @@ def summary_header(config: Config) -> dict[str, Any]:
     return {"config": config.source, "model": config.model.name, "sde": {"name": config.sde.name, **config.sde.options}}
 
 
+#: The kind of part each recorded section of a checkpoint names.
+_SECTION_KINDS = {"sde": "sde", "model": "score_model", "classifier": "classifier"}
+
+
+def part_settings(section: str, table: Mapping[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """Every setting of the part a config table names, defaults included, so that two tables
+    naming the same part compare equal however many defaults they write out. An SDE is built
+    and its options read back; a part that cannot be resolved any more is its table."""
+    registry = registry or get_registry()
+    name, options = table.get("name"), {k: v for k, v in table.items() if k != "name"}
+    try:
+        if section == "data":
+            return {"name": name, **check_data_options(name, options)}
+        if section == "sde":
+            _, cls, own = registry.identify("sde", registry.create("sde", name, **options))
+            return {"name": name, "class": cls, **own}
+        defaults = registry.options(_SECTION_KINDS[section], name) or {}
+        given = {k: d for k, d in defaults.items() if d is not inspect.Parameter.empty}
+        return {"name": name, **given, **options}
+    except (SdeplugError, KeyError, TypeError):
+        return dict(table)
+
+
+def same_run(recorded: Mapping[str, Any], expected: Mapping[str, Any], sections: Iterable[str]) -> list[str]:
+    """The sections whose parts differ between a checkpoint's recorded config and the config now
+    (sections the checkpoint does not record are not compared)."""
+    return [
+        section
+        for section in sections
+        if recorded.get(section) is not None
+        and part_settings(section, recorded[section]) != part_settings(section, expected[section])
+    ]
+
+
 def check_provenance(
     path: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any], sections: tuple[str, ...]
 ) -> None:
-    """Refuse a checkpoint trained with other [sections] than the config says (sections it
-    does not record are not checked)."""
-    for section in sections:
-        if recorded.get(section) not in (None, expected[section]):
-            raise CheckpointError(
-                f"{path} was trained with [{section}] {recorded[section]}, but the config says "
-                f"{expected[section]}; using it with another {section} would be wrong"
-            )
+    """Refuse a checkpoint trained with other [sections] than the config says, comparing the
+    parts' settings; warn if it was trained on other [data]."""
+    for section in same_run(recorded, expected, sections):
+        raise CheckpointError(
+            f"{path} was trained with [{section}] {recorded[section]}, but the config says "
+            f"{expected[section]}; using it with another {section} would be wrong"
+        )
+    if same_run(recorded, expected, ("data",)):
+        warnings.warn(
+            f"{path} was trained on [data] {recorded['data']}, but the config names {expected['data']}; "
+            "the samples follow the training data, and comparisons with this data set may mislead",
+            DataMismatchWarning,
+            stacklevel=2,
+        )
 
 
 def build_dataset(config: Config) -> Dataset:
     """The [data] set with its options."""
     return load_dataset(config.data.name, **config.data.options)
+
+
+def check_sizes(config: Config, dataset: Dataset, *, train: TrainSettings | None = None) -> None:
+    """Refuse, before allocating, a [sample] num or batch_size (or with ``train``, a [train]
+    steps or batch_size) whose tensors alone cannot fit in memory."""
+    item = torch.empty((), dtype=config.sample.torch_dtype).element_size()
+    numel = math.prod(dataset.event_shape)
+    device = config.sample.device
+    if train is not None:
+        check_fits(f"[train] steps = {train.steps}", train.steps * 4, device)  # the loss history
+        check_fits(f"[train] batch_size = {train.batch_size}", train.batch_size * numel * item, device)
+        return
+    run = config.sample
+    check_fits(f"[sample] num = {run.num}", run.num * numel * item)  # the samples, gathered on the host
+    if run.batch_size is not None:
+        check_fits(f"[sample] batch_size = {run.batch_size}", run.batch_size * numel * item, device)
 
 
 def build_network(config: Config, dataset: Dataset) -> torch.nn.Module:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, tomllib
+from sdeplug.app.assemble import check_config
+from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, read_toml
 from sdeplug.app.jobs import likelihood_job, sample_job, train_job
-from sdeplug.errors import ConfigError, SdeplugError
+from sdeplug.app.limits import check_device, check_seed
+from sdeplug.errors import ConfigError, SdeplugError, SdeplugWarning, error_text
 from sdeplug.registry import get_registry
 
 INTERRUPTED = 130
@@ -43,6 +46,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def configured(args: argparse.Namespace) -> Config:
     """The config with the command-line overrides applied."""
     config = load_config(args.config)
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed, "--seed")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, "--device")
     overrides = {k: getattr(args, k) for k in ("num", "seed", "device") if getattr(args, k, None) is not None}
     if getattr(args, "command", None) == "train" and "seed" in overrides:
         # for train, --seed seeds the run being trained: its initial weights, data order and loss noise
@@ -57,7 +64,11 @@ def configured(args: argparse.Namespace) -> Config:
     if getattr(args, "no_progress", False):
         overrides["progress"] = False
         config = attrs.evolve(config, train=attrs.evolve(config.train, progress=False))
-    config = attrs.evolve(config, sample=attrs.evolve(config.sample, **overrides))
+    for key, value in overrides.items():
+        try:
+            config = attrs.evolve(config, sample=attrs.evolve(config.sample, **{key: value}))
+        except ValueError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {error_text(exc)}") from None
     sampler_file = getattr(args, "sampler", None)
     if sampler_file:
         config = attrs.evolve(
@@ -77,10 +88,7 @@ def configured(args: argparse.Namespace) -> Config:
 
 def _read_section(path: str, section: str) -> dict:
     """The one table of a TOML file that must hold only a [section] (--sampler, --guidance)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read the {section} file {path}: {exc}") from exc
+    raw = read_toml(path, f"{section} file")
     if set(raw) != {section}:
         raise ConfigError(f"{path} must hold only a [{section}] section; got {sorted(raw)}")
     return raw[section]
@@ -109,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the [model] on the [data] (or with --classifier the [classifier] on its labels);
     resume from the checkpoint in [output] dir if there is one."""
     config = configured(args)
+    check_config(config)
     report = train_job(config, _out_dir(args, config), classifier=args.classifier, restart=args.restart)
     if report["resumed_at"] is not None:
         print(f"resuming from {report['checkpoint']} at step {report['resumed_at']} of {report['total_steps']}")
@@ -135,6 +144,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Sample with the config's sampler from the oracle or a trained checkpoint; save samples,
     a summary and a picture."""
     config = configured(args)
+    check_config(config)
     report = sample_job(config, _out_dir(args, config), args.checkpoint)
     if config.guidance is not None:
         _print_guided(report)
@@ -184,6 +194,7 @@ def _print_guided(report: dict[str, Any]) -> None:
 def cmd_likelihood(args: argparse.Namespace) -> int:
     """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
     config = configured(args)
+    check_config(config, likelihood=True)
     report = likelihood_job(config, _out_dir(args, config), args.checkpoint)
     print(
         f"{report['num_samples']} points: mean log p = {report['mean_logp_nats']:.4f} nats, "
@@ -245,14 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """sdeplug's own warnings as one line on stderr; others as Python prints them."""
+    if issubclass(category, SdeplugWarning):
+        print(f"sdeplug: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
     try:
         return args.func(args)
     except SdeplugError as exc:
         print(f"sdeplug: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    finally:
+        warnings.showwarning = _show_warning

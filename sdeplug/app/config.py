@@ -11,6 +11,7 @@ against the registry and running anything is ``sdeplug.app.assemble``'s job.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
 from sdeplug.errors import ConfigError, close_matches, error_text
+from sdeplug.tensors import SEED_LIMIT
 from sdeplug.trainer import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -52,6 +54,22 @@ def _positive_int(key: str, optional: bool = False):
     return check
 
 
+def _seed(key: str):
+    def check(_inst, _attr, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+            raise ValueError(f"{key} must be an integer in [0, 2**63); got {value!r}")
+
+    return check
+
+
+def _optional_eps(key: str):
+    def check(_inst, _attr, value):
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+            raise ValueError(f"{key} must be a finite number >= 0 (below the SDE's T); got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class PartSpec:
     """A part picked by name, with its options (every other key of its table)."""
@@ -66,7 +84,7 @@ class SamplerConfig:
 
     kind: str = attrs.field(default="pc", validator=_one_of("kind", ("pc", "ode")))
     steps: int | None = attrs.field(default=None, validator=_positive_int("steps", optional=True))
-    eps: float | None = None
+    eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
     denoise: bool = True
     order: str = attrs.field(
         default="predictor_first", validator=_one_of("order", ("predictor_first", "corrector_first"))
@@ -87,7 +105,7 @@ class LikelihoodConfig:
     divergence: str = attrs.field(default="exact", validator=_one_of("divergence", ("exact", "hutchinson")))
     probes: int = attrs.field(default=1, validator=_positive_int("probes"))
     noise: str = attrs.field(default="rademacher", validator=_one_of("noise", ("rademacher", "gaussian")))
-    eps: float | None = None
+    eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
     #: None: the data set's own ("[-1,1]" with 17 levels for the digits, "none" for toys).
     data_range: str | None = attrs.field(
         default=None, validator=v.optional(_one_of("data_range", ("none", "[0,1]", "[-1,1]")))
@@ -105,7 +123,7 @@ class RunConfig:
 
     num: int = attrs.field(default=1000, validator=_positive_int("num"))
     batch_size: int | None = attrs.field(default=None, validator=_positive_int("batch_size", optional=True))
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_seed("seed"))
     device: str = "cpu"
     dtype: str = attrs.field(default="float32", validator=_one_of("dtype", tuple(DTYPES)))
     progress: bool = True
@@ -417,15 +435,32 @@ def parse_section(raw: Any, cls: type, section: str) -> Any:
         raise ConfigError(_message(exc)) from None
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, or one ConfigError naming the file and why it cannot be read."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder; give a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); give a TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what} {path} is a binary file, not TOML text")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate the structure of a TOML config (parts are checked by ``assemble.check_config``)."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "config file")
     try:
         return Config.from_dict(raw, source=str(path))
     except ConfigError as exc:

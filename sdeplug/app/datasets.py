@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
 from sdeplug.app.arrays import load_array
+from sdeplug.app.limits import SEED_LIMIT, check_fits
 from sdeplug.errors import DataError, OptionError, UnknownPartError
 from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
@@ -85,21 +88,62 @@ def digits(seed: int = 0) -> Dataset:
 TOYS = {"moons": moons, "swiss_roll": swiss_roll}
 
 
-def load_dataset(
-    name: str,
-    *,
-    n_train: int = 20_000,
-    n_test: int = 2_000,
-    seed: int = 0,
-    noise: float = 0.05,
-    path: str | None = None,
-) -> Dataset:
-    """A built-in data set by name (see the module docstring); float64 tensors on the CPU."""
+#: The options each data set takes, with their defaults.
+_SIZES = {"n_train": 20_000, "n_test": 2_000}
+_TOY_OPTIONS = {**_SIZES, "seed": 0, "noise": 0.05}
+_MIXTURE_OPTIONS = {**_SIZES, "seed": 0}
+_FILE_OPTIONS = {"path": None, "seed": 0}
+_DIGITS_OPTIONS = {"seed": 0}
+
+
+def data_options(name: str) -> dict[str, Any]:
+    """The options the data set ``name`` takes, with their defaults (UnknownPartError if none is called so)."""
+    if name == "digits":
+        return dict(_DIGITS_OPTIONS)
+    if name == "file":
+        return dict(_FILE_OPTIONS)
+    if name in TOYS:
+        return dict(_TOY_OPTIONS)
+    if name in PRESETS:
+        return dict(_MIXTURE_OPTIONS)
+    raise UnknownPartError("data set", name, ["digits", "file", *TOYS, *PRESETS])
+
+
+def check_data_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of the data set ``name``, the given ones checked, the rest at their defaults;
+    an OptionError names the first unknown option or bad value."""
+    accepted = data_options(name)
+    for key in options:
+        if key not in accepted:
+            raise OptionError.unknown_option("data set", name, key, accepted)
+    chosen = {**accepted, **options}
+    for key in ("n_train", "n_test"):
+        if key in chosen:
+            value = chosen[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError("data set", name, f"{key} must be a positive integer; got {value!r}")
+            check_fits(f"[data] {key} = {value}", value * 2 * 8)  # float64 points of the 2-D toys
+    seed = chosen["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise OptionError("data set", name, f"seed must be an integer in [0, 2**63); got {seed!r}")
+    if "noise" in chosen:
+        noise = chosen["noise"]
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+            raise OptionError("data set", name, f"noise must be a finite number >= 0; got {noise!r}")
+    if name == "file" and not isinstance(chosen["path"], str):
+        raise OptionError("data set", name, f"needs a 'path' to a .npy or .pt file; got {chosen['path']!r}")
+    return chosen
+
+
+def load_dataset(name: str, **options: Any) -> Dataset:
+    """A built-in data set by name (see the module docstring) with its options (``data_options``);
+    float64 tensors on the CPU."""
+    chosen = check_data_options(name, options)
+    seed = chosen["seed"]
     if name == "digits":
         return digits(seed)
     if name == "file":
-        if path is None:
-            raise OptionError("data", "file", "needs a 'path' to a .npy or .pt file")
+        path = chosen["path"]
         x = load_array(Path(path)).to(torch.float64)
         bad = non_finite_rows(x)
         if len(bad):
@@ -110,12 +154,12 @@ def load_dataset(
         train, test, _, _ = _split(x, 0.1, seed)
         return Dataset(f"file:{path}", train, test)
     generator = torch.Generator().manual_seed(seed)
+    n_train, n_test = chosen["n_train"], chosen["n_test"]
     if name in TOYS:
         make = TOYS[name]
+        noise = float(chosen["noise"])
         return Dataset(name, make(n_train, noise, generator), make(n_test, noise, generator))
-    if name in PRESETS:
-        mixture = preset(name)  # the labels are the mixture components
-        train, train_labels = mixture.sample(n_train, generator, return_labels=True)
-        test, test_labels = mixture.sample(n_test, generator, return_labels=True)
-        return Dataset(name, train, test, train_labels=train_labels, test_labels=test_labels, mixture=mixture)
-    raise UnknownPartError("data set", name, ["digits", "file", *TOYS, *PRESETS])
+    mixture = preset(name)  # the labels are the mixture components
+    train, train_labels = mixture.sample(n_train, generator, return_labels=True)
+    test, test_labels = mixture.sample(n_test, generator, return_labels=True)
+    return Dataset(name, train, test, train_labels=train_labels, test_labels=test_labels, mixture=mixture)

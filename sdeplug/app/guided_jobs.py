@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdeplug.app.arrays import load_array
+from sdeplug.app.arrays import load_array, save_array
 from sdeplug.app.assemble import check_provenance, in_batches, run_sampler
 from sdeplug.app.config import IMAGE_MASKS, Config, GuidanceConfig
 from sdeplug.app.datasets import Dataset
@@ -176,9 +176,7 @@ def run_classifier_guidance(
 
 
 def _save(path: Path, x: Tensor) -> None:
-    import numpy as np
-
-    np.save(path, x.numpy())
+    save_array(path, x.numpy())
 
 
 def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 10) -> None:

@@ -14,31 +14,34 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 
+from sdeplug.app.arrays import save_array
 from sdeplug.app.assemble import (
     build_dataset,
     build_network,
     build_score,
     check_config,
+    check_sizes,
     default_checkpoint,
     in_batches,
     run_config_dict,
     run_sampler,
+    same_run,
     summary_header,
 )
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset
-from sdeplug.checkpoint import exclusive_writer
+from sdeplug.checkpoint import exclusive_writer, write_atomically
 from sdeplug.errors import ConfigError, DataError
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
 
 
 def write_json(path: Path, report: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
+    """Write a report whole or not at all."""
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def plot_samples(samples: torch.Tensor, dataset: Dataset, path: Path, title: str) -> Path | None:
@@ -71,6 +74,7 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
 
     sde = check_config(config)
     dataset = build_dataset(config)
+    check_sizes(config, dataset, train=config.classifier.train if classifier and config.classifier else config.train)
     device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
     try:
         return _train(config, sde, dataset, device, dtype, out, classifier=classifier, restart=restart)
@@ -125,7 +129,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
         resumed_at = None
         if checkpoint.exists() and not restart:
             trainer.load()
-            if trainer.config != run_config:
+            if same_run(trainer.config, run_config, run_config):
                 raise ConfigError(
                     f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
                     "afresh, or another [output] dir"
@@ -216,6 +220,7 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
     run = config.sample
     dtype, device = run.torch_dtype, torch.device(run.device)
     dataset = build_dataset(config)
+    check_sizes(config, dataset)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
     header = {**summary_header(config), "sampler": sampler_summary(config), "num_samples": run.num}
     if config.guidance is not None:
@@ -245,7 +250,7 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
         ),
     )
     seconds = time.perf_counter() - start
-    np.save(out / "samples.npy", samples.numpy())
+    save_array(out / "samples.npy", samples.numpy())
     report = {
         **header,
         "checkpoint": None if config.model.name == "oracle" else str(checkpoint or default_checkpoint(config)),
@@ -385,7 +390,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
                 "mean_abs_error_nats_per_dim": float((logp - exact).abs().mean() / dim),
             }
         )
-    np.save(out / "logp.npy", logp.numpy())
+    save_array(out / "logp.npy", logp.numpy())
     written = [write_json(out / "likelihood.json", report), out / "logp.npy"]
     return {**report, "written": [str(p) for p in written]}
 

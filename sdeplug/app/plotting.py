@@ -6,10 +6,16 @@ from pathlib import Path
 
 from torch import Tensor
 
+from sdeplug.checkpoint import write_atomically
 from sdeplug.extras import require
 
 require("matplotlib", "writing pictures ([output] plot = true; set it to false to skip them)").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure whole or not at all, in the format its file name ends with."""
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
 
 
 def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, title: str = "") -> Path:
@@ -25,7 +31,7 @@ def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, titl
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -52,7 +58,7 @@ def image_grid(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -72,6 +78,6 @@ def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", 
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
