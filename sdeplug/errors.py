@@ -87,10 +87,10 @@ class IncompatiblePartError(SdeplugError, TypeError):
 class NonFiniteError(SdeplugError, FloatingPointError):
     """The sampling state stopped being finite; says where, at which time and after which part."""
 
-    def __init__(self, where: str, t: float, part: str):
+    def __init__(self, where: str, t: float, part: str, state: str = "the sampling state"):
         self.where, self.t, self.part = where, t, part
         super().__init__(
-            f"the sampling state became non-finite (NaN or inf) at {where} (t = {t:.6g}), "
+            f"{state} became non-finite (NaN or inf) at {where} (t = {t:.6g}), "
             f"after the {part}. Check the score model near this time, or use more steps "
             "or a smaller corrector snr."
         )

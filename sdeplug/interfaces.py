@@ -31,7 +31,8 @@ class SDE(abc.ABC):
     name: ClassVar[str | None] = None
     #: The end time of the diffusion.
     T: float = 1.0
-    #: Where sampling stops and likelihood integration starts (the paper: 1e-3 VP, 1e-5 VE).
+    #: Where sampling stops (the paper: 1e-3 for VP and sub-VP, 1e-5 for VE). Likelihoods
+    #: start at 1e-5 for every SDE, as the paper's do (``sdeplug.likelihood.LIKELIHOOD_EPS``).
     default_eps: float = 1e-3
 
     @abc.abstractmethod

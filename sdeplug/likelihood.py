@@ -21,8 +21,13 @@ from torch import Tensor
 from sdeplug.grids import end_time
 from sdeplug.interfaces import SDE, ODESolver, ScoreFn
 from sdeplug.registry import resolve
-from sdeplug.sampling import CountingScore
+from sdeplug.sampling import CountingScore, FiniteMonitor, check_batch, check_generator, raise_as_part_failure
 from sdeplug.tensors import randn_like
+
+#: Where likelihood integration starts unless told: 1e-5 for every SDE, as the paper's
+#: likelihoods do (its get_likelihood_fn), while its sampling stops at 1e-3 for VP and
+#: sub-VP (the SDEs' ``default_eps``). log p_eps at the two differs a lot on fine-scale data.
+LIKELIHOOD_EPS = 1e-5
 
 DataRange = Literal["none", "[0,1]", "[-1,1]"]
 _RANGE_WIDTH = {"[0,1]": 1.0, "[-1,1]": 2.0}
@@ -128,7 +133,8 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
 ) -> LikelihoodResult:
-    """log p_eps(x) per sample (nats) by the probability-flow ODE from eps to T.
+    """log p_eps(x) per sample (nats) by the probability-flow ODE from eps (default
+    ``LIKELIHOOD_EPS``, the paper's 1e-5, for every SDE) to T.
 
     ``solver`` is any ODESolver: a registered name or a class (options in ``solver_options``),
     or a built solver.
@@ -142,22 +148,36 @@ def log_likelihood(
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
     if int(probes) != probes or probes < 1:
         raise ValueError(f"probes must be a positive integer; got {probes!r}")
+    check_batch(x, "x")
+    if divergence == "hutchinson":
+        check_generator(generator, x.device)
     ode_solver = resolve("ode_solver", solver, options=solver_options)
-    t_start = end_time(sde, eps)
+    t_start = end_time(sde, LIKELIHOOD_EPS if eps is None else eps)
     batch, dim = x.shape[0], x[0].numel()
     counted = CountingScore(score)
     reverse = sde.reverse(counted, probability_flow=True)
     vs = _probes(x, probes, noise, generator) if divergence == "hutchinson" else None
 
+    monitor = FiniteMonitor(("score model (the flow's drift or divergence)",), state="the likelihood ODE's derivative")
+
     def augmented(t: Tensor, y: Tensor) -> Tensor:
+        i = counted.calls
         with torch.enable_grad():
             xt = y[:, :dim].reshape(x.shape).detach().requires_grad_(True)
             drift = reverse.drift(xt, t.expand(batch))
             div = _exact_divergence(drift, xt) if vs is None else _hutchinson_divergence(drift, xt, vs)
-        return torch.cat([drift.detach().reshape(batch, dim), div.detach()[:, None]], dim=1)
+        dy = torch.cat([drift.detach().reshape(batch, dim), div.detach()[:, None]], dim=1)
+        monitor.check(dy, i, 0, t)
+        return dy
 
     y0 = torch.cat([x.detach().reshape(batch, dim), torch.zeros(batch, 1, device=x.device, dtype=x.dtype)], dim=1)
-    y_end = ode_solver.solve(augmented, y0, t_start, sde.T).y
+    try:
+        y_end = ode_solver.solve(augmented, y0, t_start, sde.T).y
+    except Exception as exc:  # e.g. torchdiffeq's "underflow in dt" after the state went non-finite
+        monitor.raise_if_bad(lambda i: f"score evaluation {i}")
+        raise_as_part_failure(exc, "ode_solver", ode_solver, "solve", t_start)
+        raise
+    monitor.raise_if_bad(lambda i: f"score evaluation {i}")
     z = y_end[:, :dim].reshape(x.shape)
     delta = y_end[:, dim]
     prior = (prior_logp or sde.prior_logp)(z)

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdeplug.errors import NonFiniteError
+from sdeplug.errors import NonFiniteError, PluginError, SdeplugError
 from sdeplug.grids import GridSpec, end_time, resolve_grid
 from sdeplug.interfaces import SDE, Corrector, LinearSDE, ODESolver, Predictor, ScoreFn
-from sdeplug.registry import part_name, resolve
+from sdeplug.registry import get_registry, part_name, resolve
 
 Callback = Callable[[dict[str, Any]], None]
 """``callback({"x", "i", "t", "denoised"})``, called once per step (see the module docstring)."""
@@ -76,12 +76,18 @@ class CountingScore:
         self.watching, self.first = True, None
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.score(x, t)
+        try:
+            out = self.score(x, t)
+        except Exception as exc:  # the score's own error, not the part's that called it
+            exc.sdeplug_raised_by_score = True  # type: ignore[attr-defined]
+            raise
         if self.calls == 0 and getattr(out, "shape", None) != x.shape:
-            raise ValueError(
+            wrong = ValueError(
                 f"the score function returned shape {tuple(getattr(out, 'shape', ()))} for x of shape "
                 f"{tuple(x.shape)}; a score must have the shape of x"
             )
+            wrong.sdeplug_raised_by_score = True  # type: ignore[attr-defined]
+            raise wrong
         self.calls += 1
         if self.watching:
             self.watching, self.first = False, (x, t, out)
@@ -103,8 +109,8 @@ class FiniteMonitor:
     1e35). The sums are stacked and tested once in ``raise_if_bad``.
     """
 
-    def __init__(self, parts: tuple[str, ...], enabled: bool = True) -> None:
-        self.parts, self.enabled = parts, enabled
+    def __init__(self, parts: tuple[str, ...], enabled: bool = True, state: str = "the sampling state") -> None:
+        self.parts, self.enabled, self.state = parts, enabled, state
         self._sums: list[Tensor] = []
         self._where: list[tuple[int, int, Tensor | float]] = []
 
@@ -121,7 +127,28 @@ class FiniteMonitor:
         if bool(finite.all()):
             return
         index, part, t = self._where[int((~finite).nonzero()[0, 0])]
-        raise NonFiniteError(describe_index(index), float(t), self.parts[part])
+        raise NonFiniteError(describe_index(index), float(t), self.parts[part], self.state)
+
+
+def describe_part(kind: str, part: object) -> str:
+    """``kind 'name'`` with the plugin and distribution that registered the part, for errors."""
+    registered = [info for info in get_registry().parts() if info.kind == kind and info.cls is type(part)]
+    named = [info for info in registered if info.name == part_name(part)] or registered
+    if named:
+        return f"{kind} {named[0].name!r} (plugin {named[0].plugin!r}, {named[0].distribution})"
+    cls = type(part)
+    return f"{kind} {part_name(part)!r} ({cls.__module__}.{cls.__qualname__}, not registered)"
+
+
+def raise_as_part_failure(exc: Exception, kind: str, part: object, method: str, t: Tensor | float) -> None:
+    """Raise a PluginError naming the part and its plugin if ``exc`` is the part's own failure;
+    return (for the caller to re-raise) if it is sdeplug's, or the score function's own error."""
+    if isinstance(exc, SdeplugError) or getattr(exc, "sdeplug_raised_by_score", False):
+        return
+    raise PluginError(
+        f"{describe_part(kind, part)} failed in {method}() at t = {float(t):.6g} with "
+        f"{type(exc).__name__}: {exc}. This is a bug of that plugin or a limit of the part, not of sdeplug"
+    ) from exc
 
 
 def _make_grid(sde: SDE, steps: int, eps: float | None, grid: GridSpec, grid_options, device, dtype) -> Tensor:
@@ -147,16 +174,72 @@ def denoise_step(sde: SDE, score: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     return x - rev_f
 
 
+def check_generator(generator: object, device: torch.device) -> None:
+    """A generator must be None or a torch.Generator on the device the samples are drawn on."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None; got {type(generator).__name__} {generator!r:.40}. "
+            "For a seed, pass torch.Generator(device).manual_seed(seed)"
+        )
+    gen = generator.device
+    if gen.type != device.type or (gen.index is not None and device.index is not None and gen.index != device.index):
+        raise ValueError(
+            f"the generator is on {gen} but the samples are on {device}; make it with torch.Generator({str(device)!r})"
+        )
+
+
+def check_real_floating(dtype: torch.dtype, what: str = "dtype") -> None:
+    """Sampling and likelihoods need real floating-point numbers."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what} must be a real floating-point dtype (float32, float64, ...); got {dtype}")
+
+
+def check_batch(x: object, what: str) -> None:
+    """``x`` must be a tensor of real floating-point numbers with at least one sample."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a tensor of shape (batch, *event_shape); got {type(x).__name__}")
+    check_real_floating(x.dtype, f"{what}'s dtype")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(
+            f"{what} must hold at least one sample, shape (batch >= 1, *event_shape); got {tuple(x.shape)}"
+        )
+
+
 def _defaults(device, dtype, generator, x_init) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a run, from the arguments or what they follow, checked."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        check_generator(generator, torch.device("cpu"))  # raises the TypeError
     if device is None:
         device = x_init.device if x_init is not None else (generator.device if generator is not None else "cpu")
     if dtype is None:
         dtype = x_init.dtype if x_init is not None else torch.get_default_dtype()
-    return torch.device(device), dtype
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype; got {dtype!r}")
+    check_real_floating(dtype)
+    check_generator(generator, device)
+    return device, dtype
 
 
 def _check_shape(shape: tuple[int, ...] | None, x_init: Tensor | None) -> None:
-    if shape is not None and x_init is not None and tuple(shape) != tuple(x_init.shape):
+    """``shape`` is (batch >= 1, *event_shape) of non-negative ints, and agrees with ``x_init``."""
+    if x_init is not None:
+        check_batch(x_init, "x_init")
+    if shape is None:
+        return
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or not shape
+        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape)
+        or shape[0] < 1
+    ):
+        raise ValueError(f"shape must be (batch, *event_shape) with batch >= 1 and sizes >= 0; got {shape!r}")
+    if x_init is not None and tuple(shape) != tuple(x_init.shape):
         raise ValueError(f"shape {tuple(shape)} disagrees with x_init of shape {tuple(x_init.shape)}; give one of them")
 
 
@@ -216,7 +299,11 @@ def sample_pc(
     jumped = False  # whether a corrector or a constraint moved x since the last predictor step
 
     def correct(x: Tensor, t: Tensor) -> Tensor:
-        x = corr.step(x, t, generator)
+        try:
+            x = corr.step(x, t, generator)
+        except Exception as exc:
+            raise_as_part_failure(exc, "corrector", corr, "step", t[0])
+            raise
         return x if constraint is None else constraint(x, t, generator)
 
     for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
@@ -227,7 +314,11 @@ def sample_pc(
         if callback is not None:
             x_start = x
             counted.watch()
-        x, state = pred.step(x, t, t_next, state, generator, jumped=jumped)
+        try:
+            x, state = pred.step(x, t, t_next, state, generator, jumped=jumped)
+        except Exception as exc:
+            raise_as_part_failure(exc, "predictor", pred, "step", times[i])
+            raise
         counted.watching = False  # the predictor's evaluations only: None if it made none
         jumped = constraint is not None
         if constraint is not None:
@@ -318,7 +409,12 @@ def sample_ode(
         callback({"x": y, "i": i, "t": t, "denoised": counted.denoised(sde)})
         return dy
 
-    x = ode_solver.solve(F, x, t0, t1, grid=times).y
+    try:
+        x = ode_solver.solve(F, x, t0, t1, grid=times).y
+    except Exception as exc:  # e.g. torchdiffeq's "underflow in dt" after the state went non-finite
+        monitor.raise_if_bad(lambda i: f"score evaluation {i}")
+        raise_as_part_failure(exc, "ode_solver", ode_solver, "solve", t0)
+        raise
     monitor.check(x, counted.calls, 0, torch.as_tensor(t1))
     if denoise:
         x = denoise_step(sde, counted, x, torch.full((batch,), t1, device=device, dtype=dtype))

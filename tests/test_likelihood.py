@@ -12,8 +12,8 @@ import torch
 
 import sdeplug
 from sdeplug.app.cli import main
-from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
-from sdeplug.oracle import preset, random_mixture
+from sdeplug.likelihood import LIKELIHOOD_EPS, bits_per_dim, log_likelihood, uniform_dequantize
+from sdeplug.oracle import GaussianMixture, preset, random_mixture
 
 F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ MIXTURES = {2: lambda: preset("mixture3"), 16: lambda: random_mixture(16, 4, see
 def _setup(dim: int, sde_name: str, n: int, seed: int = 0):
     mixture = MIXTURES[dim]()
     sde = sdeplug.create("sde", sde_name)
-    eps = sde.default_eps
+    eps = LIKELIHOOD_EPS  # the default start of log_likelihood: the paper's 1e-5 for every SDE
     x = mixture.sample(n, torch.Generator().manual_seed(seed), sde, eps)
     exact = mixture.log_prob(x, torch.full((n,), eps, dtype=F64), sde)
 
@@ -103,8 +103,8 @@ def test_hutchinson_is_unbiased_and_more_probes_shrink_its_spread():
 def test_any_registered_solver_and_image_shapes_and_float32():
     mixture = random_mixture(16, 3, seed=5, event_shape=(1, 4, 4))
     sde = sdeplug.create("sde", "subvp")
-    x = mixture.sample(16, torch.Generator().manual_seed(0), sde, sde.default_eps)
-    exact = mixture.log_prob(x, torch.full((16,), sde.default_eps, dtype=F64), sde)
+    x = mixture.sample(16, torch.Generator().manual_seed(0), sde, LIKELIHOOD_EPS)
+    exact = mixture.log_prob(x, torch.full((16,), LIKELIHOOD_EPS, dtype=F64), sde)
     fixed = log_likelihood(sde, mixture.score_model(sde), x, solver="heun", solver_options={"steps": 400})
     assert float((fixed.logp - exact).abs().max()) / 16 < 5e-3  # includes the small prior gap
     single = log_likelihood(sde, mixture.score_model(sde), x.float())
@@ -174,3 +174,18 @@ def test_cli_likelihood_refuses_bad_data(tmp_path, capsys):
     config.write_text('[sde]\nname = "vp"\n[likelihood]\ndequantize = true\n')
     assert main(["likelihood", str(config)]) == 2
     assert "needs data_range" in capsys.readouterr().err
+
+
+def test_the_default_start_is_the_papers_likelihood_eps_for_every_sde():
+    """Issue 15: log_likelihood started at the SDE's sampling eps (1e-3 for VP), while the
+    paper's likelihoods start at 1e-5 for every SDE; on fine-scale data the two differ by
+    far more than the solver's error, so the default must be the paper's."""
+    fine = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [0.3, 0.0]], stds=[0.003, 0.003])
+    sde = sdeplug.create("sde", "vp")
+    x = fine.sample(8, torch.Generator().manual_seed(0), sde, LIKELIHOOD_EPS)
+    score = fine.score_model(sde)
+    default = log_likelihood(sde, score, x).logp
+    exact = {eps: fine.log_prob(x, torch.full((8,), eps, dtype=F64), sde) for eps in (1e-5, 1e-3)}
+    assert LIKELIHOOD_EPS == 1e-5
+    assert float((default - exact[1e-5]).abs().max()) < 0.05
+    assert float((exact[1e-5] - exact[1e-3]).mean()) > 1.0  # the old default was this far off

@@ -315,14 +315,14 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
     from sdeplug.app.arrays import load_array
     from sdeplug.app.evaluation import gaussian_logp
-    from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
+    from sdeplug.likelihood import LIKELIHOOD_EPS, bits_per_dim, log_likelihood, uniform_dequantize
 
     sde = check_config(config, likelihood=True)
     run, lk = config.sample, config.likelihood
     dtype, device = run.torch_dtype, torch.device(run.device)
     dataset = build_dataset(config)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
-    eps = sde.default_eps if lk.eps is None else lk.eps
+    eps = LIKELIHOOD_EPS if lk.eps is None else lk.eps
     generator = torch.Generator(device).manual_seed(run.seed)
     if lk.data_file:
         x, source = load_array(lk.data_file)[: run.num], lk.data_file
