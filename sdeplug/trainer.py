@@ -237,6 +237,7 @@ class Trainer:
                     self.interrupted = True
                     break
             bar.close()
+            self.interrupted = self.interrupted or interrupt["stop"]
             self.check_finite()
             # still under the guard: a second Ctrl-C while the last checkpoint is written waits for it
             if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):

@@ -1,0 +1,509 @@
+"""Issue 15: what a careless user or a hostile file gives the command line gets one line naming
+the input, the problem and what is accepted, a non-zero exit, and nothing made or written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib import format as npy
+
+from sdeplug.app.cli import main
+from sdeplug.checkpoint import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.xdist_group("hostile_cli")
+
+CONFIG = """
+[sde]
+name = "vp"
+{sde}
+[data]
+name = "moons"
+n_train = 500
+n_test = 100
+{data}
+[model]
+name = "mlp"
+width = 16
+depth = 2
+
+[train]
+steps = 10
+batch_size = 32
+checkpoint_every = 5
+progress = false
+{train}
+[sampler]
+kind = "pc"
+steps = 20
+{sampler}
+[sample]
+num = 50
+progress = false
+{sample}
+[output]
+dir = "{out}"
+plot = false
+"""
+
+
+def config(folder: Path, out: Path, name: str = "c.toml", **sections: str) -> Path:
+    """A small config; ``sections`` sets lines of [sde], [data], [train], [sampler] or [sample]
+    (replacing a key the template already sets)."""
+    text = CONFIG.format(out=out, **{k: sections.get(k, "") for k in ("sde", "data", "train", "sampler", "sample")})
+    kept, section = [], None
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and line not in sections.get(section, "").splitlines():
+            key = line.split("=")[0].strip()
+            if any(added.split("=")[0].strip() == key for added in sections.get(section, "").splitlines()):
+                continue
+        kept.append(line)
+    path = folder / name
+    path.write_text("\n".join(kept) + "\n")
+    return path
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """Run the command; it must fail with exit 2 and exactly one line on stderr, which is returned."""
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sdeplug: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A config and its trained checkpoint (10 steps of a tiny MLP)."""
+    folder = tmp_path_factory.mktemp("trained")
+    path = config(folder, folder / "run")
+    assert main(["train", str(path)]) == 0
+    return path, folder / "run" / "checkpoint.safetensors"
+
+
+def test_config_files_that_are_folders_binary_or_not_utf8(tmp_path, capsys):
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "binary.toml").write_bytes(b"[sde]\nname = 'vp'\n\x00\x01\x02")
+    (tmp_path / "latin1.toml").write_bytes('[sde]\nname = "v\xe9"\n'.encode("latin-1"))
+    for name, fragment in [
+        ("folder.toml", "is a folder; give a TOML file"),
+        ("binary.toml", "is a binary file, not TOML text"),
+        ("latin1.toml", "is not UTF-8 text (byte 15 is 0xe9)"),
+    ]:
+        assert fragment in one_line_error(capsys, "sample", str(tmp_path / name))
+    good = config(tmp_path, tmp_path / "out")
+    message = one_line_error(capsys, "sample", str(good), "--sampler", str(tmp_path / "folder.toml"))
+    assert "sampler file" in message and "is a folder" in message
+
+
+@pytest.mark.parametrize(
+    "sections, fragment",
+    [
+        ({"sample": "seed = 1.5"}, "[sample] seed must be an integer; got 1.5"),
+        ({"sample": "seed = 18446744073709551616"}, "[sample] seed must be an integer in [0, 2**63)"),
+        ({"train": "seed = -1"}, "[train] seed must be an integer in [0, 2**63); got -1"),
+        ({"data": "nmber = 3"}, "data set 'moons': unknown option 'nmber'; accepted options: n_test, n_train"),
+        ({"data": "n_train = 0"}, "n_train must be a positive integer; got 0"),
+        ({"sampler": "eps = nan"}, "[sampler] eps must be a finite number >= 0"),
+        ({"sampler": "eps = 2.0"}, "[sampler] eps = 2.0 must lie in [0, T) = [0, 1)"),
+        ({"train": "eps = -1e-3"}, "[train] eps must be a finite number >= 0"),
+        ({"train": "eps = 1.5"}, "[train] eps = 1.5 must lie in [0, T)"),
+        ({"sde": "N = inf"}, "N must be a positive integer; got inf"),
+        ({"sde": "N = 10.5"}, "N must be a positive integer; got 10.5"),
+        ({"sde": "beta_max = inf"}, "beta_max must be a finite positive number; got inf"),
+        ({"sde": "T = inf"}, "T must be a finite positive number; got inf"),
+        ({"train": 'grad_clip = "x"'}, "[train] grad_clip must be a number; got 'x'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_bad_values_are_one_line_before_anything_is_made(tmp_path, capsys, sections, fragment, command):
+    out = tmp_path / "never"
+    path = config(tmp_path, out, **sections)
+    assert fragment in one_line_error(capsys, command, str(path))
+    assert not out.exists()
+
+
+def test_a_ve_sde_with_an_infinite_sigma_max_is_refused(tmp_path, capsys):
+    path = config(tmp_path, tmp_path / "never")
+    path.write_text(path.read_text().replace('name = "vp"', 'name = "ve"\nsigma_max = inf', 1))
+    assert "sigma_max must be a finite positive number; got inf" in one_line_error(capsys, "sample", str(path))
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--device", "meta"], "--device = 'meta' cannot run sdeplug"),
+        (["--device", "foo"], "--device = 'foo' is not a torch device; this machine has: cpu"),
+        (["--device", "cuda:99"], "--device = 'cuda:99'"),
+        (["--seed", str(2**64)], "--seed must be an integer in [0, 2**63); got 18446744073709551616"),
+        (["--seed", "-3"], "--seed must be an integer in [0, 2**63); got -3"),
+        (["--num", "0"], "--num: num must be a positive integer; got 0"),
+    ],
+)
+def test_bad_command_line_values(tmp_path, capsys, flags, fragment):
+    out = tmp_path / "never"
+    assert fragment in one_line_error(capsys, "sample", str(config(tmp_path, out)), *flags)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "sections, fragment",
+    [
+        ({"sample": "num = 1000000000000"}, "[sample] num = 1000000000000 needs"),
+        ({"sample": "batch_size = 1000000000000"}, "[sample] batch_size = 1000000000000 needs"),
+        ({"train": "steps = 1000000000000"}, "[train] steps = 1000000000000 needs"),
+        ({"train": "batch_size = 1000000000000"}, "[train] batch_size = 1000000000000 needs"),
+        ({"data": "n_train = 1000000000000"}, "[data] n_train = 1000000000000 needs"),
+    ],
+)
+def test_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path, capsys, sections, fragment):
+    command = "train" if "train" in sections else "sample"
+    message = one_line_error(capsys, command, str(config(tmp_path, tmp_path / "run", **sections)))
+    assert fragment in message and "GiB of memory" in message
+
+
+def _lying_header(path: Path) -> None:
+    """A .npy header claiming 10^13 rows in front of 100 rows of data."""
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**13, 2)})
+        f.write(np.zeros((100, 2)).tobytes())
+
+
+def test_bad_data_files_are_refused_naming_the_file(tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    whole = tmp_path / "whole.npy"
+    np.save(whole, np.ones((100, 2)))
+    (tmp_path / "truncated.npy").write_bytes(whole.read_bytes()[:300])
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "zero_bytes.npy").write_bytes(b"")
+    _lying_header(tmp_path / "lying.npy")
+    cases = {
+        "empty.npy": "holds no data (shape (0, 2)); it needs at least one point",
+        "objects.npy": "holds Python objects, which would need unpickling",
+        "truncated.npy": "is truncated or its header lies: shape (100, 2) of float64 needs 1600 bytes",
+        "folder.npy": "is a folder; give a .npy or .pt file",
+        "zero_bytes.npy": "is not a readable .npy file",
+        "lying.npy": "shape (10000000000000, 2) of float64 needs 160000000000000 bytes of data, the file holds 1600",
+    }
+    for name, fragment in cases.items():
+        data = f'name = "file"\npath = "{tmp_path / name}"'
+        path = config(tmp_path, tmp_path / "run", data=data)
+        path.write_text(path.read_text().replace("n_train = 500\nn_test = 100\n", ""))
+        message = one_line_error(capsys, "train", str(path))
+        assert fragment in message and name in message, message
+
+
+def test_steps_below_the_checkpoints_step_say_how_to_continue(trained, tmp_path, capsys):
+    path, checkpoint = trained
+    shorter = tmp_path / "shorter.toml"
+    shorter.write_text(path.read_text().replace("steps = 10\n", "steps = 4\n", 1))
+    message = one_line_error(capsys, "train", str(shorter))
+    assert f"{checkpoint} is at step 10, beyond steps = 4; to continue it, set steps to 10 or more" in message
+
+
+def test_an_sde_table_that_writes_out_a_default_is_the_same_sde(trained, tmp_path, capsys):
+    """The checkpoint records [sde] {name = "vp"}; a config writing beta_max = 20.0 names the
+    same SDE (the built parts' settings are compared, not the tables' text)."""
+    path, _ = trained
+    spelled = tmp_path / "spelled.toml"
+    spelled.write_text(path.read_text().replace('name = "vp"\n', 'name = "vp"\nbeta_max = 20.0\nbeta_min = 0.1\n', 1))
+    assert main(["sample", str(spelled), "--out", str(tmp_path / "s")]) == 0
+    assert main(["train", str(spelled), "--out", str(tmp_path / "t")]) == 0
+    other = tmp_path / "other.toml"
+    other.write_text(path.read_text().replace('name = "vp"\n', 'name = "vp"\nbeta_max = 10.0\n', 1))
+    capsys.readouterr()
+    assert "was trained with [sde]" in one_line_error(capsys, "sample", str(other))
+
+
+def test_sampling_with_another_data_set_warns_in_one_line(trained, tmp_path, capsys):
+    path, _ = trained
+    same_with_defaults = tmp_path / "defaults.toml"
+    same_with_defaults.write_text(path.read_text().replace("n_test = 100\n", "n_test = 100\nseed = 0\nnoise = 0.05\n"))
+    assert main(["sample", str(same_with_defaults), "--out", str(tmp_path / "a")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    swiss = tmp_path / "swiss.toml"
+    swiss.write_text(path.read_text().replace('name = "moons"', 'name = "swiss_roll"', 1))
+    assert main(["sample", str(swiss), "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdeplug: warning: ") and "was trained on [data]" in err[0], err
+
+
+def _rehashed(source: Path, target: Path, edit) -> Path:
+    """A copy of a checkpoint whose tensors and metadata ``edit`` changed, with a fresh valid checksum
+    (which anyone can compute)."""
+    tensors, meta = load_checkpoint(source)
+    edit(tensors, meta)
+    return save_checkpoint(target, tensors, meta)
+
+
+def _edits():
+    def drop(key):
+        return lambda tensors, meta: meta.pop(key)
+
+    def add(tensors, meta):
+        meta["run_me"] = "import os"
+
+    def bad_rng(tensors, meta):
+        tensors["rng.data"] = torch.zeros(7, dtype=torch.uint8)
+
+    def beyond(tensors, meta):
+        meta["step"] = 10**6
+
+    def settings(tensors, meta):
+        meta["settings"]["lr"] = "fast"
+
+    def history(tensors, meta):
+        tensors["history"] = torch.zeros(3)
+
+    def stray(tensors, meta):
+        tensors["payload"] = torch.zeros(3)
+
+    return {
+        "missing key": (drop("optimizer"), "metadata keys missing ['optimizer']"),
+        "unexpected key": (add, "unexpected ['run_me']"),
+        "bad RNG state": (bad_rng, "its random state rng.data is not one"),
+        "step beyond the run": (beyond, "step 1000000 lies outside the run it belongs to (0 to 10 steps)"),
+        "bad settings": (settings, "its training settings are invalid"),
+        "short history": (history, "its loss history must have shape (10,)"),
+        "stray tensor": (stray, "unexpected ['payload']"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_edits()))
+def test_rehashed_metadata_is_still_checked_field_by_field(trained, tmp_path, capsys, case):
+    path, checkpoint = trained
+    edit, fragment = _edits()[case]
+    out = tmp_path / "run"
+    out.mkdir()
+    _rehashed(checkpoint, out / "checkpoint.safetensors", edit)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(path.read_text().replace(str(path.parent / "run"), str(out)))
+    command = "train" if case == "bad RNG state" else "sample"  # sampling never reads the generators
+    message = one_line_error(capsys, command, str(edited))
+    assert "is not a valid training checkpoint" in message and fragment in message, message
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed_on_the_next_start(trained, tmp_path):
+    path, checkpoint = trained
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".checkpoint.safetensors.tmp-4242", out / ".checkpoint.safetensors.tmp-77"]
+    for leftover in stale:
+        leftover.write_bytes(checkpoint.read_bytes()[:5000])
+    unrelated = out / ".other.safetensors.tmp-4242"
+    unrelated.write_bytes(b"not ours")
+    moved = tmp_path / "moved.toml"
+    moved.write_text(path.read_text().replace(str(path.parent / "run"), str(out)))
+    assert main(["train", str(moved)]) == 0
+    assert not any(p.exists() for p in stale) and unrelated.exists()
+
+
+def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_old_file(trained, tmp_path, capsys, monkeypatch):
+    path, checkpoint = trained
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(checkpoint.read_bytes())
+    longer = tmp_path / "longer.toml"
+    longer.write_text(
+        path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 20\n")
+    )
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sdeplug.checkpoint.save_file", disk_full)
+    message = one_line_error(capsys, "train", str(longer))
+    assert "could not write" in message and "No space left on device; the previous file is kept" in message
+    assert load_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 10
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(trained, tmp_path, capsys, monkeypatch):
+    """Ctrl-C stops training after step 13; a second one arrives while that last checkpoint is
+    being written. The save completes, the command says so in one line and exits 130."""
+    import sdeplug.checkpoint
+    import sdeplug.trainer
+
+    path, checkpoint = trained
+    out = tmp_path / "run"
+    longer = tmp_path / "longer.toml"
+    longer.write_text(
+        path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 1000\n")
+    )
+    real_save, real_step = sdeplug.checkpoint.save_file, sdeplug.trainer.Trainer.train_step
+
+    def save_interrupted(tensors, filename, metadata=None):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
+        real_save(tensors, filename, metadata=metadata)
+
+    def step(self):
+        loss = real_step(self)
+        if self.step == 13:
+            monkeypatch.setattr(sdeplug.checkpoint, "save_file", save_interrupted)
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
+        return loss
+
+    monkeypatch.setattr(sdeplug.trainer.Trainer, "train_step", step)
+    assert main(["train", str(longer)]) == 130
+    assert "interrupted at step 13; checkpoint saved" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 13
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sdeplug_cli", *args]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 1.2])
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
+    """Ctrl-C while torch and the plugins are still being imported."""
+    process = subprocess.Popen(
+        _command("sample", str(config(tmp_path, tmp_path / "run"))), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 130 and lines == [
+        "sdeplug: interrupted (Ctrl-C); files are written whole or not at all"
+    ], err.decode()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_sampling_is_one_line_exit_130_and_writes_nothing(tmp_path):
+    ring = tmp_path / "ring.toml"
+    ring.write_text(
+        f'[sde]\nname = "vp"\n[sampler]\nsteps = 200000\n[sample]\nnum = 500\nprogress = false\n'
+        f'[output]\ndir = "{tmp_path / "run"}"\n'
+    )
+    process = subprocess.Popen(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "run").exists() and time.monotonic() < deadline:  # made just before sampling starts
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_the_guarantees_section_names_the_tests_behind_it():
+    guide = (Path(__file__).parents[1] / "docs" / "user-guide.md").read_text()
+    section = guide.split("## What sdeplug guarantees", 1)[1].split("\n## ", 1)[0]
+    for fragment in ("checksum", "re-hash", "test_rehashed_metadata_is_still_checked_field_by_field", "is 130"):
+        assert fragment in section, fragment
+
+
+# The library: one clear ValueError or TypeError for each bad argument -------------------------
+
+
+def _oracle():
+    import sdeplug
+    from sdeplug.oracle import preset
+
+    sde = sdeplug.create("sde", "vp")
+    return sde, preset("mixture3").score_model(sde)
+
+
+@pytest.mark.parametrize(
+    "call, error, fragment",
+    [
+        (lambda s: s.pc((0, 2)), ValueError, "batch >= 1"),
+        (lambda s: s.ode((0, 2)), ValueError, "batch >= 1"),
+        (lambda s: s.pc((-1, 2)), ValueError, "sizes >= 0"),
+        (lambda s: s.pc((4, 2), dtype=torch.int64), TypeError, "real floating-point dtype"),
+        (lambda s: s.ode((4, 2), dtype=torch.complex64), TypeError, "real floating-point dtype"),
+        (lambda s: s.pc(None, x_init=torch.ones(4, 2, dtype=torch.int32)), TypeError, "x_init's dtype"),
+        (lambda s: s.pc(None, x_init=torch.ones(0, 2)), ValueError, "x_init must hold at least one sample"),
+        (lambda s: s.pc((4, 2), generator=0), TypeError, "torch.Generator(device).manual_seed(seed)"),
+        (lambda s: s.ode((4, 2), generator=0), TypeError, "generator must be a torch.Generator"),
+        (lambda s: s.pc((4, 2), generator=torch.Generator(), device="meta"), ValueError, "on cpu but the samples"),
+        (lambda s: s.pc((4, 2), device="foo"), ValueError, "device 'foo' is not a torch device"),
+        (lambda s: s.logp(torch.zeros(0, 2)), ValueError, "x must hold at least one sample"),
+        (lambda s: s.logp(torch.zeros(3, 2, dtype=torch.int64)), TypeError, "x's dtype"),
+        (lambda s: s.logp(torch.zeros(3, 2, dtype=torch.complex64)), TypeError, "x's dtype"),
+        (lambda s: s.logp(torch.zeros(3, 2), divergence="hutchinson", generator=0), TypeError, "torch.Generator"),
+    ],
+)
+def test_library_calls_refuse_hostile_arguments_clearly(call, error, fragment):
+    from types import SimpleNamespace
+
+    from sdeplug.likelihood import log_likelihood
+    from sdeplug.sampling import sample_ode, sample_pc
+
+    sde, score = _oracle()
+    calls = SimpleNamespace(
+        pc=lambda shape, **kw: sample_pc(sde, score, shape, steps=3, **kw),
+        ode=lambda shape, **kw: sample_ode(sde, score, shape, solver="heun", steps=3, **kw),
+        logp=lambda x, **kw: log_likelihood(sde, score, x, solver="heun", solver_options={"steps": 3}, **kw),
+    )
+    with pytest.raises(error, match=fragment.replace("(", "\\(").replace(")", "\\)")):
+        call(calls)
+
+
+def _nan_below_half(score):
+    def broken(x, t):
+        return torch.where((t < 0.5)[:, None], torch.full_like(x, float("nan")), score(x, t))
+
+    return broken
+
+
+def test_a_non_finite_score_under_torchdiffeq_is_reported_like_other_solvers():
+    """torchdiffeq's adaptive steps end in its own "AssertionError: underflow in dt" once the
+    state is NaN; sdeplug reports where, when and after which part instead, for sampling and
+    likelihood alike."""
+    from sdeplug.errors import NonFiniteError
+    from sdeplug.likelihood import log_likelihood
+    from sdeplug.sampling import sample_ode
+
+    sde, score = _oracle()
+    with pytest.raises(NonFiniteError, match=r"at score evaluation \d+ \(t = 0\.4\d*\), after the ODE solver 'dopri5'"):
+        sample_ode(sde, _nan_below_half(score), (16, 2), solver="dopri5", generator=torch.Generator().manual_seed(0))
+    x = torch.zeros(4, 2)
+    with pytest.raises(NonFiniteError, match=r"derivative became non-finite .* at score evaluation 0 \(t = 1e-05\)"):
+        log_likelihood(sde, _nan_below_half(score), x, solver="dopri5")
+
+
+def test_a_plugins_part_that_raises_is_named_with_its_plugin_and_the_scores_own_errors_pass_through():
+    import sdeplug
+    from sdeplug import Predictor, hookimpl
+    from sdeplug.errors import PluginError
+    from sdeplug.sampling import sample_pc
+
+    class Clumsy(Predictor):
+        name = "clumsy"
+
+        def __init__(self, sde, score):
+            self.sde, self.score = sde, score
+
+        def step(self, x, t, t_next, state, generator=None, jumped=False):
+            return x[:, 5], state  # an IndexError of the plugin's own
+
+    class ClumsyPlugin:
+        @hookimpl
+        def register_predictors(self, register):
+            register(Clumsy)
+
+    sdeplug.register_plugin(ClumsyPlugin(), "clumsy-plugin")
+    sde, score = _oracle()
+    with pytest.raises(PluginError, match=r"predictor 'clumsy' \(plugin 'clumsy-plugin'.*failed in step\(\) at t = 1 "):
+        sample_pc(sde, score, (4, 2), steps=3, predictor="clumsy")
+
+    def failing_score(x, t):
+        raise RuntimeError("the user's own network broke")
+
+    with pytest.raises(RuntimeError, match="the user's own network broke"):
+        sample_pc(sde, failing_score, (4, 2), steps=3)
