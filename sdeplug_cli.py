@@ -3,22 +3,60 @@ moment, even while torch is still being imported, ends in one line and exit stat
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 #: The exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED = 130
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C back for the block (its signals are listed, not raised): an import cut short
+    leaves half-made modules behind, which fail later in ways that hide the interrupt."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        from sdeplug.app.cli import main as run
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; Ctrl-C anywhere is one line on stderr and INTERRUPTED."""
+    try:
+        with _interrupts_held() as held:  # start-up: torch, sdeplug and every plugin are imported
+            from sdeplug.app.cli import main as run
+            from sdeplug.registry import get_registry
+
+            get_registry()
+        if held:
+            raise KeyboardInterrupt
         return run(argv)
     except KeyboardInterrupt:
         print("sdeplug: interrupted (Ctrl-C); files are written whole or not at all", file=sys.stderr)
         return INTERRUPTED
 
 
+def console() -> NoReturn:
+    """The process entry point. An interrupted run leaves at once with INTERRUPTED: the
+    interpreter's own shutdown would turn a Ctrl-C that struck inside an import into death by
+    SIGINT, which callers see as another status."""
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
