@@ -159,7 +159,9 @@ def main() -> None:
         section = (
             "## Likelihood: sdeplug against the paper's method\n\n"
             f"Command: `python benchmarks/likelihood.py --n {args.n} --write docs/benchmarks.md` "
-            f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver.\n\n"
+            f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver, "
+            f"integration from eps = {LIKELIHOOD_EPS:g} for every SDE (the paper's likelihood eps, and "
+            "`log_likelihood`'s default).\n\n"
             + text
             + "\n"
         )
