@@ -161,9 +161,7 @@ def main() -> None:
             f"Command: `python benchmarks/likelihood.py --n {args.n} --write docs/benchmarks.md` "
             f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver, "
             f"integration from eps = {LIKELIHOOD_EPS:g} for every SDE (the paper's likelihood eps, and "
-            "`log_likelihood`'s default).\n\n"
-            + text
-            + "\n"
+            "`log_likelihood`'s default).\n\n" + text + "\n"
         )
         replace_section(args.write, "## Likelihood", section)
 

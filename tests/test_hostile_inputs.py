@@ -507,3 +507,30 @@ def test_a_plugins_part_that_raises_is_named_with_its_plugin_and_the_scores_own_
 
     with pytest.raises(RuntimeError, match="the user's own network broke"):
         sample_pc(sde, failing_score, (4, 2), steps=3)
+
+
+def test_a_third_party_sde_that_accepts_inf_is_refused_before_sampling(tmp_path, capsys):
+    """The bundled SDEs refuse infinite options themselves; for a plugin's SDE that does not,
+    the coefficients are checked before the failure could be blamed on the score model."""
+    import attrs
+    from sdeplug_reference.sdes import VPSDE
+
+    import sdeplug
+    from sdeplug import hookimpl
+
+    @attrs.frozen(kw_only=True)
+    class LooseVP(VPSDE):
+        name = "loose_vp"
+        beta_max: float = attrs.field(default=20.0, converter=float)  # no validator
+
+    class LoosePlugin:
+        @hookimpl
+        def register_sdes(self, register):
+            register(LooseVP)
+
+    sdeplug.register_plugin(LoosePlugin(), "loose")
+    path = config(tmp_path, tmp_path / "never", sde="beta_max = inf")
+    path.write_text(path.read_text().replace('name = "vp"', 'name = "loose_vp"', 1))
+    message = one_line_error(capsys, "sample", str(path))
+    assert "[sde] 'loose_vp', beta_max = inf: its diffusion at t = 1 is not finite" in message
+    assert not (tmp_path / "never").exists()
