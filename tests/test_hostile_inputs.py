@@ -513,10 +513,10 @@ def test_a_third_party_sde_that_accepts_inf_is_refused_before_sampling(tmp_path,
     """The bundled SDEs refuse infinite options themselves; for a plugin's SDE that does not,
     the coefficients are checked before the failure could be blamed on the score model."""
     import attrs
-    from sdeplug_reference.sdes import VPSDE
 
     import sdeplug
     from sdeplug import hookimpl
+    from sdeplug_reference.sdes import VPSDE
 
     @attrs.frozen(kw_only=True)
     class LooseVP(VPSDE):
