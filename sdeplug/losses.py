@@ -36,18 +36,30 @@ def _check_perturbable(sde: SDE, eps: float, what: str) -> None:
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}); got {eps}")
 
 
-def perturb(sde: SDE, eps: float, x0: Tensor, generator: torch.Generator | None = None):
-    """t ~ U(eps, T) per sample and x_t = mean(x0, t) + std(t) z; returns (x_t, t, z, std)."""
+#: The noise of a batch: u ~ U(0, 1) per sample (the time) and z ~ N(0, I) like the batch.
+Noise = tuple[Tensor, Tensor]
+
+
+def draw_noise(x0: Tensor, generator: torch.Generator | None = None) -> Noise:
+    """(u, z) for the batch ``x0``, drawn as ``perturb`` draws them; drawing a large batch once
+    and slicing it gives every part the noise it would get in the whole batch."""
     u = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    return u, randn_like(x0, generator)
+
+
+def perturb(sde: SDE, eps: float, x0: Tensor, generator: torch.Generator | None = None, noise: Noise | None = None):
+    """t ~ U(eps, T) per sample and x_t = mean(x0, t) + std(t) z, from ``noise`` = (u, z) if
+    given, else drawn from ``generator``; returns (x_t, t, z, std)."""
+    u, z = draw_noise(x0, generator) if noise is None else noise
     t = eps + (sde.T - eps) * u
-    z = randn_like(x0, generator)
     mean, std = sde.marginal_prob(x0, t)
     return mean + per_sample(std, x0) * z, t, z, std
 
 
 @attrs.frozen
 class DenoisingScoreMatching:
-    """``loss(score_model, x0, generator=None) -> scalar``; needs only the SDE's marginal_prob.
+    """``loss(score_model, x0, generator=None, noise=None) -> scalar``; needs only the SDE's
+    marginal_prob. ``noise`` = (u, z) from ``draw_noise`` replaces drawing from ``generator``.
 
     ``reduction`` combines the entries of one sample ("mean", as the paper's default
     ``reduce_mean=True``, or "sum"); samples are always averaged.
@@ -63,9 +75,11 @@ class DenoisingScoreMatching:
     def __attrs_post_init__(self) -> None:
         _check_perturbable(self.sde, self.eps, "denoising score matching")
 
-    def __call__(self, score: ScoreFn, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, score: ScoreFn, x0: Tensor, generator: torch.Generator | None = None, *, noise: Noise | None = None
+    ) -> Tensor:
         batch = x0.shape[0]
-        xt, t, z, std = perturb(self.sde, self.eps, x0, generator)
+        xt, t, z, std = perturb(self.sde, self.eps, x0, generator, noise)
         s = score(xt, t)
         if self.weighting == "sigma2":
             residual = (per_sample(std, x0) * s + z) ** 2
@@ -92,8 +106,16 @@ class NoisyCrossEntropy:
     def __attrs_post_init__(self) -> None:
         _check_perturbable(self.sde, self.eps, "training a time-dependent classifier")
 
-    def __call__(self, classifier, x0: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self,
+        classifier,
+        x0: Tensor,
+        labels: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: Noise | None = None,
+    ) -> Tensor:
         if labels.shape != (x0.shape[0],):
             raise ValueError(f"labels must have shape (batch,) = ({x0.shape[0]},); got {tuple(labels.shape)}")
-        xt, t, _, _ = perturb(self.sde, self.eps, x0, generator)
+        xt, t, _, _ = perturb(self.sde, self.eps, x0, generator, noise)
         return torch.nn.functional.cross_entropy(classifier(xt, t), labels)

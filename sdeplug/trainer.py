@@ -31,10 +31,11 @@ from attrs import validators as v
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sdeplug import distributed
 from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
 from sdeplug.errors import DataError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
-from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy
+from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.tensors import SEED_LIMIT, non_finite_rows
 
@@ -78,7 +79,11 @@ class TrainSettings:
     """How to train; the [train] section of a config."""
 
     steps: int = attrs.field(default=5000, validator=_positive_int)
+    #: The global batch: split over the processes of a distributed run, so that any number
+    #: of processes (and of accumulation steps) takes the same optimiser steps.
     batch_size: int = attrs.field(default=128, validator=_positive_int)
+    #: Micro-batches per optimiser step (gradient accumulation): the same update, less memory.
+    accumulate: int = attrs.field(default=1, validator=_positive_int)
     lr: float = attrs.field(default=2e-4, converter=float, validator=_positive_finite)
     warmup: int = attrs.field(default=100, validator=[v.instance_of(int), v.ge(0)])
     #: Largest gradient norm (None: no clipping); a negative one would reverse the step.
@@ -96,9 +101,14 @@ class TrainSettings:
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
+#: Signals that stop training after the current step, with a checkpoint: Ctrl-C, and the
+#: SIGTERM that torchrun forwards to its workers and schedulers (SLURM) send before a kill.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
-    """While active, Ctrl-C (SIGINT) sets a flag instead of raising mid-step."""
+    """While active, Ctrl-C (SIGINT) and SIGTERM set a flag instead of raising mid-step."""
     state = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield state
@@ -107,11 +117,12 @@ def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
     def handler(signum, frame):
         state["stop"] = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
@@ -137,6 +148,15 @@ class Trainer:
         self.dtype = next(network.parameters()).dtype
         self.data = data.to(device=self.device, dtype=self.dtype)
         _check_finite_rows(self.data)
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        if s.batch_size % (self.world_size * s.accumulate):
+            raise ValueError(
+                f"batch_size = {s.batch_size} must split evenly into {self.world_size} process(es) x "
+                f"accumulate = {s.accumulate} micro-batches; choose a multiple of {self.world_size * s.accumulate}"
+            )
+        # Under DDP the wrapper runs the forward pass and averages gradients over the ranks; it
+        # starts by giving every rank rank 0's weights, so the EMA is copied after it.
+        self.model = _wrap_for_ranks(network, self.device)
         self.ema = copy.deepcopy(network).requires_grad_(False)
         if s.objective == "classifier":
             if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
@@ -162,7 +182,7 @@ class Trainer:
         # and read only when the host looks anyway (progress, checkpoints, the end).
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._bad_loss = torch.zeros((), dtype=torch.float32, device=self.device)
-        self._train_score = ParameterizedScore(network, sde, s.parameterization)
+        self._train_score = ParameterizedScore(self.model, sde, s.parameterization)
         # Listed once: walking the module tree every step costs more than the EMA itself.
         self._params = list(network.parameters())
         self._ema_params = list(self.ema.parameters())
@@ -179,15 +199,28 @@ class Trainer:
         return self.ema if ema else self.network
 
     def train_step(self) -> Tensor:
-        """One optimisation step; returns the loss (a tensor, no host sync)."""
+        """One optimisation step on the global batch; returns this rank's loss (a tensor, no host
+        sync). Every rank draws the whole batch's indices and noise from the same generators and
+        takes its own slice, so the step is the same for any number of ranks and micro-batches."""
         s = self.settings
         idx = torch.randint(self.data.shape[0], (s.batch_size,), generator=self.data_generator, device=self.device)
-        if self.labels is not None:
-            loss = self.loss(self.network, self.data[idx], self.labels[idx], generator=self.loss_generator)
-        else:
-            loss = self.loss(self._train_score, self.data[idx], generator=self.loss_generator)
+        u, z = draw_noise(self.data[idx], self.loss_generator)
+        per_rank = s.batch_size // self.world_size
+        micro = per_rank // s.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=self.device, dtype=torch.float32)
+        for j in range(s.accumulate):
+            part = slice(self.rank * per_rank + j * micro, self.rank * per_rank + (j + 1) * micro)
+            # DDP averages gradients at the last micro-batch's backward pass only
+            last = j == s.accumulate - 1
+            with contextlib.nullcontext() if last or self.model is self.network else self.model.no_sync():
+                x0, noise = self.data[idx[part]], (u[part], z[part])
+                if self.labels is not None:
+                    part_loss = self.loss(self.model, x0, self.labels[idx[part]], noise=noise)
+                else:
+                    part_loss = self.loss(self._train_score, x0, noise=noise)
+                (part_loss / s.accumulate).backward()
+            loss = loss + part_loss.detach().float() / s.accumulate
         # the gradient norm, clipped or not (an infinite max_norm leaves the gradients as they are)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self._params, s.grad_clip if s.grad_clip is not None else float("inf")
@@ -203,15 +236,17 @@ class Trainer:
             torch._foreach_lerp_(self._ema_params, self._params, 1.0 - s.ema_decay)
             for ema_buf, buf in self._buffer_pairs:
                 ema_buf.copy_(buf)
-        self.history[self.step] = loss.detach()
+        self.history[self.step] = loss
         self.step += 1
         return loss
 
     def fit(self, until: int | None = None) -> Trainer:
         """Train up to step ``until`` (default: settings.steps), checkpointing as configured;
         with a checkpoint path, no other run may train into the same file meanwhile."""
-        lock = exclusive_writer(self.checkpoint_path) if self.checkpoint_path else contextlib.nullcontext()
-        with lock:
+        with contextlib.ExitStack() as stack:
+            with distributed.first_failure_stops_all():  # a rank that cannot start stops them all
+                if self.checkpoint_path and distributed.is_main():  # rank 0 writes; it holds the lock
+                    stack.enter_context(exclusive_writer(self.checkpoint_path))
             return self._fit(until)
 
     def _fit(self, until: int | None) -> Trainer:
@@ -219,13 +254,14 @@ class Trainer:
         until = s.steps if until is None else min(until, s.steps)
         first_step = self.step
         self.network.train()
-        bar = tqdm(total=until, initial=self.step, disable=not s.progress, desc="training", dynamic_ncols=True)
+        show = s.progress and distributed.is_main()
+        bar = tqdm(total=until, initial=self.step, disable=not show, desc="training", dynamic_ncols=True)
         with _stop_on_interrupt() as interrupt:
             while self.step < until:
                 self.train_step()
                 if self.step % DIVERGENCE_CHECK_EVERY == 0:
                     self.check_finite()
-                if s.progress and (self.step % 50 == 0 or self.step == until):
+                if show and (self.step % 50 == 0 or self.step == until):
                     window = self.history[max(0, self.step - 50) : self.step]
                     bar.set_postfix(loss=f"{float(window.mean()):.4f}")
                     bar.update(self.step - bar.n)
@@ -233,11 +269,13 @@ class Trainer:
                     self.save()
                 if self.on_sample and s.sample_every and self.step % s.sample_every == 0:
                     self.on_sample(self)
-                if interrupt["stop"]:
-                    self.interrupted = True
-                    break
+                # every rank stops after the same step: under DDP they agree every few steps
+                if self.world_size == 1 or self.step % STOP_CHECK_EVERY == 0 or self.step == until:
+                    if distributed.any_rank(interrupt["stop"], self.device):
+                        self.interrupted = True
+                        break
             bar.close()
-            self.interrupted = self.interrupted or interrupt["stop"]
+            self.interrupted = self.interrupted or distributed.any_rank(interrupt["stop"], self.device)
             self.check_finite()
             # still under the guard: a second Ctrl-C while the last checkpoint is written waits for it
             if self.checkpoint_path and self.step > first_step and (self.interrupted or self.step == until):
@@ -255,8 +293,10 @@ class Trainer:
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
         tensors["rng.data"] = self.data_generator.get_state()
         tensors["rng.loss"] = self.loss_generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["history"] = self.history[: self.step]
+        # each rank's global generator (dropout): rank 0's as rng.torch, the others' beside it
+        for r, state in enumerate(distributed.gather_objects(torch.get_rng_state())):
+            tensors["rng.torch" if r == 0 else f"rng.torch.rank{r}"] = state
+        tensors["history"] = distributed.mean_over_ranks(self.history[: self.step])  # the global batch's loss
         return tensors
 
     def check_finite(self) -> None:
@@ -294,7 +334,11 @@ class Trainer:
                 "state_keys": {str(i): sorted(st) for i, st in optim["state"].items()},
             },
         }
-        return save_checkpoint(path, self.state_tensors(), meta)
+        tensors = self.state_tensors()  # every rank takes part; rank 0 writes, the others wait
+        with distributed.first_failure_stops_all():
+            if distributed.is_main():
+                save_checkpoint(path, tensors, meta)
+        return path
 
     def load(self, path: str | Path | None = None) -> Trainer:
         """Restore weights, EMA, optimiser, generators, step and history from a checkpoint."""
@@ -302,7 +346,7 @@ class Trainer:
         tensors, meta = load_checkpoint(path, device="cpu")
         saved = checked_metadata(path, tensors, meta)
         # Settings that change what a step computes must match; length and bookkeeping may differ.
-        bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every")
+        bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every", "accumulate")
         if attrs.evolve(saved, **{k: getattr(self.settings, k) for k in bookkeeping}) != self.settings:
             raise CheckpointError(
                 f"{path} was written with other training settings; resume with the same ones or start afresh.\n"
@@ -329,7 +373,8 @@ class Trainer:
             raise CheckpointError(f"{path}: its optimizer state does not fit this network: {exc}") from exc
         for name, generator in (("rng.data", self.data_generator), ("rng.loss", self.loss_generator)):
             _set_generator_state(path, name, generator, tensors[name])
-        _set_generator_state(path, "rng.torch", None, tensors["rng.torch"])
+        own = f"rng.torch.rank{self.rank}" if f"rng.torch.rank{self.rank}" in tensors else "rng.torch"
+        _set_generator_state(path, own, None, tensors[own])
         self.step = meta["step"]
         self.history[: self.step] = tensors["history"].to(self.history.device)
         self.config = meta["config"]
@@ -371,7 +416,8 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
         got = None if history is None else tuple(history.shape)
         raise refuse(f"its loss history must have shape ({step},), one loss per step; got {got}")
     missing_tensors = STATE_TENSORS - tensors.keys()
-    stray = {k for k in tensors if k not in STATE_TENSORS and not k.startswith(("model.", "ema.", "optim."))}
+    prefixes = ("model.", "ema.", "optim.", "rng.torch.rank")
+    stray = {k for k in tensors if k not in STATE_TENSORS and not k.startswith(prefixes)}
     if missing_tensors or stray:
         raise refuse(f"tensors missing {sorted(missing_tensors)}, unexpected {sorted(stray)[:5]}")
     optimizer = meta["optimizer"]
@@ -405,6 +451,17 @@ def _set_generator_state(path: Path, name: str, generator: torch.Generator | Non
 
 #: Steps between reads of the divergence flag (checkpoints and the end also read it).
 DIVERGENCE_CHECK_EVERY = 100
+#: Steps between the ranks' agreement on whether to stop (a Ctrl-C on any rank stops all).
+STOP_CHECK_EVERY = 10
+
+
+def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` in DistributedDataParallel when several processes train, else itself."""
+    if not distributed.active():
+        return network
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _check_finite_rows(data: Tensor) -> None:

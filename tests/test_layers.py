@@ -35,6 +35,7 @@ LIBRARY = {
     "sdeplug.losses",
     "sdeplug.trainer",
     "sdeplug.checkpoint",
+    "sdeplug.distributed",
     "sdeplug.stats",
     "sdeplug.testing",
 }

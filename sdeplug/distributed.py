@@ -1,0 +1,161 @@
+"""Several processes through torch.distributed: set-up from torchrun's environment, and the few
+collective steps training needs (agreeing on a flag, gathering states, waiting for rank 0).
+
+Every function works unchanged in a single process (no process group): ranks are 0 of 1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sdeplug.errors import SdeplugError
+
+#: How long a collective waits for the other ranks before it fails (a rank that died).
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+class DistributedError(SdeplugError, RuntimeError):
+    """The processes of a run could not start together, or lost one another."""
+
+
+def active() -> bool:
+    """Whether a process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files and prints reports (rank 0)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher with its environment) started this process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def default_backend(device: torch.device | str) -> str:
+    """nccl for CUDA devices, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def local_device(device: torch.device | str) -> torch.device:
+    """This rank's device: for ``cuda`` without an index, the GPU torchrun's LOCAL_RANK names."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def init_from_environment(
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+    timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+) -> bool:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT); return whether one with several processes is active. Without
+    torchrun, or with a world of one, nothing is initialised and this is a single process."""
+    if active():
+        return True
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return False
+    device = local_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = backend or default_backend(device)
+    try:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise DistributedError(f"could not start the {backend!r} process group: {exc}") from exc
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true on any rank (one all-reduce; every rank must call it)."""
+    if not active():
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    _collective(dist.all_reduce, value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (a list of one in a single process)."""
+    if not active():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    _collective(dist.all_gather_object, gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    _collective(dist.broadcast_object_list, box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank is here."""
+    if active():
+        _collective(dist.barrier)
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the ranks (a copy; the input is left as it is)."""
+    if not active():
+        return tensor.clone()
+    total = tensor.clone()
+    _collective(dist.all_reduce, total, op=dist.ReduceOp.SUM)
+    return total / world_size()
+
+
+@contextmanager
+def first_failure_stops_all() -> Iterator[None]:
+    """Run a block that may fail on some ranks only (reading a checkpoint, taking a lock):
+    every rank learns whether any failed, and all raise, so that none waits forever for one
+    that gave up."""
+    error: BaseException | None = None
+    try:
+        yield
+    except SdeplugError as exc:
+        error = exc
+    failures = gather_objects(None if error is None else f"rank {rank()}: {error}")
+    if error is not None:
+        raise error
+    reasons = [f for f in failures if f is not None]
+    if reasons:
+        raise DistributedError("another rank failed, so this one stops: " + "; ".join(reasons))
+
+
+def _collective(collective, *args, **kwargs) -> None:
+    """Run a collective; a rank that died or timed out is one clear error, not a hang."""
+    try:
+        collective(*args, **kwargs)
+    except RuntimeError as exc:  # gloo and nccl report a lost peer or a timeout so
+        raise DistributedError(
+            f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering "
+            f"within the timeout): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
