@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint setup clean bench
+.PHONY: demo test test-fast lint setup clean bench train-2proc
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_classes.toml --sampler examples/guidance/unipc20.toml --out demo-output/digits/guided --no-progress
 	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_inpaint.toml --sampler examples/samplers/pc.toml --num 120 --out demo-output/digits/inpaint --no-progress
 	@echo "plots, samples, checkpoints and reports are in demo-output/"
+
+# Training with DDP in 2 processes on this machine (gloo on CPU, one thread each), launched by torchrun.
+train-2proc: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 $(BIN)/sdeplug train examples/moons.toml \
+		--out demo-output/moons-2proc --no-progress
 
 # The CI command: lint, then the whole suite on every core.
 test: lint

@@ -94,3 +94,47 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_batch():
 def test_a_batch_that_does_not_split_evenly_is_refused():
     with pytest.raises(ValueError, match="batch_size = 30 must split evenly into 1 process\\(es\\) x accumulate = 4"):
         _trainer(batch_size=30, accumulate=4)
+
+
+@pytest.mark.slow
+def test_sdeplug_train_under_torchrun_matches_the_single_process_command(tmp_path):
+    """The command line: `torchrun --nproc_per_node 2 sdeplug train CONFIG` writes one
+    checkpoint (rank 0) whose weights match the single-process run's up to float32 rounding."""
+    from sdeplug.app.cli import main
+
+    text = (
+        '[sde]\nname = "vp"\n[data]\nname = "moons"\nn_train = 500\n[model]\nname = "mlp"\nwidth = 32\ndepth = 2\n'
+        "[train]\nsteps = 30\nbatch_size = 64\nlr = 1e-3\ncheckpoint_every = 10\nprogress = false\n"
+        '[output]\ndir = "{out}"\nplot = false\n'
+    )
+    single, double = tmp_path / "single.toml", tmp_path / "double.toml"
+    single.write_text(text.format(out=tmp_path / "single"))
+    double.write_text(text.format(out=tmp_path / "double"))
+    assert main(["train", str(single)]) == 0
+    command = Path(sys.executable).parent / "sdeplug"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(command),
+            "train",
+            str(double),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("trained 30 steps") == 1  # rank 0 reports, once
+    a = load_file(str(tmp_path / "single" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "double" / "checkpoint.safetensors"))
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+    assert sorted(p.name for p in (tmp_path / "double").iterdir()) == sorted(
+        p.name for p in (tmp_path / "single").iterdir()
+    )

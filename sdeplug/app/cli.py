@@ -7,15 +7,17 @@ Each command reads the config with its command-line overrides, runs a job of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from sdeplug import distributed
 from sdeplug.app.assemble import check_config
 from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, read_toml
 from sdeplug.app.jobs import likelihood_job, sample_job, train_job
@@ -113,12 +115,29 @@ def _written(report: dict[str, Any]) -> None:
     print("wrote " + ", ".join(report["written"]))
 
 
+@contextlib.contextmanager
+def _processes(config: Config, args: argparse.Namespace) -> Iterator[int]:
+    """Join torchrun's process group for the block if torchrun started this command; yields
+    this process's rank (0 alone)."""
+    joined = distributed.init_from_environment(config.sample.device, backend=getattr(args, "backend", None))
+    try:
+        yield distributed.rank()
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the [model] on the [data] (or with --classifier the [classifier] on its labels);
-    resume from the checkpoint in [output] dir if there is one."""
+    resume from the checkpoint in [output] dir if there is one. Under torchrun, every process
+    trains its share of each batch with DDP and rank 0 reports."""
     config = configured(args)
     check_config(config)
-    report = train_job(config, _out_dir(args, config), classifier=args.classifier, restart=args.restart)
+    out = _out_dir(args, config)
+    with _processes(config, args) as rank:
+        report = train_job(config, out, classifier=args.classifier, restart=args.restart)
+    if rank != 0:
+        return INTERRUPTED if report["interrupted"] else 0
     if report["resumed_at"] is not None:
         print(f"resuming from {report['checkpoint']} at step {report['resumed_at']} of {report['total_steps']}")
     if report["interrupted"]:
@@ -232,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         "[classifier.train] seed with --classifier); the same config and seed give the same checkpoint",
     )
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    train.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
         "--classifier",

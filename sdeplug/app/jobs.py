@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import torch
 
+from sdeplug import distributed
 from sdeplug.app.arrays import save_array
 from sdeplug.app.assemble import (
     build_dataset,
@@ -75,7 +76,7 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
     sde = check_config(config)
     dataset = build_dataset(config)
     check_sizes(config, dataset, train=config.classifier.train if classifier and config.classifier else config.train)
-    device, dtype = torch.device(config.sample.device), config.sample.torch_dtype
+    device, dtype = distributed.local_device(config.sample.device), config.sample.torch_dtype
     try:
         return _train(config, sde, dataset, device, dtype, out, classifier=classifier, restart=restart)
     except DataError as exc:
@@ -125,7 +126,10 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
         )
         what = config.model.name
-    with exclusive_writer(checkpoint):  # one run per checkpoint, from loading it to the last save
+    with contextlib.ExitStack() as stack:
+        with distributed.first_failure_stops_all():  # one run per checkpoint, from loading it to the last save
+            if distributed.is_main():  # rank 0 writes, so it holds the lock
+                stack.enter_context(exclusive_writer(checkpoint))
         resumed_at = None
         if checkpoint.exists() and not restart:
             trainer.load()
@@ -147,7 +151,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
         }
         if trainer.interrupted:
             return report
-        history = trainer.history[: trainer.step].cpu()
+        history = distributed.mean_over_ranks(trainer.history[: trainer.step]).cpu()  # the global batch's loss
         done = trainer.step - first_step
         summary = {
             "config": config.source,
@@ -159,6 +163,8 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
         }
         if classifier:
             summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
+        if not distributed.is_main():  # rank 0 reports and writes
+            return {**report, **summary, "steps_this_run": done, "written": []}
         written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
         if len(history) and config.output.plot:
             written.append(
@@ -185,6 +191,8 @@ def noisy_accuracy(network: torch.nn.Module, sde, dataset: Dataset, seed: int) -
 
 
 def _sample_during_training(trainer, config: Config, dataset: Dataset, out: Path) -> None:
+    if not distributed.is_main():
+        return
     n = min(config.sample.num, 500)
     result = run_sampler(
         config.sampler,
