@@ -3,6 +3,7 @@ sampler, the data set, the network, and the score to sample from."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import warnings
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sdeplug import distributed
 from sdeplug.app.config import Config, LikelihoodConfig, SamplerConfig
 from sdeplug.app.datasets import Dataset, check_data_options, load_dataset
 from sdeplug.app.limits import check_device, check_fits
@@ -23,6 +25,7 @@ from sdeplug.oracle import PRESETS
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import Registry, get_registry
 from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
+from sdeplug.tensors import SEED_LIMIT
 from sdeplug.trainer import TrainSettings, load_ema_weights
 
 
@@ -174,6 +177,39 @@ def in_batches(num: int, batch_size: int | None, run: Callable[[int, int], Any])
         chunks.append(result.x.detach().cpu())
         nfe = max(nfe, int(result.nfe))
     return torch.cat(chunks), nfe
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a run seeded ``seed``: the seed itself for the first batch
+    (a run in one batch draws what ``generator=Generator().manual_seed(seed)`` draws), a hash of
+    (seed, index) for the others."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"sdeplug batch {seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % SEED_LIMIT
+
+
+def in_seeded_batches(
+    num: int,
+    batch_size: int | None,
+    seed: int,
+    device: torch.device,
+    run: Callable[[int, int, torch.Generator], Any],
+) -> tuple[Tensor, int]:
+    """``run(first, size, generator)`` over the batches of ``num`` items, each batch with its own
+    generator seeded by ``batch_seed(seed, index)``; under torchrun the batches are shared out
+    over the ranks (batch i on rank i mod N). Every rank returns the ``x`` of all batches joined
+    in order on the CPU, and the largest ``nfe``: the same whatever the number of processes."""
+    size = batch_size or num
+    firsts = range(0, num, size)
+    mine = {}
+    for index, first in enumerate(firsts):
+        if index % distributed.world_size() == distributed.rank():
+            generator = torch.Generator(device).manual_seed(batch_seed(seed, index))
+            result = run(first, min(size, num - first), generator)
+            mine[index] = (result.x.detach().cpu(), int(result.nfe))
+    done = {index: part for parts in distributed.gather_objects(mine) for index, part in parts.items()}
+    return torch.cat([done[i][0] for i in range(len(firsts))]), max(part[1] for part in done.values())
 
 
 def summary_header(config: Config) -> dict[str, Any]:

@@ -164,7 +164,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     a summary and a picture."""
     config = configured(args)
     check_config(config)
-    report = sample_job(config, _out_dir(args, config), args.checkpoint)
+    out = _out_dir(args, config)
+    with _processes(config, args) as rank:
+        report = sample_job(config, out, args.checkpoint)
+    if rank != 0:
+        return 0
     if config.guidance is not None:
         _print_guided(report)
     else:
@@ -214,7 +218,11 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     """log p_eps and bits/dim through the probability-flow ODE, on a data file or the held-out data."""
     config = configured(args)
     check_config(config, likelihood=True)
-    report = likelihood_job(config, _out_dir(args, config), args.checkpoint)
+    out = _out_dir(args, config)
+    with _processes(config, args) as rank:
+        report = likelihood_job(config, out, args.checkpoint)
+    if rank != 0:
+        return 0
     print(
         f"{report['num_samples']} points: mean log p = {report['mean_logp_nats']:.4f} nats, "
         f"{report['mean_bits_per_dim']:.4f} bits/dim (Gaussian baseline "
@@ -237,6 +245,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser, seed_help: str = "random
     parser.add_argument("--num", type=int, help="number of samples or data points (overrides [sample] num)")
     parser.add_argument("--seed", type=int, help=seed_help)
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
+    parser.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,11 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
         "[classifier.train] seed with --classifier); the same config and seed give the same checkpoint",
     )
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
-    train.add_argument(
-        "--backend",
-        choices=("gloo", "nccl"),
-        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU)",
-    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
         "--classifier",

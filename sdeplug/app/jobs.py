@@ -25,7 +25,7 @@ from sdeplug.app.assemble import (
     check_config,
     check_sizes,
     default_checkpoint,
-    in_batches,
+    in_seeded_batches,
     run_config_dict,
     run_sampler,
     same_run,
@@ -226,12 +226,14 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
     [guidance] section, conditionally); save samples, a report and a picture."""
     sde = check_config(config)
     run = config.sample
-    dtype, device = run.torch_dtype, torch.device(run.device)
+    dtype, device = run.torch_dtype, distributed.local_device(run.device)
     dataset = build_dataset(config)
     check_sizes(config, dataset)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
     header = {**summary_header(config), "sampler": sampler_summary(config), "num_samples": run.num}
     if config.guidance is not None:
+        if not distributed.is_main():  # guided sampling runs in one process: rank 0
+            return {**header, "written": []}
         from sdeplug.app.guided_jobs import run_classifier_guidance, run_inpainting
 
         guided = run_classifier_guidance if config.guidance.kind == "classifier" else run_inpainting
@@ -241,12 +243,13 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
         }
         write_json(out / "guidance.json", report)
         return {**report, "written": [str(out / "guidance.json")]}
-    generator = torch.Generator(device).manual_seed(run.seed)
     start = time.perf_counter()
-    samples, nfe = in_batches(
+    samples, nfe = in_seeded_batches(
         run.num,
         run.batch_size,
-        lambda first, size: run_sampler(
+        run.seed,
+        device,
+        lambda first, size, generator: run_sampler(
             config.sampler,
             sde,
             score,
@@ -254,10 +257,12 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
             generator=generator,
             device=device,
             dtype=dtype,
-            progress=run.progress,
+            progress=run.progress and distributed.is_main(),
         ),
     )
     seconds = time.perf_counter() - start
+    if not distributed.is_main():  # rank 0 evaluates and writes
+        return {**header, "nfe_per_sample": nfe, "seconds": round(seconds, 3), "written": []}
     save_array(out / "samples.npy", samples.numpy())
     report = {
         **header,
@@ -327,11 +332,10 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
 
     sde = check_config(config, likelihood=True)
     run, lk = config.sample, config.likelihood
-    dtype, device = run.torch_dtype, torch.device(run.device)
+    dtype, device = run.torch_dtype, distributed.local_device(run.device)
     dataset = build_dataset(config)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
     eps = LIKELIHOOD_EPS if lk.eps is None else lk.eps
-    generator = torch.Generator(device).manual_seed(run.seed)
     if lk.data_file:
         x, source = load_array(lk.data_file)[: run.num], lk.data_file
     else:
@@ -348,12 +352,15 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     if dequantize:
         if data_range == "none":
             raise ConfigError("[likelihood] dequantize = true needs data_range = '[0,1]' or '[-1,1]'")
-        x = uniform_dequantize(x, data_range, generator, levels)
+        # every rank dequantises all points alike; each batch then draws its probes from its own seed
+        x = uniform_dequantize(x, data_range, torch.Generator(device).manual_seed(run.seed), levels)
     start = time.perf_counter()
-    logp, nfe = in_batches(
+    logp, nfe = in_seeded_batches(
         x.shape[0],
         run.batch_size,
-        lambda first, size: _logp_batch(
+        run.seed,
+        device,
+        lambda first, size, generator: _logp_batch(
             log_likelihood(
                 sde,
                 score,
@@ -369,6 +376,8 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
         ),
     )
     seconds = time.perf_counter() - start
+    if not distributed.is_main():  # rank 0 evaluates and writes
+        return {"nfe_per_batch": nfe, "seconds": round(seconds, 3), "written": []}
     dim, n = x[0].numel(), x.shape[0]
     bpd = bits_per_dim(logp, dim, data_range, levels)
     train = dataset.train.to(dtype)
