@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--checkpoint")
     parser.add_argument("--stop-at", type=int)
+    parser.add_argument("--die-at", type=int, help="the last rank exits abruptly after this step")
     args = parser.parse_args()
     torch.set_num_threads(1)
     distributed.init_from_environment("cpu")
@@ -50,16 +51,17 @@ def main() -> None:
     trainer = Trainer(network, sdeplug.create("sde", "vp"), data, settings, checkpoint_path=args.checkpoint)
     if args.checkpoint and os.path.exists(args.checkpoint):
         trainer.load()
-    if args.stop_at is not None:
-        real_step = trainer.train_step
+    real_step, last = trainer.train_step, distributed.rank() == distributed.world_size() - 1
 
-        def step():
-            loss = real_step()
-            if trainer.step == args.stop_at and distributed.rank() == distributed.world_size() - 1:
-                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaching the last rank only
-            return loss
+    def step():
+        loss = real_step()
+        if trainer.step == args.stop_at and last:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaching the last rank only
+        if trainer.step == args.die_at and last:
+            os._exit(3)  # a crash: no clean-up, no goodbye to the other ranks
+        return loss
 
-        trainer.train_step = step
+    trainer.train_step = step
     trainer.fit()
     state = {f"model.{k}": v for k, v in trainer.network.state_dict().items()}
     state.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})

@@ -74,6 +74,37 @@ def test_ctrl_c_on_one_rank_stops_both_and_the_resumed_run_is_bit_identical(tmp_
         assert torch.equal(straight[key], resumed[key]), key
 
 
+@pytest.mark.slow
+def test_a_rank_that_dies_stops_the_run_instead_of_hanging(tmp_path):
+    """The last rank exits abruptly after step 3; the run ends with a non-zero status (torchrun
+    stops the other rank) well within the test's time limit, and rank 0 writes nothing."""
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(tmp_path / "never.safetensors"),
+            "--steps",
+            "1000",
+            "--die-at",
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode != 0 and time.monotonic() - start < 120
+    assert "exitcode  : 3" in run.stderr and not (tmp_path / "never.safetensors").exists()
+
+
 def _trainer(**settings) -> Trainer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
