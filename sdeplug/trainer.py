@@ -74,6 +74,10 @@ def _optional_positive_finite(inst, attribute, value):
         _positive_finite(inst, attribute, value)
 
 
+#: The autocast dtype of each precision (None: no autocast).
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @attrs.frozen(kw_only=True)
 class TrainSettings:
     """How to train; the [train] section of a config."""
@@ -98,6 +102,9 @@ class TrainSettings:
     weighting: str = attrs.field(default="sigma2", validator=v.in_(("sigma2", "likelihood")))
     reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
     eps: float = attrs.field(default=1e-5, converter=float, validator=_eps)
+    #: The forward pass's precision: "fp32", or autocast to "bf16" or "fp16" (fp16 with a
+    #: gradient scaler). Weights, EMA, optimiser state and checkpoints stay float32.
+    precision: str = attrs.field(default="fp32", validator=v.in_(tuple(AUTOCAST)))
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
@@ -158,6 +165,11 @@ class Trainer:
         # starts by giving every rank rank 0's weights, so the EMA is copied after it.
         self.model = _wrap_for_ranks(network, self.device)
         self.ema = copy.deepcopy(network).requires_grad_(False)
+        self._autocast = AUTOCAST[s.precision]
+        if self._autocast is not None and self.dtype != torch.float32:
+            raise ValueError(f"precision = {s.precision!r} needs float32 weights (they stay float32); got {self.dtype}")
+        # fp16's narrow range needs the loss scaled up and steps with overflowing gradients skipped
+        self.scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
         if s.objective == "classifier":
             if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
                 got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
@@ -215,23 +227,34 @@ class Trainer:
             last = j == s.accumulate - 1
             with contextlib.nullcontext() if last or self.model is self.network else self.model.no_sync():
                 x0, noise = self.data[idx[part]], (u[part], z[part])
-                if self.labels is not None:
-                    part_loss = self.loss(self.model, x0, self.labels[idx[part]], noise=noise)
-                else:
-                    part_loss = self.loss(self._train_score, x0, noise=noise)
-                (part_loss / s.accumulate).backward()
-            loss = loss + part_loss.detach().float() / s.accumulate
+                with torch.autocast(self.device.type, dtype=self._autocast, enabled=self._autocast is not None):
+                    if self.labels is not None:
+                        part_loss = self.loss(self.model, x0, self.labels[idx[part]], noise=noise)
+                    else:
+                        part_loss = self.loss(self._train_score, x0, noise=noise)
+                part_loss = part_loss.float() / s.accumulate
+                (self.scaler.scale(part_loss) if self.scaler else part_loss).backward()
+            loss = loss + part_loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         # the gradient norm, clipped or not (an infinite max_norm leaves the gradients as they are)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self._params, s.grad_clip if s.grad_clip is not None else float("inf")
         )
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)) & (self._first_bad_step < 0)
+        # under fp16 an overflowing gradient is the scaler's business (it skips the step and
+        # lowers the scale); a non-finite loss is divergence in every precision
+        finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) if self.scaler is None else True)
+        bad = ~finite & (self._first_bad_step < 0)
         self._first_bad_step = torch.where(bad, self.step, self._first_bad_step)
         self._bad_loss = torch.where(bad, loss.detach().float(), self._bad_loss)
         lr = s.lr * min(1.0, (self.step + 1) / s.warmup) if s.warmup else s.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self._ema_params, self._params, 1.0 - s.ema_decay)
             for ema_buf, buf in self._buffer_pairs:
@@ -334,6 +357,8 @@ class Trainer:
                 "state_keys": {str(i): sorted(st) for i, st in optim["state"].items()},
             },
         }
+        if self.scaler is not None:
+            meta["scaler"] = self.scaler.state_dict()
         tensors = self.state_tensors()  # every rank takes part; rank 0 writes, the others wait
         with distributed.first_failure_stops_all():
             if distributed.is_main():
@@ -375,6 +400,8 @@ class Trainer:
             _set_generator_state(path, name, generator, tensors[name])
         own = f"rng.torch.rank{self.rank}" if f"rng.torch.rank{self.rank}" in tensors else "rng.torch"
         _set_generator_state(path, own, None, tensors[own])
+        if self.scaler is not None and "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = meta["step"]
         self.history[: self.step] = tensors["history"].to(self.history.device)
         self.config = meta["config"]
@@ -383,6 +410,8 @@ class Trainer:
 
 #: The metadata a training checkpoint holds, each key with the JSON type it must have.
 META_KEYS = {"step": int, "settings": dict, "config": dict, "optimizer": dict}
+#: Metadata only some runs write: the fp16 gradient scaler's state.
+OPTIONAL_META_KEYS = {"scaler": dict}
 #: The tensors beside the weights (model.*, ema.*) and optimiser state (optim.*).
 STATE_TENSORS = {"rng.data", "rng.loss", "rng.torch", "history"}
 
@@ -399,11 +428,12 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
 
     if not isinstance(meta, dict):
         raise refuse(f"its metadata must be a JSON object; got {type(meta).__name__}")
-    missing, unexpected = META_KEYS.keys() - meta.keys(), meta.keys() - META_KEYS.keys()
+    allowed = META_KEYS | OPTIONAL_META_KEYS
+    missing, unexpected = META_KEYS.keys() - meta.keys(), meta.keys() - allowed.keys()
     if missing or unexpected:
         raise refuse(f"metadata keys missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    for key, kind in META_KEYS.items():
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+    for key, kind in allowed.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
             raise refuse(f"metadata {key!r} must be a {kind.__name__}; got {meta[key]!r:.80}")
     try:
         settings = TrainSettings(**meta["settings"])

@@ -212,3 +212,38 @@ def test_sampling_and_likelihoods_are_the_same_with_one_or_two_processes(tmp_pat
     np.testing.assert_array_equal(outputs[1][0], outputs[2][0])
     np.testing.assert_array_equal(outputs[1][1], outputs[2][1])
     assert len(np.unique(outputs[1][0][:, 0])) == 250  # no two batches drew the same noise
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_like_fp32_and_keeps_float32_state(tmp_path, precision):
+    """Autocast in the forward pass only: weights, EMA, optimiser state and checkpoints stay
+    float32, the loss follows the fp32 run's, and an fp16 run checkpoints its gradient scaler
+    so that a resumed run continues exactly."""
+    from sdeplug.checkpoint import load_checkpoint
+
+    def trainer(path, **settings):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=32, depth=2)
+        options = {"steps": 60, "batch_size": 64, "lr": 2e-3, "warmup": 5, "progress": False, "checkpoint_every": None}
+        data = load_dataset("moons", n_train=500, n_test=10).train.float()
+        return Trainer(
+            network, sdeplug.create("sde", "vp"), data, TrainSettings(**{**options, **settings}), checkpoint_path=path
+        )
+
+    reference = trainer(None).fit()
+    mixed = trainer(tmp_path / "straight.safetensors", precision=precision).fit()
+    assert abs(float(mixed.history[-20:].mean()) - float(reference.history[-20:].mean())) < 0.05
+    tensors, meta = load_checkpoint(tmp_path / "straight.safetensors")
+    assert all(t.dtype == torch.float32 for k, t in tensors.items() if k.startswith(("model.", "ema.", "optim.")))
+    assert ("scaler" in meta) == (precision == "fp16")
+    half = trainer(tmp_path / "resumed.safetensors", precision=precision, steps=60).fit(until=25)
+    resumed = trainer(tmp_path / "resumed.safetensors", precision=precision).load().fit()
+    assert half.step == 25 and resumed.step == 60
+    for a, b in zip(mixed.network.parameters(), resumed.network.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_mixed_precision_needs_float32_weights():
+    with pytest.raises(ValueError, match="precision = 'bf16' needs float32 weights"):
+        _trainer(precision="bf16")
