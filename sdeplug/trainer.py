@@ -491,7 +491,10 @@ def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.
         return network
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
+    # gradients as views into DDP's buckets: one copy less per step, the same numbers
+    return DistributedDataParallel(
+        network, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True
+    )
 
 
 def _check_finite_rows(data: Tensor) -> None:
