@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -13,6 +14,22 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import sdeplug.registry
+
+
+def computed_once(fixture_body):
+    """Keep an expensive fixture's value for the whole worker process. pytest-xdist tears module
+    (and session) fixtures down whenever a worker's queue runs dry, and the next test of the
+    module would build them again: a trained model twice."""
+    cache: dict[str, object] = {}
+
+    @functools.wraps(fixture_body)
+    def once(*args, **kwargs):
+        if "value" not in cache:
+            cache["value"] = fixture_body(*args, **kwargs)
+        return cache["value"]
+
+    return once
+
 
 # Deterministic by default (CI): derandomised, no example database, no deadline.
 settings.register_profile(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import computed_once
 
 import sdeplug
 from sdeplug.errors import OptionError
@@ -22,6 +23,7 @@ def mixture():
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def data_null(mixture):
     return energy_null(lambda n, g: mixture.sample(n, g), N, reps=20)
 

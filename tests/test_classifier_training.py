@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import computed_once
 
 import sdeplug
 from sdeplug.app.datasets import load_dataset
@@ -40,6 +41,7 @@ def _settings(**overrides) -> TrainSettings:
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def trained():
     torch.manual_seed(0)
     data, sde = load_dataset("mixture3", n_train=20_000), sdeplug.create("sde", "vp")

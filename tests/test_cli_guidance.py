@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import computed_once
 
 from sdeplug.app.assemble import check_config
 from sdeplug.app.cli import main
@@ -59,6 +60,7 @@ pytestmark = pytest.mark.xdist_group("cli_guidance")
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guidance")
     config = tmp / "m.toml"

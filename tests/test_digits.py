@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PARALLEL_WORKERS
+from conftest import PARALLEL_WORKERS, computed_once
 
 import sdeplug
 from sdeplug.app.datasets import load_dataset
@@ -31,6 +31,7 @@ def trained():
         torch.set_num_threads(threads)
 
 
+@computed_once
 def _train():
     torch.manual_seed(0)
     dataset = load_dataset("digits")

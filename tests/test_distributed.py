@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import computed_once
 from safetensors.torch import load_file
 
 import sdeplug
@@ -41,37 +42,40 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: f
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
+@pytest.fixture(scope="module")
+@computed_once
+def two_process_run(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """30 steps in 2 processes, 2 micro-batches of 8 samples each per step (batch 32)."""
+    folder = tmp_path_factory.mktemp("two")
+    return run_workers(2, folder / "two.safetensors", "--steps", "30", "--accumulate", "2")
+
+
 @pytest.mark.slow
-def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(tmp_path):
-    """2 processes x 16 samples against 1 process x 32: the same weights and EMA after 6 steps
-    (float64; they differ only in the order of the gradient sums)."""
-    one = run_workers(1, tmp_path / "one.safetensors")
-    two = run_workers(2, tmp_path / "two.safetensors")
-    two_accumulating = run_workers(2, tmp_path / "two_acc.safetensors", "--accumulate", "2")
-    assert int(one["step"]) == int(two["step"]) == 6
-    assert_close(one, two, atol=1e-12)
-    assert_close(one, two_accumulating, atol=1e-12)
+def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(tmp_path, two_process_run):
+    """2 processes x 16 samples (each in 2 micro-batches) against 1 process x 32: the same
+    weights and EMA after 30 steps (float64; they differ only in the order of the gradient sums)."""
+    one = run_workers(1, tmp_path / "one.safetensors", "--steps", "30")
+    assert int(one["step"]) == int(two_process_run["step"]) == 30
+    assert_close(one, two_process_run, atol=1e-11)
     assert any(not torch.equal(one[k], 0 * one[k]) for k in one)
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_one_rank_stops_both_and_the_resumed_run_is_bit_identical(tmp_path):
+def test_ctrl_c_on_one_rank_stops_both_and_the_resumed_run_is_bit_identical(tmp_path, two_process_run):
     """The last rank gets Ctrl-C after step 13; the ranks agree to stop at step 20 and rank 0
     saves; the same command resumes to step 30 and ends with the weights of a run never stopped."""
-    straight = run_workers(2, tmp_path / "straight.safetensors", "--steps", "30")
     checkpoint = tmp_path / "run.safetensors"
-    stopped = run_workers(
-        2, tmp_path / "stopped.safetensors", "--steps", "30", "--checkpoint", str(checkpoint), "--stop-at", "13"
-    )
+    common = ("--steps", "30", "--accumulate", "2", "--checkpoint", str(checkpoint))
+    stopped = run_workers(2, tmp_path / "stopped.safetensors", *common, "--stop-at", "13")
     assert int(stopped["step"]) == 20
     from sdeplug.checkpoint import load_checkpoint
 
     tensors, meta = load_checkpoint(checkpoint)
     assert meta["step"] == 20 and "rng.torch.rank1" in tensors
-    resumed = run_workers(2, tmp_path / "resumed.safetensors", "--steps", "30", "--checkpoint", str(checkpoint))
+    resumed = run_workers(2, tmp_path / "resumed.safetensors", *common)
     assert int(resumed["step"]) == 30
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    for key in two_process_run:
+        assert torch.equal(two_process_run[key], resumed[key]), key
 
 
 @pytest.mark.slow
@@ -199,14 +203,23 @@ def test_sampling_and_likelihoods_are_the_same_with_one_or_two_processes(tmp_pat
         '[likelihood]\ndivergence = "hutchinson"\n[likelihood.solver]\nname = "heun"\nsteps = 20\n'
         "[output]\nplot = false\n"
     )
+    from sdeplug.app.cli import main
+
+    fewer = tmp_path / "fewer.toml"  # (torchrun takes a --num after the script for its own --numa-binding)
+    fewer.write_text(config.read_text().replace("num = 250", "num = 130"))
     outputs = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker
+    try:
+        assert main(["sample", str(config), "--out", str(tmp_path / "p1")]) == 0
+        assert main(["likelihood", str(fewer), "--out", str(tmp_path / "p1")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    sampled = _command_line(2, "sample", str(config), "--out", str(tmp_path / "p2"))
+    assert sampled.stdout.count("samples in") == 1  # rank 0 reports, once
+    _command_line(2, "likelihood", str(fewer), "--out", str(tmp_path / "p2"))
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
-        sampled = _command_line(processes, "sample", str(config), "--out", str(out))
-        assert sampled.stdout.count("samples in") == 1  # rank 0 reports, once
-        fewer = tmp_path / "fewer.toml"  # (torchrun takes a --num after the script for its own --numa-binding)
-        fewer.write_text(config.read_text().replace("num = 250", "num = 130"))
-        _command_line(processes, "likelihood", str(fewer), "--out", str(out))
         outputs[processes] = (np.load(out / "samples.npy"), np.load(out / "logp.npy"))
     assert outputs[1][0].shape == (250, 2) and outputs[1][1].shape == (130,)
     np.testing.assert_array_equal(outputs[1][0], outputs[2][0])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import computed_once
 from numpy.lib import format as npy
 
 from sdeplug.app.cli import main
@@ -83,6 +84,7 @@ def one_line_error(capsys, *argv: str) -> str:
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def trained(tmp_path_factory):
     """A config and its trained checkpoint (10 steps of a tiny MLP)."""
     folder = tmp_path_factory.mktemp("trained")
@@ -367,7 +369,7 @@ def _command(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.3, 1.2])
+@pytest.mark.parametrize("delay", [0.8])
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
     """Ctrl-C while torch and the plugins are still being imported."""
     process = subprocess.Popen(

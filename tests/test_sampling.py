@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import computed_once
 from problems import TanhSDE
 
 import sdeplug
@@ -41,6 +42,7 @@ def mixture():
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def data_null(mixture):
     mixture64 = mixture.to(torch.float64)
     return energy_null(lambda n, g: mixture64.sample(n, g), N, reps=20)

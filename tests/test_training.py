@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+from conftest import computed_once
 from problems import TanhSDE
 from torch import nn
 
@@ -138,6 +139,7 @@ def test_loss_trains_a_plain_module_in_a_hand_written_loop():
 
 
 @pytest.fixture(scope="module")
+@computed_once
 def trained_mixture_model():
     """An MLP trained with the Trainer on samples of the mixture3 oracle (about 15 s)."""
     sde = sdeplug.create("sde", "vp")
