@@ -210,13 +210,19 @@ class Trainer:
         """The trained network itself (the EMA weights by default), e.g. a classifier for guidance."""
         return self.ema if ema else self.network
 
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """Autocast for bf16 and fp16; nothing at all for fp32 (entering autocast costs per step)."""
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast)
+
     def train_step(self) -> Tensor:
         """One optimisation step on the global batch; returns this rank's loss (a tensor, no host
         sync). Every rank draws the whole batch's indices and noise from the same generators and
         takes its own slice, so the step is the same for any number of ranks and micro-batches."""
         s = self.settings
         idx = torch.randint(self.data.shape[0], (s.batch_size,), generator=self.data_generator, device=self.device)
-        u, z = draw_noise(self.data[idx], self.loss_generator)
+        u, z = draw_noise(self.data[:1].expand(s.batch_size, *self.data.shape[1:]), self.loss_generator)  # a view
         per_rank = s.batch_size // self.world_size
         micro = per_rank // s.accumulate
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,7 +233,7 @@ class Trainer:
             last = j == s.accumulate - 1
             with contextlib.nullcontext() if last or self.model is self.network else self.model.no_sync():
                 x0, noise = self.data[idx[part]], (u[part], z[part])
-                with torch.autocast(self.device.type, dtype=self._autocast, enabled=self._autocast is not None):
+                with self._precision():
                     if self.labels is not None:
                         part_loss = self.loss(self.model, x0, self.labels[idx[part]], noise=noise)
                     else:
