@@ -101,9 +101,8 @@ class GaussianMixture(torch.nn.Module):
         alpha, sigma = sde.alpha(t)[:, None, None], sde.sigma(t)[:, None, None]
         return alpha * means, alpha**2 * evals + sigma**2
 
-    def _residuals(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """The residuals x - mean_k in each component's eigenbasis (B, K, D), the eigenvalues
-        (B, K, D) and x flattened."""
+    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """log w_k N_k(x) (B, K), the whitened residual y / lambda (B, K, D) and x flattened."""
         sde = self._check_sde(sde)
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
@@ -116,11 +115,6 @@ class GaussianMixture(torch.nn.Module):
         resid = flat[:, None, :] - means
         if self.evecs is not None:
             resid = torch.einsum("bkd,kde->bke", resid, self.evecs.to(flat.dtype))
-        return resid, evals, flat
-
-    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """log w_k N_k(x) (B, K), the whitened residual y / lambda (B, K, D) and x flattened."""
-        resid, evals, flat = self._residuals(x, sde, t)
         scaled = resid / evals
         log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + torch.log(evals).sum(-1))
         log_comp = self.log_weights.to(flat.dtype) + log_norm - 0.5 * (resid * scaled).sum(-1)
@@ -133,9 +127,6 @@ class GaussianMixture(torch.nn.Module):
 
     def score(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
         """grad_x log p_t(x), exact, like x."""
-        if self.num_components == 1 and self.evecs is None:  # one diagonal Gaussian: no posterior to weigh
-            resid, evals, _ = self._residuals(x, sde, t)
-            return (-(resid / evals)).sum(1).reshape(x.shape)
         log_comp, scaled, _ = self._component_terms(x, sde, t)
         resp = torch.softmax(log_comp, dim=-1)[..., None]
         comp_scores = -scaled

@@ -174,8 +174,8 @@ def denoise_step(sde: SDE, score: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     return x - rev_f
 
 
-def check_generator(generator: object, device: torch.device) -> None:
-    """A generator must be None or a torch.Generator on the device the samples are drawn on."""
+def check_generator(generator: object, device: torch.device | None = None) -> None:
+    """A generator must be None or a torch.Generator, on the samples' ``device`` when it is given."""
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
@@ -184,6 +184,8 @@ def check_generator(generator: object, device: torch.device) -> None:
             "For a seed, pass torch.Generator(device).manual_seed(seed)"
         )
     gen = generator.device
+    if device is None:
+        return
     if gen.type != device.type or (gen.index is not None and device.index is not None and gen.index != device.index):
         raise ValueError(
             f"the generator is on {gen} but the samples are on {device}; make it with torch.Generator({str(device)!r})"
@@ -209,8 +211,7 @@ def check_batch(x: object, what: str) -> None:
 
 def _defaults(device, dtype, generator, x_init) -> tuple[torch.device, torch.dtype]:
     """The device and dtype of a run, from the arguments or what they follow, checked."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        check_generator(generator, torch.device("cpu"))  # raises the TypeError
+    check_generator(generator)  # its type, before its device is read
     if device is None:
         device = x_init.device if x_init is not None else (generator.device if generator is not None else "cpu")
     if dtype is None:

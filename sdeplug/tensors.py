@@ -10,6 +10,13 @@ from torch import Tensor
 SEED_LIMIT = 2**63
 
 
+def check_seed(value: object, what: str = "seed") -> int:
+    """``value`` if it is a seed sdeplug takes, else a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{what} must be an integer in [0, 2**63); got {value!r}")
+    return value
+
+
 def per_sample(v: Tensor, x: Tensor) -> Tensor:
     """View a per-sample tensor of shape (batch,) so it broadcasts over x's event shape."""
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))

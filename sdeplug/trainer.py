@@ -37,7 +37,7 @@ from sdeplug.errors import DataError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import ParameterizedScore
-from sdeplug.tensors import SEED_LIMIT, non_finite_rows
+from sdeplug.tensors import check_seed, non_finite_rows
 
 
 def _positive_int(_inst, attribute, value):
@@ -56,8 +56,7 @@ def _positive_finite(_inst, attribute, value):
 
 
 def _seed(_inst, attribute, value):
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"{attribute.name} must be an integer in [0, 2**63); got {value!r}")
+    check_seed(value, attribute.name)
 
 
 def _eps(_inst, attribute, value):
@@ -272,10 +271,7 @@ class Trainer:
     def fit(self, until: int | None = None) -> Trainer:
         """Train up to step ``until`` (default: settings.steps), checkpointing as configured;
         with a checkpoint path, no other run may train into the same file meanwhile."""
-        with contextlib.ExitStack() as stack:
-            with distributed.first_failure_stops_all():  # a rank that cannot start stops them all
-                if self.checkpoint_path and distributed.is_main():  # rank 0 writes; it holds the lock
-                    stack.enter_context(exclusive_writer(self.checkpoint_path))
+        with training_lock(self.checkpoint_path):
             return self._fit(until)
 
     def _fit(self, until: int | None) -> Trainer:
@@ -489,6 +485,17 @@ def _set_generator_state(path: Path, name: str, generator: torch.Generator | Non
 DIVERGENCE_CHECK_EVERY = 100
 #: Steps between the ranks' agreement on whether to stop (a Ctrl-C on any rank stops all).
 STOP_CHECK_EVERY = 10
+
+
+@contextlib.contextmanager
+def training_lock(path: str | Path | None) -> Iterator[None]:
+    """One run per checkpoint for the block: rank 0, which writes it, holds ``exclusive_writer``;
+    if it cannot take the lock every rank stops (none waits for it). No path: no lock."""
+    with contextlib.ExitStack() as stack:
+        with distributed.first_failure_stops_all():
+            if path is not None and distributed.is_main():
+                stack.enter_context(exclusive_writer(path))
+        yield
 
 
 def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:

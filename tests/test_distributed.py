@@ -20,18 +20,28 @@ from sdeplug.trainer import Trainer, TrainSettings
 pytestmark = pytest.mark.xdist_group("distributed")
 
 WORKER = Path(__file__).parent / "distributed_train.py"
+#: The installed sdeplug command (a Python script).
+SDEPLUG = Path(sys.executable).parent / "sdeplug"
 
 
-def run_workers(processes: int, out: Path, *args: str) -> dict[str, torch.Tensor]:
-    """Run tests/distributed_train.py in ``processes`` processes (torchrun for more than one),
-    one thread each, with a time limit; return the weights rank 0 wrote."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def launch(processes: int, script: Path, *args: object) -> subprocess.CompletedProcess:
+    """Run a Python script in ``processes`` processes (torchrun for more than one), one thread
+    each, with a time limit."""
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    run = subprocess.run(
-        [*launcher, str(WORKER), str(out), *args], env=env, capture_output=True, text=True, timeout=240
+    return subprocess.run(
+        [*launcher, str(script), *map(str, args)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
+
+
+def run_workers(processes: int, out: Path, *args: str) -> dict[str, torch.Tensor]:
+    """Run tests/distributed_train.py in ``processes`` processes; return the weights rank 0 wrote."""
+    run = launch(processes, WORKER, out, *args)
     assert run.returncode == 0, run.stderr[-3000:]
     return load_file(str(out))
 
@@ -84,27 +94,8 @@ def test_a_rank_that_dies_stops_the_run_instead_of_hanging(tmp_path):
     stops the other rank) well within the test's time limit, and rank 0 writes nothing."""
     import time
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(WORKER),
-            str(tmp_path / "never.safetensors"),
-            "--steps",
-            "1000",
-            "--die-at",
-            "3",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    run = launch(2, WORKER, tmp_path / "never.safetensors", "--steps", "1000", "--die-at", "3")
     assert run.returncode != 0 and time.monotonic() - start < 120
     assert "exitcode  : 3" in run.stderr and not (tmp_path / "never.safetensors").exists()
 
@@ -146,23 +137,7 @@ def test_sdeplug_train_under_torchrun_matches_the_single_process_command(tmp_pat
     single.write_text(text.format(out=tmp_path / "single"))
     double.write_text(text.format(out=tmp_path / "double"))
     assert main(["train", str(single)]) == 0
-    command = Path(sys.executable).parent / "sdeplug"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(command),
-            "train",
-            str(double),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    run = launch(2, SDEPLUG, "train", double)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("trained 30 steps") == 1  # rank 0 reports, once
     a = load_file(str(tmp_path / "single" / "checkpoint.safetensors"))
@@ -177,15 +152,7 @@ def test_sdeplug_train_under_torchrun_matches_the_single_process_command(tmp_pat
 
 def _command_line(processes: int, *args: str) -> subprocess.CompletedProcess:
     """The installed sdeplug command in ``processes`` processes (torchrun for more than one)."""
-    command = [str(Path(sys.executable).parent / "sdeplug"), *args]
-    if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] + [
-            command[0],
-            *args,
-        ]
-    run = subprocess.run(
-        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240
-    )
+    run = launch(processes, SDEPLUG, *args)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 

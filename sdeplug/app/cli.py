@@ -21,9 +21,10 @@ from sdeplug import distributed
 from sdeplug.app.assemble import check_config
 from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, read_toml
 from sdeplug.app.jobs import likelihood_job, sample_job, train_job
-from sdeplug.app.limits import check_device, check_seed
+from sdeplug.app.limits import check_device
 from sdeplug.errors import ConfigError, SdeplugError, SdeplugWarning, error_text
 from sdeplug.registry import get_registry
+from sdeplug.tensors import check_seed
 
 INTERRUPTED = 130
 
@@ -49,7 +50,10 @@ def configured(args: argparse.Namespace) -> Config:
     """The config with the command-line overrides applied."""
     config = load_config(args.config)
     if getattr(args, "seed", None) is not None:
-        check_seed(args.seed, "--seed")
+        try:
+            check_seed(args.seed, "--seed")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if getattr(args, "device", None) is not None:
         check_device(args.device, "--device")
     overrides = {k: getattr(args, k) for k in ("num", "seed", "device") if getattr(args, k, None) is not None}

@@ -25,7 +25,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
 from sdeplug.errors import ConfigError, close_matches, error_text
-from sdeplug.tensors import SEED_LIMIT
+from sdeplug.tensors import check_seed
 from sdeplug.trainer import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -56,8 +56,7 @@ def _positive_int(key: str, optional: bool = False):
 
 def _seed(key: str):
     def check(_inst, _attr, value):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-            raise ValueError(f"{key} must be an integer in [0, 2**63); got {value!r}")
+        check_seed(value, key)
 
     return check
 

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.arrays import load_array
-from sdeplug.app.limits import SEED_LIMIT, check_fits
+from sdeplug.app.limits import check_fits
 from sdeplug.errors import DataError, OptionError, UnknownPartError
 from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
-from sdeplug.tensors import non_finite_rows
+from sdeplug.tensors import check_seed, non_finite_rows
 
 
 @attrs.frozen
@@ -123,9 +123,10 @@ def check_data_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError("data set", name, f"{key} must be a positive integer; got {value!r}")
             check_fits(f"[data] {key} = {value}", value * 2 * 8)  # float64 points of the 2-D toys
-    seed = chosen["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise OptionError("data set", name, f"seed must be an integer in [0, 2**63); got {seed!r}")
+    try:
+        check_seed(chosen["seed"])
+    except ValueError as exc:
+        raise OptionError("data set", name, str(exc)) from None
     if "noise" in chosen:
         noise = chosen["noise"]
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:

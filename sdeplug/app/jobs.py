@@ -33,7 +33,7 @@ from sdeplug.app.assemble import (
 )
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset
-from sdeplug.checkpoint import exclusive_writer, write_atomically
+from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, DataError
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
@@ -88,7 +88,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
     """train_job's work once the config is checked and the data loaded."""
     from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
     from sdeplug.app.plotting import loss_curve
-    from sdeplug.trainer import Trainer
+    from sdeplug.trainer import Trainer, training_lock
 
     if classifier:
         with _seeded(config.classifier.train.seed):
@@ -126,10 +126,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
         )
         what = config.model.name
-    with contextlib.ExitStack() as stack:
-        with distributed.first_failure_stops_all():  # one run per checkpoint, from loading it to the last save
-            if distributed.is_main():  # rank 0 writes, so it holds the lock
-                stack.enter_context(exclusive_writer(checkpoint))
+    with training_lock(checkpoint):  # one run per checkpoint, from loading it to the last save
         resumed_at = None
         if checkpoint.exists() and not restart:
             trainer.load()

@@ -1,4 +1,4 @@
-"""Limits checked before any work: seeds torch can take, devices that exist, sizes that fit in memory."""
+"""Limits checked before any work: devices that exist, sizes that fit in memory."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import os
 import torch
 
 from sdeplug.errors import ConfigError
-from sdeplug.tensors import SEED_LIMIT
-
-
-def check_seed(value: object, what: str) -> int:
-    """``value`` if it is a seed sdeplug accepts, else one ConfigError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise ConfigError(f"{what} must be an integer in [0, 2**63); got {value!r}")
-    return value
 
 
 def memory_bytes(device: torch.device | str = "cpu") -> int | None:
