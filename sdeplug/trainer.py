@@ -189,10 +189,10 @@ class Trainer:
         self.config = config or {}
         self.on_sample = on_sample
         self.interrupted = False
-        # The first step whose loss or gradient was not finite (-1: none), kept on the device
-        # and read only when the host looks anyway (progress, checkpoints, the end).
-        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
-        self._bad_loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        # Each step's gradient norm, kept on the device beside the loss history and searched for
+        # a non-finite value only when the host looks anyway (progress, checkpoints, the end).
+        self._grad_norms = torch.zeros(s.steps, device=self.device, dtype=torch.float32)
+        self._checked_until = 0
         self._train_score = ParameterizedScore(self.model, sde, s.parameterization)
         # Listed once: walking the module tree every step costs more than the EMA itself.
         self._params = list(network.parameters())
@@ -225,7 +225,7 @@ class Trainer:
         per_rank = s.batch_size // self.world_size
         micro = per_rank // s.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=self.device, dtype=torch.float32)
+        loss = None
         for j in range(s.accumulate):
             part = slice(self.rank * per_rank + j * micro, self.rank * per_rank + (j + 1) * micro)
             # DDP averages gradients at the last micro-batch's backward pass only
@@ -239,7 +239,7 @@ class Trainer:
                         part_loss = self.loss(self._train_score, x0, noise=noise)
                 part_loss = part_loss.float() / s.accumulate
                 (self.scaler.scale(part_loss) if self.scaler else part_loss).backward()
-            loss = loss + part_loss.detach()
+            loss = part_loss.detach() if loss is None else loss + part_loss.detach()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         # the gradient norm, clipped or not (an infinite max_norm leaves the gradients as they are)
@@ -248,10 +248,8 @@ class Trainer:
         )
         # under fp16 an overflowing gradient is the scaler's business (it skips the step and
         # lowers the scale); a non-finite loss is divergence in every precision
-        finite = torch.isfinite(loss) & (torch.isfinite(grad_norm) if self.scaler is None else True)
-        bad = ~finite & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(bad, self.step, self._first_bad_step)
-        self._bad_loss = torch.where(bad, loss.detach().float(), self._bad_loss)
+        if self.scaler is None:
+            self._grad_norms[self.step] = grad_norm
         lr = s.lr * min(1.0, (self.step + 1) / s.warmup) if s.warmup else s.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -326,10 +324,14 @@ class Trainer:
 
     def check_finite(self) -> None:
         """Raise TrainingDivergedError if any step so far had a non-finite loss or gradient
-        (one host read of a flag kept on the device)."""
-        first = int(self._first_bad_step)
-        if first < 0:
+        (the losses and gradient norms since the last look are searched on the device; one host read)."""
+        seen = slice(self._checked_until, self.step)
+        bad = ~(torch.isfinite(self.history[seen]) & torch.isfinite(self._grad_norms[seen]))
+        if not bool(bad.any()):
+            self._checked_until = self.step
             return
+        first = self._checked_until + int(bad.nonzero()[0, 0])
+        bad_loss = float(self.history[first])
         s = self.settings
         kept = (
             f"the checkpoint {self.checkpoint_path} keeps the last good state"
@@ -337,7 +339,7 @@ class Trainer:
             else "nothing was saved"
         )
         raise TrainingDivergedError(
-            f"training stopped: step {first + 1} had a non-finite loss or gradient (loss {float(self._bad_loss):g}); "
+            f"training stopped: step {first + 1} had a non-finite loss or gradient (loss {bad_loss:g}); "
             f"the weights since then are not saved and {kept}. Likely causes: non-finite or extreme data, "
             f"a learning rate too large (lr = {s.lr:g}), or no gradient clipping (grad_clip = {s.grad_clip})."
         )
@@ -406,6 +408,7 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.step = meta["step"]
         self.history[: self.step] = tensors["history"].to(self.history.device)
+        self._checked_until = self.step
         self.config = meta["config"]
         return self
 
