@@ -104,6 +104,10 @@ class TrainingDivergedError(SdeplugError, FloatingPointError):
     """A training loss or gradient became non-finite; nothing from that step on is saved."""
 
 
+class PlatformError(SdeplugError, RuntimeError):
+    """This machine cannot do what the settings ask (torch.compile without a working compiler)."""
+
+
 class ConfigError(SdeplugError, ValueError):
     """A configuration file or section is malformed."""
 

@@ -3,8 +3,8 @@ clear error when a command needs one that is not installed.
 
 Sampling, likelihoods, guidance and training need none of them. ``sdeplug[testing]``
 (pytest, hypothesis) is the testing kit, ``sdeplug[plots]`` (matplotlib) the pictures the
-commands write, ``sdeplug[eval]`` (scikit-learn) the outside judge of labelled data;
-``sdeplug[all]`` is all three.
+commands write, ``sdeplug[eval]`` (scikit-learn) the outside judge of labelled data,
+``sdeplug[images]`` (Pillow) folders of images as data; ``sdeplug[all]`` is all four.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from types import ModuleType
 from sdeplug.errors import SdeplugError
 
 #: module -> the extra that installs it
-EXTRAS = {"hypothesis": "testing", "pytest": "testing", "matplotlib": "plots", "sklearn": "eval"}
+EXTRAS = {"hypothesis": "testing", "pytest": "testing", "matplotlib": "plots", "sklearn": "eval", "PIL": "images"}
 
 
 class MissingExtraError(SdeplugError, ImportError):

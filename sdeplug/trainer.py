@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from sdeplug import distributed
 from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
-from sdeplug.errors import DataError, TrainingDivergedError, error_text
+from sdeplug.data import Source, StepBatches, apply_flips, step_batches, step_draws
+from sdeplug.errors import DataError, PlatformError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import ParameterizedScore
@@ -104,6 +105,9 @@ class TrainSettings:
     #: The forward pass's precision: "fp32", or autocast to "bf16" or "fp16" (fp16 with a
     #: gradient scaler). Weights, EMA, optimiser state and checkpoints stay float32.
     precision: str = attrs.field(default="fp32", validator=v.in_(tuple(AUTOCAST)))
+    #: Run the network through ``torch.compile`` (a one-off compilation, then faster steps);
+    #: checked when the Trainer is built, with one clear error where this platform cannot compile.
+    compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
@@ -132,17 +136,26 @@ def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
 
 
 class Trainer:
-    """Trains ``network`` on ``data`` (a tensor of shape (n, *event_shape)) for an SDE: a score
-    model, or with ``objective = "classifier"`` a time-dependent classifier on ``labels``."""
+    """Trains ``network`` on ``data`` for an SDE: a score model, or with ``objective =
+    "classifier"`` a time-dependent classifier on ``labels``.
+
+    ``data`` is a tensor (n, *event_shape), held on the network's device, or a ``Source``
+    (an image folder, a memory-mapped array) read batch by batch by ``workers`` DataLoader
+    processes. Both draw the batch of step k from a generator seeded for (seed, k), so on the
+    CPU a source and the same items as a tensor train identically. ``flip`` mirrors a random
+    half of each batch of images left to right (the paper's CIFAR-10 setting).
+    """
 
     def __init__(
         self,
         network: torch.nn.Module,
         sde: SDE,
-        data: Tensor,
+        data: Tensor | Source,
         settings: TrainSettings | None = None,
         *,
         labels: Tensor | None = None,
+        flip: bool = False,
+        workers: int = 0,
         checkpoint_path: str | Path | None = None,
         config: dict[str, Any] | None = None,
         on_sample: Callable[[Trainer], None] | None = None,
@@ -152,8 +165,30 @@ class Trainer:
         self.sde, self.network = sde, network
         self.device = next(network.parameters()).device
         self.dtype = next(network.parameters()).dtype
-        self.data = data.to(device=self.device, dtype=self.dtype)
-        _check_finite_rows(self.data)
+        if isinstance(data, Source):
+            self.data, self.source = None, data
+        elif isinstance(data, Tensor):
+            self.data, self.source = data.to(device=self.device, dtype=self.dtype), None
+            _check_finite_rows(self.data)
+        else:
+            raise TypeError(
+                f"data must be a tensor (n, *event_shape) or a sdeplug.data.Source; got {type(data).__name__}"
+            )
+        self.num_items = len(data)
+        if self.num_items == 0:
+            raise DataError("the training data hold no items")
+        event_shape = tuple(data.shape[1:]) if self.source is None else data.event_shape
+        if flip and len(event_shape) != 3:
+            raise ValueError(
+                f"flip = true mirrors images (C, H, W) left to right; these data have event shape {event_shape}"
+            )
+        if type(workers) is not int or workers < 0:
+            raise ValueError(
+                f"workers must be an integer >= 0 (DataLoader processes; 0 reads in this one); got {workers!r}"
+            )
+        self.flip, self.workers = flip, workers
+        self._stream: Iterator[Tensor] | None = None
+        self._stream_step = -1
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         if s.batch_size % (self.world_size * s.accumulate):
             raise ValueError(
@@ -162,7 +197,10 @@ class Trainer:
             )
         # Under DDP the wrapper runs the forward pass and averages gradients over the ranks; it
         # starts by giving every rank rank 0's weights, so the EMA is copied after it.
-        self.model = _wrap_for_ranks(network, self.device)
+        self.model = self._ddp = _wrap_for_ranks(network, self.device)
+        if s.compile:
+            check_compile(self.device)
+            self.model = torch.compile(self._ddp)
         self.ema = copy.deepcopy(network).requires_grad_(False)
         self._autocast = AUTOCAST[s.precision]
         if self._autocast is not None and self.dtype != torch.float32:
@@ -170,6 +208,8 @@ class Trainer:
         # fp16's narrow range needs the loss scaled up and steps with overflowing gradients skipped
         self.scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
         if s.objective == "classifier":
+            if self.source is not None:
+                raise ValueError("objective 'classifier' needs its data as a tensor beside the labels, not a Source")
             if labels is None or labels.shape != (data.shape[0],) or labels.dtype != torch.int64:
                 got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
                 raise ValueError(
@@ -181,7 +221,8 @@ class Trainer:
             self.labels = None
             self.loss = DenoisingScoreMatching(sde, eps=s.eps, weighting=s.weighting, reduction=s.reduction)
         self.optimizer = torch.optim.Adam(network.parameters(), lr=s.lr)
-        self.data_generator = torch.Generator(self.device).manual_seed(s.seed)
+        # reseeded at every step for (seed, step): the data order carries no state to save
+        self.data_generator = torch.Generator(self.device)
         self.loss_generator = torch.Generator(self.device).manual_seed(s.seed + 1)
         self.step = 0
         self.history = torch.zeros(s.steps, device=self.device, dtype=torch.float32)
@@ -220,21 +261,30 @@ class Trainer:
         sync). Every rank draws the whole batch's indices and noise from the same generators and
         takes its own slice, so the step is the same for any number of ranks and micro-batches."""
         s = self.settings
-        idx = torch.randint(self.data.shape[0], (s.batch_size,), generator=self.data_generator, device=self.device)
-        u, z = draw_noise(self.data[:1].expand(s.batch_size, *self.data.shape[1:]), self.loss_generator)  # a view
         per_rank = s.batch_size // self.world_size
         micro = per_rank // s.accumulate
+        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        labels = None
+        if self.source is None:
+            idx, flips = step_draws(self.num_items, s.batch_size, s.seed, self.step, self.data_generator, self.flip)
+            x_rank = apply_flips(self.data[idx[mine]], None if flips is None else flips[mine])
+            if self.labels is not None:
+                labels = self.labels[idx[mine]]
+        else:
+            x_rank = self._streamed_batch()
+        u, z = draw_noise(x_rank[:1].expand(s.batch_size, *x_rank.shape[1:]), self.loss_generator)  # a view
         self.optimizer.zero_grad(set_to_none=True)
         loss = None
         for j in range(s.accumulate):
-            part = slice(self.rank * per_rank + j * micro, self.rank * per_rank + (j + 1) * micro)
+            part = slice(j * micro, (j + 1) * micro)  # of this rank's batch
+            noise_part = slice(mine.start + j * micro, mine.start + (j + 1) * micro)  # of the global noise
             # DDP averages gradients at the last micro-batch's backward pass only
             last = j == s.accumulate - 1
-            with contextlib.nullcontext() if last or self.model is self.network else self.model.no_sync():
-                x0, noise = self.data[idx[part]], (u[part], z[part])
+            with contextlib.nullcontext() if last or self._ddp is self.network else self._ddp.no_sync():
+                x0, noise = x_rank[part], (u[noise_part], z[noise_part])
                 with self._precision():
-                    if self.labels is not None:
-                        part_loss = self.loss(self.model, x0, self.labels[idx[part]], noise=noise)
+                    if labels is not None:
+                        part_loss = self.loss(self.model, x0, labels[part], noise=noise)
                     else:
                         part_loss = self.loss(self._train_score, x0, noise=noise)
                 part_loss = part_loss.float() / s.accumulate
@@ -266,11 +316,33 @@ class Trainer:
         self.step += 1
         return loss
 
+    def _streamed_batch(self) -> Tensor:
+        """This rank's batch of the current step from the source, read ahead by the workers."""
+        if self._stream is None or self._stream_step != self.step:  # none yet, or the step moved (a load)
+            self.close_stream()
+            s = self.settings
+            batches = StepBatches(
+                self.source, s.batch_size, s.seed, rank=self.rank, world_size=self.world_size, flip=self.flip
+            )
+            self._stream = step_batches(batches, self.step, s.steps, self.device, self.workers)
+            self._stream_step = self.step
+        self._stream_step += 1
+        return next(self._stream).to(self.dtype)
+
+    def close_stream(self) -> None:
+        """Stop the data loader's workers (a later step starts them again)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def fit(self, until: int | None = None) -> Trainer:
         """Train up to step ``until`` (default: settings.steps), checkpointing as configured;
         with a checkpoint path, no other run may train into the same file meanwhile."""
         with training_lock(self.checkpoint_path):
-            return self._fit(until)
+            try:
+                return self._fit(until)
+            finally:
+                self.close_stream()
 
     def _fit(self, until: int | None) -> Trainer:
         s = self.settings
@@ -314,7 +386,6 @@ class Trainer:
         for index, state in optim["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-        tensors["rng.data"] = self.data_generator.get_state()
         tensors["rng.loss"] = self.loss_generator.get_state()
         # each rank's global generator (dropout): rank 0's as rng.torch, the others' beside it
         for r, state in enumerate(distributed.gather_objects(torch.get_rng_state())):
@@ -375,7 +446,7 @@ class Trainer:
         tensors, meta = load_checkpoint(path, device="cpu")
         saved = checked_metadata(path, tensors, meta)
         # Settings that change what a step computes must match; length and bookkeeping may differ.
-        bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every", "accumulate")
+        bookkeeping = ("steps", "progress", "checkpoint_every", "sample_every", "accumulate", "compile")
         if attrs.evolve(saved, **{k: getattr(self.settings, k) for k in bookkeeping}) != self.settings:
             raise CheckpointError(
                 f"{path} was written with other training settings; resume with the same ones or start afresh.\n"
@@ -400,8 +471,7 @@ class Trainer:
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: its optimizer state does not fit this network: {exc}") from exc
-        for name, generator in (("rng.data", self.data_generator), ("rng.loss", self.loss_generator)):
-            _set_generator_state(path, name, generator, tensors[name])
+        _set_generator_state(path, "rng.loss", self.loss_generator, tensors["rng.loss"])
         own = f"rng.torch.rank{self.rank}" if f"rng.torch.rank{self.rank}" in tensors else "rng.torch"
         _set_generator_state(path, own, None, tensors[own])
         if self.scaler is not None and "scaler" in meta:
@@ -418,7 +488,10 @@ META_KEYS = {"step": int, "settings": dict, "config": dict, "optimizer": dict}
 #: Metadata only some runs write: the fp16 gradient scaler's state.
 OPTIONAL_META_KEYS = {"scaler": dict}
 #: The tensors beside the weights (model.*, ema.*) and optimiser state (optim.*).
-STATE_TENSORS = {"rng.data", "rng.loss", "rng.torch", "history"}
+STATE_TENSORS = {"rng.loss", "rng.torch", "history"}
+#: Tensors that checkpoints of earlier versions hold and that are no longer read (the data
+#: generator's state: batches are now drawn from a seed per step).
+OBSOLETE_TENSORS = {"rng.data"}
 
 
 def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) -> TrainSettings:
@@ -452,7 +525,7 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
         raise refuse(f"its loss history must have shape ({step},), one loss per step; got {got}")
     missing_tensors = STATE_TENSORS - tensors.keys()
     prefixes = ("model.", "ema.", "optim.", "rng.torch.rank")
-    stray = {k for k in tensors if k not in STATE_TENSORS and not k.startswith(prefixes)}
+    stray = {k for k in tensors if k not in STATE_TENSORS | OBSOLETE_TENSORS and not k.startswith(prefixes)}
     if missing_tensors or stray:
         raise refuse(f"tensors missing {sorted(missing_tensors)}, unexpected {sorted(stray)[:5]}")
     optimizer = meta["optimizer"]
@@ -499,6 +572,29 @@ def training_lock(path: str | Path | None) -> Iterator[None]:
             if path is not None and distributed.is_main():
                 stack.enter_context(exclusive_writer(path))
         yield
+
+
+_COMPILE_WORKS: dict[str, str | None] = {}
+
+
+def check_compile(device: torch.device) -> None:
+    """Raise PlatformError, in one line, if ``torch.compile`` cannot compile and run a small
+    function on ``device``'s kind here (no C++ compiler, no Triton, an unsupported Python); the
+    answer is kept for the process."""
+    if device.type not in _COMPILE_WORKS:
+        try:
+            probe = torch.compile(lambda x: x * 2 + 1, dynamic=False)
+            probe(torch.ones(4, device=device))
+            _COMPILE_WORKS[device.type] = None
+        except Exception as exc:  # whatever the platform lacks, torch says it in its first line
+            lines = [line.strip() for line in error_text(exc).splitlines() if line.strip()]
+            _COMPILE_WORKS[device.type] = (lines[0] if lines else type(exc).__name__)[:300]
+    reason = _COMPILE_WORKS[device.type]
+    if reason is not None:
+        raise PlatformError(
+            f"compile = true, but torch.compile cannot compile for {device.type} on this machine ({reason}); "
+            "set compile = false"
+        )
 
 
 def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:

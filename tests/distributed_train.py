@@ -4,7 +4,8 @@
 
 Trains an MLP on two moons in float64 and writes, from rank 0, its weights and EMA to OUT
 (safetensors); with --checkpoint, trains into that checkpoint (resuming it if it exists), and
-with --stop-at K, the last rank sends itself Ctrl-C after step K.
+with --stop-at K, the last rank sends itself Ctrl-C after step K; with --data-file, the data
+are a memory-mapped .npy read by --workers DataLoader processes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 import sdeplug
 from sdeplug import distributed
 from sdeplug.app.datasets import load_dataset
+from sdeplug.data import ArraySource, load_all
 from sdeplug.trainer import Trainer, TrainSettings
 
 
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--checkpoint")
     parser.add_argument("--stop-at", type=int)
     parser.add_argument("--die-at", type=int, help="the last rank exits abruptly after this step")
+    parser.add_argument("--data-file", help="train on this .npy instead, memory-mapped and streamed")
+    parser.add_argument("--hold", action="store_true", help="with --data-file: read it whole into memory")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes reading the --data-file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     distributed.init_from_environment("cpu")
@@ -38,6 +43,9 @@ def main() -> None:
         torch.manual_seed(0)
         network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=32, depth=2).double()
     data = load_dataset("moons", n_train=400, n_test=10).train
+    if args.data_file:
+        data = ArraySource(args.data_file)
+        data = load_all(data) if args.hold else data
     settings = TrainSettings(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -48,7 +56,9 @@ def main() -> None:
         checkpoint_every=None,
         progress=False,
     )
-    trainer = Trainer(network, sdeplug.create("sde", "vp"), data, settings, checkpoint_path=args.checkpoint)
+    trainer = Trainer(
+        network, sdeplug.create("sde", "vp"), data, settings, checkpoint_path=args.checkpoint, workers=args.workers
+    )
     if args.checkpoint and os.path.exists(args.checkpoint):
         trainer.load()
     real_step, last = trainer.train_step, distributed.rank() == distributed.world_size() - 1

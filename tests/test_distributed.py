@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import computed_once
@@ -68,6 +69,19 @@ def test_two_ranks_with_half_batches_train_as_one_process_with_the_whole_batch(t
     assert int(one["step"]) == int(two_process_run["step"]) == 30
     assert_close(one, two_process_run, atol=1e-11)
     assert any(not torch.equal(one[k], 0 * one[k]) for k in one)
+
+
+@pytest.mark.slow
+def test_two_ranks_streaming_a_memory_mapped_file_train_as_one_process_holding_it(tmp_path):
+    """Each rank reads its own slice of every global batch from the .npy through a DataLoader
+    worker; the weights equal those of one process with the file held in memory."""
+    from sdeplug.app.datasets import load_dataset
+
+    np.save(tmp_path / "moons.npy", load_dataset("moons", n_train=400, n_test=10).train.numpy())
+    common = ("--steps", "12", "--data-file", tmp_path / "moons.npy")
+    one = run_workers(1, tmp_path / "one.safetensors", *common, "--hold")
+    two = run_workers(2, tmp_path / "two.safetensors", *common, "--workers", "1")
+    assert_close(one, two, atol=1e-11)
 
 
 @pytest.mark.slow

@@ -194,7 +194,7 @@ def test_bad_data_files_are_refused_naming_the_file(tmp_path, capsys):
         "empty.npy": "holds no data (shape (0, 2)); it needs at least one point",
         "objects.npy": "holds Python objects, which would need unpickling",
         "truncated.npy": "is truncated or its header lies: shape (100, 2) of float64 needs 1600 bytes",
-        "folder.npy": "is a folder; give a .npy or .pt file",
+        "folder.npy": "is a folder; give a .npy, .npz or .pt file",
         "zero_bytes.npy": "is not a readable .npy file",
         "lying.npy": "shape (10000000000000, 2) of float64 needs 160000000000000 bytes of data, the file holds 1600",
     }
@@ -257,7 +257,7 @@ def _edits():
         meta["run_me"] = "import os"
 
     def bad_rng(tensors, meta):
-        tensors["rng.data"] = torch.zeros(7, dtype=torch.uint8)
+        tensors["rng.loss"] = torch.zeros(7, dtype=torch.uint8)
 
     def beyond(tensors, meta):
         meta["step"] = 10**6
@@ -274,7 +274,7 @@ def _edits():
     return {
         "missing key": (drop("optimizer"), "metadata keys missing ['optimizer']"),
         "unexpected key": (add, "unexpected ['run_me']"),
-        "bad RNG state": (bad_rng, "its random state rng.data is not one"),
+        "bad RNG state": (bad_rng, "its random state rng.loss is not one"),
         "step beyond the run": (beyond, "step 1000000 lies outside the run it belongs to (0 to 10 steps)"),
         "bad settings": (settings, "its training settings are invalid"),
         "short history": (history, "its loss history must have shape (10,)"),

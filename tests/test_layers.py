@@ -34,6 +34,7 @@ LIBRARY = {
     "sdeplug.parameterization",
     "sdeplug.losses",
     "sdeplug.trainer",
+    "sdeplug.data",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",

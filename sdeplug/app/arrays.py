@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,43 +10,43 @@ from torch import Tensor
 
 from sdeplug.app.limits import check_fits
 from sdeplug.checkpoint import write_atomically
+from sdeplug.data import npz_member, open_npy
 from sdeplug.errors import ConfigError, DataError
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """A .npy file's array, its header checked first: no objects (pickles), and no more data
-    claimed than the file holds (so a lying header never allocates)."""
-    from numpy.lib import format as npy
-
-    with open(path, "rb") as f:
-        try:
-            major, _ = npy.read_magic(f)
-            read_header = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-        except (ValueError, EOFError, OSError, SyntaxError) as exc:
-            raise DataError(f"{path} is not a readable .npy file (empty, truncated or another format): {exc}") from None
-        if dtype.hasobject:
-            raise DataError(f"{path} holds Python objects, which would need unpickling; save a numeric array")
-        needed, held = math.prod(shape) * dtype.itemsize, path.stat().st_size - f.tell()
-        if needed > held:
-            raise DataError(
-                f"{path} is truncated or its header lies: shape {shape} of {dtype} needs {needed} bytes of data, "
-                f"the file holds {held}"
-            )
-    check_fits(f"the data file {path} (shape {shape})", math.prod(shape) * 8)  # as float64 in memory
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    """A .npy file's array as a memory map, its header checked first (``sdeplug.data.open_npy``)
+    and its size against the memory it would take as float64."""
+    array = open_npy(path)
+    check_fits(f"the data file {path} (shape {array.shape})", array.size * 8)  # as float64 in memory
+    return array
 
 
-def load_array(path: str | Path) -> Tensor:
-    """A float tensor (batch, ...) from a .npy (no pickles) or .pt file (weights_only), of real
-    numbers with at least one row; anything else is one error naming the file."""
+def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    """One array of a .npz file (compressed or not), never unpickled."""
+    member = npz_member(path, key)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            info = archive.zip.getinfo(member + ".npy")
+            check_fits(f"the array {member!r} of {path}", info.file_size * 8)
+            return archive[member]
+    except ValueError as exc:  # object arrays refused by allow_pickle=False
+        raise DataError(f"{path}: the array {member!r} cannot be read without unpickling: {exc}") from None
+
+
+def load_array(path: str | Path, key: str | None = None) -> Tensor:
+    """A float tensor (batch, ...) from a .npy or .npz (no pickles; ``key`` names the array of
+    a .npz with several) or .pt file (weights_only), of real numbers with at least one row;
+    anything else is one error naming the file."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ConfigError(f"data file not found: {path}")
     if path.is_dir():
-        raise ConfigError(f"data file {path} is a folder; give a .npy or .pt file")
+        raise ConfigError(f"data file {path} is a folder; give a .npy, .npz or .pt file")
     if path.suffix == ".npy":
         array = torch.from_numpy(np.array(_read_npy(path)))
+    elif path.suffix == ".npz":
+        array = torch.from_numpy(np.array(_read_npz(path, key)))
     elif path.suffix == ".pt":
         try:
             array = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,7 +61,7 @@ def load_array(path: str | Path) -> Tensor:
         if not isinstance(array, Tensor):
             raise DataError(f"{path} must hold a single tensor; got {type(array).__name__}")
     else:
-        raise ConfigError(f"data file {path} must end in .npy or .pt")
+        raise ConfigError(f"data file {path} must end in .npy, .npz or .pt")
     real = array.is_floating_point() or (not array.is_complex() and array.dtype != torch.bool)
     if array.ndim < 2 or not real:
         raise DataError(f"{path} must hold real numbers of shape (batch, ...); got {array.dtype} {tuple(array.shape)}")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sdeplug import distributed
 from sdeplug.app.config import Config, LikelihoodConfig, SamplerConfig
-from sdeplug.app.datasets import Dataset, check_data_options, load_dataset
+from sdeplug.app.datasets import LOADER_OPTIONS, Dataset, check_data_options, load_dataset
 from sdeplug.app.limits import check_device, check_fits
 from sdeplug.checkpoint import CheckpointError
 from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugError
@@ -229,7 +229,8 @@ def part_settings(section: str, table: Mapping[str, Any], registry: Registry | N
     name, options = table.get("name"), {k: v for k, v in table.items() if k != "name"}
     try:
         if section == "data":
-            return {"name": name, **check_data_options(name, options)}
+            chosen = check_data_options(name, options)
+            return {"name": name, **{k: v for k, v in chosen.items() if k not in LOADER_OPTIONS}}
         if section == "sde":
             _, cls, own = registry.identify("sde", registry.create("sde", name, **options))
             return {"name": name, "class": cls, **own}
@@ -282,7 +283,7 @@ def check_sizes(config: Config, dataset: Dataset, *, train: TrainSettings | None
     numel = math.prod(dataset.event_shape)
     device = config.sample.device
     if train is not None:
-        check_fits(f"[train] steps = {train.steps}", train.steps * 4, device)  # the loss history
+        check_fits(f"[train] steps = {train.steps}", train.steps * 8, device)  # loss and gradient-norm histories
         check_fits(f"[train] batch_size = {train.batch_size}", train.batch_size * numel * item, device)
         return
     run = config.sample

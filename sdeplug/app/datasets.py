@@ -4,7 +4,13 @@
   ...), whose exact density is known and whose labels are the mixture components;
 - ``digits``: the 8x8 handwritten digits shipped with scikit-learn (1797 images, 17
   grey levels), scaled to [-1, 1], shape (1, 8, 8), split 80/20 with a fixed seed;
-- ``file``: a .npy or .pt array (``path``), split 90/10 with a fixed seed.
+- ``file``: a .npy, .npz or .pt array (``path``), split 90/10 with a fixed seed; a .npy or
+  uncompressed .npz too large to hold (``in_memory``) is memory-mapped and streamed;
+- ``images``: a folder of PNG/JPEG images (``path``), read with Pillow, resized and
+  centre-cropped to ``resolution`` if given, scaled to [-1, 1], split 90/10 with a fixed
+  seed; held in memory when small, else streamed by DataLoader workers.
+
+Sets with images take ``flip`` (random left-right mirroring of training batches).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor
 
 from sdeplug.app.arrays import load_array
 from sdeplug.app.limits import check_fits
+from sdeplug.data import ArraySource, ImageFolder, Source, Subset, load_all
 from sdeplug.errors import DataError, OptionError, UnknownPartError
 from sdeplug.extras import require
 from sdeplug.oracle import PRESETS, GaussianMixture, preset
@@ -28,11 +35,12 @@ from sdeplug.tensors import check_seed, non_finite_rows
 
 @attrs.frozen
 class Dataset:
-    """Train and test tensors (batch, *event_shape), with what is known about them."""
+    """Train and test splits, tensors (batch, *event_shape) or streamed Sources, with what is
+    known about them and how training reads them."""
 
     name: str
-    train: Tensor
-    test: Tensor
+    train: Tensor | Source
+    test: Tensor | Source
     #: "none", or "[-1,1]" for quantised data scaled to that range (bits/dim offsets need it).
     data_range: str = "none"
     #: Number of quantisation levels (17 for the digits), None for continuous data.
@@ -41,16 +49,51 @@ class Dataset:
     test_labels: Tensor | None = None
     #: The exact law, when the data come from an oracle mixture.
     mixture: GaussianMixture | None = None
+    #: Mirror a random half of each training batch left to right (images only).
+    flip: bool = False
+    #: DataLoader processes that read a streamed training split ahead of the loop.
+    workers: int = 0
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.shape[1:])
+        return self.train.event_shape if isinstance(self.train, Source) else tuple(self.train.shape[1:])
 
 
-def _split(x: Tensor, test_fraction: float, seed: int, labels: Tensor | None = None):
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_test = round(test_fraction * x.shape[0])
+#: Data sets whose decoded float64 size is at most this are held in memory under in_memory = "auto".
+HOLD_LIMIT_BYTES = 2**30
+
+
+def rows(data: Tensor | Source, count: int | None = None) -> Tensor:
+    """The first ``count`` rows (all by default) of a split as a float64 tensor on the CPU."""
+    count = len(data) if count is None else min(count, len(data))
+    if isinstance(data, Tensor):
+        return data[:count]
+    return load_all(Subset(data, range(count))).to(torch.float64)
+
+
+def take(data: Tensor | Source, indices: Tensor) -> Tensor:
+    """The rows of a split at ``indices`` as a float64 tensor on the CPU."""
+    if isinstance(data, Tensor):
+        return data[indices]
+    return load_all(Subset(data, indices)).to(torch.float64)
+
+
+def mean_row(data: Tensor | Source) -> Tensor:
+    """The mean of a split's rows (float64), read chunk by chunk when it is streamed."""
+    if isinstance(data, Tensor):
+        return data.mean(0)
+    total, chunk = torch.zeros(data.event_shape, dtype=torch.float64), 4096
+    for first in range(0, len(data), chunk):
+        total += load_all(Subset(data, range(first, min(len(data), first + chunk)))).to(torch.float64).sum(0)
+    return total / len(data)
+
+
+def _split(x: Tensor | Source, test_fraction: float, seed: int, labels: Tensor | None = None):
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = round(test_fraction * len(x))
     test, train = perm[:n_test], perm[n_test:]
+    if isinstance(x, Source):
+        return Subset(x, train), Subset(x, test), None, None
     if labels is None:
         return x[train], x[test], None, None
     return x[train], x[test], labels[train], labels[test]
@@ -92,8 +135,12 @@ TOYS = {"moons": moons, "swiss_roll": swiss_roll}
 _SIZES = {"n_train": 20_000, "n_test": 2_000}
 _TOY_OPTIONS = {**_SIZES, "seed": 0, "noise": 0.05}
 _MIXTURE_OPTIONS = {**_SIZES, "seed": 0}
-_FILE_OPTIONS = {"path": None, "seed": 0}
-_DIGITS_OPTIONS = {"seed": 0}
+#: How a set is read, not what it holds: a checkpoint's data compare equal whatever these are.
+LOADER_OPTIONS = ("in_memory", "workers")
+_STREAMED_OPTIONS = {"flip": False, "in_memory": "auto", "workers": 2}
+_FILE_OPTIONS = {"path": None, "key": None, "seed": 0, **_STREAMED_OPTIONS}
+_IMAGES_OPTIONS = {"path": None, "resolution": None, "channels": None, "seed": 0, **_STREAMED_OPTIONS}
+_DIGITS_OPTIONS = {"seed": 0, "flip": False}
 
 
 def data_options(name: str) -> dict[str, Any]:
@@ -102,11 +149,13 @@ def data_options(name: str) -> dict[str, Any]:
         return dict(_DIGITS_OPTIONS)
     if name == "file":
         return dict(_FILE_OPTIONS)
+    if name == "images":
+        return dict(_IMAGES_OPTIONS)
     if name in TOYS:
         return dict(_TOY_OPTIONS)
     if name in PRESETS:
         return dict(_MIXTURE_OPTIONS)
-    raise UnknownPartError("data set", name, ["digits", "file", *TOYS, *PRESETS])
+    raise UnknownPartError("data set", name, ["digits", "file", "images", *TOYS, *PRESETS])
 
 
 def check_data_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,8 +181,25 @@ def check_data_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
             raise OptionError("data set", name, f"noise must be a finite number >= 0; got {noise!r}")
     if name == "file" and not isinstance(chosen["path"], str):
-        raise OptionError("data set", name, f"needs a 'path' to a .npy or .pt file; got {chosen['path']!r}")
+        raise OptionError("data set", name, f"needs a 'path' to a .npy, .npz or .pt file; got {chosen['path']!r}")
+    if name == "images" and not isinstance(chosen["path"], str):
+        raise OptionError("data set", name, f"needs a 'path' to a folder of PNG or JPEG images; got {chosen['path']!r}")
+    _check_choice(name, chosen, "flip", (True, False), "true or false")
+    _check_choice(name, chosen, "in_memory", ("auto", True, False), '"auto", true or false')
+    _check_choice(name, chosen, "channels", (None, 1, 3), "1 (grey) or 3 (RGB)")
+    if "key" in chosen and chosen["key"] is not None and not isinstance(chosen["key"], str):
+        raise OptionError("data set", name, f"key must be the name of an array in the .npz; got {chosen['key']!r}")
+    for key, least in (("workers", 0), ("resolution", 1)):
+        value = chosen.get(key)
+        if value is not None and (type(value) is not int or value < least):
+            raise OptionError("data set", name, f"{key} must be an integer >= {least}; got {value!r}")
     return chosen
+
+
+def _check_choice(name: str, chosen: Mapping[str, Any], key: str, accepted: tuple, described: str) -> None:
+    value = chosen.get(key, accepted[0])
+    if not any(type(value) is type(a) and value == a for a in accepted):  # so that true is not 1
+        raise OptionError("data set", name, f"{key} must be {described}; got {value!r}")
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
@@ -142,18 +208,11 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     chosen = check_data_options(name, options)
     seed = chosen["seed"]
     if name == "digits":
-        return digits(seed)
+        return attrs.evolve(digits(seed), flip=chosen["flip"])
     if name == "file":
-        path = chosen["path"]
-        x = load_array(Path(path)).to(torch.float64)
-        bad = non_finite_rows(x)
-        if len(bad):
-            raise DataError(
-                f"{path}: row {int(bad[0])} has NaN or inf values (the first of {len(bad)} such rows); "
-                "every value must be finite"
-            )
-        train, test, _, _ = _split(x, 0.1, seed)
-        return Dataset(f"file:{path}", train, test)
+        return _array_file(chosen)
+    if name == "images":
+        return _image_folder(chosen)
     generator = torch.Generator().manual_seed(seed)
     n_train, n_test = chosen["n_train"], chosen["n_test"]
     if name in TOYS:
@@ -164,3 +223,53 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     train, train_labels = mixture.sample(n_train, generator, return_labels=True)
     test, test_labels = mixture.sample(n_test, generator, return_labels=True)
     return Dataset(name, train, test, train_labels=train_labels, test_labels=test_labels, mixture=mixture)
+
+
+def _held(in_memory: bool | str, items: int, event_shape: tuple[int, ...]) -> bool:
+    """Whether a set of ``items`` is held in memory: as asked, or under "auto" when it is small."""
+    if in_memory == "auto":
+        return items * math.prod(event_shape) * 8 <= HOLD_LIMIT_BYTES
+    return bool(in_memory)
+
+
+def _array_file(chosen: Mapping[str, Any]) -> Dataset:
+    path = Path(chosen["path"]).expanduser()
+    loader = {"flip": chosen["flip"], "workers": chosen["workers"]}
+    streamable = path.suffix in (".npy", ".npz") and path.is_file()
+    if streamable and chosen["in_memory"] is not True:
+        try:
+            source = ArraySource(path, chosen["key"])
+        except DataError:
+            if chosen["in_memory"] is False or path.suffix == ".npy":
+                raise
+            source = None  # a compressed .npz: read whole below
+        if source is not None and not _held(chosen["in_memory"], len(source), source.event_shape):
+            train, test, _, _ = _split(source, 0.1, chosen["seed"])
+            return Dataset(f"file:{path}", train, test, **loader)
+    elif chosen["in_memory"] is False:
+        raise DataError(f"{path}: only a .npy or .npz file can be streamed (memory-mapped); set in_memory = true")
+    x = load_array(path, chosen["key"]).to(torch.float64)
+    bad = non_finite_rows(x)
+    if len(bad):
+        raise DataError(
+            f"{path}: row {int(bad[0])} has NaN or inf values (the first of {len(bad)} such rows); "
+            "every value must be finite"
+        )
+    train, test, _, _ = _split(x, 0.1, chosen["seed"])
+    return Dataset(f"file:{path}", train, test, **loader)
+
+
+def _image_folder(chosen: Mapping[str, Any]) -> Dataset:
+    path = Path(chosen["path"]).expanduser()
+    source = ImageFolder(path, chosen["resolution"], chosen["channels"])
+    loader = {"flip": chosen["flip"], "workers": chosen["workers"]}
+    if _held(chosen["in_memory"], len(source), source.event_shape):
+        check_fits(
+            f"the images in {path} ({len(source)} of shape {source.event_shape})",
+            len(source) * math.prod(source.event_shape) * 8,
+        )
+        x = load_all(source, chosen["workers"]).to(torch.float64)
+        train, test, _, _ = _split(x, 0.1, chosen["seed"])
+    else:
+        train, test, _, _ = _split(source, 0.1, chosen["seed"])
+    return Dataset(f"images:{path}", train, test, "[-1,1]", 256, **loader)

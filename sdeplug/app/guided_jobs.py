@@ -24,7 +24,7 @@ from torch import Tensor
 from sdeplug.app.arrays import load_array, save_array
 from sdeplug.app.assemble import check_provenance, in_batches, run_sampler
 from sdeplug.app.config import IMAGE_MASKS, Config, GuidanceConfig
-from sdeplug.app.datasets import Dataset
+from sdeplug.app.datasets import Dataset, mean_row, rows
 from sdeplug.checkpoint import CheckpointError
 from sdeplug.errors import ConfigError
 from sdeplug.guidance import ClassifierGuidance, Measurement, Replacement
@@ -185,7 +185,7 @@ def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 1
     if len(dataset.event_shape) == 3:
         image_grid(x[: 10 * ncols], path, title, ncols=ncols)
     elif dataset.event_shape == (2,):
-        scatter_2d(x, dataset.test[: x.shape[0]], path, title)
+        scatter_2d(x, rows(dataset.test, x.shape[0]), path, title)
 
 
 # Inpainting and linear measurements ----------------------------------------------------
@@ -274,7 +274,7 @@ def run_inpainting(
         raise ConfigError(f"the replacement method needs a LinearSDE; [sde] {config.sde.name!r} is not one")
     points, labels, source = _points(guidance, dataset, run.num)
     truth = points.repeat_interleave(guidance.per_image, 0).to(device=device, dtype=dtype)
-    mean = dataset.train.mean(0).to(device=device, dtype=dtype)
+    mean = mean_row(dataset.train).to(device=device, dtype=dtype)
     if guidance.kind == "inpaint":
         mask = build_mask(guidance, dataset.event_shape).to(device=device, dtype=dtype)
         measurement = Measurement(truth * mask, mask=mask)
@@ -359,4 +359,4 @@ def _points(guidance: GuidanceConfig, dataset: Dataset, num: int) -> tuple[Tenso
             )
         return points, None, guidance.data_file
     labels = None if dataset.test_labels is None else dataset.test_labels[:count]
-    return dataset.test[:count], labels, f"the first {count} held-out points of {dataset.name!r}"
+    return rows(dataset.test, count), labels, f"the first {count} held-out points of {dataset.name!r}"

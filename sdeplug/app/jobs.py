@@ -32,11 +32,14 @@ from sdeplug.app.assemble import (
     summary_header,
 )
 from sdeplug.app.config import Config
-from sdeplug.app.datasets import Dataset
+from sdeplug.app.datasets import Dataset, rows, take
 from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, DataError
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
+
+#: The Gaussian baseline of ``likelihood`` is fitted to at most this many training rows.
+GAUSSIAN_FIT_ROWS = 50_000
 
 
 def write_json(path: Path, report: dict[str, Any]) -> Path:
@@ -51,7 +54,7 @@ def plot_samples(samples: torch.Tensor, dataset: Dataset, path: Path, title: str
 
     shape = tuple(samples.shape[1:])
     if shape == (2,):
-        return scatter_2d(samples, dataset.test[: samples.shape[0]], path, title)
+        return scatter_2d(samples, rows(dataset.test, samples.shape[0]), path, title)
     if len(shape) == 3:
         return image_grid(samples[:100], path, title)
     return None
@@ -103,6 +106,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             dataset.train,
             settings,
             labels=dataset.train_labels,
+            flip=dataset.flip,
             checkpoint_path=checkpoint,
             config=run_config,
         )
@@ -121,6 +125,8 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             sde,
             dataset.train,
             settings,
+            flip=dataset.flip,
+            workers=dataset.workers,
             checkpoint_path=checkpoint,
             config=run_config,
             on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
@@ -296,10 +302,12 @@ def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[s
         reference, what = mixture.sample(n, generator), "oracle samples"
     elif min(len(dataset.test), len(dataset.train)) >= n:
         # The floor: random sets of n training points against the same held-out reference.
-        reference, what = dataset.test[:n], "held-out data"
+        reference, what = rows(dataset.test, n), "held-out data"
         floor = torch.tensor(
             [
-                energy_distance(dataset.train[torch.randperm(len(dataset.train), generator=generator)[:n]], reference)
+                energy_distance(
+                    take(dataset.train, torch.randperm(len(dataset.train), generator=generator)[:n]), reference
+                )
                 for _ in range(10)
             ],
             dtype=torch.float64,
@@ -337,7 +345,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
         x, source = load_array(lk.data_file)[: run.num], lk.data_file
     else:
         x, source = (
-            dataset.test[: run.num],
+            rows(dataset.test, run.num),
             f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}",
         )
     x = x.to(device=device, dtype=dtype)
@@ -377,7 +385,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
         return {"nfe_per_batch": nfe, "seconds": round(seconds, 3), "written": []}
     dim, n = x[0].numel(), x.shape[0]
     bpd = bits_per_dim(logp, dim, data_range, levels)
-    train = dataset.train.to(dtype)
+    train = rows(dataset.train, GAUSSIAN_FIT_ROWS).to(dtype)
     if dequantize:
         train = uniform_dequantize(train, data_range, torch.Generator().manual_seed(run.seed + 3), levels)
     gauss_bpd = bits_per_dim(gaussian_logp(train, x.cpu()), dim, data_range, levels)
