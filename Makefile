@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/data.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis
