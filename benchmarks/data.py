@@ -97,7 +97,9 @@ def main() -> None:
             f"Command: `python benchmarks/data.py --steps {args.steps} --rounds {args.rounds} --write "
             f"docs/benchmarks.md` (or `make bench`). Machine: {machine}. U-Net 16 ch on the digits upscaled "
             f"to {SIZE}x{SIZE} ({len(held)} images), batch 64 with random flips; median of {args.rounds} "
-            "rounds, the forms alternating.\n\n" + text + "\n"
+            "rounds, the forms alternating. Workers are processes beside the training threads: where "
+            "there are no spare cores they compete with them, where there are they take reading off the "
+            "loop.\n\n" + text + "\n"
         )
         replace_section(args.write, "## Streamed data", section)
 

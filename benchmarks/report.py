@@ -13,5 +13,6 @@ def replace_section(path: Path, heading: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+        rest = "\n" + text[end + 1 :] if end >= 0 else ""  # a blank line before the next section
+        text = text[:start] + section.rstrip("\n") + "\n" + rest
     path.write_text(text)
