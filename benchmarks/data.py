@@ -6,7 +6,11 @@ temporary folder; a small U-Net trains on each form in turn, the forms alternati
 so machine noise hits them alike. The ratio is steps/s against the held tensor (1.0 = the
 loader costs nothing).
 
-    python benchmarks/data.py [--steps 40] [--rounds 3] [--write docs/benchmarks.md]
+Then the peak resident memory of training from a memory-mapped .npy of N rows against one
+of 10 N rows (each in a fresh process): only the rows the batches touch are read, so it
+should not grow with the file.
+
+    python benchmarks/data.py [--steps 40] [--rounds 3] [--rows 20000] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,18 +60,71 @@ def steps_per_second(data, steps: int, workers: int) -> float:
     network = sdeplug.create("score_model", "unet", event_shape=(1, SIZE, SIZE), channels=16)
     settings = TrainSettings(steps=steps, batch_size=64, progress=False, checkpoint_every=None)
     trainer = Trainer(network, sdeplug.create("sde", "vp"), data, settings, flip=True, workers=workers)
-    trainer.fit(until=2)  # start-up (and the workers' first batches) outside the clock
+    for _ in range(2):  # start-up (and the workers' start) outside the clock; they keep running
+        trainer.train_step()
     start = time.perf_counter()
     trainer.fit()
     return (steps - 2) / (time.perf_counter() - start)
+
+
+def write_random_rows(path: Path, rows: int) -> None:
+    """A .npy of ``rows`` random 1 x SIZE x SIZE float32 images, written in chunks."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 1, SIZE, SIZE))
+    generator = np.random.default_rng(0)
+    for first in range(0, rows, 10_000):
+        chunk = array[first : first + 10_000]
+        chunk[...] = generator.uniform(-1, 1, size=chunk.shape).astype(np.float32)
+    array.flush()
+    del array
+
+
+def peak_memory_mib(path: Path, steps: int) -> float:
+    """Peak resident memory (MiB) of a fresh process training ``steps`` steps on ``path``."""
+    run = subprocess.run(
+        [sys.executable, __file__, "--peak-of", str(path), "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def train_and_report_peak(path: Path, steps: int) -> None:
+    torch.manual_seed(0)
+    network = sdeplug.create("score_model", "unet", event_shape=(1, SIZE, SIZE), channels=16)
+    settings = TrainSettings(steps=steps, batch_size=64, progress=False, checkpoint_every=None)
+    Trainer(network, sdeplug.create("sde", "vp"), ArraySource(path), settings, flip=True).fit()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+
+
+def memory_rows(rows: int, steps: int) -> list[str]:
+    lines = [
+        "| memory-mapped .npy | file size (MiB) | peak resident memory (MiB) | against the small file |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        peaks = []
+        for n in (rows, 10 * rows):
+            path = Path(tmp) / f"rows{n}.npy"
+            write_random_rows(path, n)
+            peaks.append(peak_memory_mib(path, steps))
+            lines.append(
+                f"| {n} rows | {path.stat().st_size / 2**20:.0f} | {peaks[-1]:.0f} | {peaks[-1] / peaks[0]:.3f} |"
+            )
+            path.unlink()
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=20_000, help="rows of the smaller memory-mapped file")
     parser.add_argument("--write", type=Path)
+    parser.add_argument("--peak-of", type=Path, help=argparse.SUPPRESS)  # the child of the memory rows
     args = parser.parse_args()
+    if args.peak_of:
+        return train_and_report_peak(args.peak_of, args.steps)
     with tempfile.TemporaryDirectory() as tmp:
         array, images = write_forms(Path(tmp))
         held = load_all(ArraySource(array))
@@ -85,7 +144,8 @@ def main() -> None:
     for name, values in rates.items():
         rate = statistics.median(values)
         lines.append(f"| {name} | {rate:.2f} | {rate / base:.3f} |")
-    text = "\n".join(lines)
+    memory = memory_rows(args.rows, 4 * args.steps)
+    text = "\n".join(lines) + "\n\n" + "\n".join(memory)
     print(text)
     if args.write:
         machine = (
@@ -99,7 +159,7 @@ def main() -> None:
             f"to {SIZE}x{SIZE} ({len(held)} images), batch 64 with random flips; median of {args.rounds} "
             "rounds, the forms alternating. Workers are processes beside the training threads: where "
             "there are no spare cores they compete with them, where there are they take reading off the "
-            "loop.\n\n" + text + "\n"
+            f"loop. The peak memory rows train {4 * args.steps} steps in a fresh process per file.\n\n" + text + "\n"
         )
         replace_section(args.write, "## Streamed data", section)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -138,11 +139,14 @@ def open_npz(path: Path, key: str | None = None) -> np.ndarray:
 
 
 class ArraySource(Source):
-    """The rows of a .npy file or of one array of an uncompressed .npz, memory-mapped: only
-    the rows a batch needs are read. A row with NaN or inf is an error naming the file and row."""
+    """The rows of a .npy file or of one array of an uncompressed .npz, opened as a memory map
+    (``array``). A row is read with ``os.pread`` where the rows are contiguous, so only its
+    bytes enter the process (touching a mapped page also maps its cached neighbours, and the
+    resident memory would grow with the file). A row with NaN or inf is an error naming the
+    file and row."""
 
     def __init__(self, path: str | Path, key: str | None = None) -> None:
-        self.path = Path(path)
+        self.path, self.key = Path(path), key
         self.array = open_npz(self.path, key) if self.path.suffix == ".npz" else open_npy(self.path)
         kind = self.array.dtype.kind
         if self.array.ndim < 2 or kind not in "biuf" or kind == "b":
@@ -152,12 +156,34 @@ class ArraySource(Source):
         if self.array.shape[0] == 0 or math.prod(self.array.shape[1:]) == 0:
             raise DataError(f"{self.path} holds no data (shape {self.array.shape}); it needs at least one point")
         self.event_shape = tuple(self.array.shape[1:])
+        contiguous_rows = isinstance(self.array, np.memmap) and self.array.flags.c_contiguous
+        row_bytes = self.array.dtype.itemsize * math.prod(self.event_shape)
+        self._rows = (self.array.offset, row_bytes) if contiguous_rows and hasattr(os, "pread") else None
+        self._file: tuple[int, int] | None = None  # (process id, descriptor): opened once per process
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn get the path, never a pickled copy of the array
+        return {"path": self.path, "key": self.key}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["key"])
 
     def __len__(self) -> int:
         return self.array.shape[0]
 
     def __getitem__(self, index: int) -> Tensor:
-        item = torch.from_numpy(np.array(self.array[index], dtype=np.float32))
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of {self.path}, which has {len(self)} rows")
+        index %= len(self)
+        if self._rows is None:
+            row = self.array[index]
+        else:
+            if self._file is None or self._file[0] != os.getpid():
+                self._file = (os.getpid(), os.open(self.path, os.O_RDONLY))
+            start, size = self._rows
+            row = np.frombuffer(os.pread(self._file[1], size, start + index * size), self.array.dtype)
+        item = torch.from_numpy(np.array(row, dtype=np.float32).reshape(self.event_shape))
         return _check_finite(item, self, index)
 
     def describe(self, index: int) -> str:
