@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -94,7 +93,10 @@ def train_and_report_peak(path: Path, steps: int) -> None:
     network = sdeplug.create("score_model", "unet", event_shape=(1, SIZE, SIZE), channels=16)
     settings = TrainSettings(steps=steps, batch_size=64, progress=False, checkpoint_every=None)
     Trainer(network, sdeplug.create("sde", "vp"), ArraySource(path), settings, flip=True).fit()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    # VmHWM, the peak of this process's own memory: ru_maxrss would also count the parent's
+    # resident memory at the fork that started it
+    status = Path("/proc/self/status").read_text().splitlines()
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)  # KiB
 
 
 def memory_rows(rows: int, steps: int) -> list[str]:
