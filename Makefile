@@ -40,7 +40,7 @@ train-2proc: $(STAMP)
 
 # The CI command: lint, then the whole suite on every core.
 test: lint
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=10
 
 # The edit-test loop: every module, under a minute on 2 cores (tests marked slow left out).
 test-fast: $(STAMP)
