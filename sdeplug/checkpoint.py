@@ -151,6 +151,15 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
     return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), sync=True)
 
 
+def is_pickle(path: Path) -> bool:
+    """Whether ``path`` looks like a Python pickle (protocol 2 to 5, or a .pkl/.pickle name)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return path.suffix in (".pkl", ".pickle") or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read and verify a checkpoint; raise CheckpointError naming what is wrong."""
     path = Path(path)
@@ -161,6 +170,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
             header = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        if is_pickle(path):
+            raise CheckpointError(
+                f"{path} is a Python pickle (like EDM's network-snapshot-*.pkl): loading it would run code from "
+                "the file, so sdeplug never does. In an environment you trust, save the network's state_dict with "
+                "safetensors.torch.save_file, and load those weights into the same network here (a denoiser "
+                "D(x, sigma) wrapped in sdeplug.denoisers.DenoiserScore)"
+            ) from None
         raise CheckpointError(
             f"{path} is not a readable safetensors checkpoint (truncated, corrupted or another format): {exc}"
         ) from exc

@@ -35,6 +35,7 @@ LIBRARY = {
     "sdeplug.losses",
     "sdeplug.trainer",
     "sdeplug.data",
+    "sdeplug.denoisers",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",
