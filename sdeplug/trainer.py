@@ -4,9 +4,11 @@ The objective is the denoising score-matching loss (``objective = "score"``) or,
 time-dependent classifier that guidance needs, the noisy cross-entropy on labelled data
 (``objective = "classifier"``); everything else is the same loop.
 
-Each step draws a minibatch with its own generator, evaluates the loss with another,
-takes an Adam step with linear learning-rate warm-up and gradient-norm clipping, and
-updates an exponential moving average of the weights (sampling uses the EMA). A
+Each step draws its minibatch from a generator seeded for (seed, step) (sdeplug.data), so
+data read ahead by DataLoader workers and a resumed run see the same batches. It evaluates
+the loss with a generator of its own, takes an Adam step with linear learning-rate warm-up
+and gradient-norm clipping, and updates an exponential moving average of the weights
+(sampling uses the EMA). A
 checkpoint holds everything the next step depends on (weights, EMA, optimiser state,
 step, generator states, loss history, config), so a resumed run reproduces the
 uninterrupted one exactly. Ctrl-C finishes the current step, saves, and stops; more Ctrl-C
