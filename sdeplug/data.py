@@ -28,6 +28,8 @@ from sdeplug.tensors import SEED_LIMIT
 
 #: The file endings an image folder's images may have (any case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Pillow modes with more than 8 bits per channel, which an image folder refuses.
+WIDE_MODES = {m: "16-bit" for m in ("I;16", "I;16B", "I;16L", "I;16N")} | {"I": "32-bit integer", "F": "32-bit float"}
 
 
 class Source(torch.utils.data.Dataset):
@@ -228,10 +230,15 @@ class ImageFolder(Source):
                     size, mode = img.size, img.mode
             except Exception as exc:  # PIL.UnidentifiedImageError, OSError: not an image
                 raise DataError(f"{path} is not a readable image: {exc}") from None
+            if mode in WIDE_MODES:  # Pillow's conversion to 8 bits would clip them, silently
+                raise DataError(
+                    f"{path} has {WIDE_MODES[mode]} pixels (Pillow mode {mode}); the images must have 8 bits per "
+                    "channel: convert them first"
+                )
             if first_size is None:
                 first_size = size
                 if channels is None:
-                    channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+                    channels = 1 if mode in ("1", "L", "LA") else 3
             elif resolution is None and size != first_size:
                 raise DataError(
                     f"{path} is {size[0]}x{size[1]} pixels but {self.files[0]} is {first_size[0]}x{first_size[1]}; "

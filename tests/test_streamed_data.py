@@ -227,6 +227,11 @@ def test_bad_image_folders_are_refused_naming_the_file(tmp_path, digit_folder):
     (mixed / "c.png").write_text("not an image")
     with pytest.raises(DataError, match=r"c\.png is not a readable image"):
         ImageFolder(mixed, resolution=8)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(wide / "a.png")  # 16-bit grey
+    with pytest.raises(DataError, match=r"a\.png has 16-bit pixels .*8 bits per channel"):
+        ImageFolder(wide)  # converting to 8 bits would clip 40000 to 255 without a word
     cut = tmp_path / "cut"
     cut.mkdir()
     whole = (digit_folder / "class0" / "0000.png").read_bytes()
