@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -326,7 +327,7 @@ class StepBatches(torch.utils.data.Dataset):
         self._generator = torch.Generator()
 
     def __len__(self) -> int:
-        return SEED_LIMIT
+        return sys.maxsize  # any step; len() must fit in a C ssize_t
 
     def __getitem__(self, step: int) -> tuple[int, Tensor | str]:
         indices, flips = step_draws(len(self.source), self.batch_size, self.seed, step, self._generator, self.flip)

@@ -160,6 +160,7 @@ def test_each_rank_reads_its_slice_of_the_global_batch_with_its_flips(digit_fold
     assert bool(flips.any()) and torch.equal(whole[flips][0], whole[flips][0].flip(-1).flip(-1))
     assert torch.equal(whole[flips], torch.stack([source[int(i)] for i in indices[flips]]).flip(-1))
     parts = [StepBatches(source, 12, 3, rank=r, world_size=3, flip=True)[9] for r in range(3)]
+    assert len(StepBatches(source, 12, 3)) >= 2**62  # any step, and len() works
     assert all(step == 9 for step, _ in parts)
     assert torch.equal(torch.cat([rows for _, rows in parts]), whole)
     streamed = list(step_batches(StepBatches(source, 12, 3, flip=True), 8, 11, torch.device("cpu"), workers=2))
