@@ -141,6 +141,15 @@ def open_npz(path: Path, key: str | None = None) -> np.ndarray:
         return open_npy(path, f, start)
 
 
+def check_rows_of_data(path: Path, shape: tuple[int, ...], dtype: object, real: bool) -> None:
+    """Refuse an array that is not of real numbers, of shape (batch, ...) with at least one
+    non-empty row, naming the file."""
+    if len(shape) < 2 or not real:
+        raise DataError(f"{path} must hold real numbers of shape (batch, ...); got {dtype} {shape}")
+    if shape[0] == 0 or math.prod(shape[1:]) == 0:
+        raise DataError(f"{path} holds no data (shape {shape}); it needs at least one point")
+
+
 class ArraySource(Source):
     """The rows of a .npy file or of one array of an uncompressed .npz, opened as a memory map
     (``array``). A row is read with ``os.pread`` where the rows are contiguous, so only its
@@ -151,13 +160,8 @@ class ArraySource(Source):
     def __init__(self, path: str | Path, key: str | None = None) -> None:
         self.path, self.key = Path(path), key
         self.array = open_npz(self.path, key) if self.path.suffix == ".npz" else open_npy(self.path)
-        kind = self.array.dtype.kind
-        if self.array.ndim < 2 or kind not in "biuf" or kind == "b":
-            raise DataError(
-                f"{self.path} must hold real numbers of shape (batch, ...); got {self.array.dtype} {self.array.shape}"
-            )
-        if self.array.shape[0] == 0 or math.prod(self.array.shape[1:]) == 0:
-            raise DataError(f"{self.path} holds no data (shape {self.array.shape}); it needs at least one point")
+        real = self.array.dtype.kind in "iuf"
+        check_rows_of_data(self.path, tuple(self.array.shape), self.array.dtype, real)
         self.event_shape = tuple(self.array.shape[1:])
         contiguous_rows = isinstance(self.array, np.memmap) and self.array.flags.c_contiguous
         row_bytes = self.array.dtype.itemsize * math.prod(self.event_shape)

@@ -43,8 +43,9 @@ class DenoiserScore(ScoreModel):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t = batch_time(t, x)
-        alpha, sigma = per_sample(self.sde.alpha(t), x), per_sample(self.sde.sigma(t), x)
-        denoised = self.denoiser(x / alpha, self.sde.sigma(t) / self.sde.alpha(t))
+        alpha_t, sigma_t = self.sde.alpha(t), self.sde.sigma(t)  # (batch,), each computed once
+        alpha, sigma = per_sample(alpha_t, x), per_sample(sigma_t, x)
+        denoised = self.denoiser(x / alpha, sigma_t / alpha_t)
         return (alpha * denoised - x) / sigma**2
 
 

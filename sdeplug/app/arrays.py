@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sdeplug.app.limits import check_fits
 from sdeplug.checkpoint import write_atomically
-from sdeplug.data import npz_member, open_npy
+from sdeplug.data import check_rows_of_data, npz_member, open_npy
 from sdeplug.errors import ConfigError, DataError
 
 
@@ -63,10 +63,7 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
     else:
         raise ConfigError(f"data file {path} must end in .npy, .npz or .pt")
     real = array.is_floating_point() or (not array.is_complex() and array.dtype != torch.bool)
-    if array.ndim < 2 or not real:
-        raise DataError(f"{path} must hold real numbers of shape (batch, ...); got {array.dtype} {tuple(array.shape)}")
-    if array.shape[0] == 0 or array[0].numel() == 0:
-        raise DataError(f"{path} holds no data (shape {tuple(array.shape)}); it needs at least one point")
+    check_rows_of_data(path, tuple(array.shape), array.dtype, real)
     return array.to(torch.float64) if array.dtype != torch.float32 else array
 
 

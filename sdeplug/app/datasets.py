@@ -66,9 +66,7 @@ HOLD_LIMIT_BYTES = 2**30
 def rows(data: Tensor | Source, count: int | None = None) -> Tensor:
     """The first ``count`` rows (all by default) of a split as a float64 tensor on the CPU."""
     count = len(data) if count is None else min(count, len(data))
-    if isinstance(data, Tensor):
-        return data[:count]
-    return load_all(Subset(data, range(count))).to(torch.float64)
+    return data[:count] if isinstance(data, Tensor) else take(data, torch.arange(count))
 
 
 def take(data: Tensor | Source, indices: Tensor) -> Tensor:
@@ -84,7 +82,7 @@ def mean_row(data: Tensor | Source) -> Tensor:
         return data.mean(0)
     total, chunk = torch.zeros(data.event_shape, dtype=torch.float64), 4096
     for first in range(0, len(data), chunk):
-        total += load_all(Subset(data, range(first, min(len(data), first + chunk)))).to(torch.float64).sum(0)
+        total += take(data, torch.arange(first, min(len(data), first + chunk))).sum(0)
     return total / len(data)
 
 
