@@ -36,6 +36,7 @@ LIBRARY = {
     "sdeplug.trainer",
     "sdeplug.data",
     "sdeplug.denoisers",
+    "sdeplug.score_sde_checkpoints",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",

@@ -1,0 +1,206 @@
+"""NCSN++ / DDPM++ against the paper's own code (a recorded fixture), its presets, and
+score_sde_pytorch checkpoints read safely."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdeplug.checkpoint import CheckpointError
+from sdeplug.parameterization import ParameterizedScore
+from sdeplug.registry import get_registry
+from sdeplug.score_sde_checkpoints import ReferenceCheckpoint, read_reference_checkpoint, reference_weights
+from sdeplug_models import fir
+from sdeplug_models.ncsnpp import PRESETS, NCSNpp
+from sdeplug_reference.sdes import VESDE, VPSDE, SubVPSDE
+
+FIXTURE = Path(__file__).parent / "data" / "score_sde"
+CASES = json.loads((FIXTURE / "cases.json").read_text())
+RECORDED = load_file(FIXTURE / "reference_outputs.safetensors")
+SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE}
+
+
+def build(case: str) -> tuple[NCSNpp, ParameterizedScore]:
+    """The case's network with fresh weights, and its score under the paper's convention."""
+    spec, params = CASES["cases"][case], CASES["sde"]
+    network = NCSNpp(event_shape=(3, 8, 8), **spec["options"]).eval()
+    if spec["sde"] == "vesde":
+        sde = VESDE(sigma_min=params["sigma_min"], sigma_max=params["sigma_max"])
+    else:
+        sde = SDES[spec["sde"]](beta_min=params["beta_min"], beta_max=params["beta_max"])
+    # the paper's get_score_fn: VE models output the score, VP and sub-VP models the noise
+    return network, ParameterizedScore(network, sde, "score" if spec["sde"] == "vesde" else "noise")
+
+
+def reference_label_and_std(case: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The network input and output divisor of the paper's get_score_fn, in its float32 arithmetic."""
+    spec, p = CASES["cases"][case], CASES["sde"]
+    if spec["sde"] == "vesde":
+        return p["sigma_min"] * (p["sigma_max"] / p["sigma_min"]) ** t, None
+    log_mean = -0.25 * t**2 * (p["beta_max"] - p["beta_min"]) - 0.5 * t * p["beta_min"]
+    std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean)) if spec["sde"] == "vpsde" else 1.0 - torch.exp(2.0 * log_mean)
+    return t * 999, std
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().amax(dim=(1, 2, 3), keepdim=True)
+    return ((got - expected).abs() / scale).max().item()
+
+
+def assert_matches(case: str, network: NCSNpp, score: ParameterizedScore, expected: torch.Tensor) -> None:
+    """The network on the paper's own inputs agrees to float32 rounding; the sdeplug score
+    (sdeplug's sigma(t), rounded differently) to 1e-4."""
+    x, t = RECORDED["x"], RECORDED["t"]
+    label, std = reference_label_and_std(case, t)
+    with torch.no_grad():
+        out = network(x, label)
+        assert relative_error(out if std is None else -out / std[:, None, None, None], expected) < 1e-6
+        assert relative_error(score(x, t), expected) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["vp", "subvp", "vp_residual"])
+def test_matches_the_papers_code_on_its_weights(case):
+    network, score = build(case)
+    prefix = f"{case}.model."
+    model = {key: RECORDED[prefix + key] for key in CASES["cases"][case]["keys"]}  # in the reference's order
+    network.load_state_dict(reference_weights(network, ReferenceCheckpoint(model, None, None), weights="model"))
+    assert_matches(case, network, score, RECORDED[f"{case}.score"])
+    # the fixture's outputs depend on every layer: disturbing one projection breaks the match
+    with torch.no_grad():
+        network.mid[1].q.weight.add_(0.05)
+    with pytest.raises(AssertionError):
+        assert_matches(case, network, score, RECORDED[f"{case}.score"])
+
+
+def test_a_checkpoint_of_the_papers_code_loads_with_its_ema_weights():
+    checkpoint = read_reference_checkpoint(FIXTURE / "checkpoint_2.pth")
+    assert checkpoint.step == 2 and checkpoint.shadow_params is not None
+    network, score = build("ve")
+    network.load_state_dict(reference_weights(network, checkpoint, weights="model"))
+    assert_matches("ve", network, score, RECORDED["ve.score"])
+    network.load_state_dict(reference_weights(network, checkpoint, weights="ema"))
+    assert_matches("ve", network, score, RECORDED["ve.score_ema"])
+    # the fixed Fourier features are not trained: they keep the model's value under EMA
+    assert torch.equal(network.fourier.freqs, checkpoint.model["all_modules.0.W"])
+    assert not torch.allclose(RECORDED["ve.score"], RECORDED["ve.score_ema"])
+
+
+def test_the_fixture_checkpoint_carries_numpy_1_scalars_that_plain_weights_only_loading_refuses():
+    with pytest.raises(pickle.UnpicklingError, match="numpy"):
+        torch.load(FIXTURE / "checkpoint_2.pth", weights_only=True)
+
+
+def test_a_checkpoint_of_the_wrong_preset_is_refused_naming_the_first_mismatching_key():
+    checkpoint = read_reference_checkpoint(FIXTURE / "checkpoint_2.pth")
+    network, _ = build("vp")
+    with pytest.raises(CheckpointError, match=r"all_modules\.\d+\.\S+ has shape .* \(is it the right preset\?\)"):
+        reference_weights(network, checkpoint)
+
+
+def test_a_truncated_checkpoint_is_refused_naming_what_is_missing():
+    checkpoint = read_reference_checkpoint(FIXTURE / "checkpoint_2.pth")
+    network, _ = build("ve")
+    short = dict(list(checkpoint.model.items())[:-2])
+    with pytest.raises(CheckpointError, match=r"holds \d+ tensors where the network has \d+; 'out\.weight' is missing"):
+        reference_weights(network, ReferenceCheckpoint(short, checkpoint.shadow_params, 2))
+    with pytest.raises(CheckpointError, match="EMA holds 3 tensors"):
+        reference_weights(network, ReferenceCheckpoint(checkpoint.model, checkpoint.shadow_params[:3], 2))
+    with pytest.raises(CheckpointError, match="no EMA weights"):
+        reference_weights(network, ReferenceCheckpoint(checkpoint.model, None, 2))
+
+
+class _SideEffect:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {}, "ema": _SideEffect(), "step": 1}, tmp_path / "hostile.pth")
+    with pytest.raises(CheckpointError, match="weights-only loading refuses.*GLOBAL posix.system"):
+        read_reference_checkpoint(tmp_path / "hostile.pth")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "bare.pkl").write_bytes(pickle.dumps({"model": {}}))
+    with pytest.raises(CheckpointError, match="is a bare pickle; a score_sde_pytorch checkpoint is a torch.save zip"):
+        read_reference_checkpoint(tmp_path / "bare.pkl")
+
+
+def test_other_files_are_refused_with_what_a_checkpoint_holds(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"expected a dict with 'model'.*got \['weights'\]"):
+        read_reference_checkpoint(tmp_path / "other.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="is not a zip archive"):
+        read_reference_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_reference_checkpoint(tmp_path / "missing.pth")
+
+
+def test_numpy_scalars_written_by_this_numpy_are_read_too(tmp_path):
+    state = {"model": {"w": torch.ones(2)}, "optimizer": {"lr": np.float64(1e-4), "n": np.int64(3)}, "step": 5}
+    torch.save(state, tmp_path / "checkpoint_5.pth")
+    assert read_reference_checkpoint(tmp_path / "checkpoint_5.pth").step == 5
+    buffer = io.BytesIO()
+    torch.save({"model": {}, "step": np.complex128(1j)}, buffer)  # a numpy type the paper's files never hold
+    (tmp_path / "complex.pth").write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="weights-only loading refuses"):
+        read_reference_checkpoint(tmp_path / "complex.pth")
+
+
+def test_the_fixture_is_a_torch_save_zip_as_the_papers_files_are():
+    assert zipfile.is_zipfile(FIXTURE / "checkpoint_2.pth")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_runs_forward_and_backward_at_a_tiny_width(name):
+    options, _sde = PRESETS[name]
+    assert get_registry().get("score_model", name).fixed == options
+    network = NCSNpp(event_shape=(3, 16, 16), **{**options, "nf": 8})
+    x = torch.randn(2, 3, 16, 16)
+    label = torch.tensor([0.5, 20.0]) if network.time_input == "sigma" else torch.tensor([3.0, 900.0])
+    out = network(x, label)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in network.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert network.time_input == ("sigma" if _sde == "ve" else "999t")
+
+
+def test_the_paper_cifar10_presets_have_its_sizes():
+    """Parameter counts of the paper's CIFAR-10 networks, built at full width."""
+    counts = {}
+    for name in ("ncsnpp_cifar10_ve", "ddpmpp_cifar10_vp"):
+        network = get_registry().create("score_model", name, event_shape=(3, 32, 32))
+        counts[name] = sum(p.numel() for p in network.parameters())
+    # NCSN++ cont. is about 63 M parameters in the paper's Table; DDPM++ cont. about 62 M
+    assert 60e6 < counts["ncsnpp_cifar10_ve"] < 66e6
+    assert 58e6 < counts["ddpmpp_cifar10_vp"] < 64e6
+
+
+def test_bad_options_are_refused_with_what_is_accepted():
+    with pytest.raises(ValueError, match="progressive must be one of 'none', 'output_skip', 'residual'; got 'skip'"):
+        NCSNpp(event_shape=(3, 8, 8), progressive="skip")
+    with pytest.raises(ValueError, match="divisible by 8"):
+        NCSNpp(event_shape=(3, 12, 12), nf=8)
+    with pytest.raises(ValueError, match="scale_by_sigma .* needs time_input 'sigma'"):
+        NCSNpp(event_shape=(3, 8, 8), nf=8, ch_mult=(1, 2), scale_by_sigma=True, embedding_type="positional")
+
+
+def test_fir_resampling_keeps_constant_images_constant_away_from_the_border():
+    kernel = fir.fir_filter([1, 3, 3, 1]).double()
+    ones = torch.ones(1, 2, 8, 8, dtype=torch.float64)
+    up, down = fir.upsample(ones, kernel), fir.downsample(ones, kernel)
+    assert up.shape == (1, 2, 16, 16) and down.shape == (1, 2, 4, 4)
+    assert torch.allclose(up[..., 2:-2, 2:-2], torch.ones_like(up[..., 2:-2, 2:-2]))
+    assert torch.allclose(down[..., 1:-1, 1:-1], torch.ones_like(down[..., 1:-1, 1:-1]))
+    with pytest.raises(ValueError, match="fir_kernel must be"):
+        fir.fir_filter([1, -1])
