@@ -39,7 +39,7 @@ from sdeplug.data import Source, StepBatches, apply_flips, step_batches, step_dr
 from sdeplug.errors import DataError, PlatformError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
-from sdeplug.parameterization import ParameterizedScore
+from sdeplug.parameterization import PARAMETERIZATIONS, ParameterizedScore
 from sdeplug.tensors import check_seed, non_finite_rows
 
 
@@ -508,6 +508,10 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
 
     if not isinstance(meta, dict):
         raise refuse(f"its metadata must be a JSON object; got {type(meta).__name__}")
+    if meta.get("kind") == "weights":
+        raise refuse(
+            f"it holds weights only (from {meta.get('source')}), no training state to resume; train afresh elsewhere"
+        )
     allowed = META_KEYS | OPTIONAL_META_KEYS
     missing, unexpected = META_KEYS.keys() - meta.keys(), meta.keys() - allowed.keys()
     if missing or unexpected:
@@ -625,10 +629,49 @@ def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
 
 
+#: The metadata of a weights checkpoint: network weights for sampling without training
+#: state, such as a network converted from another code base.
+WEIGHTS_META_KEYS = {"kind": str, "config": dict, "settings": dict, "source": dict}
+
+
+def save_weights(
+    path: str | Path,
+    state: dict[str, Tensor],
+    *,
+    parameterization: str,
+    config: dict[str, Any],
+    source: dict[str, Any],
+) -> Path:
+    """Write (atomically) a weights checkpoint that sampling and likelihood read as they read a
+    trained one: the weights, how the output is read, the run's config and where they came from."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}; got {parameterization!r}")
+    tensors = {f"ema.{key}": value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
+    meta = {"kind": "weights", "config": config, "settings": {"parameterization": parameterization}, "source": source}
+    return save_checkpoint(path, tensors, meta)
+
+
+def _checked_weights_metadata(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> None:
+    if meta.keys() != WEIGHTS_META_KEYS.keys() or any(not isinstance(meta[k], t) for k, t in WEIGHTS_META_KEYS.items()):
+        raise CheckpointError(f"{path} is not a valid weights checkpoint: its metadata must hold {WEIGHTS_META_KEYS}")
+    if (
+        meta["settings"] != {"parameterization": meta["settings"].get("parameterization")}
+        or meta["settings"]["parameterization"] not in PARAMETERIZATIONS
+    ):
+        raise CheckpointError(f"{path} is not a valid weights checkpoint: settings must name a parameterization")
+    stray = [k for k in tensors if not k.startswith("ema.")]
+    if stray:
+        raise CheckpointError(f"{path} is not a valid weights checkpoint: unexpected tensors {sorted(stray)[:5]}")
+
+
 def load_ema_weights(network: torch.nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's EMA weights into ``network`` (for sampling); return its metadata."""
+    """Load a checkpoint's EMA weights (or a weights checkpoint's weights) into ``network``
+    (for sampling); return its metadata."""
     tensors, meta = load_checkpoint(path, device="cpu")
-    checked_metadata(path, tensors, meta)
+    if isinstance(meta, dict) and meta.get("kind") == "weights":
+        _checked_weights_metadata(path, tensors, meta)
+    else:
+        checked_metadata(path, tensors, meta)
     try:
         network.load_state_dict(_prefixed(tensors, "ema."))
     except RuntimeError as exc:

@@ -292,10 +292,11 @@ def check_sizes(config: Config, dataset: Dataset, *, train: TrainSettings | None
         check_fits(f"[sample] batch_size = {run.batch_size}", run.batch_size * numel * item, device)
 
 
-def build_network(config: Config, dataset: Dataset) -> torch.nn.Module:
+def build_network(config: Config, dataset: Dataset | None) -> torch.nn.Module:
     """The [model] network, shaped for the data unless the config gives event_shape."""
     options = dict(config.model.options)
-    options.setdefault("event_shape", dataset.event_shape)
+    if dataset is not None:
+        options.setdefault("event_shape", dataset.event_shape)
     return get_registry().create("score_model", config.model.name, **options)
 
 

@@ -1,4 +1,4 @@
-"""The ``sdeplug`` command: plugins, train, sample and likelihood, each driven by a TOML config.
+"""The ``sdeplug`` command: plugins, train, sample, likelihood and convert, each driven by a TOML config.
 
 Each command reads the config with its command-line overrides, runs a job of
 ``sdeplug.app.jobs`` and prints its report.
@@ -242,6 +242,26 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a score_sde_pytorch checkpoint for the config's [sde] and [model] into an sdeplug
+    weights checkpoint, checkpoint.safetensors in the output folder, where sample and
+    likelihood look for it."""
+    from sdeplug.app.convert import convert_job
+
+    config = configured(args)
+    out = _out_dir(args, config) / "checkpoint.safetensors"
+    if out.exists():
+        raise ConfigError(f"{out} exists already; remove it or convert into another folder (--out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = convert_job(config, args.source, out, weights=args.weights)
+    source = report["source"]
+    print(
+        f"converted {source['file']} (step {source['step']}, {source['weights']} weights, "
+        f"{report['parameters']:,} parameters, read as {report['parameterization']}) to {report['checkpoint']}"
+    )
+    return 0
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed of the samples") -> None:
     """The config path and the flags that override its [sample] (or [train]) and [output] keys."""
     parser.add_argument("config", help="path to a TOML config")
@@ -289,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(likelihood, "random seed of the dequantisation and the probes (overrides [sample] seed)")
     likelihood.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     likelihood.set_defaults(func=cmd_likelihood)
+    convert = sub.add_parser(
+        "convert", help="convert a checkpoint of the paper's code (score_sde_pytorch) into sdeplug's format"
+    )
+    convert.add_argument("config", help="path to a TOML config whose [sde] and [model] match the checkpoint")
+    convert.add_argument("source", help="a score_sde_pytorch checkpoint_*.pth (read with weights_only loading)")
+    convert.add_argument("--out", help="output folder (default: [output] dir); writes checkpoint.safetensors there")
+    convert.add_argument(
+        "--weights",
+        choices=("ema", "model"),
+        default="ema",
+        help="the EMA weights the paper samples with (default) or the raw model weights",
+    )
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -1,0 +1,54 @@
+"""``sdeplug convert``: a checkpoint of the paper's code, once, into sdeplug's checksummed
+safetensors, so that sample and likelihood read it as they read a trained checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sdeplug.app.assemble import build_dataset, build_network, check_config, run_config_dict
+from sdeplug.app.config import Config
+from sdeplug.errors import ConfigError
+from sdeplug.score_sde_checkpoints import Weights, read_reference_checkpoint, reference_weights
+from sdeplug.trainer import save_weights
+
+#: How the paper's get_score_fn reads its continuous-time networks on each SDE: VE models
+#: output the score, VP and sub-VP models the noise (score = -output / std).
+PAPER_PARAMETERIZATION = {"ve": "score", "vp": "noise", "subvp": "noise"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_job(config: Config, source: str | Path, out: Path, weights: Weights = "ema") -> dict[str, Any]:
+    """Read a score_sde_pytorch ``checkpoint_*.pth`` into the config's [model] network and
+    write its EMA (or model) weights to ``out``."""
+    check_config(config)
+    if config.sde.name not in PAPER_PARAMETERIZATION:
+        raise ConfigError(
+            f"score_sde_pytorch checkpoints are VE, VP or sub-VP models; [sde] name is {config.sde.name!r} "
+            f"(use one of {', '.join(map(repr, PAPER_PARAMETERIZATION))})"
+        )
+    source = Path(source)
+    checkpoint = read_reference_checkpoint(source)
+    # the data are read only for their shape, and not at all when [model] gives event_shape
+    dataset = None if "event_shape" in config.model.options else build_dataset(config)
+    network = build_network(config, dataset)
+    state = reference_weights(network, checkpoint, weights, source=str(source))
+    network.load_state_dict(state)  # every tensor has its place: shapes and count were checked
+    parameterization = PAPER_PARAMETERIZATION[config.sde.name]
+    provenance = {"file": source.name, "sha256": _sha256(source), "step": checkpoint.step, "weights": weights}
+    save_weights(out, state, parameterization=parameterization, config=run_config_dict(config), source=provenance)
+    return {
+        "checkpoint": str(out),
+        "source": provenance,
+        "parameterization": parameterization,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "written": [str(out)],
+    }

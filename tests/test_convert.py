@@ -1,0 +1,93 @@
+"""``sdeplug convert``: a checkpoint of the paper's code, converted once, samples and scores
+exactly as the reference's get_score_fn on the same weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdeplug.app.assemble import build_dataset, build_score, check_config
+from sdeplug.app.config import load_config
+from sdeplug.checkpoint import load_checkpoint
+from sdeplug_cli import main
+
+FIXTURE = Path(__file__).parent / "data" / "score_sde"
+CASES = json.loads((FIXTURE / "cases.json").read_text())
+RECORDED = load_file(FIXTURE / "reference_outputs.safetensors")
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(tmp_path: Path, case: str = "ve", sde: str = "ve") -> Path:
+    """A config for the fixture's tiny network of ``case`` on 8x8 RGB data in a .npy file."""
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).uniform(0, 1, (20, 3, 8, 8)))
+    options = "\n".join(f"{k} = {_toml(v)}" for k, v in CASES["cases"][case]["options"].items())
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[sde]\nname = "{sde}"\n\n[data]\nname = "file"\npath = "{tmp_path / "images.npy"}"\n\n'
+        f'[model]\nname = "ncsnpp"\nevent_shape = [3, 8, 8]\n{options}\n\n'
+        '[sampler]\nkind = "pc"\nsteps = 5\n\n[sampler.predictor]\nname = "reverse_diffusion"\n\n'
+        f'[sample]\nnum = 6\nseed = 0\n\n[output]\ndir = "{tmp_path / "run"}"\n'
+    )
+    return path
+
+
+def test_a_converted_checkpoint_scores_as_the_papers_code_with_its_ema_weights(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    printed = capsys.readouterr().out
+    assert "converted checkpoint_2.pth (step 2, ema weights" in printed and "read as score" in printed
+    converted = tmp_path / "run" / "checkpoint.safetensors"
+    tensors, meta = load_checkpoint(converted)
+    assert meta["kind"] == "weights" and meta["source"]["weights"] == "ema" and len(meta["source"]["sha256"]) == 64
+    config = load_config(config_path)
+    sde = check_config(config)
+    score = build_score(config, sde, build_dataset(config), converted, torch.device("cpu"))
+    with torch.no_grad():
+        got = score(RECORDED["x"], RECORDED["t"])
+    expected = RECORDED["ve.score_ema"]
+    assert ((got - expected).abs() / expected.abs().amax(dim=(1, 2, 3), keepdim=True)).max() < 1e-4
+    # and the sampler reads it as it reads a trained checkpoint
+    assert main(["sample", str(config_path), "--no-progress"]) == 0
+    samples = np.load(tmp_path / "run" / "samples.npy")
+    assert samples.shape == (6, 3, 8, 8) and np.isfinite(samples).all()
+
+
+def test_converting_twice_into_one_folder_is_refused(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists already" in err[0]
+
+
+def test_a_checkpoint_for_another_network_is_refused_in_one_line(tmp_path, capsys):
+    config_path = write_config(tmp_path, case="vp", sde="vp")
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this network: its 'all_modules.0.W' has shape (8,)" in err[0]
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_training_does_not_resume_from_a_weights_checkpoint(tmp_path, capsys):
+    config_path = write_config(tmp_path)
+    config_path.write_text(
+        config_path.read_text() + '\n[train]\nsteps = 2\nbatch_size = 4\nparameterization = "score"\n'
+    )
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    assert main(["train", str(config_path), "--no-progress"]) == 2
+    assert "holds weights only" in capsys.readouterr().err
