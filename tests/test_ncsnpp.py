@@ -163,8 +163,9 @@ def test_the_fixture_is_a_torch_save_zip_as_the_papers_files_are():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_each_preset_runs_forward_and_backward_at_a_tiny_width(name):
     options, _sde = PRESETS[name]
-    assert get_registry().get("score_model", name).fixed == options
-    network = NCSNpp(event_shape=(3, 16, 16), **{**options, "nf": 8})
+    network = NCSNpp(event_shape=(3, 16, 16), preset=name, nf=8)
+    assert network.nf == 8 and network.num_res_blocks == options["num_res_blocks"]
+    assert network.embedding_type == options["embedding_type"] and network.scale_by_sigma == options["scale_by_sigma"]
     x = torch.randn(2, 3, 16, 16)
     label = torch.tensor([0.5, 20.0]) if network.time_input == "sigma" else torch.tensor([3.0, 900.0])
     out = network(x, label)
@@ -179,7 +180,7 @@ def test_the_paper_cifar10_presets_have_its_sizes():
     """Parameter counts of the paper's CIFAR-10 networks, built at full width."""
     counts = {}
     for name in ("ncsnpp_cifar10_ve", "ddpmpp_cifar10_vp"):
-        network = get_registry().create("score_model", name, event_shape=(3, 32, 32))
+        network = get_registry().create("score_model", "ncsnpp", preset=name, event_shape=(3, 32, 32))
         counts[name] = sum(p.numel() for p in network.parameters())
     # NCSN++ cont. is about 63 M parameters in the paper's Table; DDPM++ cont. about 62 M
     assert 60e6 < counts["ncsnpp_cifar10_ve"] < 66e6
@@ -189,6 +190,8 @@ def test_the_paper_cifar10_presets_have_its_sizes():
 def test_bad_options_are_refused_with_what_is_accepted():
     with pytest.raises(ValueError, match="progressive must be one of 'none', 'output_skip', 'residual'; got 'skip'"):
         NCSNpp(event_shape=(3, 8, 8), progressive="skip")
+    with pytest.raises(ValueError, match="preset must be one of 'ncsnpp_cifar10_ve', .*; got 'cifar10'"):
+        NCSNpp(preset="cifar10")
     with pytest.raises(ValueError, match="divisible by 8"):
         NCSNpp(event_shape=(3, 12, 12), nf=8)
     with pytest.raises(ValueError, match="scale_by_sigma .* needs time_input 'sigma'"):

@@ -1,5 +1,5 @@
 """Score networks (an MLP for vectors, a small U-Net and the paper's NCSN++/DDPM++ for
-images, with the paper's CIFAR-10 presets) and time-dependent classifiers for guidance
+images, with the paper's CIFAR-10 configurations as presets) and time-dependent classifiers for guidance
 (an MLP and a small CNN).
 
 Score networks are registered through ``register_score_models`` and built as
@@ -12,7 +12,7 @@ Classifiers are registered through ``register_classifiers`` and built as
 from sdeplug import hookimpl
 from sdeplug_models.classifiers import ConvClassifier, MLPClassifier
 from sdeplug_models.mlp import MLP
-from sdeplug_models.ncsnpp import PRESETS, NCSNpp
+from sdeplug_models.ncsnpp import NCSNpp
 from sdeplug_models.unet import UNet
 
 __all__ = ["MLP", "ConvClassifier", "MLPClassifier", "NCSNpp", "UNet"]
@@ -23,8 +23,6 @@ def register_score_models(register):
     register(MLP)
     register(UNet)
     register(NCSNpp)
-    for name, (options, _sde) in PRESETS.items():
-        register(NCSNpp, name=name, **options)
 
 
 @hookimpl

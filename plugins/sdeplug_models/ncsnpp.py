@@ -2,7 +2,8 @@
 
 One class covers both: DDPM++ is NCSN++ with positional embeddings, no FIR filter and no
 progressive paths. Every option of the paper's configs is an option here, under the same
-name, and the registered presets are the paper's CIFAR-10 configurations.
+name; ``preset`` names one of the paper's CIFAR-10 configurations (PRESETS), and options
+given beside it override its values.
 
 The network is conditioned on a noise label: the noise level sigma(t) with the Fourier
 embedding (the paper's VE models, which take its log) and 999 t with the positional one
@@ -218,6 +219,31 @@ class Stage(nn.Module):
         return self.attention(h) if self.attention is not None else h
 
 
+#: The value of each option when neither the config nor a preset gives it: DDPM++'s.
+DEFAULTS: dict[str, object] = dict(
+    nf=128,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=4,
+    attn_resolutions=(16,),
+    dropout=0.1,
+    resamp_with_conv=True,
+    conditional=True,
+    fir=False,
+    fir_kernel=(1, 3, 3, 1),
+    skip_rescale=True,
+    resblock_type="biggan",
+    progressive="none",
+    progressive_input="none",
+    progressive_combine="sum",
+    embedding_type="positional",
+    fourier_scale=16.0,
+    init_scale=0.0,
+    scale_by_sigma=False,
+    centered=True,
+    time_input=None,
+)
+
+
 class NCSNpp(ScoreModel):
     """NCSN++ / DDPM++ for images (C, H, W), H and W divisible by 2^(len(ch_mult) - 1).
 
@@ -233,26 +259,59 @@ class NCSNpp(ScoreModel):
     def __init__(
         self,
         event_shape: Sequence[int] = (3, 32, 32),
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 4,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
-        resamp_with_conv: bool = True,
-        conditional: bool = True,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        resblock_type: str = "biggan",
-        progressive: str = "none",
-        progressive_input: str = "none",
-        progressive_combine: str = "sum",
-        embedding_type: str = "positional",
-        fourier_scale: float = 16.0,
-        init_scale: float = 0.0,
-        scale_by_sigma: bool = False,
-        centered: bool = True,
+        preset: str | None = None,
+        nf: int | None = None,
+        ch_mult: Sequence[int] | None = None,
+        num_res_blocks: int | None = None,
+        attn_resolutions: Sequence[int] | None = None,
+        dropout: float | None = None,
+        resamp_with_conv: bool | None = None,
+        conditional: bool | None = None,
+        fir: bool | None = None,
+        fir_kernel: Sequence[float] | None = None,
+        skip_rescale: bool | None = None,
+        resblock_type: str | None = None,
+        progressive: str | None = None,
+        progressive_input: str | None = None,
+        progressive_combine: str | None = None,
+        embedding_type: str | None = None,
+        fourier_scale: float | None = None,
+        init_scale: float | None = None,
+        scale_by_sigma: bool | None = None,
+        centered: bool | None = None,
         time_input: str | None = None,
+    ) -> None:
+        """Options left out take the ``preset``'s value (one of PRESETS), else DEFAULTS."""
+        given = {k: v for k, v in locals().items() if k in DEFAULTS and v is not None}
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(map(repr, PRESETS))}; got {preset!r}")
+        chosen = {**DEFAULTS, **(PRESETS[preset][0] if preset else {}), **given}
+        self._build(event_shape, **chosen)
+        self.preset = preset
+
+    def _build(
+        self,
+        event_shape: Sequence[int],
+        nf: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        resamp_with_conv: bool,
+        conditional: bool,
+        fir: bool,
+        fir_kernel: Sequence[float],
+        skip_rescale: bool,
+        resblock_type: str,
+        progressive: str,
+        progressive_input: str,
+        progressive_combine: str,
+        embedding_type: str,
+        fourier_scale: float,
+        init_scale: float,
+        scale_by_sigma: bool,
+        centered: bool,
+        time_input: str | None,
     ) -> None:
         super().__init__()
         self.event_shape = tuple(int(d) for d in event_shape)

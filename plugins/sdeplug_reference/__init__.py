@@ -14,7 +14,7 @@ from sdeplug_reference.predictors import (
     NoPredictor,
     ReverseDiffusion,
 )
-from sdeplug_reference.sdes import VESDE, VPSDE, SubVPSDE
+from sdeplug_reference.sdes import DDPMSDE, VESDE, VPSDE, SubVPSDE
 
 __all__ = [
     "VESDE",
@@ -30,13 +30,14 @@ __all__ = [
     "QuadraticGrid",
     "ReverseDiffusion",
     "SubVPSDE",
+    "DDPMSDE",
     "UniformGrid",
 ]
 
 
 @hookimpl
 def register_sdes(register):
-    for cls in (VESDE, VPSDE, SubVPSDE):
+    for cls in (VESDE, VPSDE, SubVPSDE, DDPMSDE):
         register(cls)
 
 

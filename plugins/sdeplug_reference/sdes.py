@@ -1,4 +1,5 @@
-"""The paper's three SDEs: VE (SMLD), VP (DDPM) and sub-VP, with the paper's defaults."""
+"""The paper's three SDEs: VE (SMLD), VP (DDPM) and sub-VP, with the paper's defaults; and
+DDPM's discrete chain as an SDE (``ddpm``), for models trained on its discrete schedule."""
 
 from __future__ import annotations
 
@@ -180,3 +181,93 @@ class SubVPSDE(_BetaSchedule):
 
     def diffusion(self, t: Tensor) -> Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))
+
+
+@attrs.frozen(kw_only=True)
+class DDPMSDE(LinearSDE):
+    """DDPM's discrete chain as a VP SDE: step k of N sits at t_k = k / (N - 1), where
+    alpha(t_k)^2 = prod_{i <= k} (1 - beta_i) exactly, with DDPM's linear betas from
+    beta_start to beta_end; log alpha is linear between steps (beta(t) piecewise constant).
+
+    On its grid the exact kernel from t_k to t_{k-1} is DDPM's x_k = sqrt(1 - beta_k) x_{k-1}
+    + sqrt(beta_k) z, so the ``ancestral`` predictor is DDPM's sampler step for step. Step 0
+    already carries noise beta_0 (sigma(0) = sqrt(beta_0)), as in DDPM. Its continuous
+    counterpart is ``vp`` with beta_min = N beta_start and beta_max = N beta_end.
+    """
+
+    name = "ddpm"
+    default_eps = 0.0
+
+    beta_start: float = attrs.field(default=1e-4, converter=float, validator=_positive)
+    beta_end: float = attrs.field(default=0.02, converter=float, validator=_positive)
+    N: int = attrs.field(default=1000, converter=_whole, validator=v.gt(1))
+    T: float = attrs.field(default=1.0, init=False)
+    _log_alpha: Tensor = attrs.field(init=False, repr=False, eq=False)
+
+    @classmethod
+    def example_options(cls):
+        from hypothesis import strategies as st
+
+        return st.builds(
+            lambda lo, span, n: {"beta_start": lo, "beta_end": lo + span, "N": n},
+            st.floats(1e-5, 1e-3),
+            st.floats(0.0, 0.05),
+            st.integers(10, 1000),
+        )
+
+    def __attrs_post_init__(self) -> None:
+        if not self.beta_start <= self.beta_end < 1:
+            raise ValueError(
+                f"need beta_start <= beta_end < 1; got beta_start={self.beta_start}, beta_end={self.beta_end}"
+            )
+        betas = torch.linspace(self.beta_start, self.beta_end, self.N, dtype=torch.float64)
+        object.__setattr__(self, "_log_alpha", 0.5 * torch.cumsum(torch.log1p(-betas), 0))
+
+    def _position(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Step below t, the fraction of the way to the next, and log alpha's slope there."""
+        table = self._log_alpha.to(t.device)
+        s = (t.to(torch.float64) * (self.N - 1)).clamp(0, self.N - 1)
+        k = s.floor().clamp(max=self.N - 2).long()
+        slope = table[k + 1] - table[k]
+        return table[k], s - k, slope
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        """log alpha(t), interpolated linearly between the steps (float64 inside)."""
+        base, frac, slope = self._position(t)
+        return (base + frac * slope).to(t.dtype)
+
+    def beta(self, t: Tensor) -> Tensor:
+        """-2 d log alpha / dt: constant between two steps."""
+        _, _, slope = self._position(t)
+        return (-2 * slope * (self.N - 1)).to(t.dtype)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_mean_coeff(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return -0.5 * per_sample(self.beta(t), x) * x
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        log_a = self.log_mean_coeff(t) - self.log_mean_coeff(s)
+        return torch.exp(log_a), -torch.expm1(2 * log_a)
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """The exact kernel over the step: DDPM's chain on its own grid."""
+        a, var = self.transition(t - dt, t)
+        return per_sample(a - 1.0, x) * x, torch.sqrt(var)
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """1 - beta_k of the chain's step at t."""
+        return torch.exp(2 * self._position(t)[2]).to(t.dtype)
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
+        return randn(shape, generator, device, dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        return _normal_logp(z, 1.0)
