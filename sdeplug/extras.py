@@ -5,6 +5,7 @@ Sampling, likelihoods, guidance and training need none of them. ``sdeplug[testin
 (pytest, hypothesis) is the testing kit, ``sdeplug[plots]`` (matplotlib) the pictures the
 commands write, ``sdeplug[eval]`` (scikit-learn) the outside judge of labelled data,
 ``sdeplug[images]`` (Pillow) folders of images as data; ``sdeplug[all]`` is all four.
+``sdeplug[diffusers]`` brings diffusers, for its UNet2DModels as score models.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from types import ModuleType
 from sdeplug.errors import SdeplugError
 
 #: module -> the extra that installs it
-EXTRAS = {"hypothesis": "testing", "pytest": "testing", "matplotlib": "plots", "sklearn": "eval", "PIL": "images"}
+EXTRAS = {
+    "hypothesis": "testing",
+    "pytest": "testing",
+    "matplotlib": "plots",
+    "sklearn": "eval",
+    "PIL": "images",
+    "diffusers": "diffusers",
+}
 
 
 class MissingExtraError(SdeplugError, ImportError):

@@ -326,10 +326,14 @@ def build_score(
         if dataset.mixture is None:
             raise ConfigError(f"[model] 'oracle' needs an oracle mixture as [data]; got {config.data.name!r}")
         return dataset.mixture.to(device).score_model(sde)
+    network = build_network(config, dataset)
+    if getattr(network, "pretrained", False):  # its weights came with it (a diffusers folder)
+        if checkpoint is not None:
+            raise ConfigError(f"[model] {config.model.name!r} brings its own weights; --checkpoint does not apply")
+        return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, network.parameterization)
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(config)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}; train first with `sdeplug train {config.source}`")
-    network = build_network(config, dataset)
     meta = load_ema_weights(network, path)
     check_provenance(path, meta.get("config", {}), run_config_dict(config), ("sde", "model"))
     parameterization = meta["settings"]["parameterization"]

@@ -1,0 +1,65 @@
+"""A diffusers ``UNet2DModel`` as an sdeplug score network (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from sdeplug import ScoreModel
+from sdeplug.extras import require
+
+CONVENTIONS = ("ve", "epsilon")
+
+
+class DiffusersUNet(ScoreModel):
+    """A pretrained diffusers UNet2DModel; its weights come from ``path``, not from an sdeplug checkpoint."""
+
+    name = "diffusers_unet"
+    #: the weights are loaded when the network is built
+    pretrained = True
+
+    def __init__(
+        self,
+        event_shape: Sequence[int] | None = None,
+        path: str = "",
+        subfolder: str | None = None,
+        convention: str = "ve",
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {', '.join(map(repr, CONVENTIONS))}; got {convention!r}")
+        if not path:
+            raise ValueError("path must name a folder holding a diffusers UNet2DModel (or a hub id)")
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2; got {num_train_timesteps!r}")
+        diffusers = require("diffusers", "a diffusers UNet2DModel")
+        self.unet = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder, low_cpu_mem_usage=False)
+        config = self.unet.config
+        size = config.sample_size if isinstance(config.sample_size, Sequence) else (config.sample_size,) * 2
+        own_shape = (config.in_channels, *size)
+        if event_shape is not None and tuple(event_shape) != own_shape:
+            raise ValueError(
+                f"the UNet at {path} takes images of shape {own_shape}; the data have {tuple(event_shape)}"
+            )
+        fourier = config.time_embedding_type == "fourier"
+        if (convention == "ve") != fourier:
+            needed = "Fourier" if convention == "ve" else "positional"
+            fitting = "ve" if fourier else "epsilon"
+            raise ValueError(
+                f"convention {convention!r} needs a UNet with {needed} time embeddings; the one at {path} has "
+                f"{config.time_embedding_type!r} (use convention {fitting!r})"
+            )
+        self.event_shape, self.convention, self.num_train_timesteps = own_shape, convention, num_train_timesteps
+        self.time_input = "sigma" if convention == "ve" else "t"
+        self.parameterization = "score" if convention == "ve" else "noise"
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The discrete timestep of continuous t in [0, 1]: round(t (N - 1))."""
+        return torch.round(t * (self.num_train_timesteps - 1)).clamp(0, self.num_train_timesteps - 1)
+
+    def forward(self, x: Tensor, label: Tensor) -> Tensor:
+        step = label if self.convention == "ve" else self.timestep(label)
+        return self.unet(x, step).sample
