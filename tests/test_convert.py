@@ -91,3 +91,23 @@ def test_training_does_not_resume_from_a_weights_checkpoint(tmp_path, capsys):
     assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
     assert main(["train", str(config_path), "--no-progress"]) == 2
     assert "holds weights only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_readme_commands_for_a_paper_checkpoint_run_on_the_fixture(tmp_path, capsys):
+    """README: convert, sample with UniPC in 10 steps, bits/dim (examples/score_sde_fixture.toml)."""
+    root = Path(__file__).parent.parent
+    text = (root / "examples" / "score_sde_fixture.toml").read_text()
+    text = text.replace('path = "tests/', f'path = "{root}/tests/').replace(
+        'dir = "demo-output/score-sde-fixture"', f'dir = "{tmp_path}"'
+    )
+    config = tmp_path / "fixture.toml"
+    config.write_text(text)
+    assert main(["convert", str(config), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    assert (
+        main(["sample", str(config), "--sampler", str(root / "examples/samplers/unipc10.toml"), "--no-progress"]) == 0
+    )
+    assert "10 score evaluations per sample" in capsys.readouterr().out
+    assert main(["likelihood", str(config)]) == 0
+    report = json.loads((tmp_path / "likelihood.json").read_text())
+    assert np.isfinite(report["mean_bits_per_dim"])

@@ -44,7 +44,7 @@ def test_unknown_name_lists_the_known_ones_and_a_close_match(registry):
     with pytest.raises(UnknownPartError) as info:
         registry.get("sde", "vpp")
     message = str(info.value)
-    assert "unknown sde 'vpp'" in message and "known sdes: subvp, ve, vp" in message
+    assert "unknown sde 'vpp'" in message and "known sdes: ddpm, subvp, ve, vp" in message
     assert "Did you mean 'vp'" in message
     with pytest.raises(UnknownPartError, match="unknown kind of part 'solver'.*Did you mean 'ode_solver'"):
         registry.names("solver")
@@ -167,7 +167,7 @@ def test_third_party_plugin_is_listed_and_used_from_a_config(install_example_plu
 def test_without_the_plugin_its_names_are_unknown(tmp_path):
     run = run_cli("sample", str(EXAMPLE_PLUGINS / "thirdparty" / "ou.toml"), "--out", str(tmp_path))
     assert run.returncode == 2
-    assert "unknown sde 'ou'" in run.stderr and "known sdes: subvp, ve, vp" in run.stderr
+    assert "unknown sde 'ou'" in run.stderr and "known sdes: ddpm, subvp, ve, vp" in run.stderr
 
 
 @pytest.mark.slow

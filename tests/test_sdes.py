@@ -49,7 +49,7 @@ def test_drift_and_diffusion_are_the_papers():
     torch.testing.assert_close(ve.diffusion(t), sigma * math.sqrt(2 * math.log(50 / 0.01)))
 
 
-PRIOR_STD = {"ve": lambda sde: sde.sigma_max, "vp": lambda sde: 1.0, "subvp": lambda sde: 1.0}
+PRIOR_STD = {"ve": lambda sde: sde.sigma_max, "vp": lambda sde: 1.0, "subvp": lambda sde: 1.0, "ddpm": lambda sde: 1.0}
 
 
 @given(sde=sdes(), shape=event_shapes, seed=seeds)
@@ -101,3 +101,21 @@ def test_bad_sde_options_are_refused_clearly(name, options, fragment):
     with pytest.raises(OptionError, match=fragment) as info:
         sdeplug.create("sde", name, **options)
     assert f"sde {name!r}" in str(info.value)
+
+
+def test_the_ddpm_sde_is_ddpms_chain_on_its_grid():
+    """alpha(t_k)^2 is DDPM's cumulative product at t_k = k / (N - 1), the kernel between grid
+    points is its step with beta_k, and the drift's beta is the slope of -2 log alpha."""
+    sde = sdeplug.create("sde", "ddpm", beta_start=1e-3, beta_end=0.05, N=11)
+    betas = torch.linspace(1e-3, 0.05, 11, dtype=F64)
+    t = torch.arange(11, dtype=F64) / 10
+    torch.testing.assert_close(sde.alpha(t) ** 2, torch.cumprod(1 - betas, 0))
+    torch.testing.assert_close(sde.sigma(t) ** 2, 1 - torch.cumprod(1 - betas, 0))
+    a, var = sde.transition(t[:-1], t[1:])
+    torch.testing.assert_close(var, betas[1:])
+    torch.testing.assert_close(a, torch.sqrt(1 - betas[1:]))
+    mid = (t[:-1] + t[1:]) / 2
+    torch.testing.assert_close(sde.beta(mid), -torch.log1p(-betas[1:]) * 10)
+    torch.testing.assert_close(sde.langevin_alpha(mid), 1 - betas[1:])
+    with pytest.raises(OptionError, match=r"sde .ddpm.: need beta_start <= beta_end < 1.*accepted options"):
+        sdeplug.create("sde", "ddpm", beta_start=0.1, beta_end=0.01)
