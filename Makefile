@@ -54,6 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # Benchmarks measure, they never run in the test suite; results go to docs/benchmarks.md.
+# SCORE_SDE=path/to/score_sde_pytorch adds the paper's own NCSN++ to benchmarks/networks.py.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
@@ -61,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md
 	$(BIN)/python benchmarks/data.py --write docs/benchmarks.md
 
 clean:
