@@ -289,6 +289,25 @@ class NCSNpp(ScoreModel):
         self._build(event_shape, **chosen)
         self.preset = preset
 
+    @classmethod
+    def example_options(cls) -> list[dict]:
+        """Small networks for contract checks: a paper preset at width 8, and the other paths."""
+        return [
+            {"event_shape": (3, 16, 16), "preset": "ncsnpp_cifar10_ve", "nf": 8},
+            {
+                "event_shape": (1, 8, 8),
+                "nf": 8,
+                "ch_mult": (1, 2),
+                "num_res_blocks": 1,
+                "attn_resolutions": (4,),
+                "resblock_type": "ddpm",
+                "fir": True,
+                "progressive": "output_skip",
+                "progressive_input": "input_skip",
+                "progressive_combine": "cat",
+            },
+        ]
+
     def _build(
         self,
         event_shape: Sequence[int],

@@ -1200,20 +1200,25 @@ def _observed_order(solver) -> float:
 
 
 def check_score_model(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
-    """Built with its defaults (or ``options``), the network maps (x, t) to a tensor like x."""
-    name, cls, options = _resolve("score_model", spec, options)
+    """Built with ``options``, else with each option set its class's ``example_options()``
+    lists (for networks whose defaults are too large to build in a test), else with its
+    defaults, the network maps (x, t) to a tensor like x."""
+    name, cls, resolved = _resolve("score_model", spec, options)
     report = ContractReport(f"score_model {name!r}")
-    model = cls(**options)
-    shape = tuple(getattr(model, "event_shape", (2,)))
-    for dtype in (torch.float32, F64):
-        x = torch.randn(3, *shape, dtype=dtype)
-        out = model.to(dtype)(x, torch.rand(3, dtype=dtype))
-        if out.shape != x.shape or out.dtype != dtype:
-            _fail(
-                f"score_model {name!r}: forward(x, t) returned shape {tuple(out.shape)}, {out.dtype} for x of "
-                f"shape {tuple(x.shape)}, {dtype}"
-            )
-    report.passed.append(f"forward(x, t) keeps the shape {shape} and dtype")
+    declared = list(getattr(cls, "example_options", lambda: [])()) if options is None else []
+    option_list = [_resolve("score_model", spec, dict(example))[2] for example in declared] or [resolved]
+    for chosen in option_list:
+        model = cls(**chosen)
+        shape = tuple(getattr(model, "event_shape", (2,)))
+        for dtype in (torch.float32, F64):
+            x = torch.randn(3, *shape, dtype=dtype)
+            out = model.to(dtype)(x, torch.rand(3, dtype=dtype))
+            if out.shape != x.shape or out.dtype != dtype:
+                _fail(
+                    f"score_model {name!r}: forward(x, t) returned shape {tuple(out.shape)}, {out.dtype} for x of "
+                    f"shape {tuple(x.shape)}, {dtype}"
+                )
+        report.passed.append(f"forward(x, t) keeps the shape {shape} and dtype")
     return report
 
 
