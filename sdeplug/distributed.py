@@ -84,9 +84,13 @@ def init_from_environment(
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group if this process joined one."""
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leave the process group if this process joined one; with ``wait_for_all``, once every
+    rank has arrived, so that no rank tears down its connections while another still works
+    (rank 0 writing reports): gloo may abort a process whose peer vanished mid-run."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

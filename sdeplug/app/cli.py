@@ -126,9 +126,12 @@ def _processes(config: Config, args: argparse.Namespace) -> Iterator[int]:
     joined = distributed.init_from_environment(config.sample.device, backend=getattr(args, "backend", None))
     try:
         yield distributed.rank()
-    finally:
-        if joined:
+    except BaseException:
+        if joined:  # without waiting: the other ranks may never arrive
             distributed.shutdown()
+        raise
+    if joined:
+        distributed.shutdown(wait_for_all=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
