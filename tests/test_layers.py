@@ -37,6 +37,7 @@ LIBRARY = {
     "sdeplug.data",
     "sdeplug.denoisers",
     "sdeplug.score_sde_checkpoints",
+    "sdeplug.metrics",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",
