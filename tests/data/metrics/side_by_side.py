@@ -1,16 +1,33 @@
-import ast, sys
-import numpy as np, torch
+"""Scratch script (not part of sdeplug, never run by the tests): FID by pytorch-fid 0.3.0 and
+torchmetrics 1.9.0 on fixed features, whose numbers tests/test_metrics.py records.
+
+Their wheels were unpacked into /tmp/pf/x (pip download --no-deps pytorch-fid torchmetrics);
+only the two FID functions are taken from their sources, so neither package's other
+imports (torchvision, lightning) are needed.
+"""
+
+import ast
+import sys
+
+import numpy as np
+import torch
 from scipy import linalg
 
-src = open("/tmp/pf/x/pytorch_fid/fid_score.py").read()
-tree = ast.parse(src)
-fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "calculate_frechet_distance")
-ns = {"np": np, "linalg": linalg}
-exec(compile(ast.Module([fn], []), "fid_score", "exec"), ns)
-src2 = open("/tmp/pf/x/torchmetrics/image/fid.py").read()
-fn2 = next(n for n in ast.parse(src2).body if isinstance(n, ast.FunctionDef) and n.name == "_compute_fid")
-ns2 = {"torch": torch, "Tensor": torch.Tensor}
-exec(compile(ast.Module([fn2], []), "tm_fid", "exec"), ns2)
+sys.path.insert(0, "/work/main")
+from sdeplug.metrics import FeatureStats, fid  # noqa: E402
+
+
+def function(path: str, name: str, namespace: dict):
+    tree = ast.parse(open(path).read())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module([node], []), path, "exec"), namespace)
+    return namespace[name]
+
+
+pytorch_fid = function("/tmp/pf/x/pytorch_fid/fid_score.py", "calculate_frechet_distance", {"np": np, "linalg": linalg})
+torchmetrics_fid = function(
+    "/tmp/pf/x/torchmetrics/image/fid.py", "_compute_fid", {"torch": torch, "Tensor": torch.Tensor}
+)
 
 
 def features():
@@ -21,20 +38,14 @@ def features():
     return real, fake
 
 
-real, fake = features()
-mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
-mu2, s2 = fake.mean(0), np.cov(fake, rowvar=False)
-print("pytorch-fid 0.3.0", repr(float(ns["calculate_frechet_distance"](mu1, s1, mu2, s2))))
-t = lambda a: torch.tensor(a, dtype=torch.float64)
-print("torchmetrics 1.9.0", repr(float(ns2["_compute_fid"](t(mu1), t(s1), t(mu2), t(s2)))))
-sys.path.insert(0, "/work/main")
-from sdeplug.metrics import FeatureStats, fid
+def t(a):
+    return torch.tensor(a, dtype=torch.float64)
 
-print("sdeplug", repr(fid(FeatureStats.of(t(real)), FeatureStats.of(t(fake)))))
-# singular case: fewer samples than dimensions
-small_r, small_f = real[:20], fake[:20]
-mu1, s1 = small_r.mean(0), np.cov(small_r, rowvar=False)
-mu2, s2 = small_f.mean(0), np.cov(small_f, rowvar=False)
-print("singular pytorch-fid", repr(float(ns["calculate_frechet_distance"](mu1, s1, mu2, s2))))
-print("singular torchmetrics", repr(float(ns2["_compute_fid"](t(mu1), t(s1), t(mu2), t(s2)))))
-print("singular sdeplug", repr(fid(FeatureStats.of(t(small_r)), FeatureStats.of(t(small_f)))))
+
+full_real, full_fake = features()
+for label, real, fake in (("", full_real, full_fake), ("singular ", full_real[:20], full_fake[:20])):
+    mu1, s1 = real.mean(0), np.cov(real, rowvar=False)
+    mu2, s2 = fake.mean(0), np.cov(fake, rowvar=False)
+    print(label + "pytorch-fid 0.3.0", repr(float(pytorch_fid(mu1, s1, mu2, s2))))
+    print(label + "torchmetrics 1.9.0", repr(float(torchmetrics_fid(t(mu1), t(s1), t(mu2), t(s2)))))
+    print(label + "sdeplug", repr(fid(FeatureStats.of(t(real)), FeatureStats.of(t(fake)))))
