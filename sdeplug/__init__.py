@@ -1,7 +1,8 @@
 """sdeplug: score-based generative modelling through SDEs, with every part a plugin.
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
-LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier), the tensor helpers and the
+LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier, FeatureExtractor), the tensor
+helpers and the
 errors. Concrete parts come from plugins: see ``sdeplug.registry``.
 """
 
@@ -20,6 +21,7 @@ from sdeplug.hookspecs import hookimpl
 from sdeplug.interfaces import (
     SDE,
     Corrector,
+    FeatureExtractor,
     LinearSDE,
     ODESolution,
     ODESolver,
@@ -40,6 +42,7 @@ __all__ = [
     "ConfigError",
     "Corrector",
     "DuplicatePartError",
+    "FeatureExtractor",
     "IncompatiblePartError",
     "LinearSDE",
     "NonFiniteError",

@@ -54,5 +54,11 @@ def register_classifiers(register: Register) -> None:
 
 
 @hookspec
+def register_feature_extractors(register: Register) -> None:
+    """Register FeatureExtractor classes (torch modules giving the features of sample-quality
+    metrics), built as ``cls(event_shape=..., **options)``."""
+
+
+@hookspec
 def register_time_grids(register: Register) -> None:
     """Register TimeGrid classes (where the sampling times fall), built as ``cls(**options)``."""

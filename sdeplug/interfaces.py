@@ -210,6 +210,28 @@ class TimeClassifier(torch.nn.Module, abc.ABC):
         """Logits of the classes at (x, t), shape (batch, num_classes)."""
 
 
+class FeatureExtractor(torch.nn.Module, abc.ABC):
+    """Features of data for sample-quality metrics (FID, KID, precision/recall):
+    ``forward(x) -> (batch, dim)`` for x of shape (batch, *event_shape) in the data's own range.
+
+    Built as ``cls(event_shape=..., **options)``. ``identity()`` says what the features are and
+    how inputs are preprocessed; statistics are comparable only when their identities are
+    equal. ``comparable_with_published`` is True only for the features published numbers
+    use (Inception-v3 pool features for FID).
+    """
+
+    name: ClassVar[str | None] = None
+    comparable_with_published: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """Features of each sample, shape (batch, dim)."""
+
+    def identity(self) -> dict:
+        """What makes two sets of features comparable: the extractor's name and its settings."""
+        return {"name": self.name}
+
+
 class Predictor(abc.ABC):
     """One step of the reverse SDE (or the probability-flow ODE) from t to t_next < t.
 

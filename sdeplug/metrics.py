@@ -11,10 +11,14 @@ covariances are singular (fewer samples than dimensions).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import attrs
 import torch
 from torch import Tensor
+
+from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sdeplug.errors import SdeplugError
 
 F64 = torch.float64
 
@@ -142,3 +146,38 @@ def inception_score(probabilities: Tensor, *, splits: int = 10) -> tuple[float, 
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     return mean, std
+
+
+# Reference statistics on disk --------------------------------------------------------------
+
+
+def save_stats(path: str | Path, stats: FeatureStats, *, extractor: dict, data: dict) -> Path:
+    """Write (atomically, checksummed) a feature set's statistics with how they were made:
+    the extractor's identity (name, settings, preprocessing, weights) and the data."""
+    meta = {"kind": "feature_stats", "n": stats.n, "extractor": extractor, "data": data}
+    return save_checkpoint(path, {"mean": stats.mean, "cov": stats.cov}, meta)
+
+
+def load_stats(path: str | Path, *, extractor: dict | None = None) -> tuple[FeatureStats, dict]:
+    """Read statistics written by ``save_stats``; with ``extractor``, refuse them unless they
+    were made with exactly that extractor identity."""
+    tensors, meta = load_checkpoint(path)
+    if not isinstance(meta, dict) or meta.get("kind") != "feature_stats" or {"mean", "cov"} - tensors.keys():
+        raise CheckpointError(f"{path} is not a feature-statistics file (written by sdeplug.metrics.save_stats)")
+    if extractor is not None:
+        check_comparable(meta["extractor"], extractor, f"{path}")
+    return FeatureStats(tensors["mean"].to(F64), tensors["cov"].to(F64), int(meta["n"])), meta
+
+
+def check_comparable(recorded: dict, current: dict, what: str = "the reference statistics") -> None:
+    """Refuse to compare features from different extractors, settings or preprocessings."""
+    if recorded != current:
+        differ = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k))
+        raise MetricsMismatchError(
+            f"{what} were computed with other features ({', '.join(differ)} differ: {recorded} against {current}); "
+            "compute them again with this extractor"
+        )
+
+
+class MetricsMismatchError(SdeplugError, ValueError):
+    """Statistics made with other features (extractor, settings, preprocessing or weights)."""

@@ -34,6 +34,7 @@ from sdeplug.errors import (
 from sdeplug.interfaces import (
     SDE,
     Corrector,
+    FeatureExtractor,
     ODESolver,
     Predictor,
     ScoreModel,
@@ -79,6 +80,7 @@ KINDS: dict[str, Kind] = {
         Kind("score_model", "register_score_models", ScoreModel, filled_in=("event_shape",)),
         Kind("time_grid", "register_time_grids", TimeGrid, checks_sde=True),
         Kind("classifier", "register_classifiers", TimeClassifier, filled_in=("event_shape", "num_classes")),
+        Kind("feature_extractor", "register_feature_extractors", FeatureExtractor, filled_in=("event_shape",)),
     )
 }
 

@@ -2,4 +2,4 @@
 
 import sdeplug.testing
 
-test_contracts = sdeplug.testing.contract_tests("reference", "torchdiffeq", "torchsde", "models", "fast")
+test_contracts = sdeplug.testing.contract_tests("reference", "torchdiffeq", "torchsde", "models", "fast", "features")

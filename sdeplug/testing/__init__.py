@@ -7,7 +7,7 @@ database, no deadline).
 - ``contract_tests("my_plugin")``: a pytest test running every contract on every part a
   plugin registers (one line in the plugin's tests);
 - ``check_sde``, ``check_predictor``, ``check_corrector``, ``check_ode_solver``,
-  ``check_score_model``, ``check_time_grid``, ``check_classifier``: each contract on its
+  ``check_score_model``, ``check_time_grid``, ``check_classifier``, ``check_feature_extractor``: each contract on its
   own, raising ``ContractError`` with a message naming the method at fault;
 - ``sdeplug.testing.strategies``: hypothesis strategies for SDEs, times, shapes, mixtures
   and time grids;
@@ -38,6 +38,7 @@ from sdeplug.testing.contracts import (  # noqa: E402
     ContractReport,
     check_classifier,
     check_corrector,
+    check_feature_extractor,
     check_ode_solver,
     check_part,
     check_predictor,
@@ -59,6 +60,7 @@ __all__ = [
     "TwoSampleResult",
     "assert_same_law",
     "check_classifier",
+    "check_feature_extractor",
     "check_corrector",
     "check_ode_solver",
     "check_part",

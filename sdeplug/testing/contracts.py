@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -1264,6 +1265,52 @@ def check_classifier(spec: Any, *, options: dict[str, Any] | None = None) -> Con
     return report
 
 
+# Feature extractors --------------------------------------------------------------------
+
+
+def check_feature_extractor(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
+    """Built with ``options``, else with each set its ``example_options()`` lists, else its
+    defaults: finite features (batch, dim) with the same dim for float32 and float64 input
+    (the extractor is not converted: samples come in either dtype),
+    the same features on a second call (metrics are computed once), each sample's features
+    independent of the rest of the batch, and an ``identity()`` that is a JSON-able dict
+    naming the extractor (statistics files record it)."""
+    name, cls, resolved = _resolve("feature_extractor", spec, options)
+    report = ContractReport(f"feature_extractor {name!r}")
+    declared = list(getattr(cls, "example_options", lambda: [])()) if options is None else []
+    for chosen in [_resolve("feature_extractor", spec, dict(e))[2] for e in declared] or [resolved]:
+        extractor = cls(**chosen).eval()
+        shape = tuple(getattr(extractor, "event_shape", (2,)))
+        dims = set()
+        for dtype in (torch.float32, F64):
+            x = torch.rand(4, *shape, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            with torch.no_grad():
+                f, again, alone = extractor(x), extractor(x), extractor(x[:1])
+            if f.ndim != 2 or f.shape[0] != 4 or not bool(torch.isfinite(f).all()):
+                _fail(
+                    f"feature_extractor {name!r}: forward(x) must give finite features of shape (batch, dim) = "
+                    f"(4, dim) for x of shape {tuple(x.shape)}; got {tuple(f.shape)}"
+                )
+            if not torch.equal(f, again):
+                _fail(f"feature_extractor {name!r}: two calls on the same batch gave different features")
+            if not torch.allclose(alone, f[:1], rtol=1e-4, atol=1e-5):
+                _fail(f"feature_extractor {name!r}: a sample's features change with the rest of the batch")
+            dims.add(f.shape[1])
+        if len(dims) != 1:
+            _fail(f"feature_extractor {name!r}: the feature dimension depends on the input dtype: {sorted(dims)}")
+        identity = extractor.identity()
+        try:
+            named = isinstance(identity, dict) and identity.get("name") == name and json.dumps(identity) is not None
+        except (TypeError, ValueError):
+            named = False
+        if not named:
+            _fail(
+                f"feature_extractor {name!r}: identity() must be a JSON-able dict with name {name!r}; got {identity!r}"
+            )
+        report.passed.append(f"finite per-sample features (batch, {dims.pop()}) for {shape}, repeatable, identity")
+    return report
+
+
 # Time grids ----------------------------------------------------------------------------
 
 
@@ -1323,6 +1370,7 @@ CHECKS: dict[str, Callable[..., ContractReport]] = {
     "score_model": check_score_model,
     "time_grid": check_time_grid,
     "classifier": check_classifier,
+    "feature_extractor": check_feature_extractor,
 }
 
 
