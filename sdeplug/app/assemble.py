@@ -107,6 +107,7 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
         registry.check_options("score_model", config.model.name, config.model.options)
     if config.classifier is not None:
         registry.check_options("classifier", config.classifier.network.name, config.classifier.network.options)
+    registry.check_options("feature_extractor", config.evaluate.features.name, config.evaluate.features.options)
     guidance = config.guidance
     if guidance is not None:
         if guidance.kind == "classifier" and config.classifier is None:

@@ -1,4 +1,4 @@
-"""The ``sdeplug`` command: plugins, train, sample, likelihood and convert, each driven by a TOML config.
+"""The ``sdeplug`` command: plugins, train, sample, likelihood, evaluate and convert, each driven by a TOML config.
 
 Each command reads the config with its command-line overrides, runs a job of
 ``sdeplug.app.jobs`` and prints its report.
@@ -245,6 +245,37 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Sample-quality metrics of the model's samples against the data ([evaluate])."""
+    from sdeplug.app.evaluate import evaluate_job
+
+    config = configured(args)
+    if args.num is not None:  # --num sets the samples per seed of the evaluation
+        config = attrs.evolve(config, evaluate=attrs.evolve(config.evaluate, num=args.num))
+    if args.seed is not None:  # --seed evaluates with that one seed
+        config = attrs.evolve(config, evaluate=attrs.evolve(config.evaluate, seeds=(args.seed,)))
+    check_config(config)
+    out = _out_dir(args, config)
+    with _processes(config, args) as rank:
+        report = evaluate_job(config, out, args.checkpoint)
+    if rank != 0:
+        return 0
+    identity = report["features"]
+    print(
+        f"{report['num_samples']} samples x {len(report['seeds'])} seeds, {report['nfe_per_sample']} score evaluations "
+        f"per sample, features {identity['name']!r}"
+        + ("" if report["comparable_with_published"] else " (not comparable with published numbers)")
+    )
+    print(f"  {'metric':16} {'samples (mean ± std)':>24} {'training data':>14} {'noise':>12}")
+    for key, value in report["metrics"].items():
+        if key.endswith("_std"):
+            continue
+        real, noise = report["real_data"].get(key), report["uniform_noise"].get(key)
+        print(f"  {key:16} {value['mean']:>13.4g} ± {value['std']:<8.2g} {real:>14.4g} {noise:>12.4g}")
+    _written(report)
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a score_sde_pytorch checkpoint for the config's [sde] and [model] into an sdeplug
     weights checkpoint, checkpoint.safetensors in the output folder, where sample and
@@ -312,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(likelihood, "random seed of the dequantisation and the probes (overrides [sample] seed)")
     likelihood.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     likelihood.set_defaults(func=cmd_likelihood)
+    evaluate = sub.add_parser("evaluate", help="FID, KID, precision/recall of the model's samples ([evaluate])")
+    _add_run_arguments(evaluate, "evaluate with this one seed (overrides [evaluate] seeds)")
+    evaluate.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluate.set_defaults(func=cmd_evaluate)
     convert = sub.add_parser(
         "convert", help="convert a checkpoint of the paper's code (score_sde_pytorch) into sdeplug's format"
     )

@@ -116,6 +116,42 @@ class LikelihoodConfig:
     data_file: str | None = None
 
 
+#: The metrics `sdeplug evaluate` can report.
+METRICS = ("fid", "kid", "precision_recall", "inception_score")
+
+
+def _seeds(_inst, _attr, value) -> None:
+    if not isinstance(value, tuple) or not value or len(set(value)) != len(value):
+        raise ValueError(f"seeds must be a non-empty list of distinct seeds; got {list(value)!r}")
+    for seed in value:
+        check_seed(seed, "seeds")
+
+
+def _metrics(_inst, _attr, value) -> None:
+    unknown = [m for m in value if m not in METRICS]
+    if not value or unknown:
+        raise ValueError(f"metrics must be a non-empty list of {', '.join(map(repr, METRICS))}; got {list(value)!r}")
+
+
+@attrs.frozen
+class EvaluateConfig:
+    """[evaluate]: sample-quality metrics of the model's samples against a split of the data,
+    on the features of a registered feature extractor, over several seeds."""
+
+    features: PartSpec = attrs.field(factory=lambda: PartSpec("pixels"))
+    num: int = attrs.field(default=1000, validator=_positive_int("num"))
+    seeds: tuple[int, ...] = attrs.field(default=(0, 1, 2), converter=tuple, validator=_seeds)
+    reference: str = attrs.field(default="test", validator=_one_of("reference", ("test", "train")))
+    metrics: tuple[str, ...] = attrs.field(
+        default=("fid", "kid", "precision_recall"), converter=tuple, validator=_metrics
+    )
+    kid_subsets: int = attrs.field(default=100, validator=_positive_int("kid_subsets"))
+    kid_subset_size: int = attrs.field(default=1000, validator=_positive_int("kid_subset_size"))
+    k: int = attrs.field(default=3, validator=_positive_int("k"))
+    #: Also fit FID against 1/n over nested subsets and report its value at n = infinity.
+    extrapolate: bool = False
+
+
 @attrs.frozen
 class RunConfig:
     """[sample]: how many samples, in which batches, from which seed, on which device and dtype."""
@@ -205,10 +241,23 @@ class Config:
     train: TrainSettings = attrs.field(factory=TrainSettings)
     classifier: ClassifierConfig | None = None
     guidance: GuidanceConfig | None = None
+    evaluate: EvaluateConfig = attrs.field(factory=EvaluateConfig)
     #: The file the config was read from (not a TOML key).
     source: str | None = None
 
-    SECTIONS = ("sde", "sampler", "model", "data", "sample", "output", "likelihood", "train", "classifier", "guidance")
+    SECTIONS = (
+        "sde",
+        "sampler",
+        "model",
+        "data",
+        "sample",
+        "output",
+        "likelihood",
+        "train",
+        "classifier",
+        "guidance",
+        "evaluate",
+    )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:

@@ -1,0 +1,104 @@
+"""`sdeplug evaluate`: metrics over seeds with the scale beside them, and the order that
+real data, a barely trained model and noise must come in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sdeplug
+from sdeplug.app.datasets import load_dataset
+from sdeplug.metrics import FeatureStats, fid
+from sdeplug.sampling import sample_pc
+from sdeplug.trainer import Trainer, TrainSettings
+from sdeplug_cli import main
+from sdeplug_features import DataClassifierFeatures
+
+pytestmark = pytest.mark.xdist_group("evaluate")
+
+RING = """
+[sde]
+name = "vp"
+[data]
+name = "ring8"
+[model]
+name = "oracle"
+[sampler]
+kind = "ode"
+[sampler.solver]
+name = "dopri5"
+rtol = 1e-4
+atol = 1e-4
+[evaluate]
+num = 300
+seeds = [0, 1]
+extrapolate = true
+[output]
+dir = "{out}"
+"""
+
+
+def test_evaluate_reports_each_metric_per_seed_with_the_scale_beside_it(tmp_path, capsys):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run"))
+    assert main(["evaluate", str(config), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    assert report["seeds"] == [0, 1] and report["features"] == {"name": "pixels", "event_shape": [2]}
+    assert report["comparable_with_published"] is False
+    for key in ("fid", "fid_infinity", "kid", "precision", "recall"):
+        row = report["metrics"][key]
+        assert len(row["per_seed"]) == 2 and row["mean"] == pytest.approx(sum(row["per_seed"]) / 2)
+    # exact samples of the mixture lie on it: precision far above that of uniform noise
+    assert report["metrics"]["precision"]["mean"] > 0.9 > 0.5 > report["uniform_noise"]["precision"]
+    assert "warning" not in capsys.readouterr().err  # 300 samples are plenty for 2-D features
+    assert (tmp_path / "run" / "reference-stats-test.safetensors").exists()
+    assert main(["evaluate", str(config), "--no-progress", "--num", "15"]) == 0
+    assert "warning: FID from 15 samples of 2-dimensional features is biased upward" in capsys.readouterr().err
+
+
+def test_the_same_config_gives_the_same_numbers(tmp_path):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run"))
+    reports = []
+    for _ in range(2):
+        assert main(["evaluate", str(config), "--no-progress", "--seed", "3"]) == 0
+        reports.append(json.loads((tmp_path / "run" / "evaluate.json").read_text()))
+    assert reports[0]["metrics"] == reports[1]["metrics"] and reports[0]["seeds"] == [3]
+
+
+def test_inception_score_needs_class_probabilities(tmp_path, capsys):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("extrapolate = true", 'metrics = ["inception_score"]'))
+    assert main(["evaluate", str(config), "--no-progress"]) == 2
+    assert "'inception_score', which needs class probabilities" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_on_the_digits_real_data_beat_a_barely_trained_model_which_beats_noise():
+    torch.manual_seed(0)
+    digits = load_dataset("digits")
+    extractor = DataClassifierFeatures(event_shape=(1, 8, 8)).fit(
+        digits.train.float(), digits.train_labels, steps=400, seed=0
+    )
+    network = sdeplug.create("score_model", "unet", event_shape=(1, 8, 8), channels=16)
+    sde = sdeplug.create("sde", "vp")
+    settings = TrainSettings(steps=200, batch_size=128, lr=1e-3, ema_decay=0.9, progress=False)
+    trainer = Trainer(network, sde, digits.train.float(), settings).fit()
+    samples = sample_pc(
+        sde,
+        trainer.score_model(),
+        (360, 1, 8, 8),
+        predictor="euler_maruyama",
+        corrector="none",
+        steps=100,
+        generator=torch.Generator().manual_seed(0),
+    ).x
+    with torch.no_grad():
+        reference = FeatureStats.of(extractor(digits.test.float()))
+        real = fid(FeatureStats.of(extractor(digits.train[:360].float())), reference)
+        barely = fid(FeatureStats.of(extractor(samples)), reference)
+        noise = fid(FeatureStats.of(extractor(torch.rand(360, 1, 8, 8) * 2 - 1)), reference)
+    print(f"FID: real {real:.1f}, barely trained {barely:.1f}, noise {noise:.1f}")
+    assert 3 * real < barely < noise, (real, barely, noise)
