@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md
+	$(BIN)/python benchmarks/quality.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/data.py --write docs/benchmarks.md
 
 clean:

@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="FID, KID, precision/recall of the model's samples ([evaluate])")
     _add_run_arguments(evaluate, "evaluate with this one seed (overrides [evaluate] seeds)")
     evaluate.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    evaluate.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
     convert = sub.add_parser(
