@@ -36,6 +36,7 @@ EXAMPLES = {
     "score_model": ("mlp", {"width": 8, "depth": 1}, ()),
     "time_grid": ("edm", {"rho": 3.0}, ()),
     "classifier": ("mlp_classifier", {"width": 8, "depth": 1}, ()),
+    "feature_extractor": ("data_classifier", {"width": 8, "features": 16}, ()),
 }
 
 

@@ -55,7 +55,7 @@ class DataClassifierFeatures(FeatureExtractor):
                 nn.Flatten(), nn.Linear(dim, 4 * width), nn.SiLU(), nn.Linear(4 * width, features), nn.SiLU()
             )
         self.head = nn.Linear(features, num_classes)
-        self.weights_sha256: str | None = None
+        self.weights, self.weights_sha256 = weights, None
         if weights is not None:
             self.load(weights)
 
