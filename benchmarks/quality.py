@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def main() -> None:
     weak = evaluate(barely, args.out / "barely", *pc)
     assert weak["features"] == trained["features"], "the two runs must use the same features"
 
+    # the frontier: fast samplers at small budgets, on the trained model, with the same features
+    sweep_dir = args.out / "sweep"
+    sweep_dir.mkdir(exist_ok=True)
+    (sweep_dir / "features.safetensors").write_bytes(features)
+    sweep_file = ROOT / "examples" / "sweeps" / "fast_samplers.toml"
+    run("evaluate", str(CONFIG), "--out", str(sweep_dir), "--sweep", str(sweep_file), "--no-progress")
+    frontier = (sweep_dir / "sweep.md").read_text()
+    if args.write:
+        shutil.copyfile(sweep_dir / "sweep.png", args.write.parent / "sweep-digits.png")
+
     keys = ("fid", "kid", "precision", "recall", "inception_score")
     lines = ["| samples | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
 
@@ -85,7 +96,10 @@ def main() -> None:
             f"over seeds), against the {trained['reference']['n']} held-out digits, on features learnt from the "
             "digits' labels (`data_classifier`: not comparable with published FIDs). The barely trained model is the "
             f"same config stopped at {BARELY_STEPS} steps (its probability-flow ODE diverges, so both are also "
-            "sampled with the predictor-corrector sampler of examples/samplers/pc.toml).\n\n" + text + "\n"
+            "sampled with the predictor-corrector sampler of examples/samplers/pc.toml).\n\n" + text + "\n\n"
+            "The frontier on the trained model: `sdeplug evaluate examples/digits.toml --sweep "
+            "examples/sweeps/fast_samplers.toml` (same protocol and features; seconds are the sampling time of all "
+            "seeds; the plot is [sweep-digits.png](sweep-digits.png)).\n\n" + frontier
         )
         replace_section(args.write, "## Sample quality", section)
 

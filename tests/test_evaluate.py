@@ -102,3 +102,52 @@ def test_on_the_digits_real_data_beat_a_barely_trained_model_which_beats_noise()
         noise = fid(FeatureStats.of(extractor(torch.rand(360, 1, 8, 8) * 2 - 1)), reference)
     print(f"FID: real {real:.1f}, barely trained {barely:.1f}, noise {noise:.1f}")
     assert 3 * real < barely < noise, (real, barely, noise)
+
+
+SWEEP = """
+[sweep]
+nfe = [4, 8]
+[[sweep.sampler]]
+label = "UniPC"
+kind = "pc"
+denoise = false
+grid = "logsnr"
+predictor = "unipc"
+corrector = "none"
+[[sweep.sampler]]
+label = "Euler-Maruyama"
+kind = "pc"
+predictor = "euler_maruyama"
+corrector = "none"
+"""
+
+
+def test_a_sweep_runs_every_sampler_at_every_budget_and_writes_a_table_and_a_plot(tmp_path, capsys):
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
+    sweep.write_text(SWEEP)
+    assert main(["evaluate", str(config), "--sweep", str(sweep), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert [(r["label"], r["budget"]) for r in report["sweep"]] == [
+        ("UniPC", 4),
+        ("UniPC", 8),
+        ("Euler-Maruyama", 4),
+        ("Euler-Maruyama", 8),
+    ]
+    assert all(row["nfe"] <= row["budget"] for row in report["sweep"])
+    assert [r["nfe"] for r in report["sweep"][:2]] == [4, 8]  # UniPC: one evaluation per step, no denoising
+    assert (tmp_path / "run" / "sweep.png").stat().st_size > 0
+    assert "| UniPC | 8 | 8 | 8 |" in (tmp_path / "run" / "sweep.md").read_text()
+    assert "| Euler-Maruyama | 4 | 3 | 4 |" in capsys.readouterr().out  # 3 steps and the denoising step
+
+
+def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path, capsys):
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run"))
+    sweep.write_text(SWEEP.replace("nfe = [4, 8]", "nfe = [0]"))
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nfe must be a non-empty list of positive integers; got [0]" in err[0]
+    sweep.write_text(SWEEP.replace('label = "UniPC"\n', 'label = "UniPC"\nsteps = 3\n'))
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    assert "steps follow from [sweep] nfe; remove steps" in capsys.readouterr().err

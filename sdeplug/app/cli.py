@@ -257,8 +257,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_config(config)
     out = _out_dir(args, config)
     with _processes(config, args) as rank:
-        report = evaluate_job(config, out, args.checkpoint)
+        report = evaluate_job(config, out, args.checkpoint, sweep_file=args.sweep)
     if rank != 0:
+        return 0
+    if args.sweep:
+        print(report["table"])
+        _written(report)
         return 0
     identity = report["features"]
     print(
@@ -347,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(evaluate, "evaluate with this one seed (overrides [evaluate] seeds)")
     evaluate.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     evaluate.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    evaluate.add_argument(
+        "--sweep", help="a sweep file (examples/sweeps/): every sampler in it at every NFE budget, a table and a plot"
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
     convert = sub.add_parser(

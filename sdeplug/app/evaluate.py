@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from sdeplug import distributed
 from sdeplug.app.assemble import (
@@ -29,6 +30,8 @@ from sdeplug.app.assemble import (
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
+from sdeplug.app.sweep import read_sweep, sweep_runs, sweep_table
+from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, SdeplugWarning
 from sdeplug.metrics import (
     FeatureStats,
@@ -140,10 +143,15 @@ def _summarise(per_seed: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def evaluate_job(config: Config, out: Path, checkpoint: str | None = None) -> dict[str, Any]:
-    """Sample, extract features, compare with the reference split; write evaluate.json."""
+def evaluate_job(
+    config: Config, out: Path, checkpoint: str | None = None, sweep_file: str | None = None
+) -> dict[str, Any]:
+    """Sample, extract features, compare with the reference split; write evaluate.json, or
+    with ``sweep_file`` run every sampler of the sweep at every budget and write sweep.json,
+    sweep.md and a plot of each metric against NFE and wall time."""
     sde = check_config(config)
     run, sample = config.evaluate, config.sample
+    sweep = read_sweep(sweep_file) if sweep_file is not None else None
     dtype, device = sample.torch_dtype, distributed.local_device(sample.device)
     dataset = build_dataset(config)
     extractor = build_extractor(config, dataset, out)
@@ -162,48 +170,95 @@ def evaluate_job(config: Config, out: Path, checkpoint: str | None = None) -> di
             f"FIDs at the same n (published image FIDs use 50000 samples)"
         )
         warnings.warn(notes[-1], SmallSampleWarning, stacklevel=2)
-    per_seed, nfe, start = [], 0, time.perf_counter()
-    for seed in run.seeds:
-        x, nfe = in_seeded_batches(
-            run.num,
-            sample.batch_size,
-            seed,
-            device,
-            lambda first, size, generator: run_sampler(
-                config.sampler,
-                sde,
-                score,
-                (size, *dataset.event_shape),
-                generator=generator,
-                device=device,
-                dtype=dtype,
-                progress=sample.progress and distributed.is_main(),
-            ),
-        )
-        if distributed.is_main():
-            per_seed.append(metrics_of(config, extractor, reference, stats, x, seed))
-    seconds = time.perf_counter() - start
-    if not distributed.is_main():
-        return {"written": []}
-    real = rows(dataset.train if run.reference == "test" else dataset.test)
-    generator = torch.Generator().manual_seed(run.seeds[0])
-    real = real[torch.randperm(len(real), generator=generator)[: run.num]]
-    low, high = float(rows(dataset.train).min()), float(rows(dataset.train).max())
-    noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
-    report = {
+
+    def measure(sampler, progress: bool) -> tuple[dict[str, Any], int, float]:
+        """Every seed's metrics with ``sampler``; the NFE per sample and the seconds spent sampling."""
+        per_seed, nfe, seconds = [], 0, 0.0
+        for seed in run.seeds:
+            start = time.perf_counter()
+            x, nfe = in_seeded_batches(
+                run.num,
+                sample.batch_size,
+                seed,
+                device,
+                lambda first, size, generator: run_sampler(
+                    sampler,
+                    sde,
+                    score,
+                    (size, *dataset.event_shape),
+                    generator=generator,
+                    device=device,
+                    dtype=dtype,
+                    progress=progress and distributed.is_main(),
+                ),
+            )
+            seconds += time.perf_counter() - start
+            if distributed.is_main():
+                per_seed.append(metrics_of(config, extractor, reference, stats, x, seed))
+        return (_summarise(per_seed) if per_seed else {}), nfe, seconds
+
+    header = {
         **summary_header(config),
-        "sampler": sampler_summary(config),
         "features": extractor.identity(),
         "comparable_with_published": bool(getattr(extractor, "comparable_with_published", False)),
         "reference": {"split": run.reference, "n": stats.n},
         "num_samples": run.num,
         "seeds": list(run.seeds),
-        "nfe_per_sample": nfe,
-        "seconds": round(seconds, 3),
-        "metrics": _summarise(per_seed),
-        # the scale: the other split's real points, and noise, each as many as the samples
+    }
+    if sweep is None:
+        summary, nfe, seconds = measure(config.sampler, sample.progress)
+        body = {"sampler": sampler_summary(config), "nfe_per_sample": nfe, "seconds": round(seconds, 3)}
+        body["metrics"] = summary
+    else:
+        runs = sweep_runs(sweep)
+        rows = []
+        bar = tqdm(runs, desc="sweep", disable=not (sample.progress and distributed.is_main()))
+        for entry, budget, sampler in bar:
+            bar.set_postfix_str(f"{entry.label}, NFE {budget}")
+            summary, nfe, seconds = measure(sampler, progress=False)
+            rows.append(
+                {
+                    "label": entry.label,
+                    "budget": budget,
+                    "steps": sampler.steps,
+                    "nfe": nfe,
+                    "seconds": round(seconds, 3),
+                    "metrics": summary,
+                }
+            )
+        body = {"sweep": rows}
+    if not distributed.is_main():
+        return {"written": []}
+    report = {**header, **body, **_scale(config, dataset, extractor, reference, stats), "notes": notes}
+    if sweep is None:
+        return {**report, "written": [str(write_json(out / "evaluate.json", report))]}
+    keys = [k for k in rows[0]["metrics"] if not k.endswith("_std")]
+    table = sweep_table(rows, keys)
+    markdown = out / "sweep.md"
+    written = [write_json(out / "sweep.json", report), write_atomically(markdown, lambda t: t.write_text(table + "\n"))]
+    if config.output.plot:
+        from sdeplug.app.plotting import sweep_plot
+
+        written.append(sweep_plot(rows, keys, report["real_data"], out / "sweep.png", describe(header)))
+    return {**report, "table": table, "written": [str(p) for p in written]}
+
+
+def describe(header: dict[str, Any]) -> str:
+    """A plot title: the model, the SDE and the protocol."""
+    runs = f"{header['num_samples']} samples x {len(header['seeds'])} seeds"
+    return f"{header['model']}, {header['sde']['name']}: {runs}, features {header['features']['name']}"
+
+
+def _scale(config: Config, dataset: Dataset, extractor, reference: Tensor, stats: FeatureStats) -> dict[str, Any]:
+    """The metrics of as many points of the other split of the data, and of uniform noise."""
+    run = config.evaluate
+    real = rows(dataset.train if run.reference == "test" else dataset.test)
+    generator = torch.Generator().manual_seed(run.seeds[0])
+    real = real[torch.randperm(len(real), generator=generator)[: run.num]]
+    train = rows(dataset.train)
+    low, high = float(train.min()), float(train.max())
+    noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
+    return {
         "real_data": metrics_of(config, extractor, reference, stats, real.float(), run.seeds[0]),
         "uniform_noise": metrics_of(config, extractor, reference, stats, noise.float(), run.seeds[0]),
-        "notes": notes,
     }
-    return {**report, "written": [str(write_json(out / "evaluate.json", report))]}

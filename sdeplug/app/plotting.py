@@ -81,3 +81,40 @@ def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", 
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Path, title: str = "") -> Path:
+    """Each metric (mean and std over seeds) against score evaluations and against seconds,
+    a line per sampler, with the real data's value dashed for scale."""
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 3 * len(metrics)), squeeze=False)
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    for i, metric in enumerate(metrics):
+        for j, (x_key, x_label) in enumerate((("nfe", "score evaluations per sample"), ("seconds", "seconds"))):
+            ax = axes[i][j]
+            for label in labels:
+                mine = [row for row in rows if row["label"] == label]
+                ax.errorbar(
+                    [row[x_key] for row in mine],
+                    [row["metrics"][metric]["mean"] for row in mine],
+                    yerr=[row["metrics"][metric]["std"] for row in mine],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=label,
+                )
+            if metric in real:
+                ax.axhline(real[metric], color="grey", ls="--", lw=1, label="real data")
+            ax.set_xscale("log")
+            if metric in ("fid", "fid_infinity") and all(r["metrics"][metric]["mean"] > 0 for r in rows):
+                ax.set_yscale("log")
+            elif metric == "kid":  # unbiased, so it can fall below 0
+                ax.set_yscale("symlog", linthresh=max(abs(real.get(metric, 1.0)), 1e-6))
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(metric)
+        axes[i][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path

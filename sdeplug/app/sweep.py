@@ -1,0 +1,99 @@
+"""``sdeplug evaluate CONFIG --sweep FILE``: the quality-against-cost frontier of several
+samplers on one trained model.
+
+A sweep file lists samplers (each a [sampler] table with a ``label`` and how many score
+evaluations one of its steps costs) and NFE budgets. Each sampler runs at each budget,
+and its steps are chosen to fit the budget. Every run is evaluated with the protocol of
+[evaluate]. The table and the plots give each metric against the score evaluations
+spent and against wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from sdeplug.app.config import SamplerConfig, parse_section, read_toml
+from sdeplug.errors import ConfigError
+
+
+@attrs.frozen
+class SweepSampler:
+    """One sampler of a sweep: its [sampler] settings, a label, and its cost per step."""
+
+    label: str
+    sampler: SamplerConfig
+    #: Score evaluations per step (1 for Euler-type and multistep samplers, 2 for Heun or a
+    #: predictor with one Langevin step); the denoising step adds one more.
+    evals_per_step: int = attrs.field(default=1, validator=v.gt(0))
+
+    def steps_for(self, budget: int) -> int:
+        """The most steps whose evaluations fit in ``budget``."""
+        extra = 1 if self.sampler.denoise else 0
+        return max(1, (budget - extra) // self.evals_per_step)
+
+
+@attrs.frozen
+class Sweep:
+    budgets: tuple[int, ...]
+    samplers: tuple[SweepSampler, ...]
+
+
+def read_sweep(path: str | Path) -> Sweep:
+    """A sweep file: ``[sweep] nfe = [...]`` and one ``[[sweep.sampler]]`` table per sampler."""
+    raw = read_toml(path, "sweep file")
+    sweep = raw.get("sweep")
+    if set(raw) != {"sweep"} or not isinstance(sweep, Mapping):
+        raise ConfigError(f"{path}: a sweep file holds one [sweep] table (nfe = [...], [[sweep.sampler]] tables)")
+    budgets = sweep.get("nfe")
+    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, int) and b >= 1 for b in budgets):
+        raise ConfigError(f"{path}: [sweep] nfe must be a non-empty list of positive integers; got {budgets!r}")
+    tables = sweep.get("sampler")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path}: [sweep] needs at least one [[sweep.sampler]] table")
+    unknown = set(sweep) - {"nfe", "sampler"}
+    if unknown:
+        raise ConfigError(f"{path}: [sweep] takes nfe and [[sweep.sampler]] tables; unknown keys {sorted(unknown)}")
+    samplers = []
+    for index, table in enumerate(tables):
+        table = dict(table)
+        label = table.pop("label", None)
+        per_step = table.pop("evals_per_step", 1)
+        if not isinstance(label, str) or not label:
+            raise ConfigError(f"{path}: [[sweep.sampler]] number {index + 1} needs a label")
+        if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
+            raise ConfigError(f"{path}: sampler {label!r}: evals_per_step must be a positive integer; got {per_step!r}")
+        if "steps" in table:
+            raise ConfigError(f"{path}: sampler {label!r}: steps follow from [sweep] nfe; remove steps")
+        sampler = parse_section(table, SamplerConfig, f"sweep sampler {label!r}")
+        samplers.append(SweepSampler(label, sampler, per_step))
+    return Sweep(tuple(sorted(set(budgets))), tuple(samplers))
+
+
+def sweep_runs(sweep: Sweep) -> list[tuple[SweepSampler, int, SamplerConfig]]:
+    """(sampler, budget, its [sampler] with the steps for the budget) for every run."""
+    return [
+        (s, budget, attrs.evolve(s.sampler, steps=s.steps_for(budget)))
+        for s in sweep.samplers
+        for budget in sweep.budgets
+    ]
+
+
+def sweep_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
+    """A markdown table: one row per run, each metric as mean ± std over the seeds."""
+    lines = [
+        "| sampler | budget | steps | NFE | seconds | " + " | ".join(metrics) + " |",
+        "|---|---|---|---|---|" + "---|" * len(metrics),
+    ]
+    for row in rows:
+        cells = [f"{row['metrics'][m]['mean']:.4g} ± {row['metrics'][m]['std']:.2g}" for m in metrics]
+        lines.append(
+            f"| {row['label']} | {row['budget']} | {row['steps']} | {row['nfe']} | {row['seconds']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
