@@ -151,3 +151,11 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path, capsys):
     sweep.write_text(SWEEP.replace('label = "UniPC"\n', 'label = "UniPC"\nsteps = 3\n'))
     assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
     assert "steps follow from [sweep] nfe; remove steps" in capsys.readouterr().err
+
+
+def test_inception_without_its_weights_file_is_refused_naming_the_file(tmp_path, capsys):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run") + '\n[evaluate.features]\nname = "inception"\n')
+    assert main(["evaluate", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'inception' needs its weights file" in err and "pt_inception-2015-12-05-6726825d.pth" in err

@@ -58,6 +58,12 @@ def build_extractor(config: Config, dataset: Dataset, out: Path) -> torch.nn.Mod
     on the training split's labels once and kept in ``out``/features.safetensors."""
     spec = config.evaluate.features
     options = {"event_shape": dataset.event_shape, **spec.options}
+    cls = get_registry().get("feature_extractor", spec.name).cls
+    if getattr(cls, "needs_weights", False) and not spec.options.get("weights"):
+        raise ConfigError(
+            f'[evaluate.features] {spec.name!r} needs its weights file: weights = "path" (sdeplug never downloads '
+            "weights; for 'inception', pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
+        )
     extractor = get_registry().create("feature_extractor", spec.name, **options)
     if hasattr(extractor, "fit") and "weights" not in spec.options:
         path = out / "features.safetensors"
