@@ -241,3 +241,32 @@ def test_mixed_precision_trains_like_fp32_and_keeps_float32_state(tmp_path, prec
 def test_mixed_precision_needs_float32_weights():
     with pytest.raises(ValueError, match="precision = 'bf16' needs float32 weights"):
         _trainer(precision="bf16")
+
+
+@pytest.mark.slow
+def test_evaluate_gives_the_same_numbers_with_one_or_two_processes(tmp_path):
+    """Under torchrun the samples and their features are shared out over the ranks; the
+    metrics, computed by rank 0 on the gathered features, do not depend on the number of
+    processes."""
+    import json
+
+    config = tmp_path / "ring.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[sampler]\nsteps = 30\n[data]\nname = "ring8"\n'
+        "[sample]\nbatch_size = 70\nprogress = false\n"
+        '[evaluate]\nnum = 250\nseeds = [0, 1]\nmetrics = ["fid", "kid", "precision_recall"]\nkid_subsets = 5\n'
+        "[output]\nplot = false\n"
+    )
+    from sdeplug.app.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker
+    try:
+        assert main(["evaluate", str(config), "--out", str(tmp_path / "p1")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    evaluated = _command_line(2, "evaluate", str(config), "--out", str(tmp_path / "p2"))
+    assert evaluated.stdout.count("250 samples x 2 seeds") == 1  # rank 0 reports, once
+    one, two = (json.loads((tmp_path / f"p{n}" / "evaluate.json").read_text()) for n in (1, 2))
+    for key in ("fid", "kid", "precision", "recall"):
+        assert one["metrics"][key]["per_seed"] == pytest.approx(two["metrics"][key]["per_seed"], rel=1e-9, abs=1e-12)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -81,15 +82,35 @@ def build_extractor(config: Config, dataset: Dataset, out: Path) -> torch.nn.Mod
     return extractor.eval()
 
 
-def features_of(extractor: torch.nn.Module, x: Tensor) -> Tensor:
+@attrs.frozen
+class Extracted:
+    """The features of a set of samples, and their class probabilities when the extractor has them."""
+
+    features: Tensor
+    probabilities: Tensor | None
+
+
+def features_of(extractor: torch.nn.Module, x: Tensor) -> Extracted:
+    """Features of ``x`` (every rank holds all of it); under torchrun each rank extracts its
+    share and every rank gets the whole, in order. A collective: every rank must call it."""
+    mine = x.tensor_split(distributed.world_size())[distributed.rank()]
+    probabilities = hasattr(extractor, "class_probabilities")
+    parts, probs = [], []
     with torch.no_grad():
-        return torch.cat([extractor(part) for part in x.split(FEATURE_BATCH)]).double()
+        for part in mine.split(FEATURE_BATCH):
+            parts.append(extractor(part).double().cpu())
+            if probabilities:
+                probs.append(extractor.class_probabilities(part).double().cpu())
+    share = (torch.cat(parts) if parts else None, torch.cat(probs) if probs else None)
+    gathered = [g for g in distributed.gather_objects(share) if g[0] is not None]
+    features = torch.cat([g[0] for g in gathered])
+    return Extracted(features, torch.cat([g[1] for g in gathered]) if probabilities else None)
 
 
 def reference_features(config: Config, dataset: Dataset, extractor, out: Path) -> tuple[Tensor, FeatureStats]:
     """Features of the reference split, and their statistics, kept in ``out`` for the next run."""
     split = dataset.test if config.evaluate.reference == "test" else dataset.train
-    features = features_of(extractor, rows(split).float())
+    features = features_of(extractor, rows(split).float()).features
     stats = FeatureStats.of(features)
     path, data = (
         out / f"reference-stats-{config.evaluate.reference}.safetensors",
@@ -107,10 +128,10 @@ def reference_features(config: Config, dataset: Dataset, extractor, out: Path) -
     return features, stats
 
 
-def metrics_of(config: Config, extractor, reference: Tensor, stats: FeatureStats, x: Tensor, seed: int) -> dict:
-    """Every [evaluate] metric of samples ``x`` against the reference features."""
+def metrics_of(config: Config, reference: Tensor, stats: FeatureStats, extracted: Extracted, seed: int) -> dict:
+    """Every [evaluate] metric of extracted samples against the reference features."""
     run = config.evaluate
-    features = features_of(extractor, x)
+    features = extracted.features
     result: dict[str, float] = {}
     if "fid" in run.metrics:
         result["fid"] = fid(FeatureStats.of(features), stats)
@@ -124,9 +145,7 @@ def metrics_of(config: Config, extractor, reference: Tensor, stats: FeatureStats
     if "precision_recall" in run.metrics:
         result["precision"], result["recall"] = precision_recall(reference, features, k=run.k)
     if "inception_score" in run.metrics:
-        with torch.no_grad():
-            probabilities = torch.cat([extractor.class_probabilities(p) for p in x.split(FEATURE_BATCH)])
-        result["inception_score"], result["inception_score_std"] = inception_score(probabilities.double())
+        result["inception_score"], result["inception_score_std"] = inception_score(extracted.probabilities)
     return result
 
 
@@ -199,8 +218,9 @@ def evaluate_job(
                 ),
             )
             seconds += time.perf_counter() - start
+            extracted = features_of(extractor, x)  # every rank takes part
             if distributed.is_main():
-                per_seed.append(metrics_of(config, extractor, reference, stats, x, seed))
+                per_seed.append(metrics_of(config, reference, stats, extracted, seed))
         return (_summarise(per_seed) if per_seed else {}), nfe, seconds
 
     header = {
@@ -233,9 +253,10 @@ def evaluate_job(
                 }
             )
         body = {"sweep": rows}
+    scale = _scale(config, dataset, extractor, reference, stats)  # every rank takes part
     if not distributed.is_main():
         return {"written": []}
-    report = {**header, **body, **_scale(config, dataset, extractor, reference, stats), "notes": notes}
+    report = {**header, **body, **scale, "notes": notes}
     if sweep is None:
         return {**report, "written": [str(write_json(out / "evaluate.json", report))]}
     keys = [k for k in rows[0]["metrics"] if not k.endswith("_std")]
@@ -265,6 +286,6 @@ def _scale(config: Config, dataset: Dataset, extractor, reference: Tensor, stats
     low, high = float(train.min()), float(train.max())
     noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
     return {
-        "real_data": metrics_of(config, extractor, reference, stats, real.float(), run.seeds[0]),
-        "uniform_noise": metrics_of(config, extractor, reference, stats, noise.float(), run.seeds[0]),
+        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float()), run.seeds[0]),
+        "uniform_noise": metrics_of(config, reference, stats, features_of(extractor, noise.float()), run.seeds[0]),
     }
