@@ -159,3 +159,26 @@ def test_inception_without_its_weights_file_is_refused_naming_the_file(tmp_path,
     assert main(["evaluate", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "'inception' needs its weights file" in err and "pt_inception-2015-12-05-6726825d.pth" in err
+
+
+def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_features(tmp_path, capsys):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
+    assert main(["evaluate", str(config), "--no-progress"]) == 0
+    first = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    stored = tmp_path / "run" / "reference-stats-test.safetensors"
+    text = config.read_text().replace("extrapolate = true", f'extrapolate = true\nreference_stats = "{stored}"')
+    config.write_text(text)
+    assert main(["evaluate", str(config), "--no-progress"]) == 0
+    again = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    assert again["metrics"]["fid"] == first["metrics"]["fid"] and again["reference"]["stats_file"] == str(stored)
+    # statistics of other features: the data classifier's (its identity differs)
+    import sdeplug
+    from sdeplug.metrics import FeatureStats, save_stats
+
+    other = sdeplug.create("feature_extractor", "data_classifier", event_shape=(2,)).identity()
+    save_stats(stored, FeatureStats.of(torch.randn(10, 2, dtype=torch.float64)), extractor=other, data={})
+    capsys.readouterr()
+    assert main(["evaluate", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "were computed with other features" in err[0]

@@ -150,6 +150,9 @@ class EvaluateConfig:
     k: int = attrs.field(default=3, validator=_positive_int("k"))
     #: Also fit FID against 1/n over nested subsets and report its value at n = infinity.
     extrapolate: bool = False
+    #: FID against these stored statistics (sdeplug.metrics.save_stats, e.g. a reference-stats-*.safetensors
+    #: an earlier run wrote) instead of the reference split's; refused unless made with the same features.
+    reference_stats: str | None = None
 
 
 @attrs.frozen

@@ -36,7 +36,6 @@ from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, SdeplugWarning
 from sdeplug.metrics import (
     FeatureStats,
-    MetricsMismatchError,
     fid,
     inception_score,
     kid,
@@ -108,23 +107,22 @@ def features_of(extractor: torch.nn.Module, x: Tensor) -> Extracted:
 
 
 def reference_features(config: Config, dataset: Dataset, extractor, out: Path) -> tuple[Tensor, FeatureStats]:
-    """Features of the reference split, and their statistics, kept in ``out`` for the next run."""
-    split = dataset.test if config.evaluate.reference == "test" else dataset.train
+    """Features of the reference split and the statistics FID compares with: those of
+    [evaluate] reference_stats when given (refused if made with other features), else the
+    split's own, which are kept in ``out`` as a statistics file naming how they were made."""
+    run = config.evaluate
+    split = dataset.test if run.reference == "test" else dataset.train
     features = features_of(extractor, rows(split).float()).features
+    if run.reference_stats is not None:
+        stats, _ = load_stats(Path(run.reference_stats).expanduser(), extractor=extractor.identity())
+        if stats.mean.shape != (features.shape[1],):
+            raise ConfigError(f"[evaluate] reference_stats {run.reference_stats} has {len(stats.mean)} features")
+        return features, stats
     stats = FeatureStats.of(features)
-    path, data = (
-        out / f"reference-stats-{config.evaluate.reference}.safetensors",
-        {
-            "name": config.data.name,
-            **config.data.options,
-            "split": config.evaluate.reference,
-        },
-    )
+    path = out / f"reference-stats-{run.reference}.safetensors"
+    data = {"name": config.data.name, **config.data.options, "split": run.reference}
     if distributed.is_main():
-        try:
-            load_stats(path, extractor=extractor.identity())
-        except (MetricsMismatchError, OSError, ValueError):
-            save_stats(path, stats, extractor=extractor.identity(), data=data)
+        save_stats(path, stats, extractor=extractor.identity(), data=data)
     return features, stats
 
 
@@ -227,7 +225,7 @@ def evaluate_job(
         **summary_header(config),
         "features": extractor.identity(),
         "comparable_with_published": bool(getattr(extractor, "comparable_with_published", False)),
-        "reference": {"split": run.reference, "n": stats.n},
+        "reference": {"split": run.reference, "n": stats.n, "stats_file": run.reference_stats},
         "num_samples": run.num,
         "seeds": list(run.seeds),
     }
