@@ -91,8 +91,52 @@ class VESDE(LinearSDE):
         return _normal_logp(z, self.sigma_max)
 
 
+class _MeanDecay:
+    """alpha(t) = exp(log_mean_coeff(t)), drift -beta(t) x / 2 and a standard normal prior:
+    what VP, sub-VP and DDPM's chain share, given their ``log_mean_coeff`` and ``beta``."""
+
+    __slots__ = ()
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_mean_coeff(t))
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        return -0.5 * per_sample(self.beta(t), x) * x
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
+        return randn(shape, generator, device, dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        return _normal_logp(z, 1.0)
+
+
+class _VariancePreserving:
+    """sigma(t)^2 = 1 - alpha(t)^2 and g(t) = sqrt(beta(t)), with exact kernels: VP and DDPM's chain."""
+
+    __slots__ = ()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        log_a = self.log_mean_coeff(t) - self.log_mean_coeff(s)
+        return torch.exp(log_a), -torch.expm1(2 * log_a)
+
+    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """The DDPM chain x_t = sqrt(1 - beta_i) x + sqrt(beta_i) z with 1 - beta_i = (alpha(t)/alpha(t-dt))^2.
+
+        This is the exact transition of the SDE over the step; for VP the paper's code takes
+        beta_i = beta(t) / N, its first-order approximation on its own grid.
+        """
+        a, var = self.transition(t - dt, t)
+        return per_sample(a - 1.0, x) * x, torch.sqrt(var)
+
+
 @attrs.frozen(kw_only=True)
-class _BetaSchedule(LinearSDE):
+class _BetaSchedule(_MeanDecay, LinearSDE):
     """The linear schedule beta(t) = beta_min + t (beta_max - beta_min) shared by VP and sub-VP."""
 
     default_eps = 1e-3
@@ -124,47 +168,16 @@ class _BetaSchedule(LinearSDE):
         """log alpha(t) = -int_0^t beta / 2."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(self.log_mean_coeff(t))
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * per_sample(self.beta(t), x) * x
-
     def langevin_alpha(self, t: Tensor) -> Tensor:
         """1 - beta_i of the paper's N-step chain, beta_i = beta(t) T / N."""
         return 1.0 - self.beta(t) * self.T / self.N
 
-    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
-        return randn(shape, generator, device, dtype)
-
-    def prior_logp(self, z: Tensor) -> Tensor:
-        return _normal_logp(z, 1.0)
-
 
 @attrs.frozen(kw_only=True)
-class VPSDE(_BetaSchedule):
+class VPSDE(_VariancePreserving, _BetaSchedule):
     """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw; sigma(t) = sqrt(1 - alpha(t)^2)."""
 
     name = "vp"
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return torch.sqrt(self.beta(t))
-
-    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        log_a = self.log_mean_coeff(t) - self.log_mean_coeff(s)
-        return torch.exp(log_a), -torch.expm1(2 * log_a)
-
-    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-        """The DDPM chain x_t = sqrt(1 - beta_i) x + sqrt(beta_i) z with 1 - beta_i = (alpha(t)/alpha(t-dt))^2.
-
-        This is the exact transition of the SDE over the step; the paper's code takes
-        beta_i = beta(t) / N, its first-order approximation on its own grid.
-        """
-        a, var = self.transition(t - dt, t)
-        return per_sample(a - 1.0, x) * x, torch.sqrt(var)
 
 
 @attrs.frozen(kw_only=True)
@@ -184,7 +197,7 @@ class SubVPSDE(_BetaSchedule):
 
 
 @attrs.frozen(kw_only=True)
-class DDPMSDE(LinearSDE):
+class DDPMSDE(_VariancePreserving, _MeanDecay, LinearSDE):
     """DDPM's discrete chain as a VP SDE: step k of N sits at t_k = k / (N - 1), where
     alpha(t_k)^2 = prod_{i <= k} (1 - beta_i) exactly, with DDPM's linear betas from
     beta_start to beta_end; log alpha is linear between steps (beta(t) piecewise constant).
@@ -241,33 +254,6 @@ class DDPMSDE(LinearSDE):
         _, _, slope = self._position(t)
         return (-2 * slope * (self.N - 1)).to(t.dtype)
 
-    def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(self.log_mean_coeff(t))
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * per_sample(self.beta(t), x) * x
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        return torch.sqrt(self.beta(t))
-
-    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        log_a = self.log_mean_coeff(t) - self.log_mean_coeff(s)
-        return torch.exp(log_a), -torch.expm1(2 * log_a)
-
-    def discretize(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-        """The exact kernel over the step: DDPM's chain on its own grid."""
-        a, var = self.transition(t - dt, t)
-        return per_sample(a - 1.0, x) * x, torch.sqrt(var)
-
     def langevin_alpha(self, t: Tensor) -> Tensor:
         """1 - beta_k of the chain's step at t."""
         return torch.exp(2 * self._position(t)[2]).to(t.dtype)
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=None) -> Tensor:
-        return randn(shape, generator, device, dtype)
-
-    def prior_logp(self, z: Tensor) -> Tensor:
-        return _normal_logp(z, 1.0)

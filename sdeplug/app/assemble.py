@@ -213,6 +213,38 @@ def in_seeded_batches(
     return torch.cat([done[i][0] for i in range(len(firsts))]), max(part[1] for part in done.values())
 
 
+def sample_seeded(
+    sampler: SamplerConfig,
+    sde: SDE,
+    score: ScoreFn,
+    event_shape: tuple[int, ...],
+    num: int,
+    batch_size: int | None,
+    seed: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    progress: bool,
+) -> tuple[Tensor, int]:
+    """``num`` samples drawn in seeded batches (``in_seeded_batches``), on every rank; and the NFE per sample."""
+    return in_seeded_batches(
+        num,
+        batch_size,
+        seed,
+        device,
+        lambda first, size, generator: run_sampler(
+            sampler,
+            sde,
+            score,
+            (size, *event_shape),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            progress=progress and distributed.is_main(),
+        ),
+    )
+
+
 def summary_header(config: Config) -> dict[str, Any]:
     """What every report of a run starts with: the config file, the model and the SDE."""
     return {"config": config.source, "model": config.model.name, "sde": {"name": config.sde.name, **config.sde.options}}

@@ -24,8 +24,7 @@ from sdeplug.app.assemble import (
     build_dataset,
     build_score,
     check_config,
-    in_seeded_batches,
-    run_sampler,
+    sample_seeded,
     summary_header,
 )
 from sdeplug.app.config import Config
@@ -199,21 +198,17 @@ def evaluate_job(
         per_seed, nfe, seconds = [], 0, 0.0
         for seed in run.seeds:
             start = time.perf_counter()
-            x, nfe = in_seeded_batches(
+            x, nfe = sample_seeded(
+                sampler,
+                sde,
+                score,
+                dataset.event_shape,
                 run.num,
                 sample.batch_size,
                 seed,
-                device,
-                lambda first, size, generator: run_sampler(
-                    sampler,
-                    sde,
-                    score,
-                    (size, *dataset.event_shape),
-                    generator=generator,
-                    device=device,
-                    dtype=dtype,
-                    progress=progress and distributed.is_main(),
-                ),
+                device=device,
+                dtype=dtype,
+                progress=progress,
             )
             seconds += time.perf_counter() - start
             extracted = features_of(extractor, x)  # every rank takes part

@@ -29,6 +29,7 @@ from sdeplug.app.assemble import (
     run_config_dict,
     run_sampler,
     same_run,
+    sample_seeded,
     summary_header,
 )
 from sdeplug.app.config import Config
@@ -247,21 +248,17 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
         write_json(out / "guidance.json", report)
         return {**report, "written": [str(out / "guidance.json")]}
     start = time.perf_counter()
-    samples, nfe = in_seeded_batches(
+    samples, nfe = sample_seeded(
+        config.sampler,
+        sde,
+        score,
+        dataset.event_shape,
         run.num,
         run.batch_size,
         run.seed,
-        device,
-        lambda first, size, generator: run_sampler(
-            config.sampler,
-            sde,
-            score,
-            (size, *dataset.event_shape),
-            generator=generator,
-            device=device,
-            dtype=dtype,
-            progress=run.progress and distributed.is_main(),
-        ),
+        device=device,
+        dtype=dtype,
+        progress=run.progress,
     )
     seconds = time.perf_counter() - start
     if not distributed.is_main():  # rank 0 evaluates and writes
