@@ -90,7 +90,7 @@ def shutdown(wait_for_all: bool = False) -> None:
     (rank 0 writing reports): gloo may abort a process whose peer vanished mid-run."""
     if dist.is_available() and dist.is_initialized():
         if wait_for_all:
-            dist.barrier()
+            barrier()
         dist.destroy_process_group()
 
 
@@ -110,6 +110,23 @@ def gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * world_size()
     _collective(dist.all_gather_object, gathered, obj)
     return gathered
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (n_i, ...) joined in rank order, on every rank (``rows`` itself in
+    one process). Tensors travel as tensors (padded to the longest share), not pickled;
+    with nccl they must be on this rank's GPU."""
+    if not active():
+        return rows
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.empty_like(count) for _ in range(world_size())]
+    _collective(dist.all_gather, counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = rows.new_zeros((longest, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    shares = [torch.empty_like(padded) for _ in range(world_size())]
+    _collective(dist.all_gather, shares, padded)
+    return torch.cat([share[: int(c.item())] for share, c in zip(shares, counts)])
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -88,30 +88,33 @@ class Extracted:
     probabilities: Tensor | None
 
 
-def features_of(extractor: torch.nn.Module, x: Tensor) -> Extracted:
-    """Features of ``x`` (every rank holds all of it); under torchrun each rank extracts its
-    share and every rank gets the whole, in order. A collective: every rank must call it."""
-    mine = x.tensor_split(distributed.world_size())[distributed.rank()]
+def features_of(extractor: torch.nn.Module, x: Tensor, device: torch.device) -> Extracted:
+    """Features of ``x`` (every rank holds all of it), computed on ``device`` (where the
+    extractor is); under torchrun each rank extracts its share and every rank gets the
+    whole, in order. A collective: every rank must call it."""
+    mine = x.tensor_split(distributed.world_size())[distributed.rank()].to(device)
     probabilities = hasattr(extractor, "class_probabilities")
-    parts, probs = [], []
     with torch.no_grad():
-        for part in mine.split(FEATURE_BATCH):
-            parts.append(extractor(part).double().cpu())
-            if probabilities:
-                probs.append(extractor.class_probabilities(part).double().cpu())
-    share = (torch.cat(parts) if parts else None, torch.cat(probs) if probs else None)
-    gathered = [g for g in distributed.gather_objects(share) if g[0] is not None]
-    features = torch.cat([g[0] for g in gathered])
-    return Extracted(features, torch.cat([g[1] for g in gathered]) if probabilities else None)
+        features = [extractor(part) for part in mine.split(FEATURE_BATCH)]
+        probs = [extractor.class_probabilities(part) for part in mine.split(FEATURE_BATCH)] if probabilities else []
+        if not features:  # more ranks than samples: an empty share of the right width
+            width = extractor(x[:1].to(device)).shape[1]
+            features = [torch.empty((0, width), device=device)]
+            probs = [torch.empty((0, extractor.class_probabilities(x[:1].to(device)).shape[1]), device=device)]
+    gathered = distributed.gather_rows(torch.cat(features).double())
+    gathered_probs = distributed.gather_rows(torch.cat(probs).double()) if probabilities else None
+    return Extracted(gathered.cpu(), gathered_probs.cpu() if gathered_probs is not None else None)
 
 
-def reference_features(config: Config, dataset: Dataset, extractor, out: Path) -> tuple[Tensor, FeatureStats]:
+def reference_features(
+    config: Config, dataset: Dataset, extractor, out: Path, device: torch.device
+) -> tuple[Tensor, FeatureStats]:
     """Features of the reference split and the statistics FID compares with: those of
     [evaluate] reference_stats when given (refused if made with other features), else the
     split's own, which are kept in ``out`` as a statistics file naming how they were made."""
     run = config.evaluate
     split = dataset.test if run.reference == "test" else dataset.train
-    features = features_of(extractor, rows(split).float()).features
+    features = features_of(extractor, rows(split).float(), device).features
     if run.reference_stats is not None:
         stats, _ = load_stats(Path(run.reference_stats).expanduser(), extractor=extractor.identity())
         if stats.mean.shape != (features.shape[1],):
@@ -176,14 +179,14 @@ def evaluate_job(
     sweep = read_sweep(sweep_file) if sweep_file is not None else None
     dtype, device = sample.torch_dtype, distributed.local_device(sample.device)
     dataset = build_dataset(config)
-    extractor = build_extractor(config, dataset, out)
+    extractor = build_extractor(config, dataset, out).to(device)
     if "inception_score" in run.metrics and not hasattr(extractor, "class_probabilities"):
         raise ConfigError(
             f"[evaluate] metrics has 'inception_score', which needs class probabilities; features "
             f"{run.features.name!r} has none (use 'data_classifier' or an Inception extractor)"
         )
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
-    reference, stats = reference_features(config, dataset, extractor, out)
+    reference, stats = reference_features(config, dataset, extractor, out, device)
     dim = reference.shape[1]
     notes = []
     if "fid" in run.metrics and run.num < 10 * dim:
@@ -211,7 +214,7 @@ def evaluate_job(
                 progress=progress,
             )
             seconds += time.perf_counter() - start
-            extracted = features_of(extractor, x)  # every rank takes part
+            extracted = features_of(extractor, x, device)  # every rank takes part
             if distributed.is_main():
                 per_seed.append(metrics_of(config, reference, stats, extracted, seed))
         return (_summarise(per_seed) if per_seed else {}), nfe, seconds
@@ -246,7 +249,7 @@ def evaluate_job(
                 }
             )
         body = {"sweep": rows}
-    scale = _scale(config, dataset, extractor, reference, stats)  # every rank takes part
+    scale = _scale(config, dataset, extractor, reference, stats, device)  # every rank takes part
     if not distributed.is_main():
         return {"written": []}
     report = {**header, **body, **scale, "notes": notes}
@@ -269,7 +272,9 @@ def describe(header: dict[str, Any]) -> str:
     return f"{header['model']}, {header['sde']['name']}: {runs}, features {header['features']['name']}"
 
 
-def _scale(config: Config, dataset: Dataset, extractor, reference: Tensor, stats: FeatureStats) -> dict[str, Any]:
+def _scale(
+    config: Config, dataset: Dataset, extractor, reference: Tensor, stats: FeatureStats, device: torch.device
+) -> dict[str, Any]:
     """The metrics of as many points of the other split of the data, and of uniform noise."""
     run = config.evaluate
     real = rows(dataset.train if run.reference == "test" else dataset.test)
@@ -279,6 +284,8 @@ def _scale(config: Config, dataset: Dataset, extractor, reference: Tensor, stats
     low, high = float(train.min()), float(train.max())
     noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
     return {
-        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float()), run.seeds[0]),
-        "uniform_noise": metrics_of(config, reference, stats, features_of(extractor, noise.float()), run.seeds[0]),
+        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float(), device), run.seeds[0]),
+        "uniform_noise": metrics_of(
+            config, reference, stats, features_of(extractor, noise.float(), device), run.seeds[0]
+        ),
     }
