@@ -306,6 +306,12 @@ class Corrector(abc.ABC):
         a hypothesis strategy of them (default: none)."""
         return ()
 
+    def for_grid(self, times: Tensor) -> Corrector:
+        """This corrector for a run on ``times`` (the decreasing sampling grid), called once per
+        run before the first step. A corrector whose step depends on the grid's spacing
+        returns a copy that knows it; the default is the corrector itself."""
+        return self
+
     @abc.abstractmethod
     def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Correct x at time t (shape (batch,)); return the corrected x."""

@@ -286,6 +286,7 @@ def sample_pc(
     pred = resolve("predictor", predictor, sde, counted, options=predictor_options)
     corr = resolve("corrector", corrector, sde, counted, options=corrector_options)
     times = _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
+    corr = corr.for_grid(times)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     n_steps, batch = len(times) - 1, x.shape[0]
     if constraint is not None:

@@ -50,6 +50,12 @@ class Langevin(Corrector):
     For a step that ignores the batch and stays correct use ``annealed_langevin``
     (the snr rule with E|s|^2 taken as D / sigma(t)^2).
     alpha is ``sde.langevin_alpha(t)``, defined for every SDE.
+
+    The snr rule's step does not shrink with the grid, so neither does its bias (Langevin
+    without a Metropolis test leaves p_t invariant only up to O(step)). ``step_rule="grid"``
+    takes eps = ``scale`` g(t)^2 h instead, h the sampling grid's step at t: the variance the
+    reverse SDE's own noise adds over that step. Its bias is O(h) and vanishes as the
+    steps grow; it needs the grid, which the samplers give it (``for_grid``).
     """
 
     name = "langevin"
@@ -59,8 +65,38 @@ class Langevin(Corrector):
     snr: float = _snr_field()
     n_steps: int = _n_steps_field()
     norm: Literal["batch", "sample"] = attrs.field(default="batch", kw_only=True, validator=v.in_(("batch", "sample")))
+    step_rule: Literal["snr", "grid"] = attrs.field(default="snr", kw_only=True, validator=v.in_(("snr", "grid")))
+    scale: float = attrs.field(default=1.0, kw_only=True, converter=float, validator=v.gt(0.0))
+    _grid: Tensor | None = attrs.field(default=None, init=False, repr=False, eq=False)
+
+    @classmethod
+    def example_options(cls):
+        return [{"step_rule": "grid"}]
+
+    def for_grid(self, times: Tensor) -> Langevin:
+        if self.step_rule != "grid":
+            return self
+        copy = attrs.evolve(self)
+        object.__setattr__(copy, "_grid", times.detach().flip(0))  # kept ascending, for searchsorted
+        return copy
+
+    def _grid_step(self, t: Tensor) -> Tensor:
+        """eps = scale g(t)^2 h, h the grid's step from the grid point nearest t down to the next."""
+        if self._grid is None:
+            raise RuntimeError(
+                "langevin with step_rule 'grid' needs the sampling grid: run it in a sampler, or call for_grid(times)"
+            )
+        grid = self._grid.to(device=t.device, dtype=t.dtype)
+        above = torch.searchsorted(grid, t.contiguous()).clamp(1, len(grid) - 1)
+        nearest = torch.where(grid[above] - t < t - grid[above - 1], above, above - 1).clamp(min=1)
+        return self.scale * self.sde.diffusion(t) ** 2 * (grid[nearest] - grid[nearest - 1])
 
     def step(self, x: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.step_rule == "grid":
+            step_size = self._grid_step(t)
+            for _ in range(self.n_steps):
+                x = _langevin_move(x, self.score(x, t), randn_like(x, generator), step_size)
+            return x
         alpha = self.sde.langevin_alpha(t)
         for _ in range(self.n_steps):
             grad = self.score(x, t)

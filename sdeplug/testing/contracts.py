@@ -997,8 +997,8 @@ def _check_corrector_on(
     local_only: bool = False,
 ) -> None:
     mixture, null = _mixture_and_null()
-    corrector = cls(sde, mixture.score_model(sde), **options)
-    gaussian = cls(sde, _unit_gaussian_score(sde), **options)  # any event shape
+    corrector = cls(sde, mixture.score_model(sde), **options).for_grid(_kit_grid(sde))
+    gaussian = cls(sde, _unit_gaussian_score(sde), **options).for_grid(_kit_grid(sde))  # any event shape
     where = f"corrector {name!r} with {label}"
     _check_step_interface(sde, lambda x, t, g, part=gaussian: part.step(x, t, g), where)
     if getattr(gaussian, "identity", False):
@@ -1034,6 +1034,11 @@ def _check_corrector_on(
     report.passed.append(f"{label}: shapes, dtypes, seeded determinism, leaves p_t invariant ({sweeps} steps)")
 
 
+def _kit_grid(sde: SDE, steps: int = 100) -> Tensor:
+    """The grid correctors are told about (``for_grid``) in their checks: uniform, T to eps."""
+    return torch.linspace(sde.T, sde.default_eps, steps + 1, dtype=F64)
+
+
 #: Samples (pairs) of the balance check, and how far its ratio may stray.
 BALANCE_SAMPLES, BALANCE_TOLERANCE = 50_000, 0.2
 
@@ -1050,7 +1055,7 @@ def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: st
     same seed, so the sampling noise of the cross terms cancels and the check keeps its
     power at small steps. Returns the times judged (none if x hardly moves)."""
     score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
-    corrector = cls(sde, score, **options)
+    corrector = cls(sde, score, **options).for_grid(_kit_grid(sde))
     judged = []
     for t in _check_times(sde):
         mean, var = _gaussian_marginal(sde, t)
