@@ -56,7 +56,13 @@ def test_wrong_option_names_it_and_the_accepted_ones(registry):
     message = str(info.value)
     assert "sde 'vp': unknown option 'beta_maxx'" in message
     assert "accepted options: N, T, beta_max, beta_min" in message and "Did you mean 'beta_max'" in message
-    assert registry.options("corrector", "langevin") == {"snr": 0.16, "n_steps": 1, "norm": "batch"}
+    assert registry.options("corrector", "langevin") == {
+        "snr": 0.16,
+        "n_steps": 1,
+        "norm": "batch",
+        "step_rule": "snr",
+        "scale": 1.0,
+    }
 
 
 def test_in_process_plugin_parts_are_usable(registry):
