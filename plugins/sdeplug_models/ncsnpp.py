@@ -501,30 +501,11 @@ class NCSNpp(ScoreModel):
         return h
 
 
-_CIFAR10 = dict(
-    nf=128,
-    ch_mult=(1, 2, 2, 2),
-    attn_resolutions=(16,),
-    dropout=0.1,
-    resamp_with_conv=True,
-    conditional=True,
-    fir_kernel=(1, 3, 3, 1),
-    skip_rescale=True,
-    resblock_type="biggan",
-    progressive="none",
-    progressive_combine="sum",
-    fourier_scale=16.0,
-    init_scale=0.0,
-)
-_NCSNPP_VE = dict(
-    _CIFAR10, fir=True, progressive_input="residual", embedding_type="fourier", scale_by_sigma=True, centered=False
-)
-_NCSNPP_VP = dict(
-    _CIFAR10, fir=True, progressive_input="residual", embedding_type="positional", scale_by_sigma=False, centered=True
-)
-_DDPMPP = dict(
-    _CIFAR10, fir=False, progressive_input="none", embedding_type="positional", scale_by_sigma=False, centered=True
-)
+# DEFAULTS are DDPM++ cont.'s values; NCSN++ adds the FIR filter and the residual input
+# pyramid, and its VE models Fourier features of sigma, the output divided by sigma, data in [0, 1].
+_DDPMPP = {k: v for k, v in DEFAULTS.items() if k != "time_input"}
+_NCSNPP_VP = dict(_DDPMPP, fir=True, progressive_input="residual")
+_NCSNPP_VE = dict(_NCSNPP_VP, embedding_type="fourier", scale_by_sigma=True, centered=False)
 
 #: The paper's continuous-time CIFAR-10 networks (configs/{ve,vp,subvp}/cifar10_*_continuous.py),
 #: each with the SDE it was trained with; "deep" variants have 8 residual blocks per level.

@@ -18,6 +18,15 @@ def _save(fig, path: Path) -> None:
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
 
 
+def _finish(fig, path: str | Path) -> Path:
+    """Lay the figure out, write it (atomically) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, title: str = "") -> Path:
     """Side-by-side scatter plots of 2-D reference data and samples, on shared axes."""
     panels = [("samples", samples)] if reference is None else [("data", reference), ("samples", samples)]
@@ -29,11 +38,7 @@ def scatter_2d(samples: Tensor, reference: Tensor | None, path: str | Path, titl
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def image_grid(
@@ -56,11 +61,7 @@ def image_grid(
                 ax.imshow(img.permute(1, 2, 0).numpy())
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", window: int = 50) -> Path:
@@ -76,11 +77,7 @@ def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", 
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
 
 
 def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Path, title: str = "") -> Path:
@@ -113,8 +110,4 @@ def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Pat
             ax.set_ylabel(metric)
         axes[i][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(fig, path)
