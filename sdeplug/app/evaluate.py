@@ -82,25 +82,27 @@ def build_extractor(config: Config, dataset: Dataset, out: Path) -> torch.nn.Mod
 
 @attrs.frozen
 class Extracted:
-    """The features of a set of samples, and their class probabilities when the extractor has them."""
+    """The features of a set of samples, and their class probabilities when asked for."""
 
     features: Tensor
     probabilities: Tensor | None
 
 
-def features_of(extractor: torch.nn.Module, x: Tensor, device: torch.device) -> Extracted:
+def features_of(extractor: torch.nn.Module, x: Tensor, device: torch.device, probabilities: bool = False) -> Extracted:
     """Features of ``x`` (every rank holds all of it), computed on ``device`` (where the
-    extractor is); under torchrun each rank extracts its share and every rank gets the
-    whole, in order. A collective: every rank must call it."""
+    extractor is), and with ``probabilities`` its class probabilities too; under torchrun
+    each rank extracts its share and every rank gets the whole, in order. A collective:
+    every rank must call it."""
     mine = x.tensor_split(distributed.world_size())[distributed.rank()].to(device)
-    probabilities = hasattr(extractor, "class_probabilities")
     with torch.no_grad():
         features = [extractor(part) for part in mine.split(FEATURE_BATCH)]
         probs = [extractor.class_probabilities(part) for part in mine.split(FEATURE_BATCH)] if probabilities else []
         if not features:  # more ranks than samples: an empty share of the right width
             width = extractor(x[:1].to(device)).shape[1]
             features = [torch.empty((0, width), device=device)]
-            probs = [torch.empty((0, extractor.class_probabilities(x[:1].to(device)).shape[1]), device=device)]
+            if probabilities:
+                classes = extractor.class_probabilities(x[:1].to(device)).shape[1]
+                probs = [torch.empty((0, classes), device=device)]
     gathered = distributed.gather_rows(torch.cat(features).double())
     gathered_probs = distributed.gather_rows(torch.cat(probs).double()) if probabilities else None
     return Extracted(gathered.cpu(), gathered_probs.cpu() if gathered_probs is not None else None)
@@ -196,6 +198,8 @@ def evaluate_job(
         )
         warnings.warn(notes[-1], SmallSampleWarning, stacklevel=2)
 
+    wants_probabilities = "inception_score" in run.metrics
+
     def measure(sampler, progress: bool) -> tuple[dict[str, Any], int, float]:
         """Every seed's metrics with ``sampler``; the NFE per sample and the seconds spent sampling."""
         per_seed, nfe, seconds = [], 0, 0.0
@@ -214,7 +218,7 @@ def evaluate_job(
                 progress=progress,
             )
             seconds += time.perf_counter() - start
-            extracted = features_of(extractor, x, device)  # every rank takes part
+            extracted = features_of(extractor, x, device, wants_probabilities)  # every rank takes part
             if distributed.is_main():
                 per_seed.append(metrics_of(config, reference, stats, extracted, seed))
         return (_summarise(per_seed) if per_seed else {}), nfe, seconds
@@ -276,16 +280,16 @@ def _scale(
     config: Config, dataset: Dataset, extractor, reference: Tensor, stats: FeatureStats, device: torch.device
 ) -> dict[str, Any]:
     """The metrics of as many points of the other split of the data, and of uniform noise."""
-    run = config.evaluate
-    real = rows(dataset.train if run.reference == "test" else dataset.test)
-    generator = torch.Generator().manual_seed(run.seeds[0])
+    run, seed, probs = config.evaluate, config.evaluate.seeds[0], "inception_score" in config.evaluate.metrics
+    train = rows(dataset.train)  # read once: the real row (reference "test") and the noise's range
+    real = train if run.reference == "test" else rows(dataset.test)
+    generator = torch.Generator().manual_seed(seed)
     real = real[torch.randperm(len(real), generator=generator)[: run.num]]
-    train = rows(dataset.train)
     low, high = float(train.min()), float(train.max())
     noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
     return {
-        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float(), device), run.seeds[0]),
+        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float(), device, probs), seed),
         "uniform_noise": metrics_of(
-            config, reference, stats, features_of(extractor, noise.float(), device), run.seeds[0]
+            config, reference, stats, features_of(extractor, noise.float(), device, probs), seed
         ),
     }
