@@ -118,6 +118,14 @@ class LinearSDE(SDE):
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
 
+    def drift_coefficient(self, t: Tensor) -> Tensor:
+        """f(t) in the drift f(x, t) = f(t) x, shape (batch,); every LinearSDE's drift has this form.
+
+        The default reads it off ``drift`` at x = 1; subclasses may override it. Samplers use
+        it to compute a grid's step coefficients once per run.
+        """
+        return self.drift(torch.ones(t.shape[0], 1, dtype=t.dtype, device=t.device), t)[:, 0]
+
     def data_prediction(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Tweedie's E[x_0 | x_t = x] = (x + sigma(t)^2 score) / alpha(t), from the score's value at (x, t)."""
         return tweedie(x, score, per_sample(self.alpha(t), x), per_sample(self.sigma(t), x))

@@ -9,6 +9,7 @@ list of entry-point names; empty for none) limits which are loaded.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -403,7 +404,7 @@ def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str
     plugin's own code a PluginError (never blamed on the user's options)."""
     accepted = part_options(cls, kind.supplied)
     try:
-        inspect.signature(cls).bind(*supplied, **options)
+        _signature(cls).bind(*supplied, **options)
     except TypeError as exc:
         raise OptionError(kind.name, label, f"{exc} (accepted options: {_describe(accepted)})") from exc
     try:
@@ -446,9 +447,15 @@ def _own_options(kind: Kind, part: Any) -> dict[str, Any]:
     return own
 
 
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    """A class's constructor signature, read once: sampling resolves its parts on every run."""
+    return inspect.signature(cls)
+
+
 def part_options(cls: type, supplied: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """Options of ``cls.__init__`` beyond the supplied arguments; None if it takes **kwargs."""
-    params = list(inspect.signature(cls).parameters.values())
+    params = list(_signature(cls).parameters.values())
     options: dict[str, Any] = {}
     for param in params[len(supplied) :]:
         if param.kind is inspect.Parameter.VAR_KEYWORD:

@@ -123,7 +123,7 @@ class FiniteMonitor:
         """One sync: raise NonFiniteError naming where, when and after which part."""
         if not self.enabled or not self._sums:
             return
-        finite = torch.isfinite(torch.stack([v.to(torch.float64) for v in self._sums]))
+        finite = torch.isfinite(torch.stack(self._sums))
         if bool(finite.all()):
             return
         index, part, t = self._where[int((~finite).nonzero()[0, 0])]
@@ -308,11 +308,14 @@ def sample_pc(
             raise
         return x if constraint is None else constraint(x, t, generator)
 
-    for i in tqdm(range(n_steps), disable=not progress, desc="sampling", leave=False):
-        t, t_next = times[i].expand(batch), times[i + 1].expand(batch)
+    points = times.unbind()
+    batch_times = [t.expand(batch) for t in points]  # views, made once per run
+    steps_taken = tqdm(range(n_steps), desc="sampling", leave=False) if progress else range(n_steps)
+    for i in steps_taken:
+        t, t_next = batch_times[i], batch_times[i + 1]
         if corrector_first and corrects:
             x, jumped = correct(x, t), True
-            monitor.check(x, i, 1, times[i])
+            monitor.check(x, i, 1, points[i])
         if callback is not None:
             x_start = x
             counted.watch()
@@ -325,10 +328,10 @@ def sample_pc(
         jumped = constraint is not None
         if constraint is not None:
             x = constraint(x, t_next, generator)
-        monitor.check(x, i + 1, 0, times[i + 1])
+        monitor.check(x, i + 1, 0, points[i + 1])
         if not corrector_first and corrects:
             x, jumped = correct(x, t_next), True
-            monitor.check(x, i + 1, 1, times[i + 1])
+            monitor.check(x, i + 1, 1, points[i + 1])
         if callback is not None:
             callback({"x": x_start, "i": i, "t": times[i], "denoised": counted.denoised(sde)})
     if denoise:

@@ -135,7 +135,7 @@ def _run(part, x, times, jumped=False):
     """The sampler's protocol by hand: init once, then step with the state."""
     state = part.init(x, times)
     for i in range(len(times) - 1):
-        x, state = part.step(x, times[i].expand(5), times[i + 1].expand(5), state, jumped=jumped)
+        x, state = part.step(x, times[i].expand(len(x)), times[i + 1].expand(len(x)), state, jumped=jumped)
     return x
 
 
@@ -268,3 +268,88 @@ def test_every_fast_sampler_runs_float32_on_image_shapes():
         ).x
         assert x.shape == (3, 3, 2, 2) and x.dtype == torch.float32 and bool(torch.isfinite(x).all()), name
     assert math.isfinite(float(x.std()))
+
+
+# Coefficients computed once per grid -------------------------------------------------------
+
+
+def _reference_unipc(sde, score, x, times, order: int, variant: str) -> torch.Tensor:
+    """UniPC-p + UniC step by step from Zhao et al.'s formulas (diffusers' uni_p/uni_c_bh_update),
+    every coefficient computed at its step: what the precomputed rows must reproduce."""
+
+    def level(t):
+        t = t.reshape(1)
+        alpha, sigma = sde.alpha(t)[0], sde.sigma(t)[0]
+        return alpha, sigma, torch.log(alpha / sigma)
+
+    def weights(h, n):
+        hh = -h
+        h_phi_1 = torch.expm1(hh)
+        b_h = hh if variant == "bh1" else h_phi_1
+        h_phi_k, factorial, b = h_phi_1 / hh - 1, 1, []
+        for i in range(1, n + 1):
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        return torch.stack(b), b_h, h_phi_1
+
+    def combine(x, here, there, d, older, d_new=None):
+        (_, sigma, lam), (alpha_n, sigma_n, lam_n) = here, there
+        h = lam_n - lam
+        ratios = [(lam_k - lam) / h for lam_k, _ in older]
+        rks = [*ratios, torch.ones_like(h)]
+        n = len(rks) if d_new is not None else len(ratios)
+        b, b_h, h_phi_1 = weights(h, len(rks))
+        rhos = torch.tensor([0.5] if n == 1 else [], dtype=F64)
+        if n > 1:
+            R = torch.stack([torch.stack([r**i for r in rks[:n]]) for i in range(n)])
+            rhos = torch.linalg.solve(R, b[:n])
+        out = sigma_n / sigma * x - alpha_n * h_phi_1 * d
+        terms = [rho * (d_k - d) / r for rho, r, (_, d_k) in zip(rhos, ratios, older)]
+        if d_new is not None:
+            terms.append(rhos[-1] * (d_new - d))
+        return out - alpha_n * b_h * sum(terms) if terms else out
+
+    levels = [level(t) for t in times]
+    history, previous = [], None
+    for i in range(len(times) - 1):
+        alpha, sigma, lam = levels[i]
+        d = (x + sigma**2 * score(x, times[i].expand(len(x)))) / alpha
+        if previous is not None:
+            x = combine(*previous, d_new=d)
+        older = history[: order - 1]
+        previous = (x, levels[i], levels[i + 1], d, older)
+        x = combine(x, levels[i], levels[i + 1], d, older)
+        history = [(lam, d), *history]
+    return x
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_precomputed_rows_reproduce_the_step_by_step_formulas(order, variant):
+    sde = _sde("vp")
+    score = preset("ring8").score_model(sde)
+    times = _times("logsnr", "vp", 16)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    part = REGISTRY.create("predictor", "unipc", sde, score, order=order, variant=variant)
+    ours = _run(part, x, times)
+    torch.testing.assert_close(ours, _reference_unipc(sde, score, x, times, order, variant), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+def test_dpmpp_2m_precomputed_rows_reproduce_the_step_by_step_formula(sde_name):
+    sde = _sde(sde_name)
+    score = preset("ring8").score_model(sde)
+    times = _times("edm", sde_name, 16)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * float(sde.sigma(times[:1]))
+    expected, previous = x, None
+    for i in range(len(times) - 1):
+        t, t_next = times[i : i + 1], times[i + 1 : i + 2]
+        alpha, sigma, alpha_n, sigma_n = sde.alpha(t), sde.sigma(t), sde.alpha(t_next), sde.sigma(t_next)
+        lam, lam_n = torch.log(alpha / sigma), torch.log(alpha_n / sigma_n)
+        d = (expected + sigma**2 * score(expected, t.expand(32))) / alpha
+        combined = d if previous is None else d + (lam_n - lam) / (lam - previous[0]) / 2 * (d - previous[1])
+        expected = sigma_n / sigma * expected - alpha_n * torch.expm1(-(lam_n - lam)) * combined
+        previous = (lam, d)
+    part = REGISTRY.create("predictor", "dpmpp_2m", sde, score)
+    torch.testing.assert_close(_run(part, x, times), expected, rtol=1e-11, atol=1e-11)

@@ -212,3 +212,31 @@ def test_a_non_linear_sde_gives_no_data_prediction():
 
     seen = _callbacks(TanhSDE(), lambda x, t: -x, "euler_maruyama", "none")
     assert len(seen) == 3 and all(info["denoised"] is None for info in seen)
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp", "ddpm"])
+@pytest.mark.parametrize("probability_flow", [False, True])
+def test_euler_maruyama_rows_computed_once_per_grid_equal_its_per_step_formula(sde_name, probability_flow):
+    """On a LinearSDE ``init`` computes each step's numbers for the whole grid; without that
+    state (None) the step evaluates f and g itself: both are the same step."""
+    sde = sdeplug.create("sde", sde_name)
+    score = GaussianMixture([1.0], [[0.3, -0.2]], stds=[0.5]).score_model(sde)
+    part = sdeplug.create("predictor", "euler_maruyama", sde, score, probability_flow=probability_flow)
+    times = torch.linspace(sde.T, sde.default_eps, 9, dtype=torch.float64)
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    state = part.init(x, times)
+    assert state is not None
+    for i in range(len(times) - 1):
+        t, t_next = times[i].expand(16), times[i + 1].expand(16)
+        with_rows, state = part.step(x, t, t_next, state, torch.Generator().manual_seed(i))
+        per_step, _ = part.step(x, t, t_next, None, torch.Generator().manual_seed(i))
+        torch.testing.assert_close(with_rows, per_step, rtol=1e-12, atol=1e-12)
+        x = per_step
+
+
+def test_linear_sde_drift_coefficient_is_the_drift_at_one():
+    for name in ("ve", "vp", "subvp", "ddpm"):
+        sde = sdeplug.create("sde", name)
+        t = torch.linspace(0.01, 1, 7, dtype=torch.float64)
+        x = torch.randn(7, 3, dtype=torch.float64)
+        torch.testing.assert_close(sde.drift(x, t), sde.drift_coefficient(t)[:, None] * x)

@@ -19,26 +19,35 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, Predictor, ScoreFn, randn_like
-from sdeplug_fast.noise_levels import NoiseLevel, data_prediction, exponential_euler, grid_levels
+from sdeplug_fast.noise_levels import GridNoise, NoiseLevel, grid_levels, tweedie_from_row
 
 #: Runs with fewer steps than this lower the order of their final steps (diffusers' rule).
 LOWER_ORDER_FINAL_BELOW = 15
 
-History = tuple[tuple[Tensor, Tensor], ...]
-"""(lam, D) of earlier steps, newest first."""
+History = tuple[tuple[Tensor | None, Tensor], ...]
+"""(lam, D) of earlier steps, newest first (lam is None for predictors without ``uses_levels``)."""
+
+Rows = tuple[tuple[tuple[float, ...] | None, ...], ...]
+"""A predictor's coefficients, computed once per run: rows[i][k] for step i using k earlier
+predictions (None where step i cannot have k of them)."""
 
 
 @attrs.frozen
 class MultistepState:
     """What a multistep predictor carries from one step of a run to the next."""
 
-    #: The noise levels at every time of the run's grid, computed once by ``init``.
+    #: The noise levels at every time of the run's grid, computed once by ``init`` (empty
+    #: for predictors that step with precomputed ``rows`` alone).
     levels: tuple[NoiseLevel, ...]
     #: The step about to be taken: it goes from levels[index] to levels[index + 1].
     index: int = 0
     history: History = ()
     #: What a predictor's own corrector needs of the last step (UniPC), if anything.
     previous: Any = None
+    #: (sigma^2, 1 / alpha) at every time of the grid, for Tweedie's formula.
+    tweedie: tuple[tuple[float, float], ...] = ()
+    #: The predictor's own per-step coefficients (see ``Rows``), if it computes them.
+    rows: Rows = ()
 
 
 @attrs.define
@@ -57,6 +66,8 @@ class _Multistep(Predictor):
     sde_types = (LinearSDE,)
     #: How many earlier data predictions a step uses.
     memory: ClassVar[int] = 1
+    #: Whether steps read the NoiseLevel of their ends (else only the precomputed rows).
+    uses_levels: ClassVar[bool] = True
 
     sde: LinearSDE
     score: ScoreFn
@@ -66,7 +77,16 @@ class _Multistep(Predictor):
     )
 
     def init(self, x: Tensor, grid: Tensor) -> MultistepState:
-        return MultistepState(grid_levels(self.sde, grid))
+        noise = GridNoise.of(self.sde, grid)
+        return MultistepState(
+            grid_levels(self.sde, grid) if self.uses_levels else (),
+            tweedie=noise.tweedie_rows(),
+            rows=self._coefficient_rows(noise),
+        )
+
+    def _coefficient_rows(self, noise: GridNoise) -> Rows:
+        """Per-step coefficients of the whole grid (see ``Rows``); none by default."""
+        return ()
 
     def _continued(self, state: MultistepState, jumped: bool) -> MultistepState:
         """The state this step builds on: without history after a jump, unless told to keep it."""
@@ -80,30 +100,46 @@ class _Multistep(Predictor):
         where the order drops to 1 at the last step (2 at the one before). Extrapolating
         over the large final steps of a short run is what makes multistep solvers unstable
         there (Lu et al.'s fix, diffusers' ``lower_order_final``)."""
-        run_length = len(state.levels) - 1
+        run_length = len(state.tweedie) - 1
         if not self.lower_order_final or run_length >= LOWER_ORDER_FINAL_BELOW:
             return state.history
         remaining = run_length - state.index
         return state.history[: max(remaining - 1, 0)]
 
-    def _next(self, state: MultistepState, lam: Tensor, denoised: Tensor, previous: Any = None) -> MultistepState:
+    def _next(
+        self, state: MultistepState, lam: Tensor | None, denoised: Tensor, previous: Any = None
+    ) -> MultistepState:
         history = ((lam, denoised), *state.history)[: self.memory]
-        return MultistepState(state.levels, state.index + 1, history, previous)
+        return MultistepState(state.levels, state.index + 1, history, previous, state.tweedie, state.rows)
 
     def _begin(self, x: Tensor, t: Tensor, state: MultistepState, jumped: bool):
         """(state to build on, level here, level there, data prediction here)."""
         state = self._continued(state, jumped)
-        here, there = state.levels[state.index], state.levels[state.index + 1]
-        return state, here, there, data_prediction(self.score, x, t, here)
+        here, there = (state.levels[state.index], state.levels[state.index + 1]) if state.levels else (None, None)
+        return state, here, there, tweedie_from_row(x, self.score(x, t), state.tweedie[state.index])
 
 
 @attrs.define
 class DPMSolverPP2M(_Multistep):
-    """DPM-Solver++(2M): x/alpha <- e^-h x/alpha + (1 - e^-h) [(1 + 1/2r) D - (1/2r) D_prev]."""
+    """DPM-Solver++(2M): x/alpha <- e^-h x/alpha + (1 - e^-h) [(1 + 1/2r) D - (1/2r) D_prev].
+
+    A step is x' = c_x x + c_D D (+ c_prev D_prev), with the c's computed once per run.
+    """
 
     name = "dpmpp_2m"
     ode_order = 2.0
     memory = 1
+    uses_levels = False
+
+    def _coefficient_rows(self, noise: GridNoise) -> Rows:
+        alpha, sigma, lam = noise.alpha, noise.sigma, noise.lam
+        h = lam[1:] - lam[:-1]
+        scale_x = sigma[1:] / sigma[:-1]
+        scale_d = -alpha[1:] * torch.expm1(-h)  # DDIM's weight of D
+        half_inv_r = torch.cat([h.new_zeros(1), h[1:] / h[:-1] / 2])  # (lam' - lam) / (lam - lam_prev) / 2
+        first = zip(scale_x.tolist(), scale_d.tolist())
+        second = zip(scale_x.tolist(), (scale_d * (1 + half_inv_r)).tolist(), (-scale_d * half_inv_r).tolist())
+        return tuple((row_1, row_2 if i else None) for i, (row_1, row_2) in enumerate(zip(first, second)))
 
     def step(
         self,
@@ -115,13 +151,13 @@ class DPMSolverPP2M(_Multistep):
         *,
         jumped: bool = False,
     ) -> tuple[Tensor, MultistepState]:
-        state, here, there, denoised = self._begin(x, t, state, jumped)
-        combined, past = denoised, self._usable(state)
+        state, _, _, denoised = self._begin(x, t, state, jumped)
+        past = self._usable(state)
+        row = state.rows[state.index][len(past)]
+        x_next = torch.add(x * row[0], denoised, alpha=row[1])
         if past:
-            lam_prev, denoised_prev = past[0]
-            half_inv_r = (there.lam - here.lam) / (here.lam - lam_prev) / 2
-            combined = (1 + half_inv_r) * denoised - half_inv_r * denoised_prev
-        return exponential_euler(x, here, there, combined), self._next(state, here.lam, denoised)
+            x_next.add_(past[0][1], alpha=row[2])
+        return x_next, self._next(state, None, denoised)
 
 
 @attrs.define

@@ -13,7 +13,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug import LinearSDE, ScoreFn, per_sample, tweedie
+from sdeplug import LinearSDE
 
 
 @attrs.frozen
@@ -40,15 +40,26 @@ def grid_levels(sde: LinearSDE, grid: Tensor) -> tuple[NoiseLevel, ...]:
     return tuple(NoiseLevel(*values) for values in zip(*parts))
 
 
-def data_prediction(score: ScoreFn, x: Tensor, t: Tensor, level: NoiseLevel) -> Tensor:
-    """Tweedie's D(x, t) = (x + sigma^2 score(x, t)) / alpha, the posterior mean of x_0."""
-    if level.alpha.ndim == 0:
-        return tweedie(x, score(x, t), level.alpha, level.sigma)
-    return tweedie(x, score(x, t), per_sample(level.alpha, x), per_sample(level.sigma, x))
+@attrs.frozen
+class GridNoise:
+    """alpha, sigma and lam at every time of a run's grid: 1-D float64 tensors on the CPU,
+    from which predictors compute their per-step coefficients once per run."""
+
+    alpha: Tensor
+    sigma: Tensor
+    lam: Tensor
+
+    @classmethod
+    def of(cls, sde: LinearSDE, grid: Tensor) -> GridNoise:
+        level = NoiseLevel.at(sde, grid.detach().to(device="cpu", dtype=torch.float64))
+        return cls(level.alpha, level.sigma, level.lam)
+
+    def tweedie_rows(self) -> tuple[tuple[float, float], ...]:
+        """(sigma^2, 1 / alpha) at each time: D = (x + sigma^2 score) / alpha."""
+        return tuple(zip((self.sigma**2).tolist(), (1 / self.alpha).tolist()))
 
 
-def exponential_euler(x: Tensor, here: NoiseLevel, there: NoiseLevel, denoised: Tensor) -> Tensor:
-    """The first-order exponential-integrator step (DDIM) from ``here`` to ``there`` with data
-    prediction ``denoised``: sigma' / sigma x - alpha' (e^{-h} - 1) D, h = lam' - lam."""
-    h = there.lam - here.lam
-    return (there.sigma / here.sigma) * x - (there.alpha * torch.expm1(-h)) * denoised
+def tweedie_from_row(x: Tensor, score: Tensor, row: tuple[float, float]) -> Tensor:
+    """Tweedie's D = (x + sigma^2 score) / alpha with (sigma^2, 1 / alpha) computed beforehand."""
+    sigma_sq, inv_alpha = row
+    return torch.add(x, score, alpha=sigma_sq).mul_(inv_alpha)
