@@ -1,5 +1,5 @@
 """Fast samplers for every LinearSDE: DPM-Solver++ (2M, 3M), SDE-DPM-Solver++(2M), UniPC, EDM Heun,
-and the log-SNR and EDM time grids.
+the log-SNR and EDM time grids, and tuned grids.
 
 An ordinary sdeplug plugin, declared as the ``fast`` entry point; it uses only the
 public API of the core (alpha(t), sigma(t) and t_from_log_snr of LinearSDE).
@@ -7,11 +7,20 @@ public API of the core (alpha(t), sigma(t) and t_from_log_snr of LinearSDE).
 
 from sdeplug import hookimpl
 from sdeplug_fast.edm import EDMHeun
-from sdeplug_fast.grids import EDMGrid, LogSNRGrid
+from sdeplug_fast.grids import EDMGrid, LogSNRGrid, TunedLogSNRGrid
 from sdeplug_fast.multistep import DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M
 from sdeplug_fast.unipc import UniPC
 
-__all__ = ["DPMSolverPP2M", "DPMSolverPP3M", "EDMGrid", "EDMHeun", "LogSNRGrid", "SDEDPMSolverPP2M", "UniPC"]
+__all__ = [
+    "DPMSolverPP2M",
+    "DPMSolverPP3M",
+    "EDMGrid",
+    "EDMHeun",
+    "LogSNRGrid",
+    "SDEDPMSolverPP2M",
+    "TunedLogSNRGrid",
+    "UniPC",
+]
 
 
 @hookimpl
@@ -22,5 +31,5 @@ def register_predictors(register):
 
 @hookimpl
 def register_time_grids(register):
-    for cls in (LogSNRGrid, EDMGrid):
+    for cls in (LogSNRGrid, EDMGrid, TunedLogSNRGrid):
         register(cls)

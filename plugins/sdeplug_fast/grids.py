@@ -1,6 +1,7 @@
-"""Grids placed by noise level rather than by time: uniform in log-SNR, and EDM's rho-schedule.
+"""Grids placed by noise level rather than by time: uniform in log-SNR, EDM's rho-schedule,
+and grids tuned to a model (``sdeplug tune-grid``).
 
-Both work for any LinearSDE: they place the noise levels, then map them back to times
+All work for any LinearSDE: they place the noise levels, then map them back to times
 with ``LinearSDE.t_from_log_snr``.
 """
 
@@ -12,6 +13,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, TimeGrid
+from sdeplug.grid_tuning import check_fractions, grid_from_fractions, load_grid_file
 from sdeplug.grids import log_snr_grid
 
 
@@ -46,3 +48,36 @@ class EDMGrid(TimeGrid):
         times = sde.t_from_log_snr(-2.0 * torch.log(s))
         times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
         return times.to(device=device, dtype=dtype)
+
+
+@attrs.frozen
+class TunedLogSNRGrid(TimeGrid):
+    """A grid tuned by ``sdeplug tune-grid``: ``file`` names the tuned-grid file it wrote, or
+    ``fractions`` gives the log-SNR fractions (0 at T, 1 at eps) inline.
+
+    At the tuned number of steps it gives the tuned times; at any other it stretches them
+    piecewise linearly in the step index. With neither option it is the log-SNR grid.
+    """
+
+    name = "tuned"
+    sde_types = (LinearSDE,)
+    file: str | None = attrs.field(default=None, kw_only=True, validator=v.optional(v.instance_of(str)))
+    fractions: tuple[float, ...] | None = attrs.field(
+        default=None, kw_only=True, converter=lambda f: f if f is None else check_fractions(f)
+    )
+    _placed: tuple[float, ...] = attrs.field(init=False, repr=False)
+
+    @_placed.default
+    def _read(self) -> tuple[float, ...]:
+        if self.file is not None and self.fractions is not None:
+            raise ValueError("give the tuned grid's file or its fractions, not both")
+        if self.file is not None:
+            return tuple(load_grid_file(self.file)["fractions"])
+        return self.fractions if self.fractions is not None else (0.0, 1.0)
+
+    @classmethod
+    def example_options(cls):
+        return [{"fractions": [0.0, 0.15, 0.5, 0.9, 1.0]}]
+
+    def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
+        return grid_from_fractions(sde, self._placed, steps, eps, device=device, dtype=dtype)

@@ -300,6 +300,38 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_grid(args: argparse.Namespace) -> int:
+    """Tune the [sampler]'s time grid for --steps steps and write it to a file a config can name."""
+    from sdeplug.app.tune import default_grid_file, tune_grid_job
+
+    config = configured(args)
+    check_config(config)
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be a positive integer; got {args.steps}")
+    if args.pilot < 2:
+        raise ConfigError(f"--pilot must be at least 2 prior draws; got {args.pilot}")
+    out = Path(args.out).expanduser() if args.out else default_grid_file(config, args.steps)
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give the grid file's path")
+    progress = None if args.no_progress else (lambda message: print(f"  {message}", flush=True))
+    report = tune_grid_job(
+        config, out, steps=args.steps, pilot=args.pilot, checkpoint=args.checkpoint, start=args.start, progress=progress
+    )
+    error, cost = report["rms_error_to_the_reference"], report["cost"]
+    print(
+        f"tuned a {args.steps}-step grid for {report['tuned_for']['predictor']['name']!r} (from {report['start']['grid']!r}): "
+        f"RMS error to the reference solve {error['pilot']['start']:.4g} -> {error['pilot']['tuned']:.4g} on the "
+        f"pilot draws, {error['fresh_draws']['start']:.4g} -> {error['fresh_draws']['tuned']:.4g} on fresh ones"
+    )
+    print(
+        f"cost: {cost['score_evaluations']} score evaluations of {cost['pilot_samples']} samples each, "
+        f"{cost['seconds']:.1f} s"
+    )
+    print(f'use it: [sampler] steps = {args.steps}; [sampler.grid] name = "tuned", file = "{out}"')
+    _written(report)
+    return 0
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed of the samples") -> None:
     """The config path and the flags that override its [sample] (or [train]) and [output] keys."""
     parser.add_argument("config", help="path to a TOML config")
@@ -356,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
+    tune = sub.add_parser(
+        "tune-grid", help="tune the time grid of the config's deterministic predictor to its model and SDE"
+    )
+    tune.add_argument("config", help="path to a TOML config; its [sampler] names the predictor (corrector none)")
+    tune.add_argument("--steps", type=int, required=True, help="number of steps K of the tuned grid")
+    tune.add_argument("--pilot", type=int, default=256, help="prior draws the grid is tuned on (default 256)")
+    tune.add_argument("--start", help="registered grid to start from (default: [sampler.grid], else logsnr)")
+    tune.add_argument("--out", help="the grid file to write (default: [output] dir/grid-PREDICTOR-K.json)")
+    tune.add_argument("--seed", type=int, help="seed of the pilot draws (overrides [sample] seed)")
+    tune.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
+    tune.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    tune.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    tune.add_argument("--no-progress", action="store_true", help="print only the result")
+    tune.set_defaults(func=cmd_tune_grid)
     convert = sub.add_parser(
         "convert", help="convert a checkpoint of the paper's code (score_sde_pytorch) into sdeplug's format"
     )

@@ -1,0 +1,99 @@
+"""``sdeplug tune-grid``: tune the time grid of the config's deterministic predictor to its
+model and SDE, and write it where a [sampler.grid] table can name it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdeplug import distributed
+from sdeplug.app.assemble import build_dataset, build_score, check_config, default_checkpoint
+from sdeplug.app.config import Config
+from sdeplug.errors import ConfigError
+from sdeplug.grid_tuning import save_grid_file, tune_grid
+from sdeplug.interfaces import LinearSDE
+
+
+def default_grid_file(config: Config, steps: int) -> Path:
+    return Path(config.output.dir).expanduser() / f"grid-{config.sampler.predictor.name}-{steps}.json"
+
+
+def tune_grid_job(
+    config: Config,
+    out_file: Path,
+    *,
+    steps: int,
+    pilot: int,
+    checkpoint: str | None = None,
+    start: str | None = None,
+    progress=None,
+) -> dict[str, Any]:
+    """Tune the [sampler]'s predictor for ``steps`` steps from ``pilot`` prior draws; write the file."""
+    sde = check_config(config)
+    sampler = config.sampler
+    if sampler.kind != "pc" or sampler.corrector.name != "none":
+        raise ConfigError(
+            "tune-grid tunes a predictor alone: give a [sampler] with kind = 'pc' and [sampler.corrector] "
+            f"name = 'none' (got kind = {sampler.kind!r}, corrector {sampler.corrector.name!r})"
+        )
+    if not isinstance(sde, LinearSDE):
+        raise ConfigError(
+            f"tune-grid needs an SDE with closed-form marginals (a LinearSDE); {config.sde.name!r} is not"
+        )
+    run = config.sample
+    dtype, device = run.torch_dtype, distributed.local_device(run.device)
+    dataset = build_dataset(config)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    if start is not None:
+        start_grid, start_options = start, {}
+    elif sampler.grid is not None:
+        start_grid, start_options = sampler.grid.name, dict(sampler.grid.options)
+    else:
+        start_grid, start_options = "logsnr", {}
+    try:
+        result = tune_grid(
+            sde,
+            score,
+            tuple(dataset.event_shape),
+            steps,
+            predictor=sampler.predictor.name,
+            predictor_options=sampler.predictor.options,
+            start=start_grid,
+            start_options=start_options,
+            eps=sampler.eps,
+            denoise=sampler.denoise,
+            pilot=pilot,
+            seed=run.seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"tune-grid: {exc}") from None
+    report = {
+        "steps": steps,
+        "fractions": list(result.fractions),
+        "times": result.times.tolist(),
+        "tuned_for": {
+            "config": config.source,
+            "sde": {"name": config.sde.name, **config.sde.options},
+            "model": config.model.name,
+            "checkpoint": None if config.model.name == "oracle" else str(checkpoint or default_checkpoint(config)),
+            "predictor": {"name": sampler.predictor.name, **sampler.predictor.options},
+            "eps": float(result.times[-1]),
+            "denoise": sampler.denoise,
+        },
+        "start": {"grid": start_grid, **start_options, "times": result.start.tolist()},
+        "rms_error_to_the_reference": {
+            "pilot": {"start": result.pilot_error_start, "tuned": result.pilot_error},
+            "fresh_draws": {"start": result.fresh_error_start, "tuned": result.fresh_error},
+        },
+        "cost": {
+            "score_evaluations": result.score_evaluations,
+            "pilot_samples": result.pilot,
+            "seconds": round(result.seconds, 3),
+            "sweeps": result.sweeps,
+        },
+    }
+    save_grid_file(out_file, report)
+    return {**report, "written": [str(out_file)]}
