@@ -7,18 +7,15 @@ coordinate descent over the interior times, each moved in log-SNR between its ne
 a move kept only when it lowers the pilot error. The ends stay at T and eps.
 
 A grid is stored as the fractions of the log-SNR range its times sit at (0 at T, 1 at
-eps), so the registered ``tuned`` TimeGrid reproduces it at its own step count and
-stretches it, piecewise linearly, to any other. Files are JSON: nothing is executed.
+eps; ``sdeplug.grids.save_grid_file``), so the registered ``tuned`` TimeGrid reproduces
+it at its own step count and stretches it, piecewise linearly, to any other.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -26,86 +23,11 @@ import torch
 from torch import Tensor
 
 from sdeplug.errors import NonFiniteError
-from sdeplug.grids import GridSpec, check_steps, end_time, resolve_grid
+from sdeplug.grids import GridSpec, check_steps, end_time, fractions_of, grid_from_fractions, resolve_grid
 from sdeplug.interfaces import LinearSDE, ScoreFn
 from sdeplug.sampling import sample_ode, sample_pc
 
-#: What the ``format`` key of a tuned-grid file says.
-GRID_FORMAT = "sdeplug-tuned-grid"
-
 F64 = torch.float64
-
-
-def _half_log_snr(sde: LinearSDE, times: Tensor) -> Tensor:
-    return 0.5 * sde.log_snr(times.to(F64))
-
-
-def fractions_of(sde: LinearSDE, times: Tensor) -> list[float]:
-    """Where each time of a decreasing grid sits in its log-SNR range: 0 at the first, 1 at the last."""
-    lam = _half_log_snr(sde, times.detach().cpu())
-    fractions = ((lam - lam[0]) / (lam[-1] - lam[0])).tolist()
-    fractions[0], fractions[-1] = 0.0, 1.0
-    return fractions
-
-
-def check_fractions(fractions: Any, where: str = "fractions") -> tuple[float, ...]:
-    """A strictly increasing list of at least two finite numbers from exactly 0 to exactly 1."""
-    if not isinstance(fractions, (list, tuple)) or len(fractions) < 2:
-        raise ValueError(f"{where} must be a list of at least 2 numbers from 0 to 1; got {fractions!r:.80}")
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fractions):
-        raise ValueError(f"{where} must hold finite numbers only; got {list(fractions)!r:.80}")
-    if fractions[0] != 0 or fractions[-1] != 1 or any(b <= a for a, b in zip(fractions, fractions[1:])):
-        raise ValueError(f"{where} must increase strictly from exactly 0 to exactly 1; got {list(fractions)!r:.80}")
-    return tuple(float(f) for f in fractions)
-
-
-def grid_from_fractions(
-    sde: LinearSDE,
-    fractions: Sequence[float],
-    steps: int,
-    eps: float,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """``steps`` + 1 times from T to eps at the given log-SNR fractions, interpolated piecewise
-    linearly in the step index when ``steps`` differs from ``len(fractions) - 1``."""
-    steps = check_steps(steps)
-    known = torch.tensor(fractions, dtype=F64)
-    u = torch.linspace(0.0, 1.0, steps + 1, dtype=F64) * (len(known) - 1)
-    left = u.floor().clamp(max=len(known) - 2).long()
-    placed = known[left] + (u - left) * (known[left + 1] - known[left])
-    ends = _half_log_snr(sde, torch.tensor([float(sde.T), float(eps)], dtype=F64))
-    times = sde.t_from_log_snr(2 * (ends[0] + placed * (ends[1] - ends[0])))
-    times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
-    return times.to(device=device, dtype=dtype if dtype is not None else F64)
-
-
-def load_grid_file(path: str | Path) -> dict[str, Any]:
-    """A tuned-grid file's contents, checked: its ``fractions`` at least."""
-    path = Path(path).expanduser()
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"tuned grid file {str(path)!r} does not exist; make one with `sdeplug tune-grid`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"tuned grid file {str(path)!r} is not readable JSON: {exc}") from None
-    if not isinstance(content, dict) or content.get("format") != GRID_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a tuned grid file (format {GRID_FORMAT!r}, written by sdeplug tune-grid)"
-        )
-    content["fractions"] = list(check_fractions(content.get("fractions"), f"the fractions in {str(path)!r}"))
-    return content
-
-
-def save_grid_file(path: str | Path, content: Mapping[str, Any]) -> Path:
-    """Write a tuned-grid file atomically (a temporary file, then a rename)."""
-    path = Path(path).expanduser()
-    check_fractions(content.get("fractions"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"format": GRID_FORMAT, **content}, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
 
 
 @attrs.frozen

@@ -38,6 +38,7 @@ LIBRARY = {
     "sdeplug.denoisers",
     "sdeplug.score_sde_checkpoints",
     "sdeplug.metrics",
+    "sdeplug.grid_tuning",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",

@@ -13,8 +13,7 @@ from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, TimeGrid
-from sdeplug.grid_tuning import check_fractions, grid_from_fractions, load_grid_file
-from sdeplug.grids import log_snr_grid
+from sdeplug.grids import check_fractions, grid_from_fractions, load_grid_file, log_snr_grid
 
 
 @attrs.frozen

@@ -318,8 +318,9 @@ def cmd_tune_grid(args: argparse.Namespace) -> int:
         config, out, steps=args.steps, pilot=args.pilot, checkpoint=args.checkpoint, start=args.start, progress=progress
     )
     error, cost = report["rms_error_to_the_reference"], report["cost"]
+    predictor, start = report["tuned_for"]["predictor"]["name"], report["start"]["grid"]
     print(
-        f"tuned a {args.steps}-step grid for {report['tuned_for']['predictor']['name']!r} (from {report['start']['grid']!r}): "
+        f"tuned a {args.steps}-step grid for {predictor!r} (from {start!r}): "
         f"RMS error to the reference solve {error['pilot']['start']:.4g} -> {error['pilot']['tuned']:.4g} on the "
         f"pilot draws, {error['fresh_draws']['start']:.4g} -> {error['fresh_draws']['tuned']:.4g} on fresh ones"
     )

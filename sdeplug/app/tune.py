@@ -10,7 +10,8 @@ from sdeplug import distributed
 from sdeplug.app.assemble import build_dataset, build_score, check_config, default_checkpoint
 from sdeplug.app.config import Config
 from sdeplug.errors import ConfigError
-from sdeplug.grid_tuning import save_grid_file, tune_grid
+from sdeplug.grid_tuning import tune_grid
+from sdeplug.grids import save_grid_file
 from sdeplug.interfaces import LinearSDE
 
 
