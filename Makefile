@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/training.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/sampling.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/fewstep.py --n 2000 --reps 4 --write docs/benchmarks.md
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md
