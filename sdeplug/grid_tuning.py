@@ -30,8 +30,8 @@ from sdeplug.sampling import sample_ode, sample_pc
 F64 = torch.float64
 
 
-@attrs.frozen
-class TunedGrid:
+@attrs.frozen(eq=False)
+class TuningResult:
     """What ``tune_grid`` found, and what it cost."""
 
     #: The tuned times, T to eps (float64, CPU), and their log-SNR fractions.
@@ -79,7 +79,7 @@ def tune_grid(
     device: torch.device | str | None = None,
     dtype: torch.dtype = F64,
     progress: Callable[[str], None] | None = None,
-) -> TunedGrid:
+) -> TuningResult:
     """Tune the ``steps`` + 1 times of a deterministic ``predictor`` for this SDE and score.
 
     ``pilot`` prior draws are solved once with dopri5 at ``reference_tolerance``; the
@@ -153,12 +153,13 @@ def tune_grid(
         say(f"sweep {done_sweeps}: pilot RMS error {current:.4g} (start {start_error:.4g})")
         if not current < before * 0.995:
             break
-    tuned = times_at(fractions) if current < start_error else first
-    if not current < start_error:
-        fractions, current = fractions_of(sde, first), start_error
+    if current < start_error:
+        tuned = times_at(fractions)
+    else:  # nothing helped: the start, exactly
+        tuned, fractions, current = first, fractions_of(sde, first), start_error
     say("checking on fresh draws")
     fresh_x, fresh_reference = draws(1)
-    return TunedGrid(
+    return TuningResult(
         times=tuned,
         fractions=tuple(fractions),
         start=first,
