@@ -13,6 +13,8 @@ import math
 import attrs
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sdeplug
 from sdeplug import LinearSDE, OptionError, Predictor
@@ -239,3 +241,38 @@ def test_tune_grid_refuses_bad_input_in_one_line(tmp_path, capsys, change, messa
     assert main(["tune-grid", str(config), *change.get("args", ["--steps", "3"]), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@st.composite
+def _fractions(draw):
+    inner = draw(st.lists(st.floats(0.001, 0.999), min_size=0, max_size=8, unique=True))
+    return [0.0, *sorted(inner), 1.0]
+
+
+@given(
+    fractions=_fractions(),
+    steps=st.integers(1, 60),
+    name=st.sampled_from(["ve", "vp", "subvp"]),
+    eps=st.sampled_from([1e-5, 1e-3, 0.1]),
+)
+def test_a_fractions_grid_is_a_valid_grid_for_any_steps(fractions, steps, name, eps):
+    """Any increasing fractions, any step count, any bundled LinearSDE: steps + 1 strictly
+    decreasing times from exactly T to exactly eps, and at the tuned count the fractions back."""
+    sde = sdeplug.create("sde", name)
+    times = grid_from_fractions(sde, fractions, steps, eps)
+    assert times.shape == (steps + 1,) and float(times[0]) == sde.T and float(times[-1]) == eps
+    assert bool((times.diff() < 0).all())
+    if steps == len(fractions) - 1 and min(b - a for a, b in zip(fractions, fractions[1:])) > 1e-9:
+        assert fractions_of(sde, times) == pytest.approx(fractions, abs=1e-9)
+
+
+def test_a_grid_tuned_for_one_sde_serves_another_with_its_own_ends(tmp_path):
+    """The file holds fractions of the log-SNR range, not times: the same file places a grid
+    from T to eps of whichever SDE and eps it is used with."""
+    path = save_grid_file(tmp_path / "g.json", {"fractions": [0.0, 0.4, 0.7, 1.0]})
+    rule = sdeplug.create("time_grid", "tuned", file=str(path))
+    for name, eps in (("vp", 1e-3), ("ve", 1e-5), ("subvp", 0.01)):
+        sde = sdeplug.create("sde", name)
+        times = rule.times(sde, 3, eps, dtype=F64)
+        assert float(times[0]) == sde.T and float(times[-1]) == eps
+        assert fractions_of(sde, times) == pytest.approx([0.0, 0.4, 0.7, 1.0], abs=1e-9)
