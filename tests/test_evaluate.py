@@ -182,3 +182,34 @@ def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_f
     assert main(["evaluate", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "were computed with other features" in err[0]
+
+
+def test_a_sweep_sampler_with_tune_gets_a_grid_tuned_at_each_budget(tmp_path):
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
+    tuned = SWEEP.split('[[sweep.sampler]]\nlabel = "Euler')[0].replace(
+        'label = "UniPC"', 'label = "UniPC"\ntune = true\npilot = 64'
+    )
+    sweep.write_text(tuned)
+    assert main(["evaluate", str(config), "--sweep", str(sweep), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "run" / "sweep.json").read_text())["sweep"]
+    assert [r["budget"] for r in rows] == [4, 8] and [r["nfe"] for r in rows] == [4, 8]
+    for row in rows:
+        tuning = row["tuning"]
+        assert tuning["start"] == "logsnr" and tuning["pilot_samples"] == 64 and tuning["score_evaluations"] > 0
+        assert tuning["rms_error_tuned"] <= tuning["rms_error_start"]
+
+
+def test_tune_is_refused_for_a_sampler_that_draws_noise_or_corrects(tmp_path, capsys):
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run"))
+    sweep.write_text(SWEEP.replace('label = "UniPC"', 'label = "UniPC"\ntune = "yes"'))
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    assert "tune must be true or false" in capsys.readouterr().err
+    sweep.write_text(
+        SWEEP.replace('label = "UniPC"\n', 'label = "UniPC"\ntune = true\n').replace(
+            'predictor = "unipc"\ncorrector = "none"', 'predictor = "unipc"\ncorrector = "langevin"'
+        )
+    )
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    assert "tune = true needs kind = 'pc' and corrector = 'none'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from sdeplug.app.assemble import (
     sample_seeded,
     summary_header,
 )
-from sdeplug.app.config import Config
+from sdeplug.app.config import Config, PartSpec, SamplerConfig
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
 from sdeplug.app.sweep import read_sweep, sweep_runs, sweep_table
@@ -46,6 +46,38 @@ from sdeplug.registry import get_registry
 
 #: Features are computed this many samples at a time.
 FEATURE_BATCH = 500
+
+
+def _tuned(entry, sampler: SamplerConfig, sde, score, dataset: Dataset, seed: int, device, dtype):
+    """The sweep sampler with its grid tuned for its steps (on rank 0, then shared), and the cost."""
+    from sdeplug.app.tune import tune_sampler_grid
+
+    found = None
+    if distributed.is_main():
+        result, start, _ = tune_sampler_grid(
+            sampler,
+            sde,
+            score,
+            tuple(dataset.event_shape),
+            sampler.steps,
+            pilot=entry.pilot,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+        )
+        found = (
+            list(result.fractions),
+            {
+                "start": start,
+                "score_evaluations": result.score_evaluations,
+                "pilot_samples": result.pilot,
+                "seconds": round(result.seconds, 3),
+                "rms_error_start": result.pilot_error_start,
+                "rms_error_tuned": result.pilot_error,
+            },
+        )
+    fractions, tuning = distributed.broadcast_object(found)
+    return attrs.evolve(sampler, grid=PartSpec("tuned", {"fractions": fractions})), tuning
 
 
 class SmallSampleWarning(SdeplugWarning):
@@ -241,6 +273,9 @@ def evaluate_job(
         bar = tqdm(runs, desc="sweep", disable=not (sample.progress and distributed.is_main()))
         for entry, budget, sampler in bar:
             bar.set_postfix_str(f"{entry.label}, NFE {budget}")
+            tuning = None
+            if entry.tune:
+                sampler, tuning = _tuned(entry, sampler, sde, score, dataset, sample.seed, device, dtype)
             summary, nfe, seconds = measure(sampler, progress=False)
             rows.append(
                 {
@@ -250,6 +285,7 @@ def evaluate_job(
                     "nfe": nfe,
                     "seconds": round(seconds, 3),
                     "metrics": summary,
+                    **({"tuning": tuning} if tuning is not None else {}),
                 }
             )
         body = {"sweep": rows}

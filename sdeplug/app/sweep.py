@@ -1,8 +1,9 @@
 """``sdeplug evaluate CONFIG --sweep FILE``: the quality-against-cost frontier of several
 samplers on one trained model.
 
-A sweep file lists samplers (each a [sampler] table with a ``label`` and how many score
-evaluations one of its steps costs) and NFE budgets. Each sampler runs at each budget,
+A sweep file lists samplers (each a [sampler] table with a ``label``, how many score
+evaluations one of its steps costs, and whether to tune its time grid to the model at each
+budget, ``tune = true``) and NFE budgets. Each sampler runs at each budget,
 and its steps are chosen to fit the budget. Every run is evaluated with the protocol of
 [evaluate]. The table and the plots give each metric against the score evaluations
 spent and against wall time.
@@ -30,6 +31,10 @@ class SweepSampler:
     #: Score evaluations per step (1 for Euler-type and multistep samplers, 2 for Heun or a
     #: predictor with one Langevin step); the denoising step adds one more.
     evals_per_step: int = attrs.field(default=1, validator=v.gt(0))
+    #: Tune the time grid to the model at every budget (``sdeplug.grid_tuning``), from
+    #: ``pilot`` prior draws, starting from the sampler's grid.
+    tune: bool = False
+    pilot: int = 256
 
     def steps_for(self, budget: int) -> int:
         """The most steps whose evaluations fit in ``budget``."""
@@ -63,14 +68,23 @@ def read_sweep(path: str | Path) -> Sweep:
         table = dict(table)
         label = table.pop("label", None)
         per_step = table.pop("evals_per_step", 1)
+        tune, pilot = table.pop("tune", False), table.pop("pilot", 256)
         if not isinstance(label, str) or not label:
             raise ConfigError(f"{path}: [[sweep.sampler]] number {index + 1} needs a label")
         if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
             raise ConfigError(f"{path}: sampler {label!r}: evals_per_step must be a positive integer; got {per_step!r}")
         if "steps" in table:
             raise ConfigError(f"{path}: sampler {label!r}: steps follow from [sweep] nfe; remove steps")
+        if not isinstance(tune, bool):
+            raise ConfigError(f"{path}: sampler {label!r}: tune must be true or false; got {tune!r}")
+        if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 2:
+            raise ConfigError(f"{path}: sampler {label!r}: pilot must be an integer >= 2; got {pilot!r}")
         sampler = parse_section(table, SamplerConfig, f"sweep sampler {label!r}")
-        samplers.append(SweepSampler(label, sampler, per_step))
+        if tune and (sampler.kind != "pc" or sampler.corrector.name != "none"):
+            raise ConfigError(
+                f"{path}: sampler {label!r}: tune = true needs kind = 'pc' and corrector = 'none' (a predictor alone)"
+            )
+        samplers.append(SweepSampler(label, sampler, per_step, tune, pilot))
     return Sweep(tuple(sorted(set(budgets))), tuple(samplers))
 
 

@@ -6,17 +6,71 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdeplug import distributed
 from sdeplug.app.assemble import build_dataset, build_score, check_config, default_checkpoint
-from sdeplug.app.config import Config
+from sdeplug.app.config import Config, SamplerConfig
 from sdeplug.errors import ConfigError
-from sdeplug.grid_tuning import tune_grid
+from sdeplug.grid_tuning import TuningResult, tune_grid
 from sdeplug.grids import save_grid_file
-from sdeplug.interfaces import LinearSDE
+from sdeplug.interfaces import LinearSDE, ScoreFn
 
 
 def default_grid_file(config: Config, steps: int) -> Path:
     return Path(config.output.dir).expanduser() / f"grid-{config.sampler.predictor.name}-{steps}.json"
+
+
+def tune_sampler_grid(
+    sampler: SamplerConfig,
+    sde: LinearSDE,
+    score: ScoreFn,
+    event_shape: tuple[int, ...],
+    steps: int,
+    *,
+    pilot: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    start: str | None = None,
+    progress=None,
+) -> tuple[TuningResult, str, dict[str, Any]]:
+    """Tune the grid of a [sampler]'s predictor (kind pc, corrector none) for ``steps`` steps,
+    starting from ``start``, else its own grid, else logsnr; (result, start grid, its options)."""
+    if sampler.kind != "pc" or sampler.corrector.name != "none":
+        raise ConfigError(
+            "tuning a grid tunes a predictor alone: give a [sampler] with kind = 'pc' and [sampler.corrector] "
+            f"name = 'none' (got kind = {sampler.kind!r}, corrector {sampler.corrector.name!r})"
+        )
+    if not isinstance(sde, LinearSDE):
+        raise ConfigError(f"tuning a grid needs an SDE with closed-form marginals (a LinearSDE); got {sde.name!r}")
+    if start is not None:
+        start_grid, start_options = start, {}
+    elif sampler.grid is not None:
+        start_grid, start_options = sampler.grid.name, dict(sampler.grid.options)
+    else:
+        start_grid, start_options = "logsnr", {}
+    try:
+        result = tune_grid(
+            sde,
+            score,
+            event_shape,
+            steps,
+            predictor=sampler.predictor.name,
+            predictor_options=sampler.predictor.options,
+            start=start_grid,
+            start_options=start_options,
+            eps=sampler.eps,
+            denoise=sampler.denoise,
+            pilot=pilot,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"tune-grid: {exc}") from None
+    return result, start_grid, start_options
 
 
 def tune_grid_job(
@@ -32,45 +86,23 @@ def tune_grid_job(
     """Tune the [sampler]'s predictor for ``steps`` steps from ``pilot`` prior draws; write the file."""
     sde = check_config(config)
     sampler = config.sampler
-    if sampler.kind != "pc" or sampler.corrector.name != "none":
-        raise ConfigError(
-            "tune-grid tunes a predictor alone: give a [sampler] with kind = 'pc' and [sampler.corrector] "
-            f"name = 'none' (got kind = {sampler.kind!r}, corrector {sampler.corrector.name!r})"
-        )
-    if not isinstance(sde, LinearSDE):
-        raise ConfigError(
-            f"tune-grid needs an SDE with closed-form marginals (a LinearSDE); {config.sde.name!r} is not"
-        )
     run = config.sample
     dtype, device = run.torch_dtype, distributed.local_device(run.device)
     dataset = build_dataset(config)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
-    if start is not None:
-        start_grid, start_options = start, {}
-    elif sampler.grid is not None:
-        start_grid, start_options = sampler.grid.name, dict(sampler.grid.options)
-    else:
-        start_grid, start_options = "logsnr", {}
-    try:
-        result = tune_grid(
-            sde,
-            score,
-            tuple(dataset.event_shape),
-            steps,
-            predictor=sampler.predictor.name,
-            predictor_options=sampler.predictor.options,
-            start=start_grid,
-            start_options=start_options,
-            eps=sampler.eps,
-            denoise=sampler.denoise,
-            pilot=pilot,
-            seed=run.seed,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"tune-grid: {exc}") from None
+    result, start_grid, start_options = tune_sampler_grid(
+        sampler,
+        sde,
+        score,
+        tuple(dataset.event_shape),
+        steps,
+        pilot=pilot,
+        seed=run.seed,
+        device=device,
+        dtype=dtype,
+        start=start,
+        progress=progress,
+    )
     report = {
         "steps": steps,
         "fractions": list(result.fractions),
