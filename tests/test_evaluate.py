@@ -213,3 +213,14 @@ def test_tune_is_refused_for_a_sampler_that_draws_noise_or_corrects(tmp_path, ca
     )
     assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
     assert "tune = true needs kind = 'pc' and corrector = 'none'" in capsys.readouterr().err
+
+
+def test_a_tuned_sweep_sampler_keeps_its_grid_beyond_tune_max_steps(tmp_path):
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
+    tuned = SWEEP.split('[[sweep.sampler]]\nlabel = "Euler')[0]
+    sweep.write_text(tuned.replace('label = "UniPC"', 'label = "UniPC"\ntune = true\npilot = 32\ntune_max_steps = 4'))
+    assert main(["evaluate", str(config), "--sweep", str(sweep), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "run" / "sweep.json").read_text())["sweep"]
+    assert rows[0]["tuning"]["pilot_samples"] == 32
+    assert rows[1]["tuning"] == {"skipped": "8 steps > tune_max_steps = 4"}

@@ -274,8 +274,10 @@ def evaluate_job(
         for entry, budget, sampler in bar:
             bar.set_postfix_str(f"{entry.label}, NFE {budget}")
             tuning = None
-            if entry.tune:
+            if entry.tune and sampler.steps <= entry.tune_max_steps:
                 sampler, tuning = _tuned(entry, sampler, sde, score, dataset, sample.seed, device, dtype)
+            elif entry.tune:
+                tuning = {"skipped": f"{sampler.steps} steps > tune_max_steps = {entry.tune_max_steps}"}
             summary, nfe, seconds = measure(sampler, progress=False)
             rows.append(
                 {

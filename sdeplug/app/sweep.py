@@ -31,10 +31,12 @@ class SweepSampler:
     #: Score evaluations per step (1 for Euler-type and multistep samplers, 2 for Heun or a
     #: predictor with one Langevin step); the denoising step adds one more.
     evals_per_step: int = attrs.field(default=1, validator=v.gt(0))
-    #: Tune the time grid to the model at every budget (``sdeplug.grid_tuning``), from
-    #: ``pilot`` prior draws, starting from the sampler's grid.
+    #: Tune the time grid to the model at every budget of at most ``tune_max_steps`` steps
+    #: (``sdeplug.grid_tuning``: its cost grows with the square of the steps), from ``pilot``
+    #: prior draws, starting from the sampler's grid; larger budgets keep that grid.
     tune: bool = False
     pilot: int = 256
+    tune_max_steps: int = 12
 
     def steps_for(self, budget: int) -> int:
         """The most steps whose evaluations fit in ``budget``."""
@@ -69,6 +71,7 @@ def read_sweep(path: str | Path) -> Sweep:
         label = table.pop("label", None)
         per_step = table.pop("evals_per_step", 1)
         tune, pilot = table.pop("tune", False), table.pop("pilot", 256)
+        tune_max_steps = table.pop("tune_max_steps", 12)
         if not isinstance(label, str) or not label:
             raise ConfigError(f"{path}: [[sweep.sampler]] number {index + 1} needs a label")
         if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
@@ -79,12 +82,16 @@ def read_sweep(path: str | Path) -> Sweep:
             raise ConfigError(f"{path}: sampler {label!r}: tune must be true or false; got {tune!r}")
         if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 2:
             raise ConfigError(f"{path}: sampler {label!r}: pilot must be an integer >= 2; got {pilot!r}")
+        if isinstance(tune_max_steps, bool) or not isinstance(tune_max_steps, int) or tune_max_steps < 1:
+            raise ConfigError(
+                f"{path}: sampler {label!r}: tune_max_steps must be a positive integer; got {tune_max_steps!r}"
+            )
         sampler = parse_section(table, SamplerConfig, f"sweep sampler {label!r}")
         if tune and (sampler.kind != "pc" or sampler.corrector.name != "none"):
             raise ConfigError(
                 f"{path}: sampler {label!r}: tune = true needs kind = 'pc' and corrector = 'none' (a predictor alone)"
             )
-        samplers.append(SweepSampler(label, sampler, per_step, tune, pilot))
+        samplers.append(SweepSampler(label, sampler, per_step, tune, pilot, tune_max_steps))
     return Sweep(tuple(sorted(set(budgets))), tuple(samplers))
 
 
