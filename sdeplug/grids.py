@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -169,10 +170,10 @@ def grid_from_fractions(
     """``steps`` + 1 times from T to eps at the given log-SNR fractions, interpolated piecewise
     linearly in the step index when ``steps`` differs from ``len(fractions) - 1``."""
     steps = check_steps(steps)
-    known = torch.tensor(fractions, dtype=F64)
-    u = torch.linspace(0.0, 1.0, steps + 1, dtype=F64) * (len(known) - 1)
-    left = u.floor().clamp(max=len(known) - 2).long()
-    placed = known[left] + (u - left) * (known[left + 1] - known[left])
+    tuned_steps = len(fractions) - 1
+    placed = torch.from_numpy(
+        np.interp(np.arange(steps + 1) * tuned_steps / steps, np.arange(tuned_steps + 1), fractions)
+    )
     ends = _half_log_snr(sde, torch.tensor([float(sde.T), float(eps)], dtype=F64))
     times = sde.t_from_log_snr(2 * (ends[0] + placed * (ends[1] - ends[0])))
     times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit

@@ -32,6 +32,15 @@ Rows = tuple[tuple[tuple[float, ...] | None, ...], ...]
 predictions (None where step i cannot have k of them)."""
 
 
+def combine_rows(x: Tensor, denoised: Tensor, older: History, row: tuple[float, ...]) -> Tensor:
+    """row[0] x + row[1] D + sum_l row[1 + l] D_{i-l}: a step of a multistep predictor whose
+    coefficients were computed once per run (one row of its ``Rows``)."""
+    out = torch.add(x * row[0], denoised, alpha=row[1])
+    for coefficient, (_, d) in zip(row[2:], older):
+        out.add_(d, alpha=coefficient)
+    return out
+
+
 @attrs.frozen
 class MultistepState:
     """What a multistep predictor carries from one step of a run to the next."""
@@ -153,10 +162,7 @@ class DPMSolverPP2M(_Multistep):
     ) -> tuple[Tensor, MultistepState]:
         state, _, _, denoised = self._begin(x, t, state, jumped)
         past = self._usable(state)
-        row = state.rows[state.index][len(past)]
-        x_next = torch.add(x * row[0], denoised, alpha=row[1])
-        if past:
-            x_next.add_(past[0][1], alpha=row[2])
+        x_next = combine_rows(x, denoised, past, state.rows[state.index][len(past)])
         return x_next, self._next(state, None, denoised)
 
 

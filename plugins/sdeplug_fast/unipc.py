@@ -18,7 +18,7 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug_fast.multistep import History, MultistepState, Rows, _Multistep
+from sdeplug_fast.multistep import History, MultistepState, Rows, _Multistep, combine_rows
 from sdeplug_fast.noise_levels import GridNoise
 
 
@@ -126,18 +126,9 @@ class UniPC(_Multistep):
     ) -> tuple[Tensor, MultistepState]:
         state, _, _, denoised = self._begin(x, t, state, jumped)
         if state.previous is not None and not jumped:
-            x = _combine(state.previous.x, state.previous.denoised, state.previous.older, state.previous.correction)
+            x = combine_rows(state.previous.x, state.previous.denoised, state.previous.older, state.previous.correction)
             x.add_(denoised, alpha=state.previous.correction[-1])
         older = self._usable(state)[: self.memory]
         predictor, corrector = state.rows[state.index][len(older)]
-        x_next = _combine(x, denoised, older, predictor)
+        x_next = combine_rows(x, denoised, older, predictor)
         return x_next, self._next(state, None, denoised, _Previous(x, denoised, older, corrector))
-
-
-def _combine(x: Tensor, denoised: Tensor, older: History, row: tuple[float, ...]) -> Tensor:
-    """row[0] x + row[1] D + sum_l row[1 + l] D_{i-l}: one step of the exponential integrator
-    with UniPC's correction terms."""
-    out = torch.add(x * row[0], denoised, alpha=row[1])
-    for coefficient, (_, d) in zip(row[2:], older):
-        out.add_(d, alpha=coefficient)
-    return out
