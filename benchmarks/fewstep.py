@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 from report import replace_section  # benchmarks/report.py: scripts run from this folder
-from sampling import DEFAULT_GRID, SAMPLERS, draw, floor, machine
+from sampling import DEFAULT_GRID, SAMPLERS, floor, machine, quality, reaches
 
 import sdeplug
 from sdeplug.grid_tuning import tune_grid
 from sdeplug.oracle import preset, random_mixture
-from sdeplug.stats import energy_distance
 
 F64 = torch.float64
 BUDGETS = (3, 4, 5, 6, 8, 10)
@@ -45,21 +44,6 @@ def mixtures(seed: int) -> dict[str, object]:
         f"random 2-D, {k2} components (seed {seed})": random_mixture(2, k2, seed=seed),
         f"random 16-D, {k16} components (seed {seed + 1})": random_mixture(16, k16, seed=seed + 1),
     }
-
-
-def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float]:
-    values = []
-    score = mixture.score_model(sde)
-    for r in range(reps):
-        x = draw(sampler, sde, score, n, mixture.dim, nfe, grid, seed=r)
-        true = mixture.sample(n, torch.Generator().manual_seed(20_000 + r))
-        values.append(energy_distance(x, true, unbiased=False) if torch.isfinite(x).all() else math.inf)
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / math.sqrt(reps) if math.isfinite(mean) else math.inf)
-
-
-def reaches(mean: float, se: float, fl: tuple[float, float]) -> bool:
-    return math.isfinite(mean) and mean - fl[0] <= 2 * math.sqrt(se**2 + fl[1] ** 2)
 
 
 def run(seed: int, n: int, reps: int, quick: bool) -> str:

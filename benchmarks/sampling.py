@@ -136,12 +136,15 @@ def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float]:
     return mean, se
 
 
+def reaches(mean: float, se: float, fl: tuple[float, float]) -> bool:
+    """Whether a mean energy distance is within two standard errors of the noise floor."""
+    return math.isfinite(mean) and mean - fl[0] <= 2 * math.sqrt(se**2 + fl[1] ** 2)
+
+
 def _cell(mean, se, fl) -> str:
-    fm, fs = fl
     if not math.isfinite(mean):
         return "diverged"
-    ok = mean - fm <= 2 * math.sqrt(se**2 + fs**2)
-    return f"**{mean / fm:.2f}**" if ok else f"{mean / fm:.2f}"
+    return f"**{mean / fl[0]:.2f}**" if reaches(mean, se, fl) else f"{mean / fl[0]:.2f}"
 
 
 # Parts ------------------------------------------------------------------------------------
