@@ -21,6 +21,7 @@ from sdeplug.hookspecs import hookimpl
 from sdeplug.interfaces import (
     SDE,
     Corrector,
+    DenseODESolution,
     FeatureExtractor,
     LinearSDE,
     ODESolution,
@@ -46,6 +47,7 @@ __all__ = [
     "IncompatiblePartError",
     "LinearSDE",
     "NonFiniteError",
+    "DenseODESolution",
     "ODESolution",
     "ODESolver",
     "OptionError",

@@ -333,6 +333,22 @@ class ODESolution:
     nfe: int
 
 
+@attrs.frozen
+class DenseODESolution:
+    """An adaptive solve that keeps its accepted steps and can give the states within them.
+
+    ``steps``: the accepted step boundaries, t0 first and t1 last, 1-D. ``states_at(times)``:
+    the states at ``times`` (1-D, strictly monotone from t0 towards t1, inside (t0, t1]),
+    stacked on a new first dimension, and the function evaluations that took. They agree with
+    the solve to its tolerance, so a quadrature on the steps follows the same path.
+    """
+
+    y: Tensor
+    nfe: int
+    steps: Tensor
+    states_at: Callable[[Tensor], tuple[Tensor, int]]
+
+
 class ODESolver(abc.ABC):
     """Integrates dy/dt = F(t, y) from t0 to t1 (either direction). Built as ``cls(**options)``."""
 
@@ -342,11 +358,19 @@ class ODESolver(abc.ABC):
     order: int | None = None
     #: Whether it chooses its own steps (then ``grid`` only gives the end points).
     adaptive: bool = False
+    #: Whether ``solve_dense`` is offered (may depend on options: read it from the built part).
+    dense_output: bool = False
 
     @abc.abstractmethod
     def solve(self, F: ODEFunc, y0: Tensor, t0: float, t1: float, grid: Tensor | None = None) -> ODESolution:
         """Solve from y0 at t0 to t1. Fixed-step solvers step through ``grid`` when given
         (grid[0] = t0, grid[-1] = t1), otherwise through their own uniform grid."""
+
+    def solve_dense(self, F: ODEFunc, y0: Tensor, t0: float, t1: float) -> DenseODESolution:
+        """Solve as ``solve`` does and keep the accepted steps and the states within them (for
+        quadratures along the path, as the exact likelihood's divergence integral). Optional:
+        a solver that offers it sets ``dense_output``."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense output (its dense_output is False)")
 
 
 class TimeGrid(abc.ABC):

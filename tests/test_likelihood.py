@@ -57,6 +57,49 @@ def test_exact_divergence_likelihood_matches_the_oracle(dim, sde_name):
     assert result.logp.shape == (64,) and result.dim == dim and result.nfe > 10
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [2, 16])
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+def test_quadrature_on_the_accepted_steps_matches_the_oracle(dim, sde_name):
+    """The flow solved alone, then the exact divergence by Gauss-Legendre on dopri5's accepted
+    steps: as accurate as the augmented ODE at the same tolerance, and more points per step
+    shrink the quadrature's share of the error."""
+    mixture, sde, x, exact, terminal_logp = _setup(dim, sde_name, 64)
+    score, options = mixture.score_model(sde), {"rtol": 1e-6, "atol": 1e-6}
+    errors = {}
+    for points in (2, 3, 4):
+        result = log_likelihood(sde, score, x, solver_options=options, prior_logp=terminal_logp, quadrature=points)
+        errors[points] = (result.logp - exact).abs() / dim
+        assert result.logp.shape == (64,) and result.z.shape == x.shape
+    augmented = log_likelihood(sde, score, x, solver_options=options, prior_logp=terminal_logp)
+    assert float(errors[3].max()) < 1e-3 and float(errors[3].mean()) < 1e-5, errors[3]
+    assert float(errors[4].mean()) < 2 * float(((augmented.logp - exact).abs() / dim).mean()) + 1e-6
+    assert float(errors[4].mean()) < float(errors[2].mean()) / 3
+
+
+def test_quadrature_with_hutchinson_uses_the_same_probe_and_image_shapes():
+    """With one probe drawn from the same generator, the quadrature and the augmented ODE
+    estimate the same integral (v^T J v along the path): they agree to the solver's accuracy,
+    for image-shaped float32 data too, while the probe's own spread is far larger."""
+    mixture = random_mixture(16, 3, seed=5, event_shape=(1, 4, 4))
+    sde = sdeplug.create("sde", "vp")
+    x = mixture.sample(32, torch.Generator().manual_seed(0), sde, LIKELIHOOD_EPS)
+    score = mixture.score_model(sde)
+    runs = {
+        q: log_likelihood(
+            sde, score, x, divergence="hutchinson", generator=torch.Generator().manual_seed(7), quadrature=q
+        )
+        for q in (None, 3)
+    }
+    exact = log_likelihood(sde, score, x, quadrature=3).logp
+    gap = (runs[3].logp - runs[None].logp).abs() / 16
+    spread = (runs[None].logp - exact).abs() / 16
+    assert float(gap.max()) < 2e-3 and float(spread.mean()) > 10 * float(gap.mean())
+    single = log_likelihood(sde, score, x.float(), quadrature=3)
+    assert single.logp.dtype == torch.float32 and single.z.shape == x.shape
+    assert float((single.logp.double() - exact).abs().max()) / 16 < 1e-3
+
+
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_with_the_sdes_prior_the_gap_is_only_the_prior_mismatch(sde_name):
     """Using sde.prior_logp changes log p by exactly log N(z) - log p_T(z), which is small."""
@@ -140,6 +183,12 @@ def test_bad_likelihood_arguments():
         log_likelihood(sde, mixture.score_model(sde), x, divergence="hutchinson", noise="uniform")
     with pytest.raises(sdeplug.UnknownPartError, match="unknown ode_solver 'rk45'"):
         log_likelihood(sde, mixture.score_model(sde), x, solver="rk45")
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="quadrature must be None or a positive integer"):
+            log_likelihood(sde, mixture.score_model(sde), x, quadrature=bad)
+    for solver in ("heun", "rk4", "bosh3"):  # fixed steps, or an interpolant short of the steps' accuracy
+        with pytest.raises(ValueError, match=f"quadrature needs an ODE solver with dense output.*'{solver}' has none"):
+            log_likelihood(sde, mixture.score_model(sde), x, solver=solver, quadrature=3)
 
 
 def test_cli_likelihood_on_oracle_samples_and_on_files(tmp_path):
@@ -147,6 +196,13 @@ def test_cli_likelihood_on_oracle_samples_and_on_files(tmp_path):
     assert main(["likelihood", str(config), "--out", str(tmp_path / "oracle"), "--num", "100"]) == 0
     summary = json.loads((tmp_path / "oracle" / "likelihood.json").read_text())
     assert summary["mean_abs_error_nats_per_dim"] < 1e-3
+    quadrature = tmp_path / "quadrature.toml"
+    quadrature.write_text(config.read_text().replace('divergence = "exact"', 'divergence = "exact"\nquadrature = 3'))
+    assert main(["likelihood", str(quadrature), "--out", str(tmp_path / "q"), "--num", "100"]) == 0
+    by_quadrature = json.loads((tmp_path / "q" / "likelihood.json").read_text())
+    assert by_quadrature["likelihood"]["quadrature"] == 3
+    assert by_quadrature["mean_abs_error_nats_per_dim"] < 1e-3
+    assert by_quadrature["mean_logp_nats"] == pytest.approx(summary["mean_logp_nats"], abs=1e-3)
     assert summary["mean_bits_per_dim"] == pytest.approx(-summary["mean_logp_nats"] / (2 * math.log(2)))
     logp = np.load(tmp_path / "oracle" / "logp.npy")
     assert logp.shape == (100,)
@@ -174,6 +230,12 @@ def test_cli_likelihood_refuses_bad_data(tmp_path, capsys):
     config.write_text('[sde]\nname = "vp"\n[likelihood]\ndequantize = true\n')
     assert main(["likelihood", str(config)]) == 2
     assert "needs data_range" in capsys.readouterr().err
+    config.write_text('[sde]\nname = "vp"\n[likelihood]\nquadrature = 3\n[likelihood.solver]\nname = "heun"\n')
+    assert main(["likelihood", str(config)]) == 2
+    assert "quadrature needs a [likelihood.solver] with dense output" in capsys.readouterr().err
+    config.write_text('[sde]\nname = "vp"\n[likelihood]\nquadrature = 0\n')
+    assert main(["likelihood", str(config)]) == 2
+    assert "quadrature must be a positive integer; got 0" in capsys.readouterr().err
 
 
 def test_the_default_start_is_the_papers_likelihood_eps_for_every_sde():

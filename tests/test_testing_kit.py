@@ -23,6 +23,7 @@ from sdeplug.testing.contracts import (
     check_sde,
 )
 from sdeplug_reference import VESDE, VPSDE, Euler, EulerMaruyama, Heun, Langevin
+from sdeplug_torchdiffeq import Torchdiffeq
 from tests import edm_plugin
 
 
@@ -263,6 +264,30 @@ def test_broken_ode_solvers_are_caught():
     # smooth problems but unstable on the stiff directions of the probability flow
     with pytest.raises(ContractError, match=r"unstable on dy/dt = -5 y with 100 steps; y\(t1\) / y\(t0\) = "):
         check_ode_solver("explicit_adams", options={"max_order": 12})
+
+
+class Bosh3ClaimingDenseOutput(Torchdiffeq):
+    """bosh3 whose dense output (torchdiffeq's interpolant) is less accurate than its steps."""
+
+    name = "bosh3_dense"
+    dense_output = True
+
+
+class DenseWithoutTheLastStep(Torchdiffeq):
+    name = "dense_without_the_last_step"
+
+    def solve_dense(self, F, y0, t0, t1):
+        solution = super().solve_dense(F, y0, t0, t1)
+        return attrs.evolve(solution, steps=solution.steps[:-1])
+
+
+def test_broken_dense_output_is_caught():
+    with pytest.raises(ContractError, match=r"solve_dense .* states_at at the steps' midpoints is off by"):
+        check_ode_solver(Bosh3ClaimingDenseOutput, options={"method": "bosh3"})
+    with pytest.raises(ContractError, match=r"solve_dense .* steps must run strictly from t0 to t1"):
+        check_ode_solver(DenseWithoutTheLastStep)
+    assert any("dense output" in s for s in check_ode_solver("dopri5").passed)
+    assert any("dense output" in s for s in check_ode_solver("rk4").skipped)
 
 
 def test_reports_say_what_was_checked_and_what_did_not_apply():

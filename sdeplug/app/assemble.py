@@ -94,7 +94,12 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
     check_data_options(config.data.name, config.data.options)
     check_sampler(config.sampler, sde, registry)
     if likelihood or config.likelihood != LikelihoodConfig():
-        registry.create("ode_solver", config.likelihood.solver.name, **config.likelihood.solver.options)
+        solver = registry.create("ode_solver", config.likelihood.solver.name, **config.likelihood.solver.options)
+        if config.likelihood.quadrature is not None and not getattr(solver, "dense_output", False):
+            raise ConfigError(
+                f"[likelihood] quadrature needs a [likelihood.solver] with dense output (such as dopri5); "
+                f"{config.likelihood.solver.name!r} has none: remove quadrature or change the solver"
+            )
     if config.model.name == "oracle":
         if config.model.options:
             raise ConfigError("[model] 'oracle' (the exact score of the [data] mixture) takes no options")

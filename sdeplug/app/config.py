@@ -104,6 +104,9 @@ class LikelihoodConfig:
     divergence: str = attrs.field(default="exact", validator=_one_of("divergence", ("exact", "hutchinson")))
     probes: int = attrs.field(default=1, validator=_positive_int("probes"))
     noise: str = attrs.field(default="rademacher", validator=_one_of("noise", ("rademacher", "gaussian")))
+    #: None: the divergence rides with the flow at every solver stage (the paper's way); m:
+    #: m-point Gauss-Legendre on each accepted step after the flow is solved alone.
+    quadrature: int | None = attrs.field(default=None, validator=_positive_int("quadrature", optional=True))
     eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
     #: None: the data set's own ("[-1,1]" with 17 levels for the digits, "none" for toys).
     data_range: str | None = attrs.field(

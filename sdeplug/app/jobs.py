@@ -374,6 +374,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
                 probes=lk.probes,
                 noise=lk.noise,
                 generator=generator,
+                quadrature=lk.quadrature,
             )
         ),
     )

@@ -1126,10 +1126,17 @@ def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> Con
                 _check_known_ode(tuned, name, order, adaptive, dtype, device, t0, t1)
             for t0, t1 in ((0.0, 1.0), (1.0, 0.0)):
                 _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1)
+            if getattr(tuned, "dense_output", False):
+                for t0, t1 in ((0.0, 1.5), (1.5, 0.2)):
+                    _check_dense_output(tuned, name, dtype, device, t0, t1)
     report.passed.append(
         "dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
         + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else "")
     )
+    if getattr(solver, "dense_output", False):
+        report.passed.append("dense output: accepted steps from t0 to t1, and the states within them, with their NFE")
+    else:
+        report.skipped.append("dense output: not offered")
     report.passed.append("stable on a decaying ODE (rate 5, 100 steps) forwards and backwards")
     if not adaptive and order is not None:
         observed = _observed_order(solver)
@@ -1174,6 +1181,45 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
             f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
             f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})"
         )
+
+
+def _check_dense_output(solver, name, dtype, device, t0, t1) -> None:
+    """solve_dense: the same end state as an exact solution, its accepted steps running from t0
+    to t1, and states at the steps' midpoints (and t1) that match the exact solution."""
+    y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
+    calls = 0
+
+    def F(t, y):
+        nonlocal calls
+        calls += 1
+        return -t * y
+
+    where = f"ode_solver {name!r} solve_dense from t = {t0} to {t1} in {dtype} on {device}"
+    solution = solver.solve_dense(F, y0, t0, t1)
+    if solution.nfe != calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {calls} times")
+    tol = 1e-2 if dtype == torch.float32 else 1e-5
+    steps = solution.steps.detach().to("cpu", F64)
+    direction = 1.0 if t1 > t0 else -1.0
+    if (
+        steps.dim() != 1
+        or steps.numel() < 2
+        or abs(float(steps[0]) - t0) > 1e-6
+        or abs(float(steps[-1]) - t1) > 1e-6
+        or not bool(((steps[1:] - steps[:-1]) * direction > 0).all())
+    ):
+        _fail(f"{where}: steps must run strictly from t0 to t1, both included; got {steps.tolist()}")
+    times = torch.cat([(steps[:-1] + steps[1:]) / 2, steps[-1:]]).to(device=device, dtype=dtype)
+    before = calls
+    states, nfe = solution.states_at(times)
+    if nfe != calls - before:
+        _fail(f"{where}: states_at reported nfe = {nfe} but F was called {calls - before} times")
+    if tuple(states.shape) != (times.numel(), *y0.shape):
+        _fail(f"{where}: states_at gave shape {tuple(states.shape)} for {times.numel()} times and y0 {tuple(y0.shape)}")
+    exact = y0 * torch.exp((t0**2 - times.to(F64) ** 2) / 2).to(dtype)[:, None, None]
+    error = float(((states - exact).abs() / exact.abs()).max())
+    if error > tol:
+        _fail(f"{where}: states_at at the steps' midpoints is off by {error:.2e} relative (allowed {tol:g})")
 
 
 def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
