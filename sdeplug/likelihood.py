@@ -4,8 +4,10 @@ Integrating dx/dt = F(x, t) = f - g^2 s / 2 from eps up to T together with
 d(delta)/dt = div F gives log p_eps(x) = log p_T(x_T) + delta(T) (instantaneous change
 of variables). The divergence is exact (one backward pass per dimension; for small
 D) or the Hutchinson-Skilling estimate E[v^T (dF/dx) v] with v Rademacher or Gaussian,
-drawn once per solve and shared by every step, as the estimator requires. Everything
-stays on the tensor's device; nothing goes through numpy.
+drawn once per solve and shared by every step, as the estimator requires. The divergence
+is taken at every solver stage (the paper's augmented ODE) or, with ``quadrature``, by Gauss
+quadrature on the accepted steps of the flow solved alone. Everything stays on the tensor's
+device; nothing goes through numpy.
 """
 
 from __future__ import annotations
