@@ -477,6 +477,8 @@ def test_a_non_finite_score_under_torchdiffeq_is_reported_like_other_solvers():
     x = torch.zeros(4, 2)
     with pytest.raises(NonFiniteError, match=r"derivative became non-finite .* at score evaluation 0 \(t = 1e-05\)"):
         log_likelihood(sde, _nan_below_half(score), x, solver="dopri5")
+    with pytest.raises(NonFiniteError, match=r"derivative became non-finite .* at score evaluation 0 \(t = 1e-05\)"):
+        log_likelihood(sde, _nan_below_half(score), x, solver="dopri5", quadrature=3)
 
 
 def test_a_plugins_part_that_raises_is_named_with_its_plugin_and_the_scores_own_errors_pass_through():
