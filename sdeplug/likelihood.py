@@ -177,13 +177,23 @@ def log_likelihood(
 
     monitor = FiniteMonitor(("score model (the flow's drift or divergence)",), state="the likelihood ODE's derivative")
 
+    def drift_and_divergence(xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """F and div F at (xt, t); xt may hold several copies of the batch (quadrature nodes)."""
+        with torch.enable_grad():
+            xt = xt.detach().requires_grad_(True)
+            drift = reverse.drift(xt, t)
+            if vs is None:
+                div = _exact_divergence(drift, xt)
+            else:
+                copies = xt.shape[0] // batch
+                tiled = vs if copies == 1 else vs.repeat(1, copies, *([1] * (x.dim() - 1)))
+                div = _hutchinson_divergence(drift, xt, tiled)
+        return drift.detach(), div.detach()
+
     def augmented(t: Tensor, y: Tensor) -> Tensor:
         i = counted.calls
-        with torch.enable_grad():
-            xt = y[:, :dim].reshape(x.shape).detach().requires_grad_(True)
-            drift = reverse.drift(xt, t.expand(batch))
-            div = _exact_divergence(drift, xt) if vs is None else _hutchinson_divergence(drift, xt, vs)
-        dy = torch.cat([drift.detach().reshape(batch, dim), div.detach()[:, None]], dim=1)
+        drift, div = drift_and_divergence(y[:, :dim].reshape(x.shape), t.expand(batch))
+        dy = torch.cat([drift.reshape(batch, dim), div[:, None]], dim=1)
         monitor.check(dy, i, 0, t)
         return dy
 
@@ -194,17 +204,9 @@ def log_likelihood(
         return dy
 
     def divergence_at(xt: Tensor, t: Tensor) -> Tensor:
-        """div F at (xt, t) for a batch that may hold several nodes' copies of x."""
-        with torch.enable_grad():
-            xt = xt.detach().requires_grad_(True)
-            drift = reverse.drift(xt, t)
-            copies = xt.shape[0] // batch
-            if vs is None:
-                div = _exact_divergence(drift, xt)
-            else:
-                div = _hutchinson_divergence(drift, xt, vs.repeat(1, copies, *([1] * (x.dim() - 1))))
+        div = drift_and_divergence(xt, t)[1]
         monitor.check(div, counted.calls - 1, 0, t[0])
-        return div.detach()
+        return div
 
     y0 = torch.cat([x.detach().reshape(batch, dim), torch.zeros(batch, 1, device=x.device, dtype=x.dtype)], dim=1)
     try:
