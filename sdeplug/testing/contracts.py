@@ -1151,15 +1151,21 @@ def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> Con
     return report
 
 
-def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> None:
-    y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
-    calls = 0
+class _KnownODE:
+    """dy/dt = -t y from a fixed y0, counting its calls: y(t) = y0 exp((t0^2 - t^2) / 2)."""
 
-    def F(t, y):
-        nonlocal calls
-        calls += 1
+    def __init__(self, dtype, device) -> None:
+        self.y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
+        self.calls = 0
+
+    def __call__(self, t, y):
+        self.calls += 1
         return -t * y
 
+
+def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> None:
+    F = _KnownODE(dtype, device)
+    y0 = F.y0
     grid = None if adaptive else torch.linspace(t0, t1, 401, dtype=dtype, device=device)
     solution = solver.solve(F, y0, t0, t1, grid=grid)
     exact = y0 * math.exp((t0**2 - t1**2) / 2)
@@ -1169,8 +1175,8 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
             f"{where}: solution of shape {tuple(solution.y.shape)}, {solution.y.dtype} for y0 of shape "
             f"{tuple(y0.shape)}, {dtype}"
         )
-    if solution.nfe != calls:
-        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {calls} times")
+    if solution.nfe != F.calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {F.calls} times")
     if adaptive:
         tol = 1e-2 if dtype == torch.float32 else 1e-5
     else:
@@ -1186,19 +1192,17 @@ def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> No
 def _check_dense_output(solver, name, dtype, device, t0, t1) -> None:
     """solve_dense: the same end state as an exact solution, its accepted steps running from t0
     to t1, and states at the steps' midpoints (and t1) that match the exact solution."""
-    y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
-    calls = 0
-
-    def F(t, y):
-        nonlocal calls
-        calls += 1
-        return -t * y
-
+    F = _KnownODE(dtype, device)
+    y0 = F.y0
     where = f"ode_solver {name!r} solve_dense from t = {t0} to {t1} in {dtype} on {device}"
     solution = solver.solve_dense(F, y0, t0, t1)
-    if solution.nfe != calls:
-        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {calls} times")
+    if solution.nfe != F.calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {F.calls} times")
     tol = 1e-2 if dtype == torch.float32 else 1e-5
+    exact_end = y0 * math.exp((t0**2 - t1**2) / 2)
+    end_error = float(((solution.y - exact_end).abs() / exact_end.abs()).max())
+    if end_error > tol:
+        _fail(f"{where}: relative error {end_error:.2e} of the end state against the exact solution (allowed {tol:g})")
     steps = solution.steps.detach().to("cpu", F64)
     direction = 1.0 if t1 > t0 else -1.0
     if (
@@ -1210,10 +1214,10 @@ def _check_dense_output(solver, name, dtype, device, t0, t1) -> None:
     ):
         _fail(f"{where}: steps must run strictly from t0 to t1, both included; got {steps.tolist()}")
     times = torch.cat([(steps[:-1] + steps[1:]) / 2, steps[-1:]]).to(device=device, dtype=dtype)
-    before = calls
+    before = F.calls
     states, nfe = solution.states_at(times)
-    if nfe != calls - before:
-        _fail(f"{where}: states_at reported nfe = {nfe} but F was called {calls - before} times")
+    if nfe != F.calls - before:
+        _fail(f"{where}: states_at reported nfe = {nfe} but F was called {F.calls - before} times")
     if tuple(states.shape) != (times.numel(), *y0.shape):
         _fail(f"{where}: states_at gave shape {tuple(states.shape)} for {times.numel()} times and y0 {tuple(y0.shape)}")
     exact = y0 * torch.exp((t0**2 - times.to(F64) ** 2) / 2).to(dtype)[:, None, None]
