@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchdiffeq
 from conftest import computed_once
 
 import sdeplug
@@ -11,6 +12,7 @@ from sdeplug.errors import OptionError
 from sdeplug.oracle import preset
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
+from sdeplug_torchdiffeq import DENSE
 from sdeplug_torchsde import METHODS as SDE_METHODS
 
 N = 2000
@@ -54,6 +56,35 @@ def test_adaptive_solver_never_evaluates_past_the_end():
 
     _solver("dopri5").solve(F, torch.ones(3, dtype=torch.float64), 1.0, 1e-3)
     assert min(seen) >= 1e-3 - 1e-12 and max(seen) <= 1.0 + 1e-12
+
+
+@pytest.mark.parametrize("method", sorted(DENSE))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("t0", "t1"), [(0.1, 2.0), (2.0, 0.1)])
+def test_dense_output_is_torchdiffeqs_own_without_solving_again(method, dtype, t0, t1):
+    """states_at rebuilds torchdiffeq's interpolant from the recorded steps: the same states as
+    torchdiffeq's odeint asked for those times (same steps), and no further call of F."""
+    calls = []
+
+    def F(t, y):
+        calls.append(1)
+        return torch.stack([y[:, 1], -torch.sin(y[:, 0]) * (1 + t)], 1)
+
+    y0 = torch.tensor([[1.0, 0.3], [2.0, -1.0], [-0.5, 0.0]], dtype=dtype)
+    solver = _solver(method, rtol=1e-6, atol=1e-6)
+    solution = solver.solve_dense(F, y0, t0, t1)
+    steps = solution.steps.to(torch.float64)
+    fractions = torch.tensor([0.1127, 0.5, 0.8873, 1.0], dtype=torch.float64)
+    times = (steps[:-1, None] + (steps[1:] - steps[:-1])[:, None] * fractions).reshape(-1)
+    before = len(calls)
+    states, nfe = solution.states_at(times)
+    assert nfe == 0 and len(calls) == before and states.dtype == dtype
+    grid = torch.cat([steps[:1], times]).to(dtype)
+    options = {"step_t": torch.tensor([t1], dtype=dtype)}
+    reference = torchdiffeq.odeint(F, y0, grid, rtol=1e-6, atol=1e-6, method=method, options=options)[1:]
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert torch.allclose(states, reference, rtol=tol, atol=tol)
+    assert torch.allclose(states[-1], solution.y, rtol=tol, atol=tol)
 
 
 def test_torchdiffeq_options_are_checked():

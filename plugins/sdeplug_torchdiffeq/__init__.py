@@ -97,35 +97,34 @@ class Torchdiffeq(ODESolver):
 
     @property
     def dense_output(self) -> bool:  # type: ignore[override]
-        return self.method in DENSE
+        return self.method in DENSE and _midpoint_weights(self.method) is not None
 
     def solve_dense(self, F: ODEFunc, y0: Tensor, t0: float, t1: float) -> DenseODESolution:
-        """The adaptive solve, with the accepted steps (torchdiffeq's accept-step callback).
+        """The adaptive solve, keeping on each accepted step what torchdiffeq fits its dense
+        output to (from the accept-step callback and the stages' derivatives).
 
-        ``states_at`` solves again with the same steps and reads torchdiffeq's dense output
-        (dopri5's is fourth order within a step) at the requested times.
+        ``states_at`` evaluates that interpolant (dopri5's is fourth order within a step) at
+        the requested times without calling F again.
         """
-        if not self.dense_output:
+        mid = _midpoint_weights(self.method) if self.dense_output else None
+        if mid is None:
             raise NotImplementedError(f"torchdiffeq method {self.method!r} has no dense output; use {sorted(DENSE)}")
         ends = uniform_grid(t0, t1, 1, device=y0.device, dtype=y0.dtype)
         options = {**self._method_options(), "step_t": ends[-1:]}
-        recorder = _AcceptedSteps(F)
+        direction = 1.0 if t1 >= t0 else -1.0
+        recorder = _StepRecorder(F, mid, direction)
         ys = torchdiffeq.odeint(recorder, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
         steps = torch.stack([*recorder.starts, ends[-1]]) if recorder.starts else ends
-        direction = 1.0 if t1 >= t0 else -1.0
+        interpolant = _Interpolant(steps.detach().to("cpu", torch.float64), recorder, ys[-1], direction)
 
         def states_at(times: Tensor) -> tuple[Tensor, int]:
-            times = times.to(device=y0.device, dtype=y0.dtype).reshape(-1)
-            grid = torch.cat([ends[:1], times])
+            times = times.detach().to("cpu", torch.float64).reshape(-1)
+            grid = torch.cat([ends[:1].to("cpu", torch.float64), times])
             if times.numel() == 0 or not bool(((grid[1:] - grid[:-1]) * direction > 0).all()):
                 raise ValueError(f"states_at needs times strictly monotone from t0 = {t0} towards t1 = {t1}")
-            if bool(((times - ends[-1]) * direction > 0).any()):
+            if bool(((times - float(ends[-1])) * direction > 0).any()):
                 raise ValueError(f"states_at needs times inside (t0, t1] = ({t0}, {t1})")
-            counted = _AcceptedSteps(F)
-            out = torchdiffeq.odeint(
-                counted, y0, grid, rtol=self.rtol, atol=self.atol, method=self.method, options=options
-            )
-            return out[1:], counted.calls
+            return interpolant(times), 0
 
         return DenseODESolution(y=ys[-1], nfe=recorder.calls, steps=steps, states_at=states_at)
 
@@ -156,18 +155,93 @@ class Torchdiffeq(ODESolver):
         return ODESolution(y=ys[-1], nfe=calls)
 
 
-class _AcceptedSteps:
-    """F for torchdiffeq, counting its calls and keeping the start time of every accepted step."""
+def _midpoint_weights(method: str) -> list[float] | None:
+    """torchdiffeq's weights of a step's stage derivatives for the state at the step's midpoint
+    (its dense output is the quartic through both ends, their slopes and that state); None if
+    the installed torchdiffeq keeps them elsewhere (then no dense output is offered)."""
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS  # not public: read once, checked by the tests
 
-    def __init__(self, F: ODEFunc) -> None:
-        self.F, self.calls, self.starts = F, 0, []
+        return [float(w) for w in SOLVERS[method].mid]
+    except (ImportError, KeyError, AttributeError, TypeError):
+        return None
+
+
+class _StepRecorder:
+    """F for torchdiffeq, counting its calls and keeping, for every accepted step, its start,
+    start state, first and last stage derivatives and midpoint state.
+
+    The stages are torchdiffeq's calls between its step and accept callbacks; the first stage
+    of a step is the last of the step before (or F at the start), as torchdiffeq reuses it.
+    """
+
+    def __init__(self, F: ODEFunc, mid: list[float], direction: float) -> None:
+        self.F, self.mid, self.direction, self.calls = F, mid, direction, 0
+        self.first: Tensor | None = None
+        self.stages: list[Tensor] = []
+        self.starts: list[Tensor] = []
+        self.states: list[Tensor] = []
+        self.slopes_start: list[Tensor] = []
+        self.slopes_end: list[Tensor] = []
+        self.midpoints: list[Tensor] = []
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
-        return self.F(t, y)
+        f = self.F(t, y)
+        if self.first is None:
+            self.first = f  # torchdiffeq's first call: F(t0, y0)
+        else:
+            self.stages.append(f)
+        return f
+
+    def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.stages = []
 
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        if self.first is None or len(self.stages) != len(self.mid) - 1:
+            raise RuntimeError(
+                f"torchdiffeq took {len(self.stages)} stages in a step where its midpoint weights expect "
+                f"{len(self.mid) - 1}: this torchdiffeq's dense output is not supported"
+            )
+        width = (dt * self.direction).to(y0.dtype)  # a decreasing solve runs forwards in -t
+        slopes = [self.first, *self.stages]
+        weighted = sum((w * f for w, f in zip(self.mid, slopes) if w != 0.0), torch.zeros_like(y0))
         self.starts.append(t0.detach().clone())
+        self.states.append(y0.detach())
+        self.slopes_start.append(self.first.detach())
+        self.slopes_end.append(self.stages[-1].detach())
+        self.midpoints.append((y0 + width * weighted).detach())
+        self.first = self.stages[-1]
+
+
+class _Interpolant:
+    """torchdiffeq's dense output on recorded steps: on each, the quartic in the step fraction x
+    that takes the start and end states at x = 0 and 1, the midpoint state at x = 1/2, and the
+    slopes (times the width) at both ends."""
+
+    def __init__(self, steps: Tensor, recorder: _StepRecorder, y_end: Tensor, direction: float) -> None:
+        self.steps, self.recorder, self.direction = steps, recorder, direction
+        self.ends = [*recorder.states[1:], y_end.detach()]
+
+    def __call__(self, times: Tensor) -> Tensor:
+        rec, steps = self.recorder, self.steps
+        along = (steps - steps[0]) * self.direction
+        index = torch.searchsorted(along[1:], (times - steps[0]) * self.direction).clamp(max=len(rec.states) - 1)
+        y0 = rec.states[0]
+        out = y0.new_empty((times.numel(), *y0.shape))
+        for step in index.unique().tolist():
+            chosen = (index == step).nonzero().squeeze(1)
+            width = steps[step + 1] - steps[step]
+            x = ((times[chosen] - steps[step]) / width).to(device=y0.device, dtype=y0.dtype)
+            x = x.reshape(-1, *([1] * y0.dim()))
+            start, end, middle = rec.states[step], self.ends[step], rec.midpoints[step]
+            d0 = float(width) * rec.slopes_start[step]
+            d1 = float(width) * rec.slopes_end[step]
+            a = 2 * (d1 - d0) - 8 * (end + start) + 16 * middle
+            b = 5 * d0 - 3 * d1 + 18 * start + 14 * end - 32 * middle
+            c = d1 - 4 * d0 - 11 * start - 5 * end + 16 * middle
+            out[chosen.to(y0.device)] = start + x * (d0 + x * (c + x * (b + x * a)))
+        return out
 
 
 #: The methods registered as presets under their own names.
