@@ -2,8 +2,8 @@
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
 LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier, FeatureExtractor), the tensor
-helpers and the
-errors. Concrete parts come from plugins: see ``sdeplug.registry``.
+helpers, the data's Gaussian moments (DataMoments) and the errors. Concrete parts come from
+plugins: see ``sdeplug.registry``.
 """
 
 from sdeplug.errors import (
@@ -33,6 +33,7 @@ from sdeplug.interfaces import (
     TimeClassifier,
     TimeGrid,
 )
+from sdeplug.moments import DataMoments
 from sdeplug.registry import create, get_registry, part_name, register_plugin, resolve
 from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_except_batch, tweedie
 
@@ -42,6 +43,7 @@ __all__ = [
     "SDE",
     "ConfigError",
     "Corrector",
+    "DataMoments",
     "DuplicatePartError",
     "FeatureExtractor",
     "IncompatiblePartError",

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.interfaces import SDE, LinearSDE, ScoreModel
+from sdeplug.moments import DataMoments
 from sdeplug.tensors import randn
 
 
@@ -168,6 +169,13 @@ class GaussianMixture(torch.nn.Module):
         if self.evecs is None:
             return torch.diag_embed(self.evals)
         return self.evecs @ torch.diag_embed(self.evals) @ self.evecs.transpose(-1, -2)
+
+    def moments(self) -> DataMoments:
+        """The mixture's mean and covariance, sum_k w_k (C_k + mu_k mu_k^T) - mu mu^T."""
+        w = torch.softmax(self.log_weights, 0)
+        mean = w @ self.means
+        second = (w[:, None, None] * (self.covariances() + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        return DataMoments.from_covariance(mean.reshape(self.event_shape), second - torch.outer(mean, mean))
 
     def condition(self, A: Tensor, y: Tensor, B: Tensor | None = None) -> GaussianMixture:
         """The law of B x given the noiseless measurement A x = y, again a Gaussian mixture.

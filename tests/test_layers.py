@@ -24,6 +24,7 @@ PLUGIN_API = {
     "sdeplug.registry",
     "sdeplug.grids",
     "sdeplug.extras",
+    "sdeplug.moments",
 }
 #: The library: sampling, likelihood, guidance, training and the testing kit, usable from Python.
 LIBRARY = {

@@ -1,5 +1,5 @@
 """Fast samplers for every LinearSDE: DPM-Solver++ (2M, 3M), SDE-DPM-Solver++(2M), UniPC, EDM Heun,
-the log-SNR and EDM time grids, and tuned grids.
+a free Gaussian first step before any of them, the log-SNR and EDM time grids, and tuned grids.
 
 An ordinary sdeplug plugin, declared as the ``fast`` entry point; it uses only the
 public API of the core (alpha(t), sigma(t) and t_from_log_snr of LinearSDE).
@@ -7,6 +7,7 @@ public API of the core (alpha(t), sigma(t) and t_from_log_snr of LinearSDE).
 
 from sdeplug import hookimpl
 from sdeplug_fast.edm import EDMHeun
+from sdeplug_fast.gaussian_start import GaussianStart
 from sdeplug_fast.grids import EDMGrid, LogSNRGrid, TunedLogSNRGrid
 from sdeplug_fast.multistep import DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M
 from sdeplug_fast.unipc import UniPC
@@ -16,6 +17,7 @@ __all__ = [
     "DPMSolverPP3M",
     "EDMGrid",
     "EDMHeun",
+    "GaussianStart",
     "LogSNRGrid",
     "SDEDPMSolverPP2M",
     "TunedLogSNRGrid",
@@ -25,7 +27,7 @@ __all__ = [
 
 @hookimpl
 def register_predictors(register):
-    for cls in (DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M, EDMHeun, UniPC):
+    for cls in (DPMSolverPP2M, DPMSolverPP3M, SDEDPMSolverPP2M, EDMHeun, UniPC, GaussianStart):
         register(cls)
 
 
