@@ -461,8 +461,18 @@ def part_options(cls: type, supplied: tuple[str, ...] = ()) -> dict[str, Any] | 
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             return None
         if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            options[param.name] = param.default
+            options[param.name] = _factory_default(cls, param.name, param.default)
     return options
+
+
+def _factory_default(cls: type, name: str, default: Any) -> Any:
+    """An attrs field's default made by a factory (shown as NOTHING in the signature): the value it makes."""
+    if default is not attrs.NOTHING or not attrs.has(cls):
+        return default
+    for field in attrs.fields(cls):
+        if (field.alias or field.name) == name and isinstance(field.default, attrs.Factory):
+            return default if field.default.takes_self else field.default.factory()
+    return default
 
 
 def _describe(accepted: dict[str, Any] | None) -> str:

@@ -275,3 +275,31 @@ def test_a_config_names_a_moments_file_and_tune_grid_places_the_free_step(tmp_pa
     assert main(["sample", str(broken), "--out", str(tmp_path / "s2"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing.safetensors" in err and len(err.splitlines()) == 1
+
+
+def test_the_moments_command_writes_the_training_datas_moments(tmp_path, capsys, monkeypatch):
+    import sdeplug.app.moments as moments_app
+    from sdeplug.app.assemble import build_dataset
+    from sdeplug.app.cli import main
+    from sdeplug.app.config import load_config
+
+    monkeypatch.setattr(moments_app, "CHUNK", 37)  # several chunks, the last one short
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(moments="unused", out=tmp_path / "run"))
+    train = build_dataset(load_config(config)).train[:1000]
+    assert main(["moments", str(config), "--num", "1000"]) == 0
+    assert "full covariance of 1000 training samples" in capsys.readouterr().out
+    written = DataMoments.load(tmp_path / "run" / "moments.safetensors")
+    expected = DataMoments.from_samples(train)
+    torch.testing.assert_close(written.mean, expected.mean)
+    torch.testing.assert_close(
+        written.basis @ torch.diag(written.variances) @ written.basis.T, torch.cov(train.T), rtol=1e-10, atol=1e-10
+    )
+    out = tmp_path / "diag.safetensors"
+    assert main(["moments", str(config), "--num", "1000", "--per-coordinate", "--out", str(out)]) == 0
+    torch.testing.assert_close(DataMoments.load(out).variances, train.var(0))
+    for bad, message in ((["--num", "1"], "--num must be at least 2"), (["--out", str(tmp_path)], "is a folder")):
+        capsys.readouterr()
+        assert main(["moments", str(config), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1

@@ -333,6 +333,26 @@ def cmd_tune_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_moments(args: argparse.Namespace) -> int:
+    """Write the training data's mean and covariance for the gaussian_start predictor."""
+    from sdeplug.app.moments import default_moments_file, moments_job
+
+    config = configured(args)
+    if args.num is not None and args.num < 2:
+        raise ConfigError(f"--num must be at least 2 training samples; got {args.num}")
+    out = Path(args.out).expanduser() if args.out else default_moments_file(config)
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give the moments file's path")
+    report = moments_job(config, out, num=args.num, full=args.full)
+    print(
+        f"the mean and {report['covariance']} covariance of {report['samples']} training samples "
+        f"({report['dim']} numbers each)"
+    )
+    print(f'use it: [sampler.predictor] name = "gaussian_start", moments = "{out}"')
+    _written(report)
+    return 0
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, seed_help: str = "random seed of the samples") -> None:
     """The config path and the flags that override its [sample] (or [train]) and [output] keys."""
     parser.add_argument("config", help="path to a TOML config")
@@ -403,6 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
     tune.add_argument("--no-progress", action="store_true", help="print only the result")
     tune.set_defaults(func=cmd_tune_grid)
+    moments = sub.add_parser(
+        "moments", help="the training data's mean and covariance, for the gaussian_start predictor's free first step"
+    )
+    moments.add_argument("config", help="path to a TOML config; its [data] is read")
+    moments.add_argument("--out", help="the file to write (default: [output] dir/moments.safetensors)")
+    moments.add_argument("--num", type=int, help="use the first NUM training samples (default: all)")
+    covariance = moments.add_mutually_exclusive_group()
+    covariance.add_argument(
+        "--full", dest="full", action="store_true", default=None, help="a full covariance (default up to 4096 numbers)"
+    )
+    covariance.add_argument(
+        "--per-coordinate", dest="full", action="store_false", help="per-coordinate variances (default above 4096)"
+    )
+    moments.set_defaults(func=cmd_moments)
     convert = sub.add_parser(
         "convert", help="convert a checkpoint of the paper's code (score_sde_pytorch) into sdeplug's format"
     )
