@@ -90,16 +90,22 @@ def machine() -> str:
     )
 
 
-def draw(sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int) -> torch.Tensor:
+def draw(
+    sampler: str, sde, score, n: int, dim: int, nfe: int, grid: str, seed: int, spec: tuple | None = None
+) -> torch.Tensor:
     """n samples spending at most ``nfe`` score evaluations.
 
     Deterministic and fast samplers end at eps without the Tweedie step (every evaluation
     goes to a step); the paper's PC sampler keeps its final denoising step, counted.
+    ``spec`` replaces SAMPLERS[sampler]; its options' ``free_steps`` are steps that cost no
+    evaluation (added to the grid).
     """
-    label, how, per_step, options = SAMPLERS[sampler]
+    label, how, per_step, options = spec or SAMPLERS[sampler]
+    options = dict(options)
+    free = options.pop("free_steps", 0)
     generator = torch.Generator().manual_seed(seed)
     denoise = sampler in ("pc_langevin", "ancestral", "euler_maruyama")
-    steps = max((nfe - int(denoise)) // per_step, 1)
+    steps = max((nfe - int(denoise)) // per_step, 1) + free
     common = dict(
         grid=None if grid == "uniform" else grid, steps=steps, denoise=denoise, generator=generator, dtype=F64
     )
@@ -125,10 +131,10 @@ def floor(mixture, n: int, reps: int) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(reps)
 
 
-def quality(sampler, sde, mixture, n, nfe, grid, reps) -> tuple[float, float]:
+def quality(sampler, sde, mixture, n, nfe, grid, reps, spec: tuple | None = None) -> tuple[float, float]:
     values = []
     for r in range(reps):
-        x = draw(sampler, sde, mixture.score_model(sde), n, mixture.dim, nfe, grid, seed=r)
+        x = draw(sampler, sde, mixture.score_model(sde), n, mixture.dim, nfe, grid, seed=r, spec=spec)
         true = mixture.sample(n, torch.Generator().manual_seed(20_000 + r))
         values.append(energy_distance(x, true, unbiased=False) if torch.isfinite(x).all() else float("inf"))
     mean = statistics.fmean(values)
