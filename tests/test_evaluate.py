@@ -224,3 +224,22 @@ def test_a_tuned_sweep_sampler_keeps_its_grid_beyond_tune_max_steps(tmp_path):
     rows = json.loads((tmp_path / "run" / "sweep.json").read_text())["sweep"]
     assert rows[0]["tuning"]["pilot_samples"] == 32
     assert rows[1]["tuning"] == {"skipped": "8 steps > tune_max_steps = 4"}
+
+
+def test_a_sweep_sampler_with_a_free_step_spends_the_budget_on_the_others(tmp_path, capsys):
+    """gaussian_start's first step costs no evaluation: free_steps = 1 adds it to the steps,
+    so each run spends its whole budget; a negative free_steps is refused in one line."""
+    config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
+    config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
+    free = SWEEP.split('[[sweep.sampler]]\nlabel = "Euler')[0].replace(
+        'label = "UniPC"', 'label = "free step + UniPC"\nfree_steps = 1'
+    )
+    sweep.write_text(free.replace('predictor = "unipc"', 'predictor = "gaussian_start"'))
+    assert main(["evaluate", str(config), "--sweep", str(sweep), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "run" / "sweep.json").read_text())["sweep"]
+    assert [(r["budget"], r["steps"], r["nfe"]) for r in rows] == [(4, 5, 4), (8, 9, 8)]
+    sweep.write_text(free.replace("free_steps = 1", "free_steps = -1"))
+    capsys.readouterr()
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "free_steps must be an integer >= 0; got -1" in err[0]

@@ -37,11 +37,13 @@ class SweepSampler:
     tune: bool = False
     pilot: int = 256
     tune_max_steps: int = 12
+    #: Steps that cost no score evaluation (1 for gaussian_start's free first step).
+    free_steps: int = 0
 
     def steps_for(self, budget: int) -> int:
         """The most steps whose evaluations fit in ``budget``."""
         extra = 1 if self.sampler.denoise else 0
-        return max(1, (budget - extra) // self.evals_per_step)
+        return max(1, (budget - extra) // self.evals_per_step) + self.free_steps
 
 
 @attrs.frozen
@@ -72,6 +74,7 @@ def read_sweep(path: str | Path) -> Sweep:
         per_step = table.pop("evals_per_step", 1)
         tune, pilot = table.pop("tune", False), table.pop("pilot", 256)
         tune_max_steps = table.pop("tune_max_steps", 12)
+        free_steps = table.pop("free_steps", 0)
         if not isinstance(label, str) or not label:
             raise ConfigError(f"{path}: [[sweep.sampler]] number {index + 1} needs a label")
         if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
@@ -86,12 +89,14 @@ def read_sweep(path: str | Path) -> Sweep:
             raise ConfigError(
                 f"{path}: sampler {label!r}: tune_max_steps must be a positive integer; got {tune_max_steps!r}"
             )
+        if isinstance(free_steps, bool) or not isinstance(free_steps, int) or free_steps < 0:
+            raise ConfigError(f"{path}: sampler {label!r}: free_steps must be an integer >= 0; got {free_steps!r}")
         sampler = parse_section(table, SamplerConfig, f"sweep sampler {label!r}")
         if tune and (sampler.kind != "pc" or sampler.corrector.name != "none"):
             raise ConfigError(
                 f"{path}: sampler {label!r}: tune = true needs kind = 'pc' and corrector = 'none' (a predictor alone)"
             )
-        samplers.append(SweepSampler(label, sampler, per_step, tune, pilot, tune_max_steps))
+        samplers.append(SweepSampler(label, sampler, per_step, tune, pilot, tune_max_steps, free_steps))
     return Sweep(tuple(sorted(set(budgets))), tuple(samplers))
 
 
