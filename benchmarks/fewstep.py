@@ -1,11 +1,13 @@
 """Few-step sampling: quality against 3 to 10 score evaluations, with and without tuned grids.
 
 Every fast sampler on its default grid and, if it is deterministic, on a grid tuned for it
-(``sdeplug.grid_tuning``, 256 pilot draws, a seed of its own), on the bundled mixtures and on random mixtures drawn
-afresh with a seed the benchmark prints (2-D and 16-D, VE and VP), so that nothing is tuned
-to one mixture. Quality is the energy distance of n samples to n fresh true samples, over
-several seeds, divided by the noise floor (the same statistic between two true sets); a
-cell is **bold** where it is within two standard errors of the floor.
+(``sdeplug.grid_tuning``, 256 pilot draws, a seed of its own), UniPC after a free Gaussian
+first step with each mixture's mean and covariance (``gaussian_start``) among them, on the
+bundled mixtures and on random mixtures drawn afresh with a seed the benchmark prints (2-D
+and 16-D, VE and VP), so that nothing is tuned to one mixture. Quality is the energy
+distance of n samples to n fresh true samples, over several seeds, divided by the noise
+floor (the same statistic between two true sets); a cell is **bold** where it is within
+two standard errors of the floor.
 
     python benchmarks/fewstep.py [--seed S] [--n 4000] [--reps 4] [--quick] [--write docs/benchmarks.md]
 """
