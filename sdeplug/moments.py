@@ -43,6 +43,9 @@ def _check_tensors(mean: Tensor, variances: Tensor, basis: Tensor | None) -> Non
             f"data moments: a mean of {dim} numbers needs basis ({dim}, {dim}) and variances ({dim},); got "
             f"{tuple(basis.shape)} and {tuple(variances.shape)}"
         )
+    gram = basis.to(F64).T @ basis.to(F64)
+    if not torch.allclose(gram, torch.eye(dim, dtype=F64, device=gram.device), atol=1e-4, rtol=0):
+        raise ValueError("data moments: the columns of basis must be orthonormal (eigenvectors of the covariance)")
 
 
 @attrs.frozen(eq=False)

@@ -114,6 +114,7 @@ def test_moments_from_samples_are_the_sample_mean_and_covariance(tmp_path):
         ({"mean": torch.zeros(3), "variances": torch.ones(2)}, "need a mean of the same shape"),
         ({"mean": torch.zeros(3), "variances": torch.ones(3), "basis": torch.eye(2)}, r"needs basis \(3, 3\)"),
         ({"mean": torch.zeros(3), "variances": -torch.ones(3)}, "variances must be >= 0"),
+        ({"mean": torch.zeros(2), "variances": torch.ones(2), "basis": 2 * torch.eye(2)}, "must be orthonormal"),
         ({"mean": torch.tensor([0.0, float("nan")]), "variances": torch.ones(2)}, "mean must be a finite tensor"),
     ],
 )
