@@ -25,16 +25,15 @@ def default_moments_file(config: Config) -> Path:
     return Path(config.output.dir).expanduser() / "moments.safetensors"
 
 
-def data_moments(data, count: int, full: bool) -> DataMoments:
-    """Mean and covariance (full, or per-coordinate) of the first ``count`` rows, in float64 chunks."""
+def data_moments(data, count: int, shape: tuple[int, ...], full: bool) -> DataMoments:
+    """Mean and covariance (full, or per-coordinate) of the first ``count`` rows, samples of
+    ``shape``, read in float64 chunks."""
     if count < 2:
         raise ConfigError(f"data moments need at least 2 training samples; the data set has {count}")
-    first = take(data, torch.arange(min(count, CHUNK)))
-    shape, dim = tuple(first.shape[1:]), math.prod(first.shape[1:])
+    dim = math.prod(shape)
     total, squares = torch.zeros(dim, dtype=torch.float64), None
     for start in range(0, count, CHUNK):
-        chunk = first if start == 0 else take(data, torch.arange(start, min(count, start + CHUNK)))
-        flat = chunk.reshape(chunk.shape[0], dim).to(torch.float64)
+        flat = take(data, torch.arange(start, min(count, start + CHUNK))).reshape(-1, dim).to(torch.float64)
         total += flat.sum(0)
         part = flat.T @ flat if full else (flat**2).sum(0)
         squares = part if squares is None else squares + part
@@ -51,9 +50,10 @@ def moments_job(config: Config, out_file: Path, *, num: int | None, full: bool |
     the [sampler] may name the file not yet written)."""
     dataset = build_dataset(config)
     count = len(dataset.train) if num is None else min(num, len(dataset.train))
-    dim = math.prod(dataset.event_shape)
+    shape = tuple(dataset.event_shape)
+    dim = math.prod(shape)
     full = dim <= FULL_COVARIANCE_UP_TO if full is None else full
-    moments = data_moments(dataset.train, count, full)
+    moments = data_moments(dataset.train, count, shape, full)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     moments.save(out_file)
     return {

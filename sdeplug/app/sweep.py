@@ -77,20 +77,14 @@ def read_sweep(path: str | Path) -> Sweep:
         free_steps = table.pop("free_steps", 0)
         if not isinstance(label, str) or not label:
             raise ConfigError(f"{path}: [[sweep.sampler]] number {index + 1} needs a label")
-        if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
-            raise ConfigError(f"{path}: sampler {label!r}: evals_per_step must be a positive integer; got {per_step!r}")
+        _check_count(path, label, "evals_per_step", per_step, 1, "a positive integer")
         if "steps" in table:
             raise ConfigError(f"{path}: sampler {label!r}: steps follow from [sweep] nfe; remove steps")
         if not isinstance(tune, bool):
             raise ConfigError(f"{path}: sampler {label!r}: tune must be true or false; got {tune!r}")
-        if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 2:
-            raise ConfigError(f"{path}: sampler {label!r}: pilot must be an integer >= 2; got {pilot!r}")
-        if isinstance(tune_max_steps, bool) or not isinstance(tune_max_steps, int) or tune_max_steps < 1:
-            raise ConfigError(
-                f"{path}: sampler {label!r}: tune_max_steps must be a positive integer; got {tune_max_steps!r}"
-            )
-        if isinstance(free_steps, bool) or not isinstance(free_steps, int) or free_steps < 0:
-            raise ConfigError(f"{path}: sampler {label!r}: free_steps must be an integer >= 0; got {free_steps!r}")
+        _check_count(path, label, "pilot", pilot, 2, "an integer >= 2")
+        _check_count(path, label, "tune_max_steps", tune_max_steps, 1, "a positive integer")
+        _check_count(path, label, "free_steps", free_steps, 0, "an integer >= 0")
         sampler = parse_section(table, SamplerConfig, f"sweep sampler {label!r}")
         if tune and (sampler.kind != "pc" or sampler.corrector.name != "none"):
             raise ConfigError(
@@ -98,6 +92,12 @@ def read_sweep(path: str | Path) -> Sweep:
             )
         samplers.append(SweepSampler(label, sampler, per_step, tune, pilot, tune_max_steps, free_steps))
     return Sweep(tuple(sorted(set(budgets))), tuple(samplers))
+
+
+def _check_count(path, label: str, key: str, value: Any, minimum: int, described: str) -> None:
+    """A sweep sampler's integer setting of at least ``minimum`` (booleans refused), else one line."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{path}: sampler {label!r}: {key} must be {described}; got {value!r}")
 
 
 def sweep_runs(sweep: Sweep) -> list[tuple[SweepSampler, int, SamplerConfig]]:
