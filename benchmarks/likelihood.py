@@ -2,15 +2,18 @@
 
 The baseline is written the way score_sde_pytorch's likelihood.py does it: scipy's
 RK45 (rtol = atol = 1e-5) on a flat numpy state, a round trip from numpy to torch and
-back at every evaluation, and one Rademacher Hutchinson probe drawn once per solve.
-sdeplug runs torchdiffeq's dopri5 on the tensor's own device with the same tolerances,
-with the exact divergence and with the same one-probe estimator.
+back at every evaluation, one Rademacher Hutchinson probe drawn once per solve, and, as
+its ode_func does, the drift from one forward pass and the divergence from a second
+forward pass with its backward. A second baseline fuses the two (one forward pass per
+evaluation), the fastest the paper's method can be written. sdeplug runs torchdiffeq's
+dopri5 on the tensor's own device with the same tolerances, with the exact divergence and
+with the same one-probe estimator.
 
 Errors are per sample, in nats per dimension, against the oracle's exact log p_eps(x):
 "total" with the SDE's prior as the terminal density (what a user gets), "ODE" with
 the exact log p_T(z) instead (the solver and divergence alone).
 
-    python benchmarks/likelihood.py [--n 256] [--write docs/benchmarks.md]
+    python benchmarks/likelihood.py [--n 256] [--rounds 9] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -32,8 +35,14 @@ from sdeplug.likelihood import LIKELIHOOD_EPS, _exact_divergence, _hutchinson_di
 from sdeplug.oracle import preset, random_mixture
 
 
-def paper_baseline(sde, score, x: torch.Tensor, eps: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """log p_eps(x) as score_sde_pytorch computes it: scipy RK45 and one Hutchinson probe."""
+def paper_baseline(
+    sde, score, x: torch.Tensor, eps: float, seed: int, fused: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """log p_eps(x) as score_sde_pytorch computes it: scipy RK45 and one Hutchinson probe.
+
+    Its ode_func calls drift_fn (a forward pass) and div_fn (another forward pass, with the
+    backward pass) at every evaluation; ``fused`` takes both from one forward pass instead.
+    """
     shape, n = x.shape, x.shape[0]
     g = torch.Generator().manual_seed(seed)
     probe = torch.randint(0, 2, shape, generator=g).to(x.dtype) * 2 - 1
@@ -42,36 +51,49 @@ def paper_baseline(sde, score, x: torch.Tensor, eps: float, seed: int) -> tuple[
         g2 = sde.diffusion(t)[:, None] ** 2
         return sde.drift(xt, t) - 0.5 * g2 * score(xt, t)
 
+    def drift_and_div(xt, t):
+        with torch.enable_grad():
+            xt = xt.requires_grad_(True)
+            drift = drift_fn(xt, t)
+            (grad,) = torch.autograd.grad((drift * probe).sum(), xt)
+        return drift.detach(), (grad * probe).reshape(n, -1).sum(1)
+
     def ode_func(t, state):
         sample = torch.from_numpy(state[:-n].reshape(shape)).to(x.dtype)
-        vec_t = torch.full((n,), t, dtype=x.dtype)
-        with torch.enable_grad():
-            sample.requires_grad_(True)
+        vec_t = torch.ones(n, dtype=x.dtype) * t
+        if fused:
+            drift, div = drift_and_div(sample, vec_t)
+        else:
             drift = drift_fn(sample, vec_t)
-            (grad,) = torch.autograd.grad((drift * probe).sum(), sample)
-        div = (grad * probe).reshape(n, -1).sum(1)
-        return np.concatenate([drift.detach().numpy().reshape(-1), div.numpy()])
+            div = drift_and_div(sample, vec_t)[1]
+        return np.concatenate([drift.numpy().reshape(-1), div.numpy()])
 
     init = np.concatenate([x.numpy().reshape(-1), np.zeros(n)])
-    solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=1e-5, atol=1e-5, method="RK45")
+    with torch.no_grad():
+        solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=1e-5, atol=1e-5, method="RK45")
     final = torch.from_numpy(solution.y[:, -1])
     z = final[:-n].reshape(shape).to(x.dtype)
     return sde.prior_logp(z) + final[-n:].to(x.dtype), z, solution.nfev
 
 
-def timed_together(methods: dict, rounds: int = 5) -> dict:
-    """Each method's output and best wall time over ``rounds`` rounds that run every method in
+def timed_together(methods: dict, rounds: int) -> dict:
+    """Each method's output and wall times over ``rounds`` rounds that run every method in
     turn, so that a slow spell of the machine falls on all of them alike."""
-    outputs, best = {}, dict.fromkeys(methods, float("inf"))
+    outputs, times = {}, {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():
             start = time.perf_counter()
             outputs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: (outputs[name], best[name]) for name in methods}
+            times[name].append(time.perf_counter() - start)
+    return {name: (outputs[name], times[name]) for name in methods}
 
 
-def run(n: int) -> list[dict]:
+PAPER = "paper: scipy RK45, 1 Hutchinson probe"
+PAPER_FUSED = "paper's method, drift and divergence from one forward pass"
+EXACT_GAUSS3 = "sdeplug: dopri5 flow, exact divergence by 3-point Gauss per step"
+
+
+def run(n: int, rounds: int) -> list[dict]:
     rows = []
     problems = [("2-D mixture3", preset("mixture3")), ("16-D blobs16", random_mixture(16, 4, seed=1))]
     for label, mixture in problems:
@@ -88,8 +110,9 @@ def run(n: int) -> list[dict]:
 
             options = {"rtol": 1e-5, "atol": 1e-5}
             methods = {
-                "paper: scipy RK45, 1 Hutchinson probe": lambda sde=sde, score=score, x=x, eps=eps: paper_baseline(
-                    sde, score, x, eps, seed=1
+                PAPER: lambda sde=sde, score=score, x=x, eps=eps: paper_baseline(sde, score, x, eps, seed=1),
+                PAPER_FUSED: lambda sde=sde, score=score, x=x, eps=eps: paper_baseline(
+                    sde, score, x, eps, seed=1, fused=True
                 ),
                 "sdeplug: dopri5, 1 Hutchinson probe": lambda sde=sde, score=score, x=x, options=options: _ours(
                     sde, score, x, options, "hutchinson"
@@ -97,17 +120,18 @@ def run(n: int) -> list[dict]:
                 "sdeplug: dopri5, exact divergence": lambda sde=sde, score=score, x=x, options=options: _ours(
                     sde, score, x, options, "exact"
                 ),
-                "sdeplug: dopri5 flow, exact divergence by 3-point Gauss per step": (
+                EXACT_GAUSS3: (
                     lambda sde=sde, score=score, x=x, options=options: _ours(sde, score, x, options, "exact", 3)
                 ),
                 "sdeplug: dopri5 flow, exact divergence by 4-point Gauss per step": (
                     lambda sde=sde, score=score, x=x, options=options: _ours(sde, score, x, options, "exact", 4)
                 ),
             }
-            baseline_time = None
-            for method, ((logp, z, nfe), seconds) in timed_together(methods).items():
+            timed = timed_together(methods, rounds)
+            written, fused = timed[PAPER][0][0], timed[PAPER_FUSED][0][0]
+            assert torch.allclose(written, fused, rtol=1e-12, atol=1e-12), "the two baselines compute the same thing"
+            for method, ((logp, z, nfe), times) in timed.items():
                 ode_logp = logp - sde.prior_logp(z) + terminal(z)
-                baseline_time = baseline_time or seconds
                 rows.append(
                     {
                         "problem": f"{label}, {sde_name.upper()}",
@@ -116,8 +140,9 @@ def run(n: int) -> list[dict]:
                         "ode": float((ode_logp - exact).abs().mean()) / d,
                         "ode_max": float((ode_logp - exact).abs().max()) / d,
                         "nfe": nfe,
-                        "seconds": seconds,
-                        "speedup": baseline_time / seconds,
+                        "seconds": min(times),
+                        "speedup": min(timed[PAPER][1]) / min(times),
+                        "times": times,
                     }
                 )
     return rows
@@ -211,11 +236,11 @@ def divergence_costs(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(rows: list[dict], n: int) -> str:
+def table(rows: list[dict], n: int, rounds: int) -> str:
     lines = [
         f"Per-sample |log p - exact log p_eps| in nats per dimension (mean over {n} exact samples of p_eps,",
-        "and the worst sample for the ODE error), and wall time for the whole batch (best of 5 rounds, each",
-        "running every method of the problem in turn). NFE counts evaluations of the whole batch: with a",
+        f"and the worst sample for the ODE error), and wall time for the whole batch (best of {rounds} rounds,",
+        "each running every method of the problem in turn). NFE counts evaluations of the whole batch: with a",
         "quadrature, the flow's solve plus one per Gauss node, where the divergence is taken (the states at",
         "the nodes come from the solver's dense output, without evaluations).",
         "",
@@ -230,14 +255,38 @@ def table(rows: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
+def exact_cost_table(rows: list[dict]) -> str:
+    """The exact run's cost (3-point Gauss) in units of each one-probe baseline: the median of the
+    rounds' ratios, each round timing both back to back, and the middle half of those ratios."""
+    lines = [
+        "\nCost of the exact likelihood (3-point Gauss per step) in units of a one-probe run: per round, "
+        "the exact run's time over the baseline's in the same round; the median, and the middle half of "
+        "the rounds (the machine's noise).\n",
+        "| problem | / paper's code as written | / paper's method, one forward pass per evaluation |",
+        "|---|---|---|",
+    ]
+    by_problem: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem"], {})[r["method"]] = r["times"]
+    for problem, times in by_problem.items():
+        cells = []
+        for baseline in (PAPER, PAPER_FUSED):
+            ratios = np.array(times[EXACT_GAUSS3]) / np.array(times[baseline])
+            low, median, high = np.quantile(ratios, [0.25, 0.5, 0.75])
+            cells.append(f"{median:.2f} ({low:.2f} to {high:.2f})")
+        lines.append(f"| {problem} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="samples per problem")
+    parser.add_argument("--rounds", type=int, default=9, help="timing rounds, each running every method")
     parser.add_argument("--write", type=Path, help="markdown file whose likelihood section is (re)written")
     args = parser.parse_args()
     torch.set_default_dtype(torch.float64)
-    rows = run(args.n)
-    text = table(rows, args.n) + "\n" + divergence_costs(args.n)
+    rows = run(args.n, args.rounds)
+    text = table(rows, args.n, args.rounds) + "\n" + exact_cost_table(rows) + divergence_costs(args.n)
     print(text)
     if args.write:
         machine = (
@@ -246,7 +295,8 @@ def main() -> None:
         )
         section = (
             "## Likelihood: sdeplug against the paper's method\n\n"
-            f"Command: `python benchmarks/likelihood.py --n {args.n} --write docs/benchmarks.md` "
+            f"Command: `python benchmarks/likelihood.py --n {args.n} --rounds {args.rounds} "
+            "--write docs/benchmarks.md` "
             f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver, "
             f"integration from eps = {LIKELIHOOD_EPS:g} for every SDE (the paper's likelihood eps, and "
             "`log_likelihood`'s default).\n\n" + text + "\n"
