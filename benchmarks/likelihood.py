@@ -13,7 +13,7 @@ Errors are per sample, in nats per dimension, against the oracle's exact log p_e
 "total" with the SDE's prior as the terminal density (what a user gets), "ODE" with
 the exact log p_T(z) instead (the solver and divergence alone).
 
-    python benchmarks/likelihood.py [--n 256] [--rounds 9] [--write docs/benchmarks.md]
+    python benchmarks/likelihood.py [--n 256] [--rounds 9] [--device cuda] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def paper_baseline(
     Its ode_func calls drift_fn (a forward pass) and div_fn (another forward pass, with the
     backward pass) at every evaluation; ``fused`` takes both from one forward pass instead.
     """
-    shape, n = x.shape, x.shape[0]
+    shape, n, device = x.shape, x.shape[0], x.device
     g = torch.Generator().manual_seed(seed)
-    probe = torch.randint(0, 2, shape, generator=g).to(x.dtype) * 2 - 1
+    probe = (torch.randint(0, 2, shape, generator=g).to(x.dtype) * 2 - 1).to(device)
 
     def drift_fn(xt, t):
         g2 = sde.diffusion(t)[:, None] ** 2
@@ -59,31 +59,39 @@ def paper_baseline(
         return drift.detach(), (grad * probe).reshape(n, -1).sum(1)
 
     def ode_func(t, state):
-        sample = torch.from_numpy(state[:-n].reshape(shape)).to(x.dtype)
-        vec_t = torch.ones(n, dtype=x.dtype) * t
+        sample = torch.from_numpy(state[:-n].reshape(shape)).to(device=device, dtype=x.dtype)
+        vec_t = torch.ones(n, device=device, dtype=x.dtype) * t
         if fused:
             drift, div = drift_and_div(sample, vec_t)
         else:
             drift = drift_fn(sample, vec_t)
             div = drift_and_div(sample, vec_t)[1]
-        return np.concatenate([drift.numpy().reshape(-1), div.numpy()])
+        return np.concatenate([drift.cpu().numpy().reshape(-1), div.cpu().numpy()])
 
-    init = np.concatenate([x.numpy().reshape(-1), np.zeros(n)])
+    init = np.concatenate([x.cpu().numpy().reshape(-1), np.zeros(n)])
     with torch.no_grad():
         solution = integrate.solve_ivp(ode_func, (eps, sde.T), init, rtol=1e-5, atol=1e-5, method="RK45")
-    final = torch.from_numpy(solution.y[:, -1])
-    z = final[:-n].reshape(shape).to(x.dtype)
-    return sde.prior_logp(z) + final[-n:].to(x.dtype), z, solution.nfev
+    final = torch.from_numpy(solution.y[:, -1]).to(device=device, dtype=x.dtype)
+    z = final[:-n].reshape(shape)
+    return sde.prior_logp(z) + final[-n:], z, solution.nfev
 
 
-def timed_together(methods: dict, rounds: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_together(methods: dict, rounds: int, device: torch.device) -> dict:
     """Each method's output and wall times over ``rounds`` rounds that run every method in
     turn, so that a slow spell of the machine falls on all of them alike."""
     outputs, times = {}, {name: [] for name in methods}
     for _ in range(rounds):
         for name, fn in methods.items():
+            synchronize(device)
             start = time.perf_counter()
             outputs[name] = fn()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: (outputs[name], times[name]) for name in methods}
 
@@ -93,15 +101,16 @@ PAPER_FUSED = "paper's method, drift and divergence from one forward pass"
 EXACT_GAUSS3 = "sdeplug: dopri5 flow, exact divergence by 3-point Gauss per step"
 
 
-def run(n: int, rounds: int) -> list[dict]:
+def run(n: int, rounds: int, device: torch.device) -> list[dict]:
     rows = []
     problems = [("2-D mixture3", preset("mixture3")), ("16-D blobs16", random_mixture(16, 4, seed=1))]
     for label, mixture in problems:
         for sde_name in ("vp", "ve"):
             sde = sdeplug.create("sde", sde_name)
-            score = mixture.score_model(sde)
             eps = LIKELIHOOD_EPS  # the paper's likelihood eps, for the baseline and sdeplug alike
-            x = mixture.sample(n, torch.Generator().manual_seed(0), sde, eps)
+            x = mixture.sample(n, torch.Generator().manual_seed(0), sde, eps).to(device)
+            mixture = mixture.to(device)
+            score = mixture.score_model(sde)
             exact = mixture.log_prob(x, torch.full((n,), eps, dtype=x.dtype), sde)
             d = x[0].numel()
 
@@ -127,7 +136,7 @@ def run(n: int, rounds: int) -> list[dict]:
                     lambda sde=sde, score=score, x=x, options=options: _ours(sde, score, x, options, "exact", 4)
                 ),
             }
-            timed = timed_together(methods, rounds)
+            timed = timed_together(methods, rounds, device)
             written, fused = timed[PAPER][0][0], timed[PAPER_FUSED][0][0]
             assert torch.allclose(written, fused, rtol=1e-12, atol=1e-12), "the two baselines compute the same thing"
             for method, ((logp, z, nfe), times) in timed.items():
@@ -156,7 +165,7 @@ def _ours(sde, score, x, options, divergence, quadrature=None):
         solver="dopri5",
         solver_options=options,
         divergence=divergence,
-        generator=torch.Generator().manual_seed(1),
+        generator=torch.Generator(x.device).manual_seed(1),
         quadrature=quadrature,
     )
     return result.logp.detach(), result.z, result.nfe
@@ -165,8 +174,8 @@ def _ours(sde, score, x, options, divergence, quadrature=None):
 def _divergence_ways(drift, x: torch.Tensor, t: torch.Tensor) -> dict:
     """Ways to get the divergence of ``drift`` at (x, t): one probe, and three exact ones."""
     n, d = x.shape
-    probe = torch.ones(1, n, d, dtype=x.dtype)
-    basis = torch.eye(d, dtype=x.dtype)[:, None, :].expand(d, n, d)
+    probe = torch.ones(1, n, d, device=x.device, dtype=x.dtype)
+    basis = torch.eye(d, device=x.device, dtype=x.dtype)[:, None, :].expand(d, n, d)
 
     def with_graph(divergence):
         def run():
@@ -194,14 +203,15 @@ def _divergence_ways(drift, x: torch.Tensor, t: torch.Tensor) -> dict:
     }
 
 
-def divergence_costs(n: int) -> str:
+def divergence_costs(n: int, device: torch.device) -> str:
     """Milliseconds per evaluation of the drift and its divergence in 16-D, by each way."""
     torch.manual_seed(0)
     d = 16
     mixture = random_mixture(d, 4, seed=1)
     sde = sdeplug.create("sde", "ve")
-    x = mixture.sample(n, torch.Generator().manual_seed(0), sde, 0.3)
-    t = torch.full((n,), 0.3)
+    x = mixture.sample(n, torch.Generator().manual_seed(0), sde, 0.3).to(device)
+    mixture = mixture.to(device)
+    t = torch.full((n,), 0.3, device=device)
     drifts = {"oracle score (the table above)": sde.reverse(mixture.score_model(sde), probability_flow=True).drift}
     for width in (64, 256, 1024):
         net = torch.nn.Sequential(
@@ -210,7 +220,7 @@ def divergence_costs(n: int) -> str:
             torch.nn.Linear(width, width),
             torch.nn.SiLU(),
             torch.nn.Linear(width, d),
-        )
+        ).to(device)
         drifts[f"MLP 2 x {width}"] = lambda x, t, net=net: net(torch.cat([x, t[:, None]], 1))
     lines = [
         f"\nPer evaluation, {n} samples in 16-D, float64 (best of 20, milliseconds); the three exact ways agree to "
@@ -226,8 +236,10 @@ def divergence_costs(n: int) -> str:
         for fn in ways.values():
             best = math.inf
             for _ in range(20):
+                synchronize(device)
                 start = time.perf_counter()
                 fn()
+                synchronize(device)
                 best = min(best, time.perf_counter() - start)
             times.append(best * 1e3)
         cells = [f"{ms:.2f} ({ms / times[0]:.1f}x)" for ms in times]
@@ -282,26 +294,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="samples per problem")
     parser.add_argument("--rounds", type=int, default=9, help="timing rounds, each running every method")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (its section is written apart)")
     parser.add_argument("--write", type=Path, help="markdown file whose likelihood section is (re)written")
     args = parser.parse_args()
     torch.set_default_dtype(torch.float64)
-    rows = run(args.n, args.rounds)
-    text = table(rows, args.n, args.rounds) + "\n" + exact_cost_table(rows) + divergence_costs(args.n)
+    device = torch.device(args.device)
+    rows = run(args.n, args.rounds, device)
+    text = table(rows, args.n, args.rounds) + "\n" + exact_cost_table(rows) + divergence_costs(args.n, device)
     print(text)
     if args.write:
+        on_cpu = device.type == "cpu"
         machine = (
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, CPU"
+            f"torch {torch.__version__}, " + ("CPU" if on_cpu else torch.cuda.get_device_name(device))
         )
+        heading = "## Likelihood" if on_cpu else f"## Likelihood on {device.type.upper()}"
         section = (
-            "## Likelihood: sdeplug against the paper's method\n\n"
+            f"{heading}: sdeplug against the paper's method\n\n"
             f"Command: `python benchmarks/likelihood.py --n {args.n} --rounds {args.rounds} "
-            "--write docs/benchmarks.md` "
-            f"(or `make bench`). Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver, "
+            + ("" if on_cpu else f"--device {args.device} ")
+            + "--write docs/benchmarks.md`"
+            + (" (or `make bench`)" if on_cpu else "")
+            + f". Machine: {machine}. float64, oracle score, rtol = atol = 1e-5 for every solver, "
             f"integration from eps = {LIKELIHOOD_EPS:g} for every SDE (the paper's likelihood eps, and "
             "`log_likelihood`'s default).\n\n" + text + "\n"
         )
-        replace_section(args.write, "## Likelihood", section)
+        replace_section(args.write, heading, section)
 
 
 if __name__ == "__main__":
