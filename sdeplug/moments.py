@@ -68,9 +68,26 @@ class DataMoments:
 
     @classmethod
     def from_covariance(cls, mean: Tensor, covariance: Tensor) -> DataMoments:
-        """From a mean (event shape) and a symmetric covariance (D x D) over the flattened event."""
+        """From a mean (event shape) and a symmetric positive semi-definite covariance (D x D) over
+        the flattened event. Eigenvalues below zero by rounding (a relative 1e-8) count as zero."""
+        dim = mean.numel()
+        if not isinstance(covariance, Tensor) or covariance.shape != (dim, dim):
+            shape = tuple(covariance.shape) if isinstance(covariance, Tensor) else type(covariance).__name__
+            raise ValueError(
+                f"data moments: a mean of {dim} numbers needs a covariance of shape ({dim}, {dim}); got {shape}"
+            )
         covariance = covariance.to(F64)
+        if not bool(torch.isfinite(covariance).all()):
+            raise ValueError("data moments: covariance must be a finite tensor")
+        scale = float(covariance.abs().max()) or 1.0
+        if float((covariance - covariance.T).abs().max()) > 1e-8 * scale:
+            raise ValueError("data moments: covariance must be symmetric")
         variances, basis = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+        if float(variances.min()) < -1e-8 * scale:
+            raise ValueError(
+                f"data moments: covariance must be positive semi-definite; its smallest eigenvalue is "
+                f"{float(variances.min()):.3g}"
+            )
         return cls(mean.to(F64), variances.clamp_min(0.0), basis)
 
     @classmethod

@@ -130,6 +130,27 @@ def test_bad_moments_files_are_refused_in_one_line(tmp_path, tensors, message):
         DataMoments.load(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.parametrize(
+    ("covariance", "message"),
+    [
+        (torch.eye(3), r"needs a covariance of shape \(2, 2\); got \(3, 3\)"),
+        (torch.tensor([[1.0, 0.5], [0.0, 1.0]]), "must be symmetric"),
+        (torch.tensor([[1.0, 2.0], [2.0, 1.0]]), "positive semi-definite; its smallest eigenvalue is -1"),
+        (torch.tensor([[1.0, float("inf")], [float("inf"), 1.0]]), "covariance must be a finite tensor"),
+    ],
+)
+def test_a_covariance_that_is_no_covariance_is_refused(covariance, message):
+    with pytest.raises(ValueError, match=message):
+        DataMoments.from_covariance(torch.zeros(2), covariance)
+
+
+def test_rounding_below_zero_in_a_singular_covariance_counts_as_zero():
+    direction = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64) / 14**0.5
+    moments = DataMoments.from_covariance(torch.zeros(3), 4.0 * direction @ direction.T)  # rank one
+    assert bool((moments.variances >= 0).all())
+    torch.testing.assert_close(moments.variances.max(), torch.tensor(4.0, dtype=torch.float64))
+
+
 def _counting(score):
     calls = []
 
@@ -304,3 +325,23 @@ def test_the_moments_command_writes_the_training_datas_moments(tmp_path, capsys,
         assert main(["moments", str(config), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_the_moments_command_keeps_small_variances_of_data_far_from_zero(full, monkeypatch):
+    import sdeplug.app.moments as moments_app
+
+    monkeypatch.setattr(moments_app, "CHUNK", 300)
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(1000, 3, generator=g, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.2, 0.1]], dtype=torch.float64
+    )
+    x = 1e6 + 1e-3 * spread  # sums of squares of the raw rows would lose the variances' digits
+    moments = moments_app.data_moments(x, 1000, (3,), full)
+    centred = torch.cov((x - x.mean(0)).T)
+    torch.testing.assert_close(moments.mean, x.mean(0), rtol=1e-14, atol=0)
+    if full:
+        covariance = moments.basis @ torch.diag(moments.variances) @ moments.basis.T
+        torch.testing.assert_close(covariance, centred, rtol=1e-8, atol=1e-16)
+    else:
+        torch.testing.assert_close(moments.variances, centred.diagonal(), rtol=1e-8, atol=0)

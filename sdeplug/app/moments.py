@@ -27,22 +27,26 @@ def default_moments_file(config: Config) -> Path:
 
 def data_moments(data, count: int, shape: tuple[int, ...], full: bool) -> DataMoments:
     """Mean and covariance (full, or per-coordinate) of the first ``count`` rows, samples of
-    ``shape``, read in float64 chunks."""
+    ``shape``, read in float64 chunks. The sums are of the rows less the first chunk's mean, so
+    that data far from zero keep the digits of their small variances."""
     if count < 2:
         raise ConfigError(f"data moments need at least 2 training samples; the data set has {count}")
     dim = math.prod(shape)
-    total, squares = torch.zeros(dim, dtype=torch.float64), None
+    shift = total = squares = None
     for start in range(0, count, CHUNK):
         flat = take(data, torch.arange(start, min(count, start + CHUNK))).reshape(-1, dim).to(torch.float64)
-        total += flat.sum(0)
+        shift = flat.mean(0) if shift is None else shift
+        flat = flat - shift
         part = flat.T @ flat if full else (flat**2).sum(0)
+        total = flat.sum(0) if total is None else total + flat.sum(0)
         squares = part if squares is None else squares + part
-    mean = total / count
+    offset = total / count  # the mean, less the shift
+    mean = (shift + offset).reshape(shape)
     if full:
-        covariance = (squares - count * torch.outer(mean, mean)) / (count - 1)
-        return DataMoments.from_covariance(mean.reshape(shape), covariance)
-    variances = ((squares - count * mean**2) / (count - 1)).clamp_min(0.0)
-    return DataMoments(mean.reshape(shape), variances.reshape(shape))
+        covariance = (squares - count * torch.outer(offset, offset)) / (count - 1)
+        return DataMoments.from_covariance(mean, 0.5 * (covariance + covariance.T))
+    variances = ((squares - count * offset**2) / (count - 1)).clamp_min(0.0)
+    return DataMoments(mean, variances.reshape(shape))
 
 
 def moments_job(config: Config, out_file: Path, *, num: int | None, full: bool | None) -> dict[str, Any]:
