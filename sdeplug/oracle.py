@@ -171,11 +171,12 @@ class GaussianMixture(torch.nn.Module):
         return self.evecs @ torch.diag_embed(self.evals) @ self.evecs.transpose(-1, -2)
 
     def moments(self) -> DataMoments:
-        """The mixture's mean and covariance, sum_k w_k (C_k + mu_k mu_k^T) - mu mu^T."""
+        """The mixture's mean mu and covariance sum_k w_k (C_k + (mu_k - mu)(mu_k - mu)^T)."""
         w = torch.softmax(self.log_weights, 0)
         mean = w @ self.means
-        second = (w[:, None, None] * (self.covariances() + self.means[:, :, None] * self.means[:, None, :])).sum(0)
-        return DataMoments.from_covariance(mean.reshape(self.event_shape), second - torch.outer(mean, mean))
+        apart = self.means - mean
+        covariance = (w[:, None, None] * (self.covariances() + apart[:, :, None] * apart[:, None, :])).sum(0)
+        return DataMoments.from_covariance(mean.reshape(self.event_shape), covariance)
 
     def condition(self, A: Tensor, y: Tensor, B: Tensor | None = None) -> GaussianMixture:
         """The law of B x given the noiseless measurement A x = y, again a Gaussian mixture.

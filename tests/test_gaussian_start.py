@@ -106,6 +106,25 @@ def test_moments_from_samples_are_the_sample_mean_and_covariance(tmp_path):
         assert (loaded.basis is None) == (moments.basis is None)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_a_mixtures_moments_are_its_mean_and_covariance(offset):
+    mixture = random_mixture(3, 4, seed=2)
+    far = GaussianMixture(
+        torch.softmax(mixture.log_weights, 0), mixture.means + offset, covs=mixture.covariances()
+    )  # a mixture far from zero: the moments must not lose its covariance to cancellation
+    moments = far.moments()
+    x = far.sample(400_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(moments.mean, x.mean(0), rtol=0, atol=0.01)
+    covariance = moments.basis @ torch.diag(moments.variances) @ moments.basis.T
+    torch.testing.assert_close(covariance, torch.cov((x - x.mean(0)).T), rtol=0, atol=0.03)
+    torch.testing.assert_close(
+        covariance,
+        mixture.moments().basis @ torch.diag(mixture.moments().variances) @ mixture.moments().basis.T,
+        rtol=1e-9,
+        atol=1e-9,
+    )
+
+
 @pytest.mark.parametrize(
     ("tensors", "message"),
     [
