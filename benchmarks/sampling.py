@@ -83,11 +83,18 @@ DEFAULT_GRID = {
 }
 
 
-def machine() -> str:
+def machine(device: torch.device | None = None) -> str:
+    on_cpu = device is None or device.type == "cpu"
     return (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, CPU"
+        f"torch {torch.__version__}, " + ("CPU" if on_cpu else torch.cuda.get_device_name(device))
     )
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def draw(
@@ -327,17 +334,18 @@ def hand_em(sde, net, batch, times, generator):
     for t, t_next in zip(grid[:-1], grid[1:]):
         beta, dt = b0 + t * (b1 - b0), t_next - t
         coefficients.append((1 - 0.5 * beta * dt, -beta * dt, math.sqrt(-beta * dt)))
-    x = torch.randn(batch, 2, generator=generator)
+    x = torch.randn(batch, 2, generator=generator, device=generator.device)
     batch_times = [t.expand(batch) for t in times.unbind()]
     for i, (scale_x, scale_score, noise) in enumerate(coefficients):
-        x = x * scale_x + scale_score * net(x, batch_times[i]) + noise * torch.randn(x.shape, generator=generator)
+        noise_draw = torch.randn(x.shape, generator=generator, device=x.device)
+        x = x * scale_x + scale_score * net(x, batch_times[i]) + noise * noise_draw
     return x
 
 
 def hand_dpmpp_2m(sde, net, batch, times, generator):
     """DPM-Solver++(2M) on the VP SDE, written out with every per-step number a Python float."""
     alphas, sigmas, lams = vp_levels(sde, times)
-    x = torch.randn(batch, 2, generator=generator)
+    x = torch.randn(batch, 2, generator=generator, device=generator.device)
     batch_times = [t.expand(batch) for t in times.unbind()]
     previous = None
     for i in range(len(lams) - 1):
@@ -368,7 +376,7 @@ def hand_unipc(sde, net, batch, times, generator):
         b_2 = ((hphi_1 / -h - 1) / -h - 0.5) * 2 / hphi_1
         return hphi_1, b_1, b_2
 
-    x = torch.randn(batch, 2, generator=generator)
+    x = torch.randn(batch, 2, generator=generator, device=generator.device)
     batch_times = [t.expand(batch) for t in times.unbind()]
     history = []  # data predictions D_i, D_{i-1}, ... newest first
     x_prev = None
@@ -398,12 +406,13 @@ def hand_unipc(sde, net, batch, times, generator):
     return x
 
 
-def part_overhead(quick: bool) -> str:
+def part_overhead(quick: bool, device: torch.device) -> str:
     torch.manual_seed(0)
     sde = sdeplug.create("sde", "vp")
     batch, steps, rounds = 1024, 100, (7 if quick else 41)
     lines = [
-        f"Batch {batch}, {steps} steps, float32, an MLP (2 x 64 hidden) on 2-D inputs; median of {rounds} "
+        f"Batch {batch}, {steps} steps, float32, an MLP (2 x 64 hidden) on 2-D inputs, on "
+        f"{'the CPU' if device.type == 'cpu' else device.type.upper()}; median of {rounds} "
         "alternating rounds; ratio = the median over rounds of sdeplug / hand-written loop, each round "
         "timing both back to back (1.00 is no overhead). The hand-written loops compute every per-step "
         "number as a Python float and do the least tensor arithmetic a step needs; each is checked "
@@ -411,8 +420,8 @@ def part_overhead(quick: bool) -> str:
         "| sampler | hand-written (ms) | sdeplug (ms) | ratio |",
         "|---|---|---|---|",
     ]
-    net = TinyScore(2).eval()
-    times = torch.linspace(1.0, sde.default_eps, steps + 1)
+    net = TinyScore(2).eval().to(device)
+    times = torch.linspace(1.0, sde.default_eps, steps + 1, device=device)
 
     def ours(predictor, network=net, dim=2, **options):
         return lambda: (
@@ -424,13 +433,13 @@ def part_overhead(quick: bool) -> str:
                 corrector="none",
                 steps=steps,
                 denoise=False,
-                generator=torch.Generator().manual_seed(0),
+                generator=torch.Generator(device).manual_seed(0),
                 **options,
             ).x
         )
 
     def hand(loop, network=net):
-        return lambda: loop(sde, network, batch, times, torch.Generator().manual_seed(0))
+        return lambda: loop(sde, network, batch, times, torch.Generator(device).manual_seed(0))
 
     cases = {
         "Euler-Maruyama": (hand(hand_em), ours("euler_maruyama")),
@@ -445,14 +454,20 @@ def part_overhead(quick: bool) -> str:
             for r in range(rounds):
                 pair = ((hand_loop, t_hand), (sdeplug_loop, t_ours))
                 for fn, store in pair if r % 2 else pair[::-1]:  # each goes first in half the rounds
+                    synchronize(device)
                     start = time.perf_counter()
                     fn()
+                    synchronize(device)
                     store.append(time.perf_counter() - start)
             h, o = statistics.median(t_hand) * 1e3, statistics.median(t_ours) * 1e3
             ratio = statistics.median(b / a for a, b in zip(t_hand, t_ours))  # paired rounds: drift cancels
             lines.append(f"| {name} | {h:.1f} | {o:.1f} | {ratio:.3f} |")
             print(lines[-1], flush=True)
-    lines.append("\nNo GPU was available to this run, so the CUDA overhead is not measured here.")
+    if device.type == "cpu":
+        lines.append(
+            "\nThe CUDA overhead is in its own section when measured: "
+            "`python benchmarks/sampling.py --parts overhead --device cuda --write docs/benchmarks.md`."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -569,13 +584,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="quality,error,pc16,overhead,scaling")
     parser.add_argument("--quick", action="store_true", help="fewer seeds and budgets, for a smoke run")
+    parser.add_argument("--device", default="cpu", help="torch device of the overhead part alone, e.g. cuda")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     parts = args.parts.split(",")
+    device = torch.device(args.device)
+    if device.type != "cpu" and parts != ["overhead"]:
+        parser.error("--device other than cpu is for --parts overhead alone")
     quick = " --quick" if args.quick else ""
-    command = f"`python benchmarks/sampling.py --parts {args.parts}{quick} --write docs/benchmarks.md`"
-    header = f"Command: {command} (or `make bench`). Machine: {machine()}.\n\n"
+    on_device = "" if device.type == "cpu" else f" --device {args.device}"
+    command = f"`python benchmarks/sampling.py --parts {args.parts}{quick}{on_device} --write docs/benchmarks.md`"
+    header = f"Command: {command}" + (" (or `make bench`)" if device.type == "cpu" else "")
+    header += f". Machine: {machine(device)}.\n\n"
     sections = {}
     if "quality" in parts:
         text, curves = part_quality(args.quick)
@@ -594,7 +615,9 @@ def main() -> None:
     if "pc16" in parts:
         sections["## Sampling: predictor-corrector in 16 dimensions"] = header + part_pc16(args.quick)
     if "overhead" in parts:
-        sections["## Sampling: overhead against a hand-written loop"] = header + part_overhead(args.quick)
+        heading = "## Sampling: overhead against a hand-written loop"
+        heading += "" if device.type == "cpu" else f" on {device.type.upper()}"
+        sections[heading] = header + part_overhead(args.quick, device)
     if "scaling" in parts:
         sections["## Sampling: scaling with batch and dimension"] = header + part_scaling(args.quick)
     for heading, body in sections.items():
