@@ -70,6 +70,8 @@ class DataMoments:
     def from_covariance(cls, mean: Tensor, covariance: Tensor) -> DataMoments:
         """From a mean (event shape) and a symmetric positive semi-definite covariance (D x D) over
         the flattened event. Eigenvalues below zero by rounding (a relative 1e-8) count as zero."""
+        if not isinstance(mean, Tensor):
+            raise ValueError(f"data moments: mean must be a finite tensor; got {type(mean).__name__}")
         dim = mean.numel()
         if not isinstance(covariance, Tensor) or covariance.shape != (dim, dim):
             shape = tuple(covariance.shape) if isinstance(covariance, Tensor) else type(covariance).__name__

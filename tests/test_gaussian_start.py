@@ -161,6 +161,8 @@ def test_bad_moments_files_are_refused_in_one_line(tmp_path, tensors, message):
 def test_a_covariance_that_is_no_covariance_is_refused(covariance, message):
     with pytest.raises(ValueError, match=message):
         DataMoments.from_covariance(torch.zeros(2), covariance)
+    with pytest.raises(ValueError, match="mean must be a finite tensor; got list"):
+        DataMoments.from_covariance([0.0, 0.0], torch.eye(2))
 
 
 def test_rounding_below_zero_in_a_singular_covariance_counts_as_zero():
