@@ -94,6 +94,16 @@ def tune_grid(
     steps = check_steps(steps)
     if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 2:
         raise ValueError(f"pilot must be an integer >= 2 (prior draws); got {pilot!r}")
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
+        raise ValueError(f"sweeps must be an integer >= 0 (0 keeps the start grid); got {sweeps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    tolerance_is_number = isinstance(reference_tolerance, (int, float)) and not isinstance(reference_tolerance, bool)
+    if not tolerance_is_number or not 0 < reference_tolerance < math.inf:
+        raise ValueError(
+            f"reference_tolerance must be a positive number (dopri5's rtol and atol for the reference solves); "
+            f"got {reference_tolerance!r}"
+        )
     began = time.perf_counter()
     eps = end_time(sde, eps)
     counted = _Counted(score)

@@ -20,7 +20,7 @@ import sdeplug
 from sdeplug import LinearSDE, OptionError, Predictor
 from sdeplug.app.cli import main
 from sdeplug.grid_tuning import tune_grid
-from sdeplug.grids import fractions_of, grid_from_fractions, load_grid_file, save_grid_file
+from sdeplug.grids import fractions_of, grid_from_fractions, load_grid_file, resolve_grid, save_grid_file
 from sdeplug.oracle import random_mixture
 from sdeplug.sampling import sample_pc
 
@@ -71,6 +71,35 @@ def test_stochastic_predictors_are_refused():
     tune_grid(  # the same predictor on the probability-flow ODE is deterministic
         sde, score, (2,), 2, predictor="euler_maruyama", predictor_options={"probability_flow": True}, pilot=16
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive integer; got 0"),
+        ({"pilot": 1}, "pilot must be an integer >= 2"),
+        ({"sweeps": -1}, r"sweeps must be an integer >= 0 \(0 keeps the start grid\); got -1"),
+        ({"sweeps": 2.5}, "sweeps must be an integer >= 0"),
+        ({"seed": -1}, "seed must be an integer >= 0; got -1"),
+        ({"reference_tolerance": 0.0}, "reference_tolerance must be a positive number .*; got 0.0"),
+        ({"reference_tolerance": float("nan")}, "reference_tolerance must be a positive number"),
+        ({"reference_tolerance": "1e-6"}, "reference_tolerance must be a positive number"),
+    ],
+)
+def test_bad_tuning_settings_are_refused_naming_the_setting(option, message):
+    sde, score = _problem("vp")
+    settings = {"steps": 3, "pilot": 16, **option}
+    with pytest.raises(ValueError, match=message) as refused:
+        tune_grid(sde, score, (2,), settings.pop("steps"), **settings)
+    assert "\n" not in str(refused.value)
+
+
+def test_no_sweeps_keep_the_start_grid():
+    sde, score = _problem("vp")
+    result = tune_grid(sde, score, (2,), 3, pilot=16, sweeps=0)
+    start = resolve_grid(sde, "logsnr", 3, sde.default_eps, dtype=F64)
+    torch.testing.assert_close(result.times, start, rtol=1e-12, atol=1e-12)
+    assert result.sweeps == 0
 
 
 @attrs.frozen
