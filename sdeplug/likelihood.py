@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from numbers import Integral
 from typing import Any, Literal
 
 import attrs
@@ -58,8 +59,11 @@ def bits_per_dim(logp: Tensor, dim: int, data_range: DataRange = "none", levels:
     of the discrete value is at least the density times (w / levels)^D: 8-bit data in
     [0, 1] add 8 bits per dimension, in [-1, 1] 7 (the paper's offsets).
     """
+    if isinstance(dim, bool) or not isinstance(dim, Integral) or dim < 1:
+        raise ValueError(f"dim must be a positive integer (numbers per sample); got {dim!r}")
     if data_range == "none":
         return -logp / (dim * math.log(2))
+    _check_levels(levels)
     if data_range not in _RANGE_WIDTH:
         raise ValueError(f"data_range must be one of 'none', '[0,1]', '[-1,1]'; got {data_range!r}")
     return -logp / (dim * math.log(2)) + math.log2(levels / _RANGE_WIDTH[data_range])
@@ -77,11 +81,17 @@ def uniform_dequantize(
     """
     if data_range not in _RANGE_WIDTH:
         raise ValueError(f"dequantisation needs data_range '[0,1]' or '[-1,1]'; got {data_range!r}")
+    _check_levels(levels)
     unit = x if data_range == "[0,1]" else (x + 1) / 2
     k = torch.round(unit * (levels - 1))
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     out = (k + u) / levels
     return out if data_range == "[0,1]" else 2 * out - 1
+
+
+def _check_levels(levels: object) -> None:
+    if isinstance(levels, bool) or not isinstance(levels, Integral) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2 (the data's quantisation levels); got {levels!r}")
 
 
 def _probes(x: Tensor, probes: int, noise: str, generator: torch.Generator | None) -> Tensor:
@@ -156,9 +166,12 @@ def log_likelihood(
     """
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
-    if int(probes) != probes or probes < 1:
+    if isinstance(probes, bool) or not isinstance(probes, Integral) or probes < 1:
         raise ValueError(f"probes must be a positive integer; got {probes!r}")
+    probes = int(probes)
     check_batch(x, "x")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf: a likelihood needs finite data")
     if divergence == "hutchinson":
         check_generator(generator, x.device)
     if quadrature is not None and (isinstance(quadrature, bool) or not isinstance(quadrature, int) or quadrature < 1):
@@ -227,6 +240,9 @@ def log_likelihood(
         raise
     monitor.raise_if_bad(lambda i: f"score evaluation {i}")
     prior = (prior_logp or sde.prior_logp)(z)
+    if not isinstance(prior, Tensor) or prior.shape != (batch,):
+        shape = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
+        raise ValueError(f"prior_logp must return one log-density per sample, shape ({batch},); got {shape}")
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=nfe, dim=dim)
 
 

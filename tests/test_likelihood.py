@@ -162,6 +162,13 @@ def test_bits_per_dim_offsets():
     assert float(bits_per_dim(logp, 2, "[-1,1]")) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="data_range"):
         bits_per_dim(logp, 2, "[0,255]")
+    for bad in (0, 1, True, 2.0):
+        with pytest.raises(ValueError, match=r"levels must be an integer >= 2 \(the data's quantisation levels\)"):
+            bits_per_dim(logp, 2, "[0,1]", levels=bad)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"dim must be a positive integer \(numbers per sample\)"):
+            bits_per_dim(logp, bad)
+    assert float(bits_per_dim(logp, np.int64(2), "[0,1]", levels=np.int64(256))) == pytest.approx(11.0)
 
 
 @pytest.mark.parametrize("data_range, scale", [("[0,1]", lambda k: k / 255), ("[-1,1]", lambda k: 2 * k / 255 - 1)])
@@ -173,6 +180,8 @@ def test_uniform_dequantisation_fills_each_bin(data_range, scale):
     assert 0.45 < float((unit * 256 - k).mean()) < 0.55
     with pytest.raises(ValueError, match="dequantisation needs"):
         uniform_dequantize(k, "none")
+    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
+        uniform_dequantize(k, data_range, levels=1)
 
 
 def test_bad_likelihood_arguments():
@@ -186,6 +195,18 @@ def test_bad_likelihood_arguments():
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="quadrature must be None or a positive integer"):
             log_likelihood(sde, mixture.score_model(sde), x, quadrature=bad)
+    for bad in (0, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="probes must be a positive integer"):
+            log_likelihood(sde, mixture.score_model(sde), x, divergence="hutchinson", probes=bad)
+    bad_x = x.clone()
+    bad_x[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="x contains NaN or inf: a likelihood needs finite data"):
+        log_likelihood(sde, mixture.score_model(sde), bad_x)
+    for shape in ((3,), (x.shape[0], 1)):  # (batch, 1) would broadcast against the (batch,) divergence
+        with pytest.raises(
+            ValueError, match=rf"prior_logp must return one log-density per sample, shape \({x.shape[0]},\)"
+        ):
+            log_likelihood(sde, mixture.score_model(sde), x, prior_logp=lambda z, shape=shape: torch.zeros(shape))
     for solver in ("heun", "rk4", "bosh3"):  # fixed steps, or an interpolant short of the steps' accuracy
         with pytest.raises(ValueError, match=f"quadrature needs an ODE solver with dense output.*'{solver}' has none"):
             log_likelihood(sde, mixture.score_model(sde), x, solver=solver, quadrature=3)
