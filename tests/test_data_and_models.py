@@ -62,3 +62,41 @@ def test_network_options_are_checked():
         sdeplug.create("score_model", "unet", event_shape=(64,))
     with pytest.raises(OptionError, match="unknown option 'hidden'"):
         sdeplug.create("score_model", "mlp", hidden=3)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "options", "message"),
+    [
+        ("score_model", "mlp", {"width": 2.5}, "width must be an integer >= 1; got 2.5"),
+        ("score_model", "mlp", {"depth": True}, "depth must be an integer >= 1; got True"),
+        ("score_model", "mlp", {"embed_dim": 3}, "embed_dim must be even"),
+        ("score_model", "mlp", {"event_shape": (0,)}, "event_shape must be a non-empty sequence of sizes"),
+        ("score_model", "unet", {"channels": 0}, "channels must be an integer >= 8; got 0"),
+        (
+            "score_model",
+            "unet",
+            {"channels": 12},
+            r"channels must be a multiple of 8 \(GroupNorm in 8 groups\); got 12",
+        ),
+        ("score_model", "unet", {"channel_mult": []}, "channel_mult must be a non-empty sequence of positive integers"),
+        ("score_model", "unet", {"channel_mult": [1, 0]}, "channel_mult must be an integer >= 1; got 0"),
+        ("score_model", "unet", {"num_res_blocks": -1}, "num_res_blocks must be an integer >= 1; got -1"),
+        ("score_model", "unet", {"embed_dim": 7}, "embed_dim must be even"),
+        ("score_model", "unet", {"dropout": 1.5}, r"dropout must be a number in \[0, 1\); got 1.5"),
+        (
+            "score_model",
+            "unet",
+            {"attention_resolutions": 4},
+            "attention_resolutions must be a sequence of heights",
+        ),
+        ("classifier", "mlp_classifier", {"embed_dim": 5}, "embed_dim must be even"),
+        ("classifier", "conv_classifier", {"channels": 20}, "channels must be a multiple of 8"),
+        ("classifier", "conv_classifier", {"event_shape": (8, 8)}, r"event_shape must be \(channels, height, width\)"),
+    ],
+)
+def test_bad_network_sizes_are_refused_by_name_before_torch_sees_them(kind, name, options, message):
+    # an odd embed_dim used to build and then fail at the first call; a float width inside
+    # torch's constructor, reported as a bug of the plugin
+    with pytest.raises(OptionError, match=message) as refused:
+        sdeplug.create(kind, name, **options)
+    assert "\n" not in str(refused.value)

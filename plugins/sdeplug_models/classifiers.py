@@ -13,6 +13,13 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sdeplug import TimeClassifier
+from sdeplug_models.checks import (
+    check_channels,
+    check_dropout,
+    check_embed_dim,
+    check_event_shape,
+    check_sizes,
+)
 from sdeplug_models.embedding import FourierTime
 from sdeplug_models.mlp import MLPBlock
 from sdeplug_models.unet import ResBlock, _norm
@@ -39,9 +46,9 @@ class MLPClassifier(TimeClassifier):
         fourier_scale: float = 16.0,
     ) -> None:
         super().__init__()
-        if width < 1 or depth < 1 or embed_dim < 2:
-            raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
-        self.event_shape, self.num_classes = tuple(int(d) for d in event_shape), _check_classes(num_classes)
+        check_sizes(width=(width, 1), depth=(depth, 1))
+        check_embed_dim(embed_dim)
+        self.event_shape, self.num_classes = check_event_shape(event_shape), _check_classes(num_classes)
         # kept under their own names, so a built network says how it was built
         self.width, self.depth, self.embed_dim, self.fourier_scale = width, depth, embed_dim, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
@@ -74,11 +81,14 @@ class ConvClassifier(TimeClassifier):
         fourier_scale: float = 16.0,
     ) -> None:
         super().__init__()
-        self.event_shape, self.num_classes = tuple(int(d) for d in event_shape), _check_classes(num_classes)
-        if len(self.event_shape) != 3:
-            raise ValueError(f"event_shape must be (channels, height, width); got {self.event_shape}")
+        self.event_shape = check_event_shape(event_shape, image=True)
+        self.num_classes = _check_classes(num_classes)
+        channel_mult = check_channels(channels, channel_mult)
+        check_sizes(num_res_blocks=(num_res_blocks, 1))
+        check_embed_dim(embed_dim)
+        check_dropout(dropout)
         # kept under their own names, so a built network says how it was built
-        self.channels, self.channel_mult, self.num_res_blocks = channels, tuple(channel_mult), num_res_blocks
+        self.channels, self.channel_mult, self.num_res_blocks = channels, channel_mult, num_res_blocks
         self.embed_dim, self.dropout, self.fourier_scale = embed_dim, dropout, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
         self.inp = nn.Conv2d(self.event_shape[0], channels, 3, padding=1)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sdeplug import ScoreModel
+from sdeplug_models.checks import check_embed_dim, check_event_shape, check_sizes
 from sdeplug_models.embedding import FourierTime
 
 
@@ -39,9 +40,9 @@ class MLP(ScoreModel):
         fourier_scale: float = 16.0,
     ) -> None:
         super().__init__()
-        if width < 1 or depth < 1 or embed_dim < 2:
-            raise ValueError(f"width, depth must be >= 1 and embed_dim >= 2; got {width}, {depth}, {embed_dim}")
-        self.event_shape = tuple(int(d) for d in event_shape)
+        check_sizes(width=(width, 1), depth=(depth, 1))
+        check_embed_dim(embed_dim)
+        self.event_shape = check_event_shape(event_shape)
         # kept under their own names, so a built network says how it was built
         self.width, self.depth, self.embed_dim, self.fourier_scale = width, depth, embed_dim, fourier_scale
         dim = math.prod(self.event_shape)

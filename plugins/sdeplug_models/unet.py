@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sdeplug import ScoreModel
+from sdeplug_models.checks import check_channels, check_dropout, check_embed_dim, check_event_shape, check_sizes
 from sdeplug_models.embedding import FourierTime
 
 
@@ -67,17 +68,21 @@ class UNet(ScoreModel):
         fourier_scale: float = 16.0,
     ) -> None:
         super().__init__()
-        self.event_shape = tuple(int(d) for d in event_shape)
-        if len(self.event_shape) != 3:
-            raise ValueError(f"event_shape must be (channels, height, width); got {self.event_shape}")
-        # kept under their own names, so a built network says how it was built
-        self.channels, self.channel_mult, self.num_res_blocks = channels, tuple(channel_mult), num_res_blocks
-        self.attention_resolutions, self.embed_dim = tuple(attention_resolutions), embed_dim
-        self.dropout, self.fourier_scale = dropout, fourier_scale
+        self.event_shape = check_event_shape(event_shape, image=True)
+        channel_mult = check_channels(channels, channel_mult)
+        check_sizes(num_res_blocks=(num_res_blocks, 1))
+        check_embed_dim(embed_dim)
+        check_dropout(dropout)
         c_img, height, width = self.event_shape
         levels = len(channel_mult)
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
             raise ValueError(f"height and width must be divisible by {2 ** (levels - 1)} for {levels} levels")
+        if isinstance(attention_resolutions, (str, bytes)) or not isinstance(attention_resolutions, Sequence):
+            raise ValueError(f"attention_resolutions must be a sequence of heights; got {attention_resolutions!r}")
+        # kept under their own names, so a built network says how it was built
+        self.channels, self.channel_mult, self.num_res_blocks = channels, channel_mult, num_res_blocks
+        self.attention_resolutions, self.embed_dim = tuple(attention_resolutions), embed_dim
+        self.dropout, self.fourier_scale = dropout, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
         self.inp = nn.Conv2d(c_img, channels, 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
