@@ -26,6 +26,7 @@ from sdeplug.errors import NonFiniteError
 from sdeplug.grids import GridSpec, check_steps, end_time, fractions_of, grid_from_fractions, resolve_grid
 from sdeplug.interfaces import LinearSDE, ScoreFn
 from sdeplug.sampling import sample_ode, sample_pc
+from sdeplug.tensors import check_seed
 
 F64 = torch.float64
 
@@ -96,8 +97,7 @@ def tune_grid(
         raise ValueError(f"pilot must be an integer >= 2 (prior draws); got {pilot!r}")
     if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
         raise ValueError(f"sweeps must be an integer >= 0 (0 keeps the start grid); got {sweeps!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_seed(seed)
     tolerance_is_number = isinstance(reference_tolerance, (int, float)) and not isinstance(reference_tolerance, bool)
     if not tolerance_is_number or not 0 < reference_tolerance < math.inf:
         raise ValueError(

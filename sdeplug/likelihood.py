@@ -59,8 +59,7 @@ def bits_per_dim(logp: Tensor, dim: int, data_range: DataRange = "none", levels:
     of the discrete value is at least the density times (w / levels)^D: 8-bit data in
     [0, 1] add 8 bits per dimension, in [-1, 1] 7 (the paper's offsets).
     """
-    if isinstance(dim, bool) or not isinstance(dim, Integral) or dim < 1:
-        raise ValueError(f"dim must be a positive integer (numbers per sample); got {dim!r}")
+    _require_integer(dim, 1, "dim must be a positive integer (numbers per sample)")
     if data_range == "none":
         return -logp / (dim * math.log(2))
     _check_levels(levels)
@@ -89,9 +88,14 @@ def uniform_dequantize(
     return out if data_range == "[0,1]" else 2 * out - 1
 
 
+def _require_integer(value: object, least: int, requirement: str) -> None:
+    """A ValueError saying ``requirement`` unless value is an integer (not a bool) >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+        raise ValueError(f"{requirement}; got {value!r}")
+
+
 def _check_levels(levels: object) -> None:
-    if isinstance(levels, bool) or not isinstance(levels, Integral) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2 (the data's quantisation levels); got {levels!r}")
+    _require_integer(levels, 2, "levels must be an integer >= 2 (the data's quantisation levels)")
 
 
 def _probes(x: Tensor, probes: int, noise: str, generator: torch.Generator | None) -> Tensor:
@@ -166,8 +170,7 @@ def log_likelihood(
     """
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
-    if isinstance(probes, bool) or not isinstance(probes, Integral) or probes < 1:
-        raise ValueError(f"probes must be a positive integer; got {probes!r}")
+    _require_integer(probes, 1, "probes must be a positive integer")
     probes = int(probes)
     check_batch(x, "x")
     if not bool(torch.isfinite(x).all()):

@@ -80,7 +80,7 @@ def test_stochastic_predictors_are_refused():
         ({"pilot": 1}, "pilot must be an integer >= 2"),
         ({"sweeps": -1}, r"sweeps must be an integer >= 0 \(0 keeps the start grid\); got -1"),
         ({"sweeps": 2.5}, "sweeps must be an integer >= 0"),
-        ({"seed": -1}, "seed must be an integer >= 0; got -1"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*63\); got -1"),
         ({"reference_tolerance": 0.0}, "reference_tolerance must be a positive number .*; got 0.0"),
         ({"reference_tolerance": float("nan")}, "reference_tolerance must be a positive number"),
         ({"reference_tolerance": "1e-6"}, "reference_tolerance must be a positive number"),

@@ -44,7 +44,7 @@ def data_moments(data, count: int, shape: tuple[int, ...], full: bool) -> DataMo
     mean = (shift + offset).reshape(shape)
     if full:
         covariance = (squares - count * torch.outer(offset, offset)) / (count - 1)
-        return DataMoments.from_covariance(mean, 0.5 * (covariance + covariance.T))
+        return DataMoments.from_covariance(mean, covariance)
     variances = ((squares - count * offset**2) / (count - 1)).clamp_min(0.0)
     return DataMoments(mean, variances.reshape(shape))
 
