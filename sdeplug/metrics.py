@@ -2,10 +2,12 @@
 (KID), precision and recall, and the Inception Score.
 
 Every metric takes features (batch, dim) from a FeatureExtractor and computes in float64.
-The matrix square root of the Fréchet distance goes through symmetric eigendecompositions:
-tr sqrt(C1 C2) = tr sqrt(S C2 S) with S = sqrt(C1), a symmetric positive semi-definite
-matrix whose eigenvalues are clipped at 0, so no complex parts or NaNs appear when the
-covariances are singular (fewer samples than dimensions).
+The Fréchet distance needs tr sqrt(C1 C2). With symmetric square roots S1, S2 (from
+eigendecompositions, eigenvalues clipped at 0) the eigenvalues of C1 C2 are the squared
+singular values of S1 S2, so the trace is the sum of those singular values. Unlike the square
+roots of the eigenvalues of C1 C2 (or of S1 C2 S1), which turn every rounding-level eigenvalue
+of a singular covariance into sqrt(2^-52) of its scale, singular values carry rounding error
+only: a Gaussian's distance to itself is 0 to rounding, full rank or not.
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ class FeatureStats:
 
 
 def _sqrt_psd(m: Tensor) -> Tensor:
-    """The symmetric square root of a symmetric positive semi-definite matrix."""
+    """The symmetric square root of a symmetric positive semi-definite matrix. Eigenvalues
+    within rounding of 0 (dim * 2^-52 of the largest) are 0: their computed values are noise,
+    and their square roots would be noise of size sqrt(2^-52)."""
     values, vectors = torch.linalg.eigh((m + m.T) / 2)
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+    floor = len(values) * torch.finfo(values.dtype).eps * values.abs().max()
+    values = torch.where(values > floor, values, torch.zeros_like(values))
+    return (vectors * values.sqrt()) @ vectors.T
 
 
 def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> float:
@@ -61,10 +67,9 @@ def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -
             f"the two Gaussians must have the same dimension; got means {tuple(mean1.shape)}, "
             f"{tuple(mean2.shape)} and covariances {tuple(cov1.shape)}, {tuple(cov2.shape)}"
         )
-    root1 = _sqrt_psd(cov1)
-    middle = root1 @ cov2 @ root1
-    cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
-    return float(((mean1 - mean2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * cross)
+    cross = torch.linalg.svdvals(_sqrt_psd(cov1) @ _sqrt_psd(cov2)).sum()
+    distance = ((mean1 - mean2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * cross
+    return max(float(distance), 0.0)  # a distance: rounding below 0 is 0
 
 
 def fid(a: FeatureStats, b: FeatureStats) -> float:

@@ -31,16 +31,20 @@ def computed_once(fixture_body):
     return once
 
 
-# Deterministic by default (CI): derandomised, no example database, no deadline.
+# Deterministic by default (CI): derandomised, no example database, no deadline. No test sets
+# its own number of examples, so HYPOTHESIS_PROFILE=dev searches every property with fresh
+# random draws, many more of them: run it before committing a tolerance.
 settings.register_profile(
     "ci",
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=15,
+    max_examples=25,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile("dev", deadline=None, max_examples=50)
+settings.register_profile(
+    "dev", deadline=None, database=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Tiny tensors: one thread avoids thread-pool overhead on small CI machines.

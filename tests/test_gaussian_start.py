@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import sdeplug
@@ -50,7 +50,6 @@ def test_the_flow_is_the_probability_flow_of_gaussian_data(sde_name, t_end):
     torch.testing.assert_close(moved, solved, rtol=1e-7, atol=1e-7)
 
 
-@settings(max_examples=40, deadline=None)
 @given(
     sde_name=st.sampled_from(SDES),
     times=st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3, unique=True),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sdeplug.metrics import FeatureStats, fid, frechet_distance, inception_score, kid, precision_recall
@@ -21,11 +21,13 @@ def random_rotation(d: int, seed: int) -> torch.Tensor:
     return q
 
 
-@settings(max_examples=30, deadline=None, database=None, derandomize=True)
 @given(d=st.integers(1, 12), seed=st.integers(0, 10**6))
 def test_frechet_distance_of_gaussians_is_its_closed_form(d, seed):
     """With C1 = R diag(a) R^T and C2 = R diag(b) R^T (commuting), the distance is
-    |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2."""
+    |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2. Each computed eigenvalue is off by about
+    d 2^-52 max(a, b) = 1e-14, and its square root by that over 2 sqrt(a_i) (a_i >= 1e-6 but
+    with probability 1e-6): far below 1e-8 of the distance's scale. The zero eigenvalue is
+    held at 0 by the square root's rounding floor, or its noise would cost sqrt(1e-14)."""
     g = torch.Generator().manual_seed(seed)
     a, b = torch.rand(d, dtype=F64, generator=g) * 4, torch.rand(d, dtype=F64, generator=g) * 4
     a[0] = 0.0  # a singular covariance too
@@ -33,8 +35,41 @@ def test_frechet_distance_of_gaussians_is_its_closed_form(d, seed):
     r = random_rotation(d, seed)
     expected = float(((mu1 - mu2) ** 2).sum() + ((a.sqrt() - b.sqrt()) ** 2).sum())
     got = frechet_distance(mu1, r @ torch.diag(a) @ r.T, mu2, r @ torch.diag(b) @ r.T)
-    assert got == pytest.approx(expected, rel=1e-7, abs=1e-7)  # sqrt of rounding noise at a zero eigenvalue: ~1e-8
-    assert frechet_distance(mu1, r @ torch.diag(a) @ r.T, mu1, r @ torch.diag(a) @ r.T) == pytest.approx(0, abs=1e-7)
+    assert got == pytest.approx(expected, rel=1e-8, abs=1e-8)
+    assert 0 <= frechet_distance(mu1, r @ torch.diag(a) @ r.T, mu1, r @ torch.diag(a) @ r.T) <= 1e-10 * float(a.sum())
+
+
+def gaussian_fit_of_samples(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and covariance of n samples in d dimensions with spreads over 4 decades: rank
+    min(n - 1, d), as a feature set's Gaussian fit is when it has fewer samples than features."""
+    g = torch.Generator().manual_seed(seed)
+    scales = 10 ** (4 * torch.rand(d, dtype=F64, generator=g) - 2)
+    x = torch.randn(n, d, dtype=F64, generator=g) * scales + torch.randn(d, dtype=F64, generator=g) * 3
+    return x.mean(0), torch.cov(x.T).reshape(d, d)  # torch.cov gives a 0-d tensor for d = 1
+
+
+@given(d=st.integers(1, 160), n=st.integers(2, 200), seed=st.integers(0, 10**6))
+def test_the_frechet_distance_of_a_gaussian_to_itself_is_zero_full_rank_or_not(d, n, seed):
+    """Rounding in the square roots and singular values is about d 2^-52 of the trace each:
+    the distance of a fit to itself is within 1e-10 of its trace of 0, and never negative."""
+    mean, cov = gaussian_fit_of_samples(n, d, seed)
+    assert 0 <= frechet_distance(mean, cov, mean, cov) <= 1e-10 * float(torch.trace(cov))
+
+
+@pytest.mark.slow
+def test_fid_of_inception_sized_features_with_themselves_is_zero():
+    """2048 features, as Inception-v3's, fitted on 700 samples (rank 699) and on 3000 (full)."""
+    for n in (700, 3000):
+        stats = FeatureStats.of(torch.randn(n, 2048, dtype=F64, generator=torch.Generator().manual_seed(n)) * 5)
+        assert 0 <= fid(stats, stats) <= 1e-10 * float(torch.trace(stats.cov))
+
+
+@given(d=st.integers(1, 40), n=st.integers(2, 60), seed=st.integers(0, 10**6), shift=st.floats(0, 1e-3))
+def test_the_frechet_distance_is_never_negative(d, n, seed, shift):
+    """Two nearly equal Gaussians (one fit, the other shifted by up to 1e-3 and scaled by a
+    hair) give a small distance, but never a negative one."""
+    mean, cov = gaussian_fit_of_samples(n, d, seed)
+    assert frechet_distance(mean, cov, mean + shift, cov * (1 + shift)) >= 0
 
 
 def reference_features() -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import re
 import attrs
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import sdeplug
@@ -300,7 +300,6 @@ def test_contract_tests_name_a_missing_plugin():
         contracts.contract_tests("nonexistent")
 
 
-@settings(max_examples=20, derandomize=True, database=None, deadline=None)
 @given(sde=strategies.sdes(), data=st.data())
 def test_strategies_build_valid_objects(sde, data):
     assert isinstance(sde, sdeplug.SDE)

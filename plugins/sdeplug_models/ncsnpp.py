@@ -91,10 +91,12 @@ class FourierEmbedding(nn.Module):
 
 
 def positional_embedding(label: Tensor, dim: int, max_positions: int = 10000) -> Tensor:
-    """Transformer sinusoidal features of a (possibly fractional) time step."""
+    """Transformer sinusoidal features of a (possibly fractional) time step, in the label's
+    floating dtype (float32 for an integer label)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=label.device) * (-math.log(max_positions) / (half - 1)))
-    angles = label.float()[:, None] * freqs
+    dtype = label.dtype if label.is_floating_point() else torch.get_default_dtype()
+    freqs = torch.exp(torch.arange(half, device=label.device, dtype=dtype) * (-math.log(max_positions) / (half - 1)))
+    angles = label.to(dtype)[:, None] * freqs
     emb = torch.cat([angles.sin(), angles.cos()], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
