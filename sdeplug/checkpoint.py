@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from sdeplug.errors import SdeplugError
@@ -141,6 +142,36 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, sync:
     return path
 
 
+def _canonical_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str] | None) -> list[bytes | memoryview]:
+    """The safetensors encoding of ``tensors`` with the header's metadata in sorted order, in
+    pieces to write one after another. safetensors keeps the metadata in a hash map whose order
+    changes from process to process; the same state should give the same bytes."""
+    data = safetensors_bytes(tensors, metadata=metadata)
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes
+    return [struct.pack("<Q", len(text)), text, memoryview(data)[8 + size :]]
+
+
+def write_safetensors(
+    path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None, *, sync: bool = True
+) -> Path:
+    """Write ``tensors`` (and string ``metadata``) as a safetensors file, atomically and byte for
+    byte the same for the same input; a full disk or read-only folder is a WriteError."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    pieces = _canonical_safetensors(tensors, metadata)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+
+    return write_atomically(path, write, sync=sync)
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically."""
     path = Path(path)
@@ -148,7 +179,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"format": FORMAT, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
-    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), sync=True)
+    return write_safetensors(path, tensors, header)
 
 
 def is_pickle(path: Path) -> bool:

@@ -11,7 +11,6 @@ one read. Every rank derives the same global batch and reads only its own slice 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from sdeplug.errors import DataError
 from sdeplug.extras import require
-from sdeplug.tensors import SEED_LIMIT
+from sdeplug.tensors import derived_seed
 
 #: The file endings an image folder's images may have (any case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -295,8 +294,7 @@ def resize_and_crop(img, resolution: int):
 
 def step_seed(seed: int, step: int) -> int:
     """The seed of the generator that draws the batch of optimiser step ``step`` of a run seeded ``seed``."""
-    digest = hashlib.sha256(f"sdeplug step {seed} {step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % SEED_LIMIT
+    return derived_seed("step", seed, step)
 
 
 def step_draws(
@@ -350,7 +348,9 @@ def step_batches(
     batches: StepBatches, first: int, last: int, device: torch.device, workers: int = 0
 ) -> Iterator[Tensor]:
     """This rank's batches of steps ``first`` to ``last - 1`` on ``device``, read ahead by
-    ``workers`` DataLoader processes (0: read in this process when needed)."""
+    ``workers`` DataLoader processes (0: read in this process when needed). The loader's own
+    seed (its workers' base seed) comes from a generator of the run's seed, not from torch's
+    global generator, which starting a loader would otherwise draw from."""
     loader = torch.utils.data.DataLoader(
         batches,
         sampler=range(first, last),
@@ -359,6 +359,7 @@ def step_batches(
         pin_memory=device.type == "cuda",
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(derived_seed("loader", batches.seed, batches.part.start, first)),
     )
     expected = first
     for step, rows in loader:
@@ -390,9 +391,13 @@ class _Chunks(torch.utils.data.Dataset):
 
 def load_all(source: Source, workers: int = 0, chunk: int = 256) -> Tensor:
     """Every item of ``source`` as one float32 tensor (batch, *event_shape), read by ``workers``
-    DataLoader processes."""
+    DataLoader processes (which draw nothing from torch's global generator)."""
     loader = torch.utils.data.DataLoader(
-        _Chunks(source, chunk), batch_size=None, num_workers=workers, worker_init_fn=_one_thread if workers else None
+        _Chunks(source, chunk),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_one_thread if workers else None,
+        generator=torch.Generator().manual_seed(0),
     )
     parts = []
     for part in loader:

@@ -14,9 +14,10 @@ from pathlib import Path
 import attrs
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from sdeplug.checkpoint import write_safetensors
 from sdeplug.interfaces import LinearSDE
 
 F64 = torch.float64
@@ -109,9 +110,7 @@ class DataMoments:
         tensors = {"mean": self.mean, "variances": self.variances}
         if self.basis is not None:
             tensors["basis"] = self.basis
-        path = Path(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-        return path
+        return write_safetensors(path, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> DataMoments:

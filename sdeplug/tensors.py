@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
 
@@ -15,6 +17,13 @@ def check_seed(value: object, what: str = "seed") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
         raise ValueError(f"{what} must be an integer in [0, 2**63); got {value!r}")
     return value
+
+
+def derived_seed(purpose: str, *parts: int) -> int:
+    """A seed for one purpose of a run (a step's batch, a rank's global generator), hashed from
+    the run's seed and indices: unrelated streams, the same on every machine."""
+    text = " ".join(["sdeplug", purpose, *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % SEED_LIMIT
 
 
 def per_sample(v: Tensor, x: Tensor) -> Tensor:

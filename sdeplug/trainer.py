@@ -40,7 +40,7 @@ from sdeplug.errors import DataError, PlatformError, TrainingDivergedError, erro
 from sdeplug.interfaces import SDE
 from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import PARAMETERIZATIONS, ParameterizedScore
-from sdeplug.tensors import check_seed, non_finite_rows
+from sdeplug.tensors import check_seed, derived_seed, non_finite_rows
 
 
 def _positive_int(_inst, attribute, value):
@@ -146,6 +146,10 @@ class Trainer:
     processes. Both draw the batch of step k from a generator seeded for (seed, k), so on the
     CPU a source and the same items as a tensor train identically. ``flip`` mirrors a random
     half of each batch of images left to right (the paper's CIFAR-10 setting).
+
+    Building a Trainer seeds torch's global generators (dropout draws from them) from the
+    run's seed and this process's rank; checkpoints keep their states, so a resumed run
+    draws what the uninterrupted one would.
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class Trainer:
         self._stream: Iterator[Tensor] | None = None
         self._stream_step = -1
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        torch.manual_seed(derived_seed("global", s.seed, self.rank))  # the CPU's and every GPU's
         if s.batch_size % (self.world_size * s.accumulate):
             raise ValueError(
                 f"batch_size = {s.batch_size} must split evenly into {self.world_size} process(es) x "
@@ -389,9 +394,13 @@ class Trainer:
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
         tensors["rng.loss"] = self.loss_generator.get_state()
-        # each rank's global generator (dropout): rank 0's as rng.torch, the others' beside it
+        # each rank's global generator (dropout): rank 0's as rng.torch, the others' beside it;
+        # on a GPU its generator too (dropout on the GPU draws from it), as rng.cuda
         for r, state in enumerate(distributed.gather_objects(torch.get_rng_state())):
             tensors["rng.torch" if r == 0 else f"rng.torch.rank{r}"] = state
+        if self.device.type == "cuda":
+            for r, state in enumerate(distributed.gather_objects(torch.cuda.get_rng_state(self.device))):
+                tensors["rng.cuda" if r == 0 else f"rng.cuda.rank{r}"] = state
         tensors["history"] = distributed.mean_over_ranks(self.history[: self.step])  # the global batch's loss
         return tensors
 
@@ -476,6 +485,9 @@ class Trainer:
         _set_generator_state(path, "rng.loss", self.loss_generator, tensors["rng.loss"])
         own = f"rng.torch.rank{self.rank}" if f"rng.torch.rank{self.rank}" in tensors else "rng.torch"
         _set_generator_state(path, own, None, tensors[own])
+        own_cuda = f"rng.cuda.rank{self.rank}" if f"rng.cuda.rank{self.rank}" in tensors else "rng.cuda"
+        if self.device.type == "cuda" and own_cuda in tensors:
+            _set_generator_state(path, own_cuda, self.device, tensors[own_cuda])
         if self.scaler is not None and "scaler" in meta:
             self.scaler.load_state_dict(meta["scaler"])
         self.step = meta["step"]
@@ -530,7 +542,7 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
         got = None if history is None else tuple(history.shape)
         raise refuse(f"its loss history must have shape ({step},), one loss per step; got {got}")
     missing_tensors = STATE_TENSORS - tensors.keys()
-    prefixes = ("model.", "ema.", "optim.", "rng.torch.rank")
+    prefixes = ("model.", "ema.", "optim.", "rng.torch.rank", "rng.cuda")
     stray = {k for k in tensors if k not in STATE_TENSORS | OBSOLETE_TENSORS and not k.startswith(prefixes)}
     if missing_tensors or stray:
         raise refuse(f"tensors missing {sorted(missing_tensors)}, unexpected {sorted(stray)[:5]}")
@@ -549,11 +561,16 @@ def checked_metadata(path: str | Path, tensors: dict[str, Tensor], meta: Any) ->
     return settings
 
 
-def _set_generator_state(path: Path, name: str, generator: torch.Generator | None, state: Tensor) -> None:
-    """Restore a generator (None: torch's global one) from a checkpoint's state, or say it is bad."""
+def _set_generator_state(
+    path: Path, name: str, generator: torch.Generator | torch.device | None, state: Tensor
+) -> None:
+    """Restore a generator (None: torch's global one; a CUDA device: that device's global one)
+    from a checkpoint's state, or say it is bad."""
     try:
         if generator is None:
             torch.set_rng_state(state)
+        elif isinstance(generator, torch.device):
+            torch.cuda.set_rng_state(state, generator)
         else:
             generator.set_state(state)
     except (RuntimeError, TypeError, ValueError) as exc:

@@ -5,7 +5,9 @@
 Trains an MLP on two moons in float64 and writes, from rank 0, its weights and EMA to OUT
 (safetensors); with --checkpoint, trains into that checkpoint (resuming it if it exists), and
 with --stop-at K, the last rank sends itself Ctrl-C after step K; with --data-file, the data
-are a memory-mapped .npy read by --workers DataLoader processes.
+are a memory-mapped .npy read by --workers DataLoader processes; with --dropout P, the network's
+input passes through dropout while training (drawn from torch's global generator, as every
+network's dropout is).
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ def main() -> None:
     parser.add_argument("--data-file", help="train on this .npy instead, memory-mapped and streamed")
     parser.add_argument("--hold", action="store_true", help="with --data-file: read it whole into memory")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes reading the --data-file")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout on the network's input while training")
     args = parser.parse_args()
     torch.set_num_threads(1)
     distributed.init_from_environment("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=32, depth=2).double()
+    if args.dropout:
+        network.register_forward_pre_hook(
+            lambda module, inputs: (torch.nn.functional.dropout(inputs[0], args.dropout, module.training), *inputs[1:])
+        )
     data = load_dataset("moons", n_train=400, n_test=10).train
     if args.data_file:
         data = ArraySource(args.data_file)

@@ -3,7 +3,6 @@ sampler, the data set, the network, and the score to sample from."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import warnings
@@ -25,7 +24,7 @@ from sdeplug.oracle import PRESETS
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import Registry, get_registry
 from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
-from sdeplug.tensors import SEED_LIMIT
+from sdeplug.tensors import derived_seed
 from sdeplug.trainer import TrainSettings, load_ema_weights
 
 
@@ -191,8 +190,7 @@ def batch_seed(seed: int, index: int) -> int:
     (seed, index) for the others."""
     if index == 0:
         return seed
-    digest = hashlib.sha256(f"sdeplug batch {seed} {index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % SEED_LIMIT
+    return derived_seed("batch", seed, index)
 
 
 def in_seeded_batches(
