@@ -321,13 +321,19 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_old_file(trained, tm
         path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 20\n")
     )
 
-    def disk_full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
+    # a real failing write: files may not grow past 4 kB (the checkpoint is larger), so the
+    # operating system refuses the write itself, as on a full disk
+    import resource
 
-    monkeypatch.setattr("sdeplug.checkpoint.save_file", disk_full)
-    message = one_line_error(capsys, "train", str(longer))
-    assert "could not write" in message and "No space left on device; the previous file is kept" in message
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        message = one_line_error(capsys, "train", str(longer))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert "could not write" in message and "File too large; the previous file is kept" in message, message
     assert load_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 10
     assert not list(out.glob(".*.tmp-*"))
 
@@ -344,16 +350,16 @@ def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(traine
     longer.write_text(
         path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 1000\n")
     )
-    real_save, real_step = sdeplug.checkpoint.save_file, sdeplug.trainer.Trainer.train_step
+    real_save, real_step = sdeplug.checkpoint.safetensors_bytes, sdeplug.trainer.Trainer.train_step
 
-    def save_interrupted(tensors, filename, metadata=None):
+    def save_interrupted(tensors, metadata=None):
         os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
-        real_save(tensors, filename, metadata=metadata)
+        return real_save(tensors, metadata=metadata)
 
     def step(self):
         loss = real_step(self)
         if self.step == 13:
-            monkeypatch.setattr(sdeplug.checkpoint, "save_file", save_interrupted)
+            monkeypatch.setattr(sdeplug.checkpoint, "safetensors_bytes", save_interrupted)
             os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
         return loss
 
