@@ -194,9 +194,14 @@ class ReverseSDE:
 
 
 class ScoreModel(torch.nn.Module, abc.ABC):
-    """A network (or closed form) with ``forward(x, t) -> score``, approximating grad_x log p_t(x)."""
+    """A network (or closed form) with ``forward(x, t) -> score``, approximating grad_x log p_t(x).
+
+    A network made for one SDE (a paper preset) names it in ``sde_name``, the registered SDE
+    name; the command line then refuses a config whose [sde] names another.
+    """
 
     name: ClassVar[str | None] = None
+    sde_name: str | None = None
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

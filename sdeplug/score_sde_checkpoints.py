@@ -11,15 +11,21 @@ The EMA's ``shadow_params`` is an unnamed list over the trainable parameters in
 ``parameters()`` order. A network whose submodules are registered in the reference's
 order (sdeplug's NCSN++) therefore receives both the model weights and the EMA weights
 entry by entry, with every shape checked.
+
+``load_score_sde_model`` goes from such a file and the paper's config (its ml_collections
+config as a dict or JSON file) to the SDE and the score, as the paper's ``get_score_fn``
+reads the network.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -27,6 +33,10 @@ import torch
 from torch import Tensor
 
 from sdeplug.checkpoint import CheckpointError, is_pickle
+from sdeplug.errors import ConfigError
+from sdeplug.interfaces import LinearSDE
+from sdeplug.parameterization import ParameterizedScore
+from sdeplug.registry import get_registry
 
 #: State-dict entries of the reference's networks that sdeplug's networks do not keep:
 #: NCSN++'s table of discrete VE noise levels, which continuous-time models never read.
@@ -144,3 +154,98 @@ def reference_weights(
             )
         state[name] = shadow.to(state[name].dtype)
     return state
+
+
+#: How the paper's get_score_fn reads its continuous-time networks on each SDE: VE models
+#: output the score, VP and sub-VP models the noise (score = -output / std).
+PAPER_PARAMETERIZATION = {"ve": "score", "vp": "noise", "subvp": "noise"}
+#: The paper's ``config.training.sde`` names, as sdeplug's registered SDEs with their options.
+PAPER_SDES = {"vesde": ("ve", ("sigma_min", "sigma_max")), "vpsde": ("vp", ("beta_min", "beta_max"))}
+PAPER_SDES["subvpsde"] = ("subvp", PAPER_SDES["vpsde"][1])
+#: ``config.model`` entries that are NCSN++ options of the same name.
+NCSNPP_OPTIONS = (
+    "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resamp_with_conv", "conditional", "fir",
+    "fir_kernel", "skip_rescale", "resblock_type", "progressive", "progressive_input", "progressive_combine",
+    "embedding_type", "fourier_scale", "init_scale", "scale_by_sigma",
+)  # fmt: skip
+#: ``config.model`` settings the paper's code offers beside NCSN++'s, with the one value it
+#: uses for every continuous-time model and sdeplug implements.
+FIXED_SETTINGS = {"name": "ncsnpp", "normalization": "GroupNorm", "nonlinearity": "swish", "attention_type": "ddpm"}
+
+
+def _paper_config(config: Mapping[str, Any] | str | Path | Any) -> Mapping[str, Any]:
+    """The paper's config as nested mappings: given as one, as a JSON file, or as an
+    ml_collections ConfigDict (anything with ``to_dict``)."""
+    if isinstance(config, str | Path):
+        try:
+            config = json.loads(Path(config).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the paper's config {str(config)!r} as JSON: {exc}") from None
+    elif not isinstance(config, Mapping) and callable(getattr(config, "to_dict", None)):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        kind = type(config).__name__
+        raise ConfigError(f"the paper's config must be a dict, a JSON file or a ConfigDict; got {kind}")
+    return config
+
+
+def _setting(config: Mapping[str, Any], section: str, key: str) -> Any:
+    table = config.get(section)
+    if not isinstance(table, Mapping) or key not in table:
+        raise ConfigError(f"the paper's config has no {section}.{key}; give the whole config of the run")
+    return table[key]
+
+
+def _options(config: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The sdeplug SDE name, its options and the NCSN++ options of a paper config."""
+    paper_sde = _setting(config, "training", "sde")
+    if paper_sde not in PAPER_SDES:
+        raise ConfigError(f"training.sde must be one of {', '.join(map(repr, PAPER_SDES))}; got {paper_sde!r}")
+    if _setting(config, "training", "continuous") is not True:
+        raise ConfigError(
+            "training.continuous is false: sdeplug reads the paper's continuous-time models (its *_continuous "
+            "configs), whose networks take sigma(t) or 999 t; a discrete model's noise labels differ"
+        )
+    for key, value in FIXED_SETTINGS.items():
+        if config["model"].get(key, value) != value:
+            raise ConfigError(
+                f"model.{key} = {config['model'][key]!r}: sdeplug has the paper's NCSN++ with {key} = {value!r} only"
+            )
+    name, sde_keys = PAPER_SDES[paper_sde]
+    sde_options = {key: float(_setting(config, "model", key)) for key in sde_keys}
+
+    def value(v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    network = {key: value(_setting(config, "model", key)) for key in NCSNPP_OPTIONS}
+    size, channels = _setting(config, "data", "image_size"), _setting(config, "data", "num_channels")
+    network.update(event_shape=(channels, size, size), centered=bool(_setting(config, "data", "centered")))
+    return name, sde_options, network
+
+
+def load_score_sde_model(
+    checkpoint: str | Path,
+    config: Mapping[str, Any] | str | Path | Any,
+    *,
+    weights: Weights = "ema",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LinearSDE, ParameterizedScore]:
+    """The SDE and the score of one of the paper's continuous-time models: its
+    ``checkpoint_*.pth`` (read without running code) and its config (the ml_collections
+    config as a dict, e.g. ``config.to_dict()``, a JSON file of it, or the ConfigDict).
+
+    The network is NCSN++ with the config's options, holding the EMA weights (``weights =
+    "model"``: the raw ones), in eval mode (dropout off), on ``device`` in ``dtype``. The score
+    reads it as the paper's ``get_score_fn(continuous=True)`` does: the output is the score
+    for VE, the noise for VP and sub-VP (score = -output / sigma(t)).
+    """
+    paper = _paper_config(config)
+    sde_name, sde_options, network_options = _options(paper)
+    registry = get_registry()
+    sde = registry.create("sde", sde_name, **sde_options)
+    network = registry.create("score_model", "ncsnpp", **network_options)
+    state = reference_weights(network, read_reference_checkpoint(checkpoint), weights, source=str(checkpoint))
+    network.load_state_dict(state)
+    network = network.to(device=device, dtype=dtype).eval()
+    return sde, ParameterizedScore(network, sde, PAPER_PARAMETERIZATION[sde_name])

@@ -111,3 +111,49 @@ def test_the_readme_commands_for_a_paper_checkpoint_run_on_the_fixture(tmp_path,
     assert main(["likelihood", str(config)]) == 0
     report = json.loads((tmp_path / "likelihood.json").read_text())
     assert np.isfinite(report["mean_bits_per_dim"])
+
+
+def test_a_preset_made_for_another_sde_is_refused_naming_both(tmp_path, capsys):
+    """VP and sub-VP networks have the same shapes: the preset's SDE is the only check there is."""
+    config = tmp_path / "mismatch.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[model]\nname = "ncsnpp"\npreset = "ddpmpp_cifar10_subvp"\nevent_shape = [3, 8, 8]\n'
+        f'nf = 8\nch_mult = [1, 2]\nnum_res_blocks = 1\n[output]\ndir = "{tmp_path / "run"}"\n'
+    )
+    for command in (["convert", str(config), str(FIXTURE / "checkpoint_2.pth")], ["sample", str(config)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "preset 'ddpmpp_cifar10_subvp' is made for the SDE 'subvp'" in err[0], err
+        assert "[sde] name is 'vp'" in err[0]
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def without_data(config_path: Path) -> Path:
+    text = config_path.read_text()
+    start = text.index("[data]")
+    config_path.write_text(text[:start] + text[text.index("[model]") :])
+    return config_path
+
+
+def test_a_converted_model_samples_without_data_from_its_event_shape(tmp_path, capsys):
+    """No [data]: [model] event_shape is enough, no default data set stands in, and no warning
+    says what the converted model was "trained on"."""
+    config_path = without_data(write_config(tmp_path))
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    assert "data" not in load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")[1]["config"]
+    capsys.readouterr()
+    assert main(["sample", str(config_path), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    assert np.load(tmp_path / "run" / "samples.npy").shape == (6, 3, 8, 8)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "energy_distance" not in summary  # nothing to compare the samples with
+
+
+def test_sampling_a_network_without_data_or_event_shape_says_what_is_missing(tmp_path, capsys):
+    """A network's default shape is no evidence (NCSN++ takes any image size with the same
+    weights): without [data], [model] event_shape is needed, and the error says so."""
+    config_path = without_data(write_config(tmp_path))
+    config_path.write_text(config_path.read_text().replace("event_shape = [3, 8, 8]\n", ""))
+    assert main(["sample", str(config_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names no [data], so [model] 'ncsnpp' needs event_shape" in err[0], err

@@ -153,3 +153,8 @@ def test_the_sample_command_runs_a_diffusers_folder_without_an_sdeplug_checkpoin
     assert samples.shape == (4, 3, 8, 8) and np.isfinite(samples).all()
     assert main(["sample", str(config), "--checkpoint", str(tmp_path / "x.safetensors")]) == 2
     assert "brings its own weights; --checkpoint does not apply" in capsys.readouterr().err
+    # without [data] the UNet's own shape is enough, and no default data set stands in
+    text = config.read_text()
+    config.write_text(text[: text.index("[data]")] + text[text.index("[model]") :])
+    assert main(["sample", str(config), "--no-progress", "--out", str(tmp_path / "no-data")]) == 0
+    assert np.load(tmp_path / "no-data" / "samples.npy").shape == (4, 3, 8, 8)

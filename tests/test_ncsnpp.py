@@ -17,9 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 from sdeplug.checkpoint import CheckpointError
+from sdeplug.errors import ConfigError
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import get_registry
-from sdeplug.score_sde_checkpoints import ReferenceCheckpoint, read_reference_checkpoint, reference_weights
+from sdeplug.score_sde_checkpoints import (
+    ReferenceCheckpoint,
+    load_score_sde_model,
+    read_reference_checkpoint,
+    reference_weights,
+)
 from sdeplug_models import fir
 from sdeplug_models.ncsnpp import PRESETS, NCSNpp
 from sdeplug_reference.sdes import VESDE, VPSDE, SubVPSDE
@@ -224,3 +230,77 @@ def test_fir_resampling_keeps_constant_images_constant_away_from_the_border():
     assert torch.allclose(down[..., 1:-1, 1:-1], torch.ones_like(down[..., 1:-1, 1:-1]))
     with pytest.raises(ValueError, match="fir_kernel must be"):
         fir.fir_filter([1, -1])
+
+
+def paper_config(case: str) -> dict:
+    """The case's config as the paper's ml_collections config gives it (``config.to_dict()``)."""
+    spec, sde = CASES["cases"][case], CASES["sde"]
+    model = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in spec["options"].items() if k != "centered"}
+    model.update(
+        name="ncsnpp", normalization="GroupNorm", nonlinearity="swish", attention_type="ddpm", conv_size=3,
+        sigma_min=sde["sigma_min"], sigma_max=sde["sigma_max"], beta_min=sde["beta_min"], beta_max=sde["beta_max"],
+        num_scales=sde["N"], ema_rate=0.999,
+    )  # fmt: skip
+    return {
+        "training": {"sde": spec["sde"], "continuous": True, "batch_size": 4},
+        "model": model,
+        "data": {"image_size": 8, "num_channels": 3, "centered": spec["options"]["centered"], "dataset": "CIFAR10"},
+    }
+
+
+def paper_file(case: str, folder: Path) -> Path:
+    """A training file of the paper's code holding the case's weights (no EMA)."""
+    model = {f"module.{key}": RECORDED[f"{case}.model.{key}"] for key in CASES["cases"][case]["keys"]}
+    torch.save({"model": model, "step": 0}, folder / f"{case}.pth")
+    return folder / f"{case}.pth"
+
+
+def score_error(score, expected: torch.Tensor, dtype: torch.dtype) -> float:
+    with torch.no_grad():
+        return relative_error(score(RECORDED["x"].to(dtype), RECORDED["t"].to(dtype)), expected.to(dtype))
+
+
+@pytest.mark.parametrize("case", ["vp", "subvp", "vp_residual"])
+def test_load_score_sde_model_gives_the_papers_score_from_its_file_and_config(tmp_path, case):
+    """The error model of assert_matches: float64 to 1e-10, float32 to 1e-4."""
+    checkpoint = paper_file(case, tmp_path)
+    sde, score = load_score_sde_model(checkpoint, paper_config(case), weights="model", dtype=torch.float64)
+    assert type(sde).__name__ == {"vp": "VPSDE", "subvp": "SubVPSDE", "vp_residual": "VPSDE"}[case]
+    assert score.parameterization == "noise" and not score.network.training
+    assert score_error(score, RECORDED_FLOAT64[f"{case}.score"], torch.float64) < 1e-10
+    _, score32 = load_score_sde_model(checkpoint, paper_config(case), weights="model")
+    assert score_error(score32, RECORDED_FLOAT64[f"{case}.score"], torch.float32) < 1e-4
+
+
+def test_load_score_sde_model_reads_a_ve_model_as_a_score_with_its_ema_weights(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(paper_config("ve")))  # a JSON file of the config works too
+    sde, score = load_score_sde_model(FIXTURE / "checkpoint_2.pth", config, dtype=torch.float64)
+    assert type(sde).__name__ == "VESDE" and score.parameterization == "score" and not score.network.training
+    assert score_error(score, RECORDED_FLOAT64["ve.score_ema"], torch.float64) < 1e-10
+    _, raw = load_score_sde_model(FIXTURE / "checkpoint_2.pth", config, weights="model", dtype=torch.float64)
+    assert score_error(raw, RECORDED_FLOAT64["ve.score"], torch.float64) < 1e-10
+
+    class ConfigDict:  # what ml_collections hands over
+        def to_dict(self):
+            return paper_config("ve")
+
+    _, from_object = load_score_sde_model(FIXTURE / "checkpoint_2.pth", ConfigDict(), dtype=torch.float64)
+    assert score_error(from_object, RECORDED_FLOAT64["ve.score_ema"], torch.float64) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["training"].update(continuous=False), "training.continuous is false"),
+        (lambda c: c["training"].update(sde="cosine"), "training.sde must be one of 'vesde', 'vpsde', 'subvpsde'"),
+        (lambda c: c["model"].update(name="ddpm"), "model.name = 'ddpm': sdeplug has the paper's NCSN\\+\\+"),
+        (lambda c: c["model"].pop("nf"), "the paper's config has no model.nf"),
+        (lambda c: c.pop("data"), "the paper's config has no data.image_size"),
+    ],
+)
+def test_load_score_sde_model_refuses_configs_it_cannot_read_in_one_line(tmp_path, edit, message):
+    config = paper_config("vp")
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        load_score_sde_model(paper_file("vp", tmp_path), config)

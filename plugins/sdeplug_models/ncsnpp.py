@@ -290,6 +290,7 @@ class NCSNpp(ScoreModel):
         chosen = {**DEFAULTS, **(PRESETS[preset][0] if preset else {}), **given}
         self._build(event_shape, **chosen)
         self.preset = preset
+        self.sde_name = PRESETS[preset][1] if preset else None  # the SDE the paper trained this preset on
 
     @classmethod
     def example_options(cls) -> list[dict]:

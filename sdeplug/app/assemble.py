@@ -289,16 +289,21 @@ def same_run(recorded: Mapping[str, Any], expected: Mapping[str, Any], sections:
 
 
 def check_provenance(
-    path: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any], sections: tuple[str, ...]
+    path: Path,
+    recorded: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    sections: tuple[str, ...],
+    *,
+    data: bool = True,
 ) -> None:
     """Refuse a checkpoint trained with other [sections] than the config says, comparing the
-    parts' settings; warn if it was trained on other [data]."""
+    parts' settings; with ``data``, warn if it was trained on other [data]."""
     for section in same_run(recorded, expected, sections):
         raise CheckpointError(
             f"{path} was trained with [{section}] {recorded[section]}, but the config says "
             f"{expected[section]}; using it with another {section} would be wrong"
         )
-    if same_run(recorded, expected, ("data",)):
+    if data and same_run(recorded, expected, ("data",)):
         warnings.warn(
             f"{path} was trained on [data] {recorded['data']}, but the config names {expected['data']}; "
             "the samples follow the training data, and comparisons with this data set may mislead",
@@ -329,11 +334,41 @@ def check_sizes(config: Config, dataset: Dataset, *, train: TrainSettings | None
 
 
 def build_network(config: Config, dataset: Dataset | None) -> torch.nn.Module:
-    """The [model] network, shaped for the data unless the config gives event_shape."""
+    """The [model] network, shaped for the data unless the config gives event_shape; refused
+    if it declares the SDE it was made for (``sde_name``, a paper preset's) and [sde] names another."""
     options = dict(config.model.options)
     if dataset is not None:
         options.setdefault("event_shape", dataset.event_shape)
-    return get_registry().create("score_model", config.model.name, **options)
+    network = get_registry().create("score_model", config.model.name, **options)
+    made_for = getattr(network, "sde_name", None)
+    if made_for is not None and made_for != config.sde.name:
+        preset = f" preset {options['preset']!r}" if "preset" in options else ""
+        raise ConfigError(
+            f"[model] {config.model.name!r}{preset} is made for the SDE {made_for!r}, but [sde] name is "
+            f"{config.sde.name!r}; set [sde] name = {made_for!r}, or choose a preset made for {config.sde.name!r}"
+        )
+    return network
+
+
+def sampling_data(config: Config) -> tuple[Dataset, torch.nn.Module | None]:
+    """The data set of a job that only samples, and the network if it had to be built to learn
+    its shape. With no [data] named, a network needs none: a stand-in without rows takes the
+    shape of one sample from [model] event_shape, or from the network's own declaration (a
+    pretrained diffusers UNet's)."""
+    if config.data_named or config.model.name == "oracle":
+        return build_dataset(config), None
+    network = None
+    shape = config.model.options.get("event_shape")
+    if shape is None:  # a network's default shape is no evidence: only pretrained weights know theirs
+        network = build_network(config, None)
+        shape = getattr(network, "event_shape", None) if getattr(network, "pretrained", False) else None
+    if shape is None:
+        raise ConfigError(
+            f"the config names no [data], so [model] {config.model.name!r} needs event_shape = [...], the shape "
+            "of one sample (e.g. [3, 32, 32]), to be sampled; or name the [data] it was trained on"
+        )
+    empty = torch.empty(0, *shape, dtype=torch.float64)
+    return Dataset(name="none", train=empty, test=empty), network
 
 
 def default_checkpoint(config: Config) -> Path:
@@ -356,13 +391,15 @@ def build_score(
     checkpoint: str | Path | None,
     device: torch.device,
     dtype: torch.dtype | None = None,
+    network: torch.nn.Module | None = None,
 ) -> ScoreModel:
-    """The exact oracle score, or the trained network's EMA weights from a checkpoint."""
+    """The exact oracle score, or the trained network's EMA weights from a checkpoint (into
+    ``network`` when it is already built)."""
     if config.model.name == "oracle":
         if dataset.mixture is None:
             raise ConfigError(f"[model] 'oracle' needs an oracle mixture as [data]; got {config.data.name!r}")
         return dataset.mixture.to(device).score_model(sde)
-    network = build_network(config, dataset)
+    network = network if network is not None else build_network(config, dataset)
     if getattr(network, "pretrained", False):  # its weights came with it (a diffusers folder)
         if checkpoint is not None:
             raise ConfigError(f"[model] {config.model.name!r} brings its own weights; --checkpoint does not apply")
@@ -371,6 +408,8 @@ def build_score(
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}; train first with `sdeplug train {config.source}`")
     meta = load_ema_weights(network, path)
-    check_provenance(path, meta.get("config", {}), run_config_dict(config), ("sde", "model"))
+    # a converted file records the data its convert config named, not data it was trained on
+    check_data = config.data_named and meta.get("kind") != "weights"
+    check_provenance(path, meta.get("config", {}), run_config_dict(config), ("sde", "model"), data=check_data)
     parameterization = meta["settings"]["parameterization"]
     return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, parameterization)

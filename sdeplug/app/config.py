@@ -250,6 +250,9 @@ class Config:
     evaluate: EvaluateConfig = attrs.field(factory=EvaluateConfig)
     #: The file the config was read from (not a TOML key).
     source: str | None = None
+    #: Whether the config has a [data] section (not a TOML key): a pretrained network samples
+    #: without one, and no default data set stands in for data that were never named.
+    data_named: bool = True
 
     SECTIONS = (
         "sde",
@@ -268,7 +271,7 @@ class Config:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
         """The config of a parsed TOML document; ConfigError names what is wrong."""
-        return attrs.evolve(parse(raw, cls), source=source)
+        return attrs.evolve(parse(raw, cls), source=source, data_named="data" in raw)
 
 
 # TOML -> attrs, with cattrs ----------------------------------------------------------------

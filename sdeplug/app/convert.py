@@ -10,12 +10,13 @@ from typing import Any
 from sdeplug.app.assemble import build_dataset, build_network, check_config, run_config_dict
 from sdeplug.app.config import Config
 from sdeplug.errors import ConfigError
-from sdeplug.score_sde_checkpoints import Weights, read_reference_checkpoint, reference_weights
+from sdeplug.score_sde_checkpoints import (
+    PAPER_PARAMETERIZATION,
+    Weights,
+    read_reference_checkpoint,
+    reference_weights,
+)
 from sdeplug.trainer import save_weights
-
-#: How the paper's get_score_fn reads its continuous-time networks on each SDE: VE models
-#: output the score, VP and sub-VP models the noise (score = -output / std).
-PAPER_PARAMETERIZATION = {"ve": "score", "vp": "noise", "subvp": "noise"}
 
 
 def _sha256(path: Path) -> str:
@@ -44,7 +45,10 @@ def convert_job(config: Config, source: str | Path, out: Path, weights: Weights 
     network.load_state_dict(state)  # every tensor has its place: shapes and count were checked
     parameterization = PAPER_PARAMETERIZATION[config.sde.name]
     provenance = {"file": source.name, "sha256": _sha256(source), "step": checkpoint.step, "weights": weights}
-    save_weights(out, state, parameterization=parameterization, config=run_config_dict(config), source=provenance)
+    recorded = run_config_dict(config)
+    if not config.data_named:
+        del recorded["data"]  # no default data set is recorded as if the model had been trained on it
+    save_weights(out, state, parameterization=parameterization, config=recorded, source=provenance)
     return {
         "checkpoint": str(out),
         "source": provenance,

@@ -30,6 +30,7 @@ from sdeplug.app.assemble import (
     run_sampler,
     same_run,
     sample_seeded,
+    sampling_data,
     summary_header,
 )
 from sdeplug.app.config import Config
@@ -231,9 +232,9 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
     sde = check_config(config)
     run = config.sample
     dtype, device = run.torch_dtype, distributed.local_device(run.device)
-    dataset = build_dataset(config)
+    dataset, network = sampling_data(config)
     check_sizes(config, dataset)
-    score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
     header = {**summary_header(config), "sampler": sampler_summary(config), "num_samples": run.num}
     if config.guidance is not None:
         if not distributed.is_main():  # guided sampling runs in one process: rank 0

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sdeplug import distributed
-from sdeplug.app.assemble import build_dataset, build_score, check_config, default_checkpoint
+from sdeplug.app.assemble import build_score, check_config, default_checkpoint, sampling_data
 from sdeplug.app.config import Config, SamplerConfig
 from sdeplug.errors import ConfigError
 from sdeplug.grid_tuning import TuningResult, tune_grid
@@ -88,8 +88,8 @@ def tune_grid_job(
     sampler = config.sampler
     run = config.sample
     dtype, device = run.torch_dtype, distributed.local_device(run.device)
-    dataset = build_dataset(config)
-    score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    dataset, network = sampling_data(config)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
     result, start_grid, start_options = tune_sampler_grid(
         sampler,
         sde,
