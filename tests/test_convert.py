@@ -157,3 +157,23 @@ def test_sampling_a_network_without_data_or_event_shape_says_what_is_missing(tmp
     assert main(["sample", str(config_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names no [data], so [model] 'ncsnpp' needs event_shape" in err[0], err
+
+
+def test_likelihood_of_8_bit_data_dequantises_when_levels_is_given_and_warns_of_a_singular_baseline(tmp_path, capsys):
+    """[likelihood] levels = 256 on a data file (no levels of its own) turns dequantisation on;
+    the Gaussian baseline fitted on fewer rows than dimensions says it is no reference; and
+    likelihood takes --no-progress like the other commands."""
+    config_path = write_config(tmp_path)
+    config_path.write_text(
+        config_path.read_text()
+        + '\n[likelihood]\ndivergence = "hutchinson"\ndata_range = "[0,1]"\nlevels = 256\n'
+        + '[likelihood.solver]\nname = "dopri5"\nrtol = 1e-2\natol = 1e-2\n'
+    )
+    assert main(["convert", str(config_path), str(FIXTURE / "checkpoint_2.pth")]) == 0
+    capsys.readouterr()
+    assert main(["likelihood", str(config_path), "--num", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "likelihood.json").read_text())
+    assert report["dequantized"] is True and report["levels"] == 256
+    assert "fitted on 18 training rows in 192 dimensions" in report["gaussian_baseline_caveat"]
+    assert "note: the Gaussian baseline is fitted on 18 training rows in 192 dimensions" in printed

@@ -236,6 +236,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
         f"{report['gaussian_baseline_bits_per_dim']:.4f}); {report['nfe_per_batch']} score evaluations per batch, "
         f"{report['seconds']:.1f} s"
     )
+    if report.get("gaussian_baseline_caveat"):
+        print(f"note: the Gaussian baseline {report['gaussian_baseline_caveat']}")
     if "oracle_mean_logp_nats" in report:
         print(
             f"oracle mixture: exact mean log p_eps = {report['oracle_mean_logp_nats']:.4f} nats; "
@@ -399,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood = sub.add_parser("likelihood", help="log-likelihood and bits/dim with a TOML config")
     _add_run_arguments(likelihood, "random seed of the dequantisation and the probes (overrides [sample] seed)")
     likelihood.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
+    likelihood.add_argument("--no-progress", action="store_true", help="hide progress output (as the other commands)")
     likelihood.set_defaults(func=cmd_likelihood)
     evaluate = sub.add_parser("evaluate", help="FID, KID, precision/recall of the model's samples ([evaluate])")
     _add_run_arguments(evaluate, "evaluate with this one seed (overrides [evaluate] seeds)")
