@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdeplug.errors import DataError
+from sdeplug.errors import DataError, DataNotice
 from sdeplug.extras import require
 from sdeplug.tensors import derived_seed
 
@@ -197,13 +198,24 @@ class ArraySource(Source):
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The images under ``folder`` (any depth), in a fixed order (sorted relative paths)."""
+    """The images under ``folder`` (any depth), in a fixed order (sorted relative paths).
+    Symbolic links to folders are followed, as torchvision's ImageFolder follows them; a
+    folder reached a second time (a link loop, or two links to one folder) is read once."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder of images")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
+    found, seen = [], set()
+    for root, subfolders, names in os.walk(folder, followlinks=True):
+        identity = (os.stat(root).st_dev, os.stat(root).st_ino)
+        if identity in seen:
+            subfolders[:] = []
+            continue
+        seen.add(identity)
+        subfolders.sort()
+        for name in names:
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                found.append(path)
+    files = sorted(found, key=lambda p: p.relative_to(folder).as_posix())
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, in any subfolder)")
     return files
@@ -228,12 +240,14 @@ class ImageFolder(Source):
         if channels not in (None, 1, 3):
             raise DataError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
         first_size = None
+        modes: dict[str, int] = {}
         for path in self.files:
             try:
                 with image(path) as img:
                     size, mode = img.size, img.mode
             except Exception as exc:  # PIL.UnidentifiedImageError, OSError: not an image
                 raise DataError(f"{path} is not a readable image: {exc}") from None
+            modes[mode] = modes.get(mode, 0) + 1
             if mode in WIDE_MODES:  # Pillow's conversion to 8 bits would clip them, silently
                 raise DataError(
                     f"{path} has {WIDE_MODES[mode]} pixels (Pillow mode {mode}); the images must have 8 bits per "
@@ -248,9 +262,20 @@ class ImageFolder(Source):
                     f"{path} is {size[0]}x{size[1]} pixels but {self.files[0]} is {first_size[0]}x{first_size[1]}; "
                     "images of different sizes need a resolution to resize them to ([data] resolution = N)"
                 )
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.modes = resolution, channels, modes
         width, height = (resolution, resolution) if resolution is not None else first_size
         self.event_shape = (channels, height, width)
+        target = "L" if channels == 1 else "RGB"
+        converted = sum(count for mode, count in modes.items() if mode != target)
+        if converted:
+            found = ", ".join(f"{mode} {count}" for mode, count in sorted(modes.items(), key=lambda m: -m[1]))
+            warnings.warn(
+                f"{self.folder}: {len(self.files)} images in Pillow modes {found}; the {converted} not in {target} "
+                f"are converted to {target} ({channels} channel{'s' if channels > 1 else ''}: set [data] channels "
+                "to choose)",
+                DataNotice,
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self.files)

@@ -43,9 +43,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
+#: The variables torchrun sets for each process that say where the process group meets.
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def launched_by_torchrun() -> bool:
     """Whether torchrun (or another launcher with its environment) started this process."""
-    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    return all(key in os.environ for key in RENDEZVOUS_VARIABLES)
+
+
+def check_launcher() -> None:
+    """Refuse, in one line, a rendezvous environment that no torchrun agent set for this
+    process: variables left over in a shell from an earlier torchrun job would make the
+    command wait for ranks that never come. torchrun's agent marks its workers with
+    TORCHELASTIC_RUN_ID."""
+    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        found = ", ".join(f"{key}={os.environ[key]}" for key in RENDEZVOUS_VARIABLES)
+        raise DistributedError(
+            f"the environment says this is one of several processes ({found}), but no torchrun started it "
+            "(TORCHELASTIC_RUN_ID is not set): left over from an earlier torchrun job? Unset "
+            f"{', '.join(RENDEZVOUS_VARIABLES)} to run in one process, or launch every rank with torchrun"
+        )
 
 
 def default_backend(device: torch.device | str) -> str:
@@ -73,6 +93,7 @@ def init_from_environment(
         return True
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
         return False
+    check_launcher()
     device = local_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -169,6 +190,22 @@ def first_failure_stops_all() -> Iterator[None]:
     reasons = [f for f in failures if f is not None]
     if reasons:
         raise DistributedError("another rank failed, so this one stops: " + "; ".join(reasons))
+
+
+def check_same_everywhere(settings: dict[str, Any], what: str = "settings") -> None:
+    """Refuse, on every rank alike, a run whose ranks were started with different ``settings``
+    (a mapping of names to comparable values, such as hashes of each config section): they
+    would train apart or wait for one another until the timeout."""
+    if not active():
+        return
+    everyone = gather_objects(settings)
+    for other_rank, other in enumerate(everyone):
+        differ = sorted(key for key in everyone[0].keys() | other.keys() if everyone[0].get(key) != other.get(key))
+        if differ:
+            raise DistributedError(
+                f"the {world_size()} processes were started with different {what}: {', '.join(differ)} differ "
+                f"between rank 0 and rank {other_rank}; start every rank with the same config, options and data"
+            )
 
 
 def _collective(collective, *args, **kwargs) -> None:

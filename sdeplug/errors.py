@@ -118,3 +118,7 @@ class SdeplugWarning(UserWarning):
 
 class DataMismatchWarning(SdeplugWarning):
     """A checkpoint is used with another data set than it was trained on."""
+
+
+class DataNotice(SdeplugWarning):
+    """Something done to the data that the user should know of (images converted to the declared channels)."""

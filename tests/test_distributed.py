@@ -289,3 +289,51 @@ def test_evaluate_gives_the_same_numbers_with_one_or_two_processes(tmp_path):
     one, two = (json.loads((tmp_path / f"p{n}" / "evaluate.json").read_text()) for n in (1, 2))
     for key in ("fid", "kid", "precision", "recall"):
         assert one["metrics"][key]["per_seed"] == pytest.approx(two["metrics"][key]["per_seed"], rel=1e-9, abs=1e-12)
+
+
+RANKED_COMMAND = """
+import os, sys
+from sdeplug_cli import main
+sys.exit(main(["train", sys.argv[1 + int(os.environ["RANK"])], "--no-progress"]))
+"""
+
+
+@pytest.mark.slow
+def test_ranks_started_with_different_configs_stop_at_once_naming_what_differs(tmp_path):
+    """Two ranks of one torchrun job with different learning rates (or step counts, which
+    would hang until the timeout): every rank refuses in one line before training."""
+    text = (
+        '[sde]\nname = "vp"\n[data]\nname = "moons"\nn_train = 200\n[model]\nname = "mlp"\nwidth = 16\ndepth = 1\n'
+        "[train]\nsteps = 5\nbatch_size = 16\nlr = {lr}\n"
+        '[output]\ndir = "{out}"\nplot = false\n'
+    )
+    configs = []
+    for rank, lr in enumerate(("1e-3", "2e-3")):
+        configs.append(tmp_path / f"rank{rank}.toml")
+        configs[-1].write_text(text.format(lr=lr, out=tmp_path / "run"))
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED_COMMAND)
+    run = launch(2, script, *configs)
+    assert run.returncode != 0
+    # torchrun stops the other rank as soon as one exits, so one or both print their line
+    refusals = [line for line in run.stderr.splitlines() if line.startswith("sdeplug: error:")]
+    assert 1 <= len(refusals) <= 2, run.stderr[-3000:]
+    assert all(r.endswith("started with different settings: [train] differ between rank 0 and rank 1; start every "
+                          "rank with the same config, options and data") for r in refusals), refusals  # fmt: skip
+    assert "sdeplug/" not in run.stderr  # no traceback of ours (torchrun prints its own about the exit codes)
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_a_leftover_torchrun_environment_is_named_instead_of_waiting_forever(tmp_path):
+    """RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT left in a shell by an earlier torchrun
+    job, and no torchrun now: one line at once, not a wait for ranks that never come."""
+    leftover = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
+    run = subprocess.run(
+        [sys.executable, "-m", "sdeplug_cli", "sample", str(Path(__file__).parent.parent / "examples/ring8_pc.toml"),
+         "--num", "10", "--out", str(tmp_path)],
+        env={**env, **leftover}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.count("\n") == 1 and "no torchrun started it" in run.stderr
+    assert "RANK=1, WORLD_SIZE=2, MASTER_ADDR=127.0.0.1, MASTER_PORT=29571" in run.stderr

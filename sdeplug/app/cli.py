@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import sys
 import warnings
@@ -20,6 +22,7 @@ import attrs
 from sdeplug import distributed
 from sdeplug.app.assemble import check_config
 from sdeplug.app.config import Config, GuidanceConfig, SamplerConfig, load_config, parse_section, read_toml
+from sdeplug.app.fingerprint import data_fingerprint
 from sdeplug.app.jobs import likelihood_job, sample_job, train_job
 from sdeplug.app.limits import check_device
 from sdeplug.errors import ConfigError, SdeplugError, SdeplugWarning, error_text
@@ -125,6 +128,8 @@ def _processes(config: Config, args: argparse.Namespace) -> Iterator[int]:
     this process's rank (0 alone)."""
     joined = distributed.init_from_environment(config.sample.device, backend=getattr(args, "backend", None))
     try:
+        if joined:
+            distributed.check_same_everywhere(_run_settings(config, args), "settings")
         yield distributed.rank()
     except BaseException:
         if joined:  # without waiting: the other ranks may never arrive
@@ -132,6 +137,21 @@ def _processes(config: Config, args: argparse.Namespace) -> Iterator[int]:
         raise
     if joined:
         distributed.shutdown(wait_for_all=True)
+
+
+def _run_settings(config: Config, args: argparse.Namespace) -> dict[str, str]:
+    """What the ranks of one run must agree on: a hash of each config section (with the
+    command-line overrides applied), of the command line, and of the data's content."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    resolved = attrs.asdict(config)
+    settings = {f"[{section}]": digest(resolved[section]) for section in Config.SECTIONS}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "config")}
+    settings["the command line"] = digest(options)
+    settings["the data"] = digest(data_fingerprint(config.data.name, config.data.options))
+    return settings
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -456,10 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _line(text: str) -> None:
+    """One line on stderr in one write, so that the lines of several ranks never interleave."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """sdeplug's own warnings as one line on stderr; others as Python prints them."""
     if issubclass(category, SdeplugWarning):
-        print(f"sdeplug: warning: {message}", file=sys.stderr)
+        _line(f"sdeplug: warning: {message}")
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
@@ -473,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SdeplugError as exc:
-        print(f"sdeplug: error: {exc}", file=sys.stderr)
+        _line(f"sdeplug: error: {exc}")
         return 2
     finally:
         warnings.showwarning = _show_warning

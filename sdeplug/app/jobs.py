@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from sdeplug.app.assemble import (
 )
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset, rows, take
+from sdeplug.app.fingerprint import data_fingerprint, describe_change, same_data
 from sdeplug.checkpoint import write_atomically
-from sdeplug.errors import ConfigError, DataError
+from sdeplug.errors import ConfigError, DataError, DataMismatchWarning
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
 
@@ -134,15 +136,27 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             on_sample=lambda tr: _sample_during_training(tr, config, dataset, out),
         )
         what = config.model.name
+    fingerprint = data_fingerprint(config.data.name, config.data.options)
+    trainer.config = {**run_config, "data_fingerprint": fingerprint}
     with training_lock(checkpoint):  # one run per checkpoint, from loading it to the last save
         resumed_at = None
         if checkpoint.exists() and not restart:
             trainer.load()
-            if same_run(trainer.config, run_config, run_config):
+            recorded = {k: v for k, v in trainer.config.items() if k != "data_fingerprint"}
+            if same_run(recorded, run_config, run_config):
                 raise ConfigError(
-                    f"{checkpoint} belongs to another run ({trainer.config}); use --restart to train "
+                    f"{checkpoint} belongs to another run ({recorded}); use --restart to train "
                     "afresh, or another [output] dir"
                 )
+            if not same_data(trainer.config.get("data_fingerprint"), fingerprint):
+                warnings.warn(
+                    f"the data of [data] {config.data.name!r} at {config.data.options['path']} changed since "
+                    f"{checkpoint} was written ({describe_change(trainer.config['data_fingerprint'], fingerprint)}); "
+                    "training goes on with the data as they are now (--restart to train afresh on them)",
+                    DataMismatchWarning,
+                    stacklevel=2,
+                )
+            trainer.config = {**run_config, "data_fingerprint": fingerprint}
             resumed_at = trainer.step
         start, first_step = time.perf_counter(), trainer.step
         trainer.fit()
