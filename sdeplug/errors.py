@@ -112,6 +112,10 @@ class ConfigError(SdeplugError, ValueError):
     """A configuration file or section is malformed."""
 
 
+class WriteError(SdeplugError, OSError):
+    """A file could not be written (a full disk, a read-only folder); the old one is kept."""
+
+
 class SdeplugWarning(UserWarning):
     """Base class of the warnings sdeplug gives on purpose (the command line prints them on one line)."""
 

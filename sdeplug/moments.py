@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from sdeplug.checkpoint import write_safetensors
+from sdeplug.files import write_safetensors
 from sdeplug.interfaces import LinearSDE
 
 F64 = torch.float64

@@ -341,7 +341,7 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_old_file(trained, tm
 def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(trained, tmp_path, capsys, monkeypatch):
     """Ctrl-C stops training after step 13; a second one arrives while that last checkpoint is
     being written. The save completes, the command says so in one line and exits 130."""
-    import sdeplug.checkpoint
+    import sdeplug.files
     import sdeplug.trainer
 
     path, checkpoint = trained
@@ -350,7 +350,7 @@ def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(traine
     longer.write_text(
         path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 1000\n")
     )
-    real_save, real_step = sdeplug.checkpoint.safetensors_bytes, sdeplug.trainer.Trainer.train_step
+    real_save, real_step = sdeplug.files.safetensors_bytes, sdeplug.trainer.Trainer.train_step
 
     def save_interrupted(tensors, metadata=None):
         os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
@@ -359,7 +359,7 @@ def test_a_second_ctrl_c_during_the_final_save_waits_for_it_and_exits_130(traine
     def step(self):
         loss = real_step(self)
         if self.step == 13:
-            monkeypatch.setattr(sdeplug.checkpoint, "safetensors_bytes", save_interrupted)
+            monkeypatch.setattr(sdeplug.files, "safetensors_bytes", save_interrupted)
             os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
         return loss
 

@@ -25,6 +25,7 @@ PLUGIN_API = {
     "sdeplug.grids",
     "sdeplug.extras",
     "sdeplug.moments",
+    "sdeplug.files",
 }
 #: The library: sampling, likelihood, guidance, training and the testing kit, usable from Python.
 LIBRARY = {

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.limits import check_fits
-from sdeplug.checkpoint import write_atomically
 from sdeplug.data import check_rows_of_data, npz_member, open_npy
 from sdeplug.errors import ConfigError, DataError
+from sdeplug.files import write_atomically
 
 
 def _read_npy(path: Path) -> np.ndarray:

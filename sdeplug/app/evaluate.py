@@ -31,8 +31,8 @@ from sdeplug.app.config import Config, PartSpec, SamplerConfig
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
 from sdeplug.app.sweep import read_sweep, sweep_runs, sweep_table
-from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, SdeplugWarning
+from sdeplug.files import write_atomically
 from sdeplug.metrics import (
     FeatureStats,
     fid,

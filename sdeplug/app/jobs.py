@@ -37,8 +37,8 @@ from sdeplug.app.assemble import (
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset, rows, take
 from sdeplug.app.fingerprint import data_fingerprint, describe_change, same_data
-from sdeplug.checkpoint import write_atomically
 from sdeplug.errors import ConfigError, DataError, DataMismatchWarning
+from sdeplug.files import write_atomically
 from sdeplug.sampling import SampleResult
 from sdeplug.tensors import per_sample, randn_like
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from sdeplug.checkpoint import write_atomically
 from sdeplug.extras import require
+from sdeplug.files import write_atomically
 
 require("matplotlib", "writing pictures ([output] plot = true; set it to false to skip them)").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
