@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint setup clean bench train-2proc
+.PHONY: demo test test-fast test-portable lint setup clean bench train-2proc
 
 setup: $(STAMP)
 
@@ -44,6 +44,15 @@ train-2proc: $(STAMP)
 # The CI command: lint, then the whole suite on every core.
 test: lint
 	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=10
+
+# The tests whose numbers depend on the CPU's kernels (networks against recorded references,
+# closed forms, metrics), again on torch's portable kernels (ATEN_CPU_CAPABILITY=default): what
+# another CPU computes. Their tolerances come from error models, so both runs must pass.
+PORTABLE_TESTS := tests/test_ncsnpp.py tests/test_metrics.py tests/test_denoisers.py tests/test_diffusers.py \
+	tests/test_oracle.py tests/test_sdes.py tests/test_fast_samplers.py tests/test_gaussian_start.py \
+	tests/test_likelihood.py tests/test_adaptive_solvers.py tests/test_inception.py tests/test_convert.py
+test-portable: $(STAMP)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -n auto --dist loadgroup -q $(PORTABLE_TESTS)
 
 # The edit-test loop: every module, under a minute on 2 cores (tests marked slow left out).
 test-fast: $(STAMP)

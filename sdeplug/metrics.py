@@ -171,7 +171,35 @@ def load_stats(path: str | Path, *, extractor: dict | None = None) -> tuple[Feat
         raise CheckpointError(f"{path} is not a feature-statistics file (written by sdeplug.metrics.save_stats)")
     if extractor is not None:
         check_comparable(meta["extractor"], extractor, f"{path}")
-    return FeatureStats(tensors["mean"].to(F64), tensors["cov"].to(F64), int(meta["n"])), meta
+    n = meta.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise CheckpointError(f"{path}: its statistics must be of n >= 2 feature vectors; got n = {n!r}")
+    mean, cov = tensors["mean"].to(F64), tensors["cov"].to(F64)
+    check_gaussian(mean, cov, str(path))
+    return FeatureStats(mean, cov, n), meta
+
+
+def check_gaussian(mean: Tensor, cov: Tensor, what: str) -> None:
+    """Refuse, in one line, a mean and covariance that no set of features has: other shapes,
+    NaN or inf, an asymmetric covariance, or a negative eigenvalue. Rounding leaves both far
+    below the relative 1e-8 allowed (as DataMoments allows)."""
+    if mean.ndim != 1 or cov.shape != (len(mean), len(mean)):
+        raise CheckpointError(
+            f"{what}: a mean of shape (dim,) and a covariance (dim, dim) are needed; got "
+            f"{tuple(mean.shape)} and {tuple(cov.shape)}"
+        )
+    if not bool(torch.isfinite(mean).all() & torch.isfinite(cov).all()):
+        raise CheckpointError(f"{what}: its mean or covariance holds NaN or inf values")
+    scale = float(cov.abs().max()) or 1.0
+    tolerance = 1e-8 * scale
+    if float((cov - cov.T).abs().max()) > tolerance:
+        raise CheckpointError(f"{what}: its covariance is not symmetric, so it is no covariance")
+    smallest = float(torch.linalg.eigvalsh(cov).min())
+    if smallest < -tolerance:
+        raise CheckpointError(
+            f"{what}: its covariance is not positive semi-definite (smallest eigenvalue {smallest:.3g}), "
+            "so it is no covariance"
+        )
 
 
 def check_comparable(recorded: dict, current: dict, what: str = "the reference statistics") -> None:

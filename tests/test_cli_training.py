@@ -66,8 +66,10 @@ def test_train_then_sample_and_likelihood_from_the_checkpoint(tmp_path, capsys):
     assert {"checkpoint.safetensors", "train.json", "loss.png"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "train.json").read_text())["steps"] == 60
 
+    speed = json.loads((run / "train.json").read_text())["steps_per_second"]
     assert main(["train", str(config)]) == 0  # nothing left to do: resumes at the end
     assert "resuming from" in capsys.readouterr().out
+    assert json.loads((run / "train.json").read_text())["steps_per_second"] == speed  # the summary is kept
 
     assert main(["sample", str(config), "--out", str(tmp_path / "pc")]) == 0
     summary = json.loads((tmp_path / "pc" / "summary.json").read_text())
@@ -196,3 +198,16 @@ def test_training_on_a_data_file_with_nan_rows_fails_naming_the_file_and_row(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "x.npy: row 123 has NaN or inf values" in err, err
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_sample_with_out_reads_the_checkpoint_train_wrote_there_and_names_it(tmp_path, capsys):
+    """`train CONFIG --out X` then `sample CONFIG --out X`: the checkpoint in X, not the
+    [output] dir's (which may hold another run's), and the command says which it used."""
+    config = write_config(tmp_path, steps=5, every=5)
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["train", str(config), "--out", str(elsewhere)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(config), "--out", str(elsewhere), "--num", "20"]) == 0
+    assert f"from {elsewhere / 'checkpoint.safetensors'}" in capsys.readouterr().out
+    summary = json.loads((elsewhere / "summary.json").read_text())
+    assert summary["checkpoint"] == str(elsewhere / "checkpoint.safetensors")

@@ -151,3 +151,27 @@ def test_bad_inputs_are_refused_with_what_is_accepted():
         precision_recall(torch.zeros(3, 2), torch.zeros(3, 2), k=3)
     with pytest.raises(ValueError, match="sum to 1"):
         inception_score(torch.ones(4, 2, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m, c: (m, c.clone().fill_diagonal_(float("nan"))), "holds NaN or inf values"),
+        (lambda m, c: (m, -5 * torch.eye(len(m), dtype=F64)), r"not positive semi-definite \(smallest eigenvalue -5\)"),
+        (lambda m, c: (m, c + torch.triu(torch.ones_like(c), 1)), "not symmetric"),
+        (lambda m, c: (m[:-1], c), "a mean of shape \\(dim,\\) and a covariance \\(dim, dim\\)"),
+    ],
+)
+def test_reference_statistics_that_no_features_have_are_refused_on_load(tmp_path, edit, message):
+    """Written by save_stats (so the checksum holds), yet no set of features has them: a FID
+    against them would be NaN, negative or wrong without a word."""
+    from sdeplug.checkpoint import CheckpointError
+    from sdeplug.metrics import load_stats, save_stats
+
+    stats = FeatureStats.of(torch.randn(50, 6, dtype=F64, generator=torch.Generator().manual_seed(0)))
+    mean, cov = edit(stats.mean, stats.cov)
+    save_stats(tmp_path / "bad.safetensors", FeatureStats(mean, cov, 50), extractor={"name": "pixels"}, data={})
+    with pytest.raises(CheckpointError, match=message):
+        load_stats(tmp_path / "bad.safetensors")
+    save_stats(tmp_path / "good.safetensors", stats, extractor={"name": "pixels"}, data={})
+    assert torch.equal(load_stats(tmp_path / "good.safetensors")[0].cov, stats.cov)

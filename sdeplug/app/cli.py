@@ -118,6 +118,16 @@ def _out_dir(args: argparse.Namespace, config: Config) -> Path:
     return out
 
 
+def _checkpoint(args: argparse.Namespace, out: Path) -> str | None:
+    """The checkpoint a command reads: --checkpoint; else the one in the --out folder if
+    there is one (where `train --out` wrote it); else None, the [output] dir's."""
+    if getattr(args, "checkpoint", None):
+        return args.checkpoint
+    if getattr(args, "out", None) and (out / "checkpoint.safetensors").is_file():
+        return str(out / "checkpoint.safetensors")
+    return None
+
+
 def _written(report: dict[str, Any]) -> None:
     print("wrote " + ", ".join(report["written"]))
 
@@ -193,7 +203,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_config(config)
     out = _out_dir(args, config)
     with _processes(config, args) as rank:
-        report = sample_job(config, out, args.checkpoint)
+        report = sample_job(config, out, _checkpoint(args, out))
     if rank != 0:
         return 0
     if config.guidance is not None:
@@ -201,7 +211,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         print(
             f"{report['num_samples']} samples in {report['seconds']:.1f} s, {report['nfe_per_sample']} score "
-            "evaluations per sample"
+            "evaluations per sample" + (f", from {report['checkpoint']}" if report.get("checkpoint") else "")
         )
         if "energy_distance" in report:
             print(
@@ -247,7 +257,7 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     check_config(config, likelihood=True)
     out = _out_dir(args, config)
     with _processes(config, args) as rank:
-        report = likelihood_job(config, out, args.checkpoint)
+        report = likelihood_job(config, out, _checkpoint(args, out))
     if rank != 0:
         return 0
     print(
@@ -279,7 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_config(config)
     out = _out_dir(args, config)
     with _processes(config, args) as rank:
-        report = evaluate_job(config, out, args.checkpoint, sweep_file=args.sweep)
+        report = evaluate_job(config, out, _checkpoint(args, out), sweep_file=args.sweep)
     if rank != 0:
         return 0
     if args.sweep:

@@ -184,7 +184,10 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             summary["held_out_accuracy"] = noisy_accuracy(trainer.trained_network(), sde, dataset, config.sample.seed)
         if not distributed.is_main():  # rank 0 reports and writes
             return {**report, **summary, "steps_this_run": done, "written": []}
-        written = [checkpoint, write_json(out / f"{stem}train.json", summary)]
+        summary_file = out / f"{stem}train.json"
+        if done == 0 and summary_file.exists():  # a finished run run again: its summary stays as it was
+            return {**report, **summary, "steps_this_run": 0, "written": []}
+        written = [checkpoint, write_json(summary_file, summary)]
         if len(history) and config.output.plot:
             written.append(
                 loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
