@@ -13,6 +13,8 @@ from typing import NoReturn
 
 #: The exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 INTERRUPTED = 130
+#: The exit status when the reader of the output closed the pipe (128 + SIGPIPE).
+BROKEN_PIPE = 141
 
 
 @contextlib.contextmanager
@@ -44,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdeplug: interrupted (Ctrl-C); files are written whole or not at all", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (`sdeplug plugins | head -2`): stop quietly, as
+        # Unix tools do; stdout goes to /dev/null so that Python's own flush at exit says nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
 
 
 def console() -> NoReturn:

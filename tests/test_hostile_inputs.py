@@ -544,3 +544,15 @@ def test_a_third_party_sde_that_accepts_inf_is_refused_before_sampling(tmp_path,
     message = one_line_error(capsys, "sample", str(path))
     assert "[sde] 'loose_vp', beta_max = inf: its diffusion at t = 1 is not finite" in message
     assert not (tmp_path / "never").exists()
+
+
+def test_output_into_a_pipe_whose_reader_left_ends_quietly():
+    """`sdeplug plugins | head -2`: the reader leaves early, and no BrokenPipe traceback
+    follows. Here the reader (`true`) leaves before the first line, every time."""
+    import shlex
+
+    run = subprocess.run(
+        f"{shlex.join(_command('plugins'))} | true; echo ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.stderr == "" and run.stdout.strip() == "141", (run.stdout, run.stderr[-2000:])
