@@ -324,6 +324,20 @@ def test_ranks_started_with_different_configs_stop_at_once_naming_what_differs(t
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_line_on_each(tmp_path):
+    config = tmp_path / "odd.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[data]\nname = "moons"\nn_train = 200\n[model]\nname = "mlp"\nwidth = 16\ndepth = 1\n'
+        f'[train]\nsteps = 3\nbatch_size = 15\n[output]\ndir = "{tmp_path / "run"}"\nplot = false\n'
+    )
+    run = launch(2, SDEPLUG, "train", config, "--no-progress")
+    assert run.returncode != 0
+    refusals = [line for line in run.stderr.splitlines() if line.startswith("sdeplug: error:")]
+    assert 1 <= len(refusals) <= 2 and "[rank0]: Traceback" not in run.stderr
+    assert all("[train] batch_size = 15 must split evenly into 2 process(es)" in r for r in refusals), refusals
+
+
 def test_a_leftover_torchrun_environment_is_named_instead_of_waiting_forever(tmp_path):
     """RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT left in a shell by an earlier torchrun
     job, and no torchrun now: one line at once, not a wait for ranks that never come."""

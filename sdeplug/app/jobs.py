@@ -81,8 +81,16 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
     checkpoint in ``out`` unless ``restart``. The report says whether Ctrl-C stopped it."""
 
     sde = check_config(config)
+    settings = config.classifier.train if classifier and config.classifier else config.train
+    processes = distributed.world_size()
+    if settings.batch_size % (processes * settings.accumulate):
+        section = "[classifier.train]" if classifier else "[train]"
+        raise ConfigError(
+            f"{section} batch_size = {settings.batch_size} must split evenly into {processes} process(es) x "
+            f"accumulate = {settings.accumulate} micro-batches; choose a multiple of {processes * settings.accumulate}"
+        )
     dataset = build_dataset(config)
-    check_sizes(config, dataset, train=config.classifier.train if classifier and config.classifier else config.train)
+    check_sizes(config, dataset, train=settings)
     device, dtype = distributed.local_device(config.sample.device), config.sample.torch_dtype
     try:
         return _train(config, sde, dataset, device, dtype, out, classifier=classifier, restart=restart)
