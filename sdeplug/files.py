@@ -38,6 +38,7 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, sync:
     path = Path(path)
     tmp = _temporary(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         if sync:
             with open(tmp, "rb") as f:

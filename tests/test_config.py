@@ -198,3 +198,16 @@ def test_the_output_folder_is_checked_before_any_work(tmp_path, capsys, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))
     assert main(["sample", str(config), "--out", "~/home-out"]) == 0
     assert (tmp_path / "home-out" / "samples.npy").exists() and not (tmp_path / "~").exists()
+
+
+def test_a_command_stopped_by_its_inputs_makes_no_output_folder(tmp_path, capsys):
+    """The folder is made when the first file is written: bad data leave nothing behind."""
+    np.save(tmp_path / "words.npy", np.array([["a", "b"]] * 10))
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[sde]\nname = "vp"\n[data]\nname = "file"\npath = "{tmp_path / "words.npy"}"\n[model]\nname = "mlp"\n'
+        f'[train]\nsteps = 2\nbatch_size = 4\n[output]\ndir = "{tmp_path / "run" / "deeper"}"\n'
+    )
+    assert main(["train", str(config), "--no-progress"]) == 2
+    assert "must hold real numbers" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

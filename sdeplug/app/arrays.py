@@ -34,6 +34,16 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         raise DataError(f"{path}: the array {member!r} cannot be read without unpickling: {exc}") from None
 
 
+def _tensor(path: Path, array: np.ndarray) -> Tensor:
+    """``array`` as a tensor, or one error naming the file where torch has no such dtype (float128)."""
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        raise DataError(
+            f"{path} holds {array.dtype} numbers, which torch cannot take; save them as float32 or float64"
+        ) from None
+
+
 def load_array(path: str | Path, key: str | None = None) -> Tensor:
     """A float tensor (batch, ...) from a .npy or .npz (no pickles; ``key`` names the array of
     a .npz with several) or .pt file (weights_only), of real numbers with at least one row;
@@ -44,9 +54,9 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
     if path.is_dir():
         raise ConfigError(f"data file {path} is a folder; give a .npy, .npz or .pt file")
     if path.suffix == ".npy":
-        array = torch.from_numpy(np.array(_read_npy(path)))
+        array = _tensor(path, np.array(_read_npy(path)))
     elif path.suffix == ".npz":
-        array = torch.from_numpy(np.array(_read_npz(path, key)))
+        array = _tensor(path, np.array(_read_npz(path, key)))
     elif path.suffix == ".pt":
         try:
             array = torch.load(path, map_location="cpu", weights_only=True)

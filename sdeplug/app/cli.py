@@ -104,17 +104,22 @@ def _read_section(path: str, section: str) -> dict:
 
 
 def _out_dir(args: argparse.Namespace, config: Config) -> Path:
-    """The output folder (``~`` expanded), made if missing and checked writable before any work."""
+    """The output folder (``~`` expanded), checked before any work: a folder, or a path whose
+    nearest existing folder is writable. It is made when the first file is written, so a
+    command that stops at its inputs leaves no empty folder behind."""
     given = "--out" if args.out else "[output] dir"
     out = Path(args.out or config.output.dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{given} = {str(out)!r} is an existing file; give a folder (it is made if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{given} = {str(out)!r}: cannot make the folder ({exc.strerror or exc})") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"{given} = {str(out)!r} is not writable; give a folder you can write to")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{given} = {str(out)!r}: cannot make the folder ({str(existing)!r} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == out:
+            raise ConfigError(f"{given} = {str(out)!r} is not writable; give a folder you can write to")
+        raise ConfigError(f"{given} = {str(out)!r}: cannot make the folder ({str(existing)!r} is not writable)")
     return out
 
 
