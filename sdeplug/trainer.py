@@ -469,11 +469,8 @@ class Trainer:
                 f"{path} is at step {meta['step']}, beyond steps = {self.settings.steps}; to continue it, "
                 f"set steps to {meta['step']} or more (or restart to train afresh)"
             )
-        try:
-            self.network.load_state_dict(_prefixed(tensors, "model."))
-            self.ema.load_state_dict(_prefixed(tensors, "ema."))
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not fit this network: {exc}") from exc
+        _load_state(self.network, _prefixed(tensors, "model."), path)
+        _load_state(self.ema, _prefixed(tensors, "ema."), path)
         state = {
             int(index): {key: tensors[f"optim.{index}.{key}"] for key in keys}
             for index, keys in meta["optimizer"]["state_keys"].items()
@@ -642,6 +639,26 @@ def _check_finite_rows(data: Tensor) -> None:
         )
 
 
+def _load_state(network: torch.nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
+    """Load ``state`` into ``network``, or say in one line where it does not fit (the first
+    tensor of another shape, or what is missing or extra), instead of torch's list of them all."""
+    ours = network.state_dict()
+    for key, value in state.items():
+        if key in ours and value.shape != ours[key].shape:
+            raise CheckpointError(
+                f"{path} does not fit this network: its {key!r} has shape {tuple(value.shape)} where the network's "
+                f"has {tuple(ours[key].shape)} (was it trained with other [model] options?)"
+            )
+    missing, extra = sorted(ours.keys() - state.keys()), sorted(state.keys() - ours.keys())
+    if missing or extra:
+        first = f"{missing[0]!r} is missing" if missing else f"{extra[0]!r} is not the network's"
+        raise CheckpointError(
+            f"{path} does not fit this network: {first} ({len(missing)} missing, {len(extra)} extra tensors; is it a "
+            "checkpoint of this [model]?)"
+        )
+    network.load_state_dict(state)
+
+
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
 
@@ -681,16 +698,19 @@ def _checked_weights_metadata(path: str | Path, tensors: dict[str, Tensor], meta
         raise CheckpointError(f"{path} is not a valid weights checkpoint: unexpected tensors {sorted(stray)[:5]}")
 
 
-def load_ema_weights(network: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+def load_ema_weights(network: torch.nn.Module, path: str | Path, *, kind: str = "model") -> dict[str, Any]:
     """Load a checkpoint's EMA weights (or a weights checkpoint's weights) into ``network``
-    (for sampling); return its metadata."""
+    (for sampling); return its metadata. ``kind`` says what the checkpoint must hold: a score
+    "model" or a "classifier" (their recorded configs name one or the other)."""
     tensors, meta = load_checkpoint(path, device="cpu")
     if isinstance(meta, dict) and meta.get("kind") == "weights":
         _checked_weights_metadata(path, tensors, meta)
     else:
         checked_metadata(path, tensors, meta)
-    try:
-        network.load_state_dict(_prefixed(tensors, "ema."))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not fit this network: {exc}") from exc
+    recorded = meta.get("config", {})
+    other = {"model": "classifier", "classifier": "model"}[kind]
+    if other in recorded and kind not in recorded:
+        holds = "a classifier (trained with --classifier)" if other == "classifier" else "a score model"
+        raise CheckpointError(f"{path} holds {holds}, not the {kind.replace('model', 'score model')} needed here")
+    _load_state(network, _prefixed(tensors, "ema."), path)
     return meta

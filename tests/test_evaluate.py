@@ -151,6 +151,21 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path, capsys):
     sweep.write_text(SWEEP.replace('label = "UniPC"\n', 'label = "UniPC"\nsteps = 3\n'))
     assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
     assert "steps follow from [sweep] nfe; remove steps" in capsys.readouterr().err
+    sweep.write_text(SWEEP.replace("nfe = [4, 8]", "nfe = [true, 3]"))  # true is not the budget 1
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    assert "nfe must be a non-empty list of positive integers; got [True, 3]" in capsys.readouterr().err
+    sweep.write_text(SWEEP.replace('label = "Euler-Maruyama"', 'label = "UniPC"'))
+    assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
+    assert "two samplers are labelled 'UniPC'" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_too_few_samples_before_sampling(tmp_path, capsys):
+    config = tmp_path / "ring.toml"
+    config.write_text(RING.format(out=tmp_path / "run"))
+    assert main(["evaluate", str(config), "--num", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--num: num must be at least 2 samples per seed" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before anything was sampled or written
 
 
 def test_inception_without_its_weights_file_is_refused_naming_the_file(tmp_path, capsys):

@@ -556,3 +556,51 @@ def test_output_into_a_pipe_whose_reader_left_ends_quietly():
         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.stderr == "" and run.stdout.strip() == "141", (run.stdout, run.stderr[-2000:])
+
+
+def test_a_checkpoint_of_another_width_is_one_line_naming_the_first_tensor(trained, tmp_path, capsys):
+    path, checkpoint = trained
+    wider = tmp_path / "wider.toml"
+    wider.write_text(path.read_text().replace("width = 16", "width = 24"))
+    message = one_line_error(capsys, "sample", str(wider), "--checkpoint", str(checkpoint))
+    assert "does not fit this network: its " in message and "was it trained with other [model] options?" in message
+
+
+def test_a_classifier_checkpoint_given_as_the_score_model_is_named(tmp_path, capsys):
+    import sdeplug
+    from sdeplug.trainer import Trainer, TrainSettings
+
+    network = sdeplug.create("classifier", "mlp_classifier", event_shape=(2,), num_classes=3)
+    data, labels = torch.randn(40, 2), torch.randint(0, 3, (40,))
+    settings = TrainSettings(steps=1, batch_size=8, objective="classifier", progress=False, checkpoint_every=None)
+    trainer = Trainer(network, sdeplug.create("sde", "vp"), data, settings, labels=labels)
+    trainer.config = {"sde": {"name": "vp"}, "classifier": {"name": "mlp_classifier"}, "data": {"name": "ring8"}}
+    trainer.fit().save(tmp_path / "classifier.safetensors")
+    path = config(tmp_path, tmp_path / "out")
+    message = one_line_error(capsys, "sample", str(path), "--checkpoint", str(tmp_path / "classifier.safetensors"))
+    assert "holds a classifier (trained with --classifier), not the score model needed here" in message
+
+
+def test_non_finite_rows_of_a_likelihood_data_file_are_one_line(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    x[3, 1] = np.nan
+    np.save(tmp_path / "points.npy", x)
+    path = tmp_path / "lk.toml"
+    path.write_text(
+        f'[sde]\nname = "vp"\n[data]\nname = "ring8"\n[likelihood]\ndata_file = "{tmp_path / "points.npy"}"\n'
+        f'[output]\ndir = "{tmp_path / "out"}"\n'
+    )
+    message = one_line_error(capsys, "likelihood", str(path))
+    assert "points.npy: row 3 has NaN or inf values" in message
+
+
+def test_float128_data_are_one_line_naming_the_dtype(tmp_path, capsys):
+    np.save(tmp_path / "wide.npy", np.zeros((10, 2), dtype=np.longdouble))
+    path = tmp_path / "wide.toml"
+    path.write_text(
+        f'[sde]\nname = "vp"\n[data]\nname = "file"\npath = "{tmp_path / "wide.npy"}"\n[model]\nname = "mlp"\n'
+        f'[train]\nsteps = 2\nbatch_size = 4\n[output]\ndir = "{tmp_path / "out"}"\n'
+    )
+    message = one_line_error(capsys, "train", str(path))
+    if np.dtype(np.longdouble).itemsize > 8:  # a platform whose long double is wider than float64
+        assert "holds float128 numbers, which torch cannot take" in message

@@ -288,7 +288,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = configured(args)
     if args.num is not None:  # --num sets the samples per seed of the evaluation
-        config = attrs.evolve(config, evaluate=attrs.evolve(config.evaluate, num=args.num))
+        try:
+            config = attrs.evolve(config, evaluate=attrs.evolve(config.evaluate, num=args.num))
+        except ValueError as exc:
+            raise ConfigError(f"--num: {error_text(exc)}") from None
     if args.seed is not None:  # --seed evaluates with that one seed
         config = attrs.evolve(config, evaluate=attrs.evolve(config.evaluate, seeds=(args.seed,)))
     check_config(config)

@@ -157,6 +157,12 @@ class EvaluateConfig:
     #: an earlier run wrote) instead of the reference split's; refused unless made with the same features.
     reference_stats: str | None = None
 
+    def __attrs_post_init__(self) -> None:
+        if self.num < 2:
+            raise ValueError(f"num must be at least 2 samples per seed (a covariance needs two); got {self.num}")
+        if "precision_recall" in self.metrics and self.k >= self.num:
+            raise ValueError(f"k = {self.k} must be below num = {self.num} (the k-th nearest of num samples)")
+
 
 @attrs.frozen
 class RunConfig:

@@ -75,7 +75,7 @@ def load_classifier(config: Config, dataset: Dataset, device: torch.device, dtyp
             f"classifier checkpoint not found: {path}; train it first with `sdeplug train {config.source} --classifier`"
         )
     network = build_classifier(config, dataset)
-    meta = load_ema_weights(network, path)
+    meta = load_ema_weights(network, path, kind="classifier")
     check_provenance(path, meta.get("config", {}), classifier_run_config(config), ("sde", "classifier"))
     return network.to(device=device, dtype=dtype).eval()
 

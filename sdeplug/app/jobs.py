@@ -40,7 +40,7 @@ from sdeplug.app.fingerprint import data_fingerprint, describe_change, same_data
 from sdeplug.errors import ConfigError, DataError, DataMismatchWarning
 from sdeplug.files import write_atomically
 from sdeplug.sampling import SampleResult
-from sdeplug.tensors import per_sample, randn_like
+from sdeplug.tensors import non_finite_rows, per_sample, randn_like
 
 #: The Gaussian baseline of ``likelihood`` is fitted to at most this many training rows.
 GAUSSIAN_FIT_ROWS = 50_000
@@ -370,6 +370,12 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
         x, source = (
             rows(dataset.test, run.num),
             f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}",
+        )
+    bad = non_finite_rows(x)
+    if len(bad):
+        raise DataError(
+            f"{source}: row {int(bad[0])} has NaN or inf values (the first of {len(bad)} such rows); a likelihood "
+            "needs finite data"
         )
     x = x.to(device=device, dtype=dtype)
     if tuple(x.shape[1:]) != dataset.event_shape:

@@ -59,7 +59,7 @@ def read_sweep(path: str | Path) -> Sweep:
     if set(raw) != {"sweep"} or not isinstance(sweep, Mapping):
         raise ConfigError(f"{path}: a sweep file holds one [sweep] table (nfe = [...], [[sweep.sampler]] tables)")
     budgets = sweep.get("nfe")
-    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, int) and b >= 1 for b in budgets):
+    if not isinstance(budgets, list) or not budgets or not all(type(b) is int and b >= 1 for b in budgets):
         raise ConfigError(f"{path}: [sweep] nfe must be a non-empty list of positive integers; got {budgets!r}")
     tables = sweep.get("sampler")
     if not isinstance(tables, list) or not tables:
@@ -67,10 +67,13 @@ def read_sweep(path: str | Path) -> Sweep:
     unknown = set(sweep) - {"nfe", "sampler"}
     if unknown:
         raise ConfigError(f"{path}: [sweep] takes nfe and [[sweep.sampler]] tables; unknown keys {sorted(unknown)}")
-    samplers = []
+    samplers, labels = [], set()
     for index, table in enumerate(tables):
         table = dict(table)
         label = table.pop("label", None)
+        if label in labels:
+            raise ConfigError(f"{path}: two samplers are labelled {label!r}; each needs its own label (rows and plot)")
+        labels.add(label)
         per_step = table.pop("evals_per_step", 1)
         tune, pilot = table.pop("tune", False), table.pop("pilot", 256)
         tune_max_steps = table.pop("tune_max_steps", 12)
