@@ -446,6 +446,12 @@ class Trainer:
         if self.scaler is not None:
             meta["scaler"] = self.scaler.state_dict()
         tensors = self.state_tensors()  # every rank takes part; rank 0 writes, the others wait
+        bad = _first_non_finite(tensors, ("model.", "ema."))
+        if bad is not None:
+            raise TrainingDivergedError(
+                f"not saving step {self.step}: {bad} holds NaN or inf values (a checkpoint loaded with them, or an "
+                "update that overflowed); the weights are not saved"
+            )
         with distributed.first_failure_stops_all():
             if distributed.is_main():
                 save_checkpoint(path, tensors, meta)
@@ -469,6 +475,9 @@ class Trainer:
                 f"{path} is at step {meta['step']}, beyond steps = {self.settings.steps}; to continue it, "
                 f"set steps to {meta['step']} or more (or restart to train afresh)"
             )
+        bad = _first_non_finite(tensors, ("model.", "ema.", "optim."))
+        if bad is not None:
+            raise CheckpointError(f"{path} is no state to resume: its {bad} holds NaN or inf values")
         _load_state(self.network, _prefixed(tensors, "model."), path)
         _load_state(self.ema, _prefixed(tensors, "ema."), path)
         state = {
@@ -637,6 +646,14 @@ def _check_finite_rows(data: Tensor) -> None:
             f"the training data has NaN or inf values: row {int(bad[0])} is the first of {len(bad)} such rows; "
             "clean the data (every value must be finite)"
         )
+
+
+def _first_non_finite(tensors: dict[str, Tensor], prefixes: tuple[str, ...]) -> str | None:
+    """The name of the first floating tensor under ``prefixes`` holding NaN or inf (None if none)."""
+    for name, tensor in tensors.items():
+        if name.startswith(prefixes) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _load_state(network: torch.nn.Module, state: dict[str, Tensor], path: str | Path) -> None:

@@ -604,3 +604,36 @@ def test_float128_data_are_one_line_naming_the_dtype(tmp_path, capsys):
     message = one_line_error(capsys, "train", str(path))
     if np.dtype(np.longdouble).itemsize > 8:  # a platform whose long double is wider than float64
         assert "holds float128 numbers, which torch cannot take" in message
+
+
+def test_a_checkpoint_whose_ema_holds_a_nan_is_not_resumed_and_never_saved(trained, tmp_path, capsys):
+    """The loss and gradients were finite, but the EMA holds a NaN (an edited or damaged
+    state): resuming refuses it in one line, and a Trainer never writes such a state."""
+    path, checkpoint = trained
+
+    def poison(tensors, meta):
+        name = next(k for k in tensors if k.startswith("ema.") and tensors[k].is_floating_point())
+        tensors[name] = (
+            tensors[name].clone().view(-1).index_fill_(0, torch.tensor([0]), float("nan")).view_as(tensors[name])
+        )
+
+    out = tmp_path / "run"
+    _rehashed(checkpoint, out / "checkpoint.safetensors", poison)
+    longer = tmp_path / "longer.toml"
+    longer.write_text(
+        path.read_text().replace(str(path.parent / "run"), str(out)).replace("steps = 10\n", "steps = 20\n")
+    )
+    message = one_line_error(capsys, "train", str(longer))
+    assert "is no state to resume: its ema." in message and "holds NaN or inf values" in message
+
+    import sdeplug
+    from sdeplug.errors import TrainingDivergedError
+    from sdeplug.trainer import Trainer, TrainSettings
+
+    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=8, depth=1)
+    trainer = Trainer(network, sdeplug.create("sde", "vp"), torch.randn(32, 2), TrainSettings(steps=2, batch_size=8))
+    with torch.no_grad():
+        next(trainer.ema.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="ema.* holds NaN or inf values"):
+        trainer.save(tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists()
