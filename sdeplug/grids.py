@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdeplug.files import write_atomically
 from sdeplug.interfaces import SDE, LinearSDE, TimeGrid
-from sdeplug.registry import part_name, resolve
+from sdeplug.registry import get_registry, part_name, resolve
 
 GridSpec = Tensor | str | TimeGrid | type[TimeGrid] | None
 """What a sampler's ``grid`` argument accepts."""
@@ -194,15 +194,32 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is not a tuned grid file (format {GRID_FORMAT!r}, written by sdeplug tune-grid)"
         )
     content["fractions"] = list(check_fractions(content.get("fractions"), f"the fractions in {str(path)!r}"))
+    _check_recorded_times(path, content)
     return content
+
+
+def _check_recorded_times(path: Path, content: Mapping[str, Any]) -> None:
+    """Refuse a file whose recorded times are not its fractions under the SDE it was tuned
+    for: the grid is placed by the fractions, so edited times would be ignored without a word."""
+    times, sde_table = content.get("times"), (content.get("tuned_for") or {}).get("sde")
+    if times is None or not isinstance(sde_table, Mapping):
+        return
+    try:
+        sde = get_registry().create("sde", sde_table["name"], **{k: v for k, v in sde_table.items() if k != "name"})
+        recorded = torch.as_tensor(times, dtype=F64)
+        placed = fractions_of(sde, recorded)
+    except Exception:  # the SDE's plugin is gone, or times that are no grid: the fractions still place it
+        return
+    if len(placed) != len(content["fractions"]) or max(abs(a - b) for a, b in zip(placed, content["fractions"])) > 1e-9:
+        raise ValueError(
+            f"the times in {str(path)!r} are not its fractions under the SDE it was tuned for (were they edited?); "
+            "the grid is placed by its fractions: edit those instead, or remove 'times'"
+        )
 
 
 def save_grid_file(path: str | Path, content: Mapping[str, Any]) -> Path:
     """Write a tuned-grid file atomically (a temporary file, then a rename)."""
     path = Path(path).expanduser()
     check_fractions(content.get("fractions"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"format": GRID_FORMAT, **content}, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    text = json.dumps({"format": GRID_FORMAT, **content}, indent=2) + "\n"
+    return write_atomically(path, lambda temporary: temporary.write_text(text))

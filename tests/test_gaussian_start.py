@@ -259,7 +259,7 @@ def test_bad_options_are_refused_in_one_line(tmp_path):
     with pytest.raises(sdeplug.UnknownPartError, match="no_such_predictor"):
         sdeplug.create("predictor", "gaussian_start", sde, score, then="no_such_predictor")
     three_d = DataMoments(torch.zeros(3, dtype=F64), torch.ones(3, dtype=F64))
-    with pytest.raises(ValueError, match=r"data moments are for samples of shape \(3,\), not \(2,\)"):
+    with pytest.raises(sdeplug.OptionError, match=r"data moments are for samples of shape \(3,\), not \(2,\)"):
         sample_pc(sde, score, (4, 2), predictor="gaussian_start", predictor_options={"moments": three_d}, steps=3)
 
 

@@ -305,3 +305,21 @@ def test_a_grid_tuned_for_one_sde_serves_another_with_its_own_ends(tmp_path):
         times = rule.times(sde, 3, eps, dtype=F64)
         assert float(times[0]) == sde.T and float(times[-1]) == eps
         assert fractions_of(sde, times) == pytest.approx([0.0, 0.4, 0.7, 1.0], abs=1e-9)
+
+
+def test_a_grid_file_whose_times_were_edited_is_refused_not_ignored(tmp_path):
+    """The grid is placed by the file's fractions; times that no longer match them under the
+    SDE it was tuned for were edited, and would be ignored without a word."""
+    import sdeplug
+    from sdeplug.grids import grid_from_fractions, load_grid_file, save_grid_file
+
+    sde = sdeplug.create("sde", "vp")
+    fractions = [0.0, 0.3, 0.7, 1.0]
+    times = grid_from_fractions(sde, fractions, 3, 1e-3).tolist()
+    content = {"steps": 3, "fractions": fractions, "times": times, "tuned_for": {"sde": {"name": "vp"}}}
+    save_grid_file(tmp_path / "grid.json", content)
+    assert load_grid_file(tmp_path / "grid.json")["fractions"] == fractions
+    times[1] *= 0.9
+    save_grid_file(tmp_path / "edited.json", {**content, "times": times})
+    with pytest.raises(ValueError, match="are not its fractions under the SDE it was tuned for"):
+        load_grid_file(tmp_path / "edited.json")

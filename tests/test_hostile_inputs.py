@@ -637,3 +637,18 @@ def test_a_checkpoint_whose_ema_holds_a_nan_is_not_resumed_and_never_saved(train
     with pytest.raises(TrainingDivergedError, match="ema.* holds NaN or inf values"):
         trainer.save(tmp_path / "never.safetensors")
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_moments_of_other_data_are_one_line_from_the_command(tmp_path, capsys):
+    """The moments of 3-D data given to gaussian_start on 2-D data."""
+    from sdeplug import DataMoments
+
+    DataMoments.from_samples(torch.randn(100, 3, dtype=torch.float64)).save(tmp_path / "m3.safetensors")
+    sampler = tmp_path / "gs.toml"
+    sampler.write_text(
+        '[sampler]\nkind = "pc"\nsteps = 4\ndenoise = false\n[sampler.predictor]\nname = "gaussian_start"\n'
+        f'moments = "{tmp_path / "m3.safetensors"}"\n[sampler.corrector]\nname = "none"\n'
+    )
+    ring = Path(__file__).parent.parent / "examples" / "ring8_pc.toml"
+    message = one_line_error(capsys, "sample", str(ring), "--sampler", str(sampler), "--out", str(tmp_path / "o"))
+    assert "predictor 'gaussian_start': the data moments are for samples of shape (3,), not (2,)" in message

@@ -16,7 +16,7 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import DataMoments, LinearSDE, Predictor, ScoreFn, resolve
+from sdeplug import DataMoments, LinearSDE, OptionError, Predictor, ScoreFn, resolve
 
 
 def _to_moments(value: Any) -> DataMoments:
@@ -77,9 +77,11 @@ class GaussianStart(Predictor):
 
     def init(self, x: Tensor, grid: Tensor) -> GaussianStartState:
         if not self.moments.fits(tuple(x.shape[1:])):
-            raise ValueError(
-                f"gaussian_start: the data moments are for samples of shape {tuple(self.moments.mean.shape)}, "
-                f"not {tuple(x.shape[1:])}"
+            raise OptionError(
+                "predictor",
+                "gaussian_start",
+                f"the data moments are for samples of shape {tuple(self.moments.mean.shape)}, not "
+                f"{tuple(x.shape[1:])}: compute them on this data (sdeplug moments)",
             )
         # a one-step grid is the free step alone: the other predictor never steps
         return GaussianStartState(then=self._then.init(x, grid[1:]) if grid.numel() > 2 else None)
