@@ -184,9 +184,17 @@ def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_f
     stored = tmp_path / "run" / "reference-stats-test.safetensors"
     text = config.read_text().replace("extrapolate = true", f'extrapolate = true\nreference_stats = "{stored}"')
     config.write_text(text)
+    capsys.readouterr()
     assert main(["evaluate", str(config), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""  # the same data: nothing to say
     again = json.loads((tmp_path / "run" / "evaluate.json").read_text())
     assert again["metrics"]["fid"] == first["metrics"]["fid"] and again["reference"]["stats_file"] == str(stored)
+    # the same statistics used on other data: said in one line
+    config.write_text(text.replace('name = "ring8"', 'name = "ring8_tight"'))
+    assert main(["evaluate", str(config), "--no-progress", "--seed", "0"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sdeplug: warning: [evaluate] reference_stats") and "ring8_tight" in err[0]
+    config.write_text(text)
     # statistics of other features: the data classifier's (its identity differs)
     import sdeplug
     from sdeplug.metrics import FeatureStats, save_stats

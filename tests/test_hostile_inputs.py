@@ -652,3 +652,16 @@ def test_moments_of_other_data_are_one_line_from_the_command(tmp_path, capsys):
     ring = Path(__file__).parent.parent / "examples" / "ring8_pc.toml"
     message = one_line_error(capsys, "sample", str(ring), "--sampler", str(sampler), "--out", str(tmp_path / "o"))
     assert "predictor 'gaussian_start': the data moments are for samples of shape (3,), not (2,)" in message
+
+
+def test_the_printed_use_it_line_is_valid_toml_for_a_path_with_quotes(tmp_path, capsys):
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    out = tmp_path / 'say "cheese" \\ here' / "moments.safetensors"
+    ring = Path(__file__).parent.parent / "examples" / "ring8_pc.toml"
+    assert main(["moments", str(ring), "--out", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("use it: "))
+    table = line.removeprefix("use it: [sampler.predictor] ")
+    assert tomllib.loads(table.replace(", ", "\n"))["moments"] == str(out)

@@ -133,6 +133,12 @@ def _checkpoint(args: argparse.Namespace, out: Path) -> str | None:
     return None
 
 
+def _toml_string(value: object) -> str:
+    """``value`` as a TOML basic string (a JSON string is one: quotes, backslashes and control
+    characters escaped), for lines a user copies into a config."""
+    return json.dumps(str(value))
+
+
 def _written(report: dict[str, Any]) -> None:
     print("wrote " + ", ".join(report["written"]))
 
@@ -368,7 +374,7 @@ def cmd_tune_grid(args: argparse.Namespace) -> int:
         f"cost: {cost['score_evaluations']} score evaluations of {cost['pilot_samples']} samples each, "
         f"{cost['seconds']:.1f} s"
     )
-    print(f'use it: [sampler] steps = {args.steps}; [sampler.grid] name = "tuned", file = "{out}"')
+    print(f'use it: [sampler] steps = {args.steps}; [sampler.grid] name = "tuned", file = {_toml_string(out)}')
     _written(report)
     return 0
 
@@ -388,7 +394,7 @@ def cmd_moments(args: argparse.Namespace) -> int:
         f"the mean and {report['covariance']} covariance of {report['samples']} training samples "
         f"({report['dim']} numbers each)"
     )
-    print(f'use it: [sampler.predictor] name = "gaussian_start", moments = "{out}"')
+    print(f'use it: [sampler.predictor] name = "gaussian_start", moments = {_toml_string(out)}')
     _written(report)
     return 0
 

@@ -31,7 +31,7 @@ from sdeplug.app.config import Config, PartSpec, SamplerConfig
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
 from sdeplug.app.sweep import read_sweep, sweep_runs, sweep_table
-from sdeplug.errors import ConfigError, SdeplugWarning
+from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugWarning
 from sdeplug.files import write_atomically
 from sdeplug.metrics import (
     FeatureStats,
@@ -149,14 +149,21 @@ def reference_features(
     run = config.evaluate
     split = dataset.test if run.reference == "test" else dataset.train
     features = features_of(extractor, rows(split).float(), device).features
+    data = {"name": config.data.name, **config.data.options, "split": run.reference}
     if run.reference_stats is not None:
-        stats, _ = load_stats(Path(run.reference_stats).expanduser(), extractor=extractor.identity())
+        stats, meta = load_stats(Path(run.reference_stats).expanduser(), extractor=extractor.identity())
         if stats.mean.shape != (features.shape[1],):
             raise ConfigError(f"[evaluate] reference_stats {run.reference_stats} has {len(stats.mean)} features")
+        if meta.get("data") and meta["data"] != data:
+            warnings.warn(
+                f"[evaluate] reference_stats {run.reference_stats} were computed on {meta['data']}, but the config "
+                f"evaluates against {data}; the distances compare with that other data",
+                DataMismatchWarning,
+                stacklevel=2,
+            )
         return features, stats
     stats = FeatureStats.of(features)
     path = out / f"reference-stats-{run.reference}.safetensors"
-    data = {"name": config.data.name, **config.data.options, "split": run.reference}
     if distributed.is_main():
         save_stats(path, stats, extractor=extractor.identity(), data=data)
     return features, stats
