@@ -193,7 +193,8 @@ def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_f
     config.write_text(text.replace('name = "ring8"', 'name = "ring8_tight"'))
     assert main(["evaluate", str(config), "--no-progress", "--seed", "0"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("sdeplug: warning: [evaluate] reference_stats") and "ring8_tight" in err[0]
+    assert len(err) == 1 and err[0].startswith("sdeplug: warning: [evaluate] reference_stats"), err
+    assert "ring8_tight" in err[0]
     config.write_text(text)
     # statistics of other features: the data classifier's (its identity differs)
     import sdeplug
