@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdeplug.errors import DataError, DataNotice
+from sdeplug.errors import DataError, DataNotice, load_refusal
 from sdeplug.extras import require
 from sdeplug.tensors import derived_seed
 
@@ -86,7 +86,9 @@ def open_npy(path: Path, file=None, start: int = 0) -> np.ndarray:
             read_header = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
         except (ValueError, EOFError, OSError, SyntaxError) as exc:
-            raise DataError(f"{path} is not a readable .npy file (empty, truncated or another format): {exc}") from None
+            raise DataError(
+                f"{path} is not a readable .npy file (empty, truncated or another format): {load_refusal(exc)}"
+            ) from None
         if dtype.hasobject:
             raise DataError(f"{path} holds Python objects, which would need unpickling; save a numeric array")
         offset = f.tell()

@@ -28,6 +28,25 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
+#: How the lines of torch's and numpy's refusals to load a file begin that only repeat advice.
+_BOILERPLATE = (
+    "Weights only load failed",
+    "Check the documentation",
+    "Please file an issue",
+    "To allow loading",
+    "For safety against",
+    "In PyTorch 2.6",
+)
+
+
+def load_refusal(exc: BaseException, limit: int = 200) -> str:
+    """The one line of a library's refusal to load a file that says what was refused (torch's
+    weights-only loading, numpy's header checks), without the advice around it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
+    return (useful[0] if useful else lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class UnknownPartError(SdeplugError, LookupError):
     """A part was asked for by a name no plugin registered."""
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from sdeplug.checkpoint import CheckpointError, is_pickle
-from sdeplug.errors import ConfigError
+from sdeplug.errors import ConfigError, load_refusal
 from sdeplug.interfaces import LinearSDE
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import get_registry
@@ -78,7 +78,7 @@ def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path} holds objects that weights-only loading refuses, so it was not loaded ({_reason(exc)}); "
+            f"{path} holds objects that weights-only loading refuses, so it was not loaded ({load_refusal(exc)}); "
             "sdeplug reads score_sde_pytorch checkpoints, which hold only tensors, numbers and numpy scalars"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
@@ -100,14 +100,6 @@ def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
         raise CheckpointError(f"{path}: 'ema' 'shadow_params' must be a list of tensors")
     step = state.get("step")
     return ReferenceCheckpoint(model, shadow, int(step) if isinstance(step, int | np.integer) else None)
-
-
-def _reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that names what was refused."""
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(boilerplate)]
-    return (useful[0] if useful else type(exc).__name__)[:200]
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

@@ -158,3 +158,31 @@ def test_the_sample_command_runs_a_diffusers_folder_without_an_sdeplug_checkpoin
     config.write_text(text[: text.index("[data]")] + text[text.index("[model]") :])
     assert main(["sample", str(config), "--no-progress", "--out", str(tmp_path / "no-data")]) == 0
     assert np.load(tmp_path / "no-data" / "samples.npy").shape == (4, 3, 8, 8)
+
+
+def test_a_unet_folder_whose_bin_holds_code_is_one_line_and_runs_nothing(tmp_path, capsys):
+    """Weights as a pickle (pytorch_model.bin) that would run a command when unpickled: diffusers
+    loads them weights-only and refuses; the command says so in one line, and nothing ran."""
+    import os
+
+    from sdeplug_cli import main
+
+    folder = tiny_unet(tmp_path / "unet", "positional")
+    for weights in (tmp_path / "unet").glob("*.safetensors"):
+        weights.unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"conv_in.weight": Payload()}, tmp_path / "unet" / "diffusion_pytorch_model.bin", pickle_protocol=2)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[sde]\nname = "ddpm"\nbeta_start = 0.001\nbeta_end = 0.2\nN = 20\n'
+        f'[model]\nname = "diffusers_unet"\npath = "{folder}"\nconvention = "epsilon"\nnum_train_timesteps = 20\n'
+        f'[output]\ndir = "{tmp_path / "run"}"\n'
+    )
+    assert main(["sample", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load a UNet2DModel from" in err[0], err
+    assert not (tmp_path / "pwned").exists()

@@ -665,3 +665,27 @@ def test_the_printed_use_it_line_is_valid_toml_for_a_path_with_quotes(tmp_path, 
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("use it: "))
     table = line.removeprefix("use it: [sampler.predictor] ")
     assert tomllib.loads(table.replace(", ", "\n"))["moments"] == str(out)
+
+
+def test_a_huge_npy_header_and_a_pt_file_holding_code_are_one_clean_line(tmp_path, capsys):
+    """numpy's and torch's refusals come with paragraphs of advice; the line keeps what was refused."""
+    import struct
+
+    header = repr({"descr": "<f8", "fortran_order": False, "shape": (10, 2), "x" * 200_000: 1})
+    header = header.ljust((len(header) + 12) // 64 * 64 + 64 - 12) + "\n"
+    with open(tmp_path / "big.npy", "wb") as f:
+        f.write(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header.encode() + bytes(160))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"x": Payload()}, tmp_path / "code.pt")
+    for name, fragment in (("big.npy", "Header info length"), ("code.pt", "Trying to load unsupported GLOBAL")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            f'[sde]\nname = "vp"\n[data]\nname = "file"\npath = "{tmp_path / name}"\n[model]\nname = "mlp"\n'
+            f'[train]\nsteps = 2\nbatch_size = 4\n[output]\ndir = "{tmp_path / "out"}"\n'
+        )
+        assert fragment in one_line_error(capsys, "train", str(path))
+    assert not (tmp_path / "pwned").exists()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from sdeplug import ScoreModel
+from sdeplug.errors import load_refusal
 from sdeplug.extras import require
 
 CONVENTIONS = ("ve", "epsilon")
@@ -36,7 +38,10 @@ class DiffusersUNet(ScoreModel):
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2; got {num_train_timesteps!r}")
         diffusers = require("diffusers", "a diffusers UNet2DModel")
-        self.unet = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder, low_cpu_mem_usage=False)
+        try:
+            self.unet = diffusers.UNet2DModel.from_pretrained(path, subfolder=subfolder, low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"cannot load a UNet2DModel from {path!r}: {load_refusal(exc)}") from None
         config = self.unet.config
         size = config.sample_size if isinstance(config.sample_size, Sequence) else (config.sample_size,) * 2
         own_shape = (config.in_channels, *size)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sdeplug.app.limits import check_fits
 from sdeplug.data import check_rows_of_data, npz_member, open_npy
-from sdeplug.errors import ConfigError, DataError
+from sdeplug.errors import ConfigError, DataError, load_refusal
 from sdeplug.files import write_atomically
 
 
@@ -61,12 +61,8 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
         try:
             array = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never execute
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            reason = next(
-                (line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else ""
-            )
             raise DataError(
-                f"{path} could not be loaded safely (weights_only: tensors only, no code): {reason}"
+                f"{path} could not be loaded safely (weights_only: tensors only, no code): {load_refusal(exc)}"
             ) from None
         if not isinstance(array, Tensor):
             raise DataError(f"{path} must hold a single tensor; got {type(array).__name__}")
