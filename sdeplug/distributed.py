@@ -208,12 +208,35 @@ def check_same_everywhere(settings: dict[str, Any], what: str = "settings") -> N
             )
 
 
+#: Words with which gloo and nccl report a peer that went away, wherever the error surfaces
+#: (a collective of sdeplug's, or DDP's gradient all-reduce inside backward()).
+_LOST_PEER = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out")
+
+
+def lost_peer(exc: BaseException) -> DistributedError | None:
+    """The one-line error for a RuntimeError that says another rank went away, or None when
+    ``exc`` says something else (or no process group is active)."""
+    if not active() or not isinstance(exc, RuntimeError) or isinstance(exc, SdeplugError):
+        return None
+    text = str(exc)
+    if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in _LOST_PEER):
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return DistributedError(
+        f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering within the "
+        f"timeout): {first[:300]}"
+    )
+
+
 def _collective(collective, *args, **kwargs) -> None:
     """Run a collective; a rank that died or timed out is one clear error, not a hang."""
     try:
         collective(*args, **kwargs)
     except RuntimeError as exc:  # gloo and nccl report a lost peer or a timeout so
-        raise DistributedError(
-            f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering "
-            f"within the timeout): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        raise (
+            lost_peer(exc)
+            or DistributedError(
+                f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering "
+                f"within the timeout): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            )
         ) from exc

@@ -4,8 +4,10 @@ does not depend on the number of processes, and an interrupted run resumes exact
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +353,46 @@ def test_a_leftover_torchrun_environment_is_named_instead_of_waiting_forever(tmp
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.count("\n") == 1 and "no torchrun started it" in run.stderr
     assert "RANK=1, WORLD_SIZE=2, MASTER_ADDR=127.0.0.1, MASTER_PORT=29571" in run.stderr
+
+
+def _ranks_running(marker: str) -> list[int]:
+    """The pids of sdeplug processes (not torchrun itself) whose command line holds ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if marker in cmdline and not any("torch.distributed.run" in part for part in cmdline):
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks' processes through /proc")
+def test_a_rank_killed_mid_run_leaves_one_line_on_the_other_not_a_traceback(tmp_path):
+    config = tmp_path / "long.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[data]\nname = "moons"\nn_train = 500\n[model]\nname = "mlp"\nwidth = 32\ndepth = 2\n'
+        "[train]\nsteps = 1000000\nbatch_size = 32\ncheckpoint_every = 1000000\n"
+        f'[output]\ndir = "{tmp_path / "run"}"\nplot = false\n'
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, str(SDEPLUG), "train", str(config), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as job:
+        try:
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "run" / "checkpoint.safetensors.lock").exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(2)  # the ranks are in their training steps
+            ranks = _ranks_running(str(config))
+            assert len(ranks) == 2, ranks
+            os.kill(ranks[-1], signal.SIGKILL)
+            _, stderr = job.communicate(timeout=120)
+        finally:
+            job.kill()
+    ours = [line for line in stderr.splitlines() if line.startswith(("sdeplug:", "[rank"))]
+    assert not any("Traceback" in line for line in ours), stderr[-3000:]
+    assert all("lost the other processes" in line for line in ours if line.startswith("sdeplug: error:")), ours

@@ -152,9 +152,12 @@ def _processes(config: Config, args: argparse.Namespace) -> Iterator[int]:
         if joined:
             distributed.check_same_everywhere(_run_settings(config, args), "settings")
         yield distributed.rank()
-    except BaseException:
+    except BaseException as exc:
+        lost = distributed.lost_peer(exc) if joined else None  # e.g. DDP's all-reduce in backward()
         if joined:  # without waiting: the other ranks may never arrive
             distributed.shutdown()
+        if lost is not None:
+            raise lost from None
         raise
     if joined:
         distributed.shutdown(wait_for_all=True)
