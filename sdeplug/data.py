@@ -272,7 +272,8 @@ class ImageFolder(Source):
         if converted:
             found = ", ".join(f"{mode} {count}" for mode, count in sorted(modes.items(), key=lambda m: -m[1]))
             warnings.warn(
-                f"{self.folder}: {len(self.files)} images in Pillow modes {found}; the {converted} not in {target} "
+                f"{self.folder}: {len(self.files)} image{'s' if len(self.files) > 1 else ''} in Pillow modes {found}; "
+                f"the {converted} not in {target} "
                 f"are converted to {target} ({channels} channel{'s' if channels > 1 else ''}: set [data] channels "
                 "to choose)",
                 DataNotice,

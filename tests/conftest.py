@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,24 @@ if PARALLEL_WORKERS:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXAMPLE_PLUGINS = Path(__file__).parent / "plugins"
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int):
+    """No file of this process may grow past ``size`` bytes for the block (RLIMIT_FSIZE): a
+    write beyond fails in write() with EFBIG, as on a full disk, through every library's own
+    writer, where a faked OSError would reach only the code it replaces."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
 
 #: Contracts that sample thousands of points (SDEs, predictors, correctors) take seconds each;
 #: the kinds checked on closed forms take milliseconds. adaptive_heun needs thousands of tiny

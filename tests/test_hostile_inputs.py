@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import computed_once
+from conftest import computed_once, files_limited_to
 from numpy.lib import format as npy
 
 from sdeplug.app.cli import main
@@ -323,16 +323,8 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_old_file(trained, tm
 
     # a real failing write: files may not grow past 4 kB (the checkpoint is larger), so the
     # operating system refuses the write itself, as on a full disk
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
-    try:
+    with files_limited_to(4096):
         message = one_line_error(capsys, "train", str(longer))
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
     assert "could not write" in message and "File too large; the previous file is kept" in message, message
     assert load_checkpoint(out / "checkpoint.safetensors")[1]["step"] == 10
     assert not list(out.glob(".*.tmp-*"))

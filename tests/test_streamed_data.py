@@ -25,7 +25,7 @@ from sdeplug.data import (
     step_batches,
     step_draws,
 )
-from sdeplug.errors import DataError, OptionError
+from sdeplug.errors import DataError, DataNotice, OptionError
 from sdeplug.trainer import Trainer, TrainSettings
 
 pytestmark = pytest.mark.xdist_group("streamed_data")
@@ -89,7 +89,8 @@ def test_rgb_images_are_centre_cropped_and_resized_to_the_resolution(tmp_path):
     assert item.shape == (3, 6, 6)
     assert torch.equal(item[:, :, 2:4], torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, 6, 2))
     # grey images read as RGB repeat the grey level; RGB read as grey uses Pillow's luma
-    assert ImageFolder(tmp_path, channels=1)[0].shape == (1, 12, 24)
+    with pytest.warns(DataNotice, match="1 image in Pillow modes RGB 1; the 1 not in L are converted to L"):
+        assert ImageFolder(tmp_path, channels=1)[0].shape == (1, 12, 24)
 
 
 def test_a_memory_mapped_array_reads_rows_as_stored_and_names_a_non_finite_row(tmp_path):
@@ -224,7 +225,8 @@ def test_bad_image_folders_are_refused_naming_the_file(tmp_path, digit_folder):
     Image.new("RGB", (12, 10)).save(mixed / "b.jpg")
     with pytest.raises(DataError, match=r"b\.jpg is 12x10 pixels but .*a\.png is 16x16; .*resolution"):
         ImageFolder(mixed)
-    assert load_all(ImageFolder(mixed, resolution=8)).shape == (2, 1, 8, 8)
+    with pytest.warns(DataNotice, match="2 images in Pillow modes L 1, RGB 1; the 1 not in L are converted to L"):
+        assert load_all(ImageFolder(mixed, resolution=8)).shape == (2, 1, 8, 8)
     (mixed / "c.png").write_text("not an image")
     with pytest.raises(DataError, match=r"c\.png is not a readable image"):
         ImageFolder(mixed, resolution=8)
