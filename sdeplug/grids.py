@@ -177,6 +177,13 @@ def grid_from_fractions(
     ends = _half_log_snr(sde, torch.tensor([float(sde.T), float(eps)], dtype=F64))
     times = sde.t_from_log_snr(2 * (ends[0] + placed * (ends[1] - ends[0])))
     times[0], times[-1] = float(sde.T), float(eps)  # the ends exactly, whatever the inversion's last bit
+    flat = (times[1:] >= times[:-1]).nonzero()
+    if len(flat):
+        i = int(flat[0, 0])
+        raise ValueError(
+            f"log-SNR fractions {float(placed[i]):.17g} and {float(placed[i + 1]):.17g} are too close to place two "
+            f"distinct times for this SDE (both {float(times[i]):.17g}); space the fractions further apart"
+        )
     return times.to(device=device, dtype=dtype if dtype is not None else F64)
 
 

@@ -274,8 +274,9 @@ def test_tune_grid_refuses_bad_input_in_one_line(tmp_path, capsys, change, messa
 
 @st.composite
 def _fractions(draw):
-    inner = draw(st.lists(st.floats(0.001, 0.999), min_size=0, max_size=8, unique=True))
-    return [0.0, *sorted(inner), 1.0]
+    """Increasing fractions at least 1e-6 apart (closer ones may round to one time: refused below)."""
+    inner = draw(st.lists(st.integers(1_000, 999_000), min_size=0, max_size=8, unique=True))
+    return [0.0, *sorted(i / 1_000_000 for i in inner), 1.0]
 
 
 @given(
@@ -323,3 +324,10 @@ def test_a_grid_file_whose_times_were_edited_is_refused_not_ignored(tmp_path):
     save_grid_file(tmp_path / "edited.json", {**content, "times": times})
     with pytest.raises(ValueError, match="are not its fractions under the SDE it was tuned for"):
         load_grid_file(tmp_path / "edited.json")
+
+
+def test_fractions_too_close_to_place_two_times_are_refused_naming_them():
+    """Found by the dev profile: fractions 1e-16 apart give one time twice, a step of length 0."""
+    sde = sdeplug.create("sde", "ve")
+    with pytest.raises(ValueError, match="log-SNR fractions 0.998999.* and 0.999 are too close to place two distinct"):
+        grid_from_fractions(sde, [0.0, 0.9989999999999999, 0.999, 1.0], 3, 0.001)
