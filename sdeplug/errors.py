@@ -36,6 +36,8 @@ _BOILERPLATE = (
     "To allow loading",
     "For safety against",
     "In PyTorch 2.6",
+    "(1)",
+    "(2)",
 )
 
 
@@ -43,6 +45,9 @@ def load_refusal(exc: BaseException, limit: int = 200) -> str:
     """The one line of a library's refusal to load a file that says what was refused (torch's
     weights-only loading, numpy's header checks), without the advice around it."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:  # torch names the refused global after this marker, then gives advice
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please", 1)[0].strip()[:limit]
     useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
     return (useful[0] if useful else lines[0] if lines else type(exc).__name__)[:limit]
 

@@ -390,14 +390,11 @@ def test_ctrl_c_during_sampling_is_one_line_exit_130_and_writes_nothing(tmp_path
         f'[output]\ndir = "{tmp_path / "run"}"\n'
     )
     process = subprocess.Popen(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "run").exists() and time.monotonic() < deadline:  # made just before sampling starts
-        time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(6.0)  # start-up (imports) and into the 200 000 steps
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()
-    assert list((tmp_path / "run").iterdir()) == []
+    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []  # made by the first write
 
 
 def test_the_guarantees_section_names_the_tests_behind_it():

@@ -58,10 +58,10 @@ def test_the_frechet_distance_of_a_gaussian_to_itself_is_zero_full_rank_or_not(d
 
 @pytest.mark.slow
 def test_fid_of_inception_sized_features_with_themselves_is_zero():
-    """2048 features, as Inception-v3's, fitted on 700 samples (rank 699) and on 3000 (full)."""
-    for n in (700, 3000):
-        stats = FeatureStats.of(torch.randn(n, 2048, dtype=F64, generator=torch.Generator().manual_seed(n)) * 5)
-        assert 0 <= fid(stats, stats) <= 1e-10 * float(torch.trace(stats.cov))
+    """2048 features, as Inception-v3's, fitted on 700 samples (rank 699: the case where the
+    square roots of rounding noise made FID negative; full rank is covered above)."""
+    stats = FeatureStats.of(torch.randn(700, 2048, dtype=F64, generator=torch.Generator().manual_seed(7)) * 5)
+    assert 0 <= fid(stats, stats) <= 1e-10 * float(torch.trace(stats.cov))
 
 
 @given(d=st.integers(1, 40), n=st.integers(2, 60), seed=st.integers(0, 10**6), shift=st.floats(0, 1e-3))

@@ -104,18 +104,16 @@ CONFIG = """
 [sde]
 name = "vp"
 [data]
-name = "digits"
+name = "moons"
+n_train = 200
 [model]
-name = "unet"
-channels = 8
-channel_mult = [1]
-num_res_blocks = 1
-attention_resolutions = []
-dropout = 0.3
+name = "mlp"
+width = 16
+depth = 1
 [train]
-steps = 3
+steps = 2
 batch_size = 8
-checkpoint_every = 2
+checkpoint_every = 1
 progress = false
 [output]
 dir = "{out}"
