@@ -108,6 +108,7 @@ def build_extractor(config: Config, dataset: Dataset, out: Path) -> torch.nn.Mod
                 )
             extractor.fit(rows(dataset.train).float(), dataset.train_labels, seed=0)
             if distributed.is_main():
+                path.parent.mkdir(parents=True, exist_ok=True)  # a plugin's save() writes where it is told
                 extractor.save(str(path))
     return extractor.eval()
 
