@@ -95,7 +95,6 @@ def _digest(tensors: dict[str, Tensor], meta_json: str) -> str:
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and JSON-serialisable ``meta`` to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"format": FORMAT, "meta": meta_json, "sha256": _digest(tensors, meta_json)}

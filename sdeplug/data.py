@@ -207,7 +207,8 @@ def image_files(folder: Path) -> list[Path]:
         raise DataError(f"{folder} is not a folder of images")
     found, seen = [], set()
     for root, subfolders, names in os.walk(folder, followlinks=True):
-        identity = (os.stat(root).st_dev, os.stat(root).st_ino)
+        stat = os.stat(root)
+        identity = (stat.st_dev, stat.st_ino)
         if identity in seen:
             subfolders[:] = []
             continue

@@ -52,13 +52,11 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in RENDEZVOUS_VARIABLES)
 
 
-def check_launcher() -> None:
-    """Refuse, in one line, a rendezvous environment that no torchrun agent set for this
-    process: variables left over in a shell from an earlier torchrun job would make the
-    command wait for ranks that never come. torchrun's agent marks its workers with
-    TORCHELASTIC_RUN_ID."""
-    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return
+def _check_launcher() -> None:
+    """Refuse, in one line, a rendezvous environment of several processes that no torchrun
+    agent set for this process: variables left over in a shell from an earlier torchrun job
+    would make the command wait for ranks that never come. torchrun's agent marks its
+    workers with TORCHELASTIC_RUN_ID."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         found = ", ".join(f"{key}={os.environ[key]}" for key in RENDEZVOUS_VARIABLES)
         raise DistributedError(
@@ -93,7 +91,7 @@ def init_from_environment(
         return True
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
         return False
-    check_launcher()
+    _check_launcher()
     device = local_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -221,6 +219,11 @@ def lost_peer(exc: BaseException) -> DistributedError | None:
     text = str(exc)
     if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in _LOST_PEER):
         return None
+    return _lost_peer_error(exc)
+
+
+def _lost_peer_error(exc: BaseException) -> DistributedError:
+    text = str(exc)
     first = text.splitlines()[0] if text else type(exc).__name__
     return DistributedError(
         f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering within the "
@@ -233,10 +236,4 @@ def _collective(collective, *args, **kwargs) -> None:
     try:
         collective(*args, **kwargs)
     except RuntimeError as exc:  # gloo and nccl report a lost peer or a timeout so
-        raise (
-            lost_peer(exc)
-            or DistributedError(
-                f"rank {rank()} of {world_size()} lost the other processes (one died or stopped answering "
-                f"within the timeout): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            )
-        ) from exc
+        raise _lost_peer_error(exc) from exc

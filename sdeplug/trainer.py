@@ -113,6 +113,17 @@ class TrainSettings:
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 
+def check_batch_split(settings: TrainSettings, world_size: int) -> None:
+    """Refuse (ValueError) a global batch that does not split evenly into ``world_size``
+    processes x ``accumulate`` micro-batches."""
+    parts = world_size * settings.accumulate
+    if settings.batch_size % parts:
+        raise ValueError(
+            f"batch_size = {settings.batch_size} must split evenly into {world_size} process(es) x "
+            f"accumulate = {settings.accumulate} micro-batches; choose a multiple of {parts}"
+        )
+
+
 #: Signals that stop training after the current step, with a checkpoint: Ctrl-C, and the
 #: SIGTERM that torchrun forwards to its workers and schedulers (SLURM) send before a kill.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -197,11 +208,7 @@ class Trainer:
         self._stream_step = -1
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         torch.manual_seed(derived_seed("global", s.seed, self.rank))  # the CPU's and every GPU's
-        if s.batch_size % (self.world_size * s.accumulate):
-            raise ValueError(
-                f"batch_size = {s.batch_size} must split evenly into {self.world_size} process(es) x "
-                f"accumulate = {s.accumulate} micro-batches; choose a multiple of {self.world_size * s.accumulate}"
-            )
+        check_batch_split(s, self.world_size)
         # Under DDP the wrapper runs the forward pass and averages gradients over the ranks; it
         # starts by giving every rank rank 0's weights, so the EMA is copied after it.
         self.model = self._ddp = _wrap_for_ranks(network, self.device)

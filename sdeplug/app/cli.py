@@ -339,7 +339,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _out_dir(args, config) / "checkpoint.safetensors"
     if out.exists():
         raise ConfigError(f"{out} exists already; remove it or convert into another folder (--out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = convert_job(config, args.source, out, weights=args.weights)
     source = report["source"]
     print(

@@ -82,13 +82,12 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
 
     sde = check_config(config)
     settings = config.classifier.train if classifier and config.classifier else config.train
-    processes = distributed.world_size()
-    if settings.batch_size % (processes * settings.accumulate):
-        section = "[classifier.train]" if classifier else "[train]"
-        raise ConfigError(
-            f"{section} batch_size = {settings.batch_size} must split evenly into {processes} process(es) x "
-            f"accumulate = {settings.accumulate} micro-batches; choose a multiple of {processes * settings.accumulate}"
-        )
+    from sdeplug.trainer import check_batch_split
+
+    try:  # before the data are read
+        check_batch_split(settings, distributed.world_size())
+    except ValueError as exc:
+        raise ConfigError(f"{'[classifier.train]' if classifier else '[train]'} {exc}") from None
     dataset = build_dataset(config)
     check_sizes(config, dataset, train=settings)
     device, dtype = distributed.local_device(config.sample.device), config.sample.torch_dtype
@@ -145,7 +144,6 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
         )
         what = config.model.name
     fingerprint = data_fingerprint(config.data.name, config.data.options)
-    trainer.config = {**run_config, "data_fingerprint": fingerprint}
     with training_lock(checkpoint):  # one run per checkpoint, from loading it to the last save
         resumed_at = None
         if checkpoint.exists() and not restart:
@@ -164,8 +162,8 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
                     DataMismatchWarning,
                     stacklevel=2,
                 )
-            trainer.config = {**run_config, "data_fingerprint": fingerprint}
             resumed_at = trainer.step
+        trainer.config = {**run_config, "data_fingerprint": fingerprint}  # what its checkpoints record
         start, first_step = time.perf_counter(), trainer.step
         trainer.fit()
         seconds = time.perf_counter() - start

@@ -58,7 +58,6 @@ def moments_job(config: Config, out_file: Path, *, num: int | None, full: bool |
     dim = math.prod(shape)
     full = dim <= FULL_COVARIANCE_UP_TO if full is None else full
     moments = data_moments(dataset.train, count, shape, full)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     moments.save(out_file)
     return {
         "samples": count,
