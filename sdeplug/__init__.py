@@ -2,10 +2,19 @@
 
 The public API a plugin codes against: ``hookimpl``, the interfaces (SDE,
 LinearSDE, ScoreModel, Predictor, Corrector, ODESolver, TimeGrid, TimeClassifier, FeatureExtractor), the tensor
-helpers, the data's Gaussian moments (DataMoments) and the errors. Concrete parts come from
+helpers, the data's Gaussian moments (DataMoments), the errors, and what samples a conditional
+model (Conditioned, classifier-free guidance, autoguidance, dynamic thresholding). Concrete parts come from
 plugins: see ``sdeplug.registry``.
 """
 
+from sdeplug.conditioning import (
+    NULL_LABEL,
+    Conditioned,
+    DynamicThresholding,
+    Guided,
+    autoguidance,
+    classifier_free_guidance,
+)
 from sdeplug.errors import (
     ConfigError,
     DuplicatePartError,
@@ -40,7 +49,13 @@ from sdeplug.tensors import batch_time, per_sample, randn, randn_like, sum_excep
 __version__ = "0.1.0"
 
 __all__ = [
+    "NULL_LABEL",
     "SDE",
+    "Conditioned",
+    "DynamicThresholding",
+    "Guided",
+    "autoguidance",
+    "classifier_free_guidance",
     "ConfigError",
     "Corrector",
     "DataMoments",

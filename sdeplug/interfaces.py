@@ -202,6 +202,11 @@ class ScoreModel(torch.nn.Module, abc.ABC):
 
     name: ClassVar[str | None] = None
     sde_name: str | None = None
+    #: The classes of a conditional model, None for an unconditional one. A conditional model's
+    #: forward takes the labels too, ``forward(x, t, labels)``: one integer per sample in
+    #: [0, num_classes), or ``sdeplug.NULL_LABEL`` (-1) for the unconditional score. Samplers
+    #: see it through ``sdeplug.Conditioned`` or a guidance (see ``sdeplug.conditioning``).
+    num_classes: int | None = None
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

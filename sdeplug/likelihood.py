@@ -25,7 +25,14 @@ from torch import Tensor
 from sdeplug.grids import end_time
 from sdeplug.interfaces import SDE, DenseODESolution, ODESolver, ScoreFn
 from sdeplug.registry import part_name, resolve
-from sdeplug.sampling import CountingScore, FiniteMonitor, check_batch, check_generator, raise_as_part_failure
+from sdeplug.sampling import (
+    CountingScore,
+    FiniteMonitor,
+    check_batch,
+    check_generator,
+    check_unbound,
+    raise_as_part_failure,
+)
 from sdeplug.tensors import randn_like
 
 #: Where likelihood integration starts unless told: 1e-5 for every SDE, as the paper's
@@ -173,6 +180,7 @@ def log_likelihood(
     _require_integer(probes, 1, "probes must be a positive integer")
     probes = int(probes)
     check_batch(x, "x")
+    check_unbound(score)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf: a likelihood needs finite data")
     if divergence == "hutchinson":

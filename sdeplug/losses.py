@@ -6,7 +6,9 @@ denoising score-matching loss, and the noisy cross-entropy of a time-dependent c
 with t ~ U(eps, T), x_t = mean(x_0, t) + std(t) z and grad log p_0t = -z / std. The
 default weighting lambda = std^2 turns the summand into ||std s + z||^2 (the paper's
 choice); ``weighting="likelihood"`` takes lambda = g(t)^2, which makes the loss a bound
-on the negative log-likelihood (Song et al. 2021, "Maximum likelihood training").
+on the negative log-likelihood (Song et al. 2021, "Maximum likelihood training");
+``weighting="velocity"`` (a LinearSDE) takes lambda = sigma^2 (alpha^2 + sigma^2)^2 / alpha^2,
+which is ||v_hat - v||^2 for a network predicting the velocity v = alpha z - sigma x_0.
 
 The classifier that guidance needs is trained on the same perturbed inputs x_t with
 cross-entropy, so that classifier(x_t, t) approximates p_t(y | x_t).
@@ -21,8 +23,11 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug.interfaces import SDE, ScoreFn
+from sdeplug.interfaces import SDE, LinearSDE, ScoreFn
 from sdeplug.tensors import per_sample, randn_like
+
+#: The loss weightings lambda(t) (see the module docstring).
+WEIGHTINGS: tuple[str, ...] = ("sigma2", "likelihood", "velocity")
 
 
 def _check_perturbable(sde: SDE, eps: float, what: str) -> None:
@@ -58,8 +63,9 @@ def perturb(sde: SDE, eps: float, x0: Tensor, generator: torch.Generator | None 
 
 @attrs.frozen
 class DenoisingScoreMatching:
-    """``loss(score_model, x0, generator=None, noise=None) -> scalar``; needs only the SDE's
-    marginal_prob. ``noise`` = (u, z) from ``draw_noise`` replaces drawing from ``generator``.
+    """``loss(score_model, x0, generator=None, noise=None, labels=None) -> scalar``; needs only
+    the SDE's marginal_prob. ``noise`` = (u, z) from ``draw_noise`` replaces drawing from
+    ``generator``; ``labels`` (batch,) go to a conditional model as ``score(x_t, t, labels)``.
 
     ``reduction`` combines the entries of one sample ("mean", as the paper's default
     ``reduce_mean=True``, or "sum"); samples are always averaged.
@@ -67,22 +73,40 @@ class DenoisingScoreMatching:
 
     sde: SDE
     eps: float = attrs.field(default=1e-5, converter=float)
-    weighting: Literal["sigma2", "likelihood"] = attrs.field(
-        default="sigma2", validator=v.in_(("sigma2", "likelihood"))
-    )
+    weighting: Literal["sigma2", "likelihood", "velocity"] = attrs.field(default="sigma2", validator=v.in_(WEIGHTINGS))
     reduction: Literal["mean", "sum"] = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
 
     def __attrs_post_init__(self) -> None:
         _check_perturbable(self.sde, self.eps, "denoising score matching")
+        if self.weighting == "velocity" and not isinstance(self.sde, LinearSDE):
+            raise TypeError(
+                f"the 'velocity' weighting needs a LinearSDE (alpha(t), sigma(t)); got {type(self.sde).__name__}"
+            )
 
     def __call__(
-        self, score: ScoreFn, x0: Tensor, generator: torch.Generator | None = None, *, noise: Noise | None = None
+        self,
+        score: ScoreFn,
+        x0: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: Noise | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
         batch = x0.shape[0]
         xt, t, z, std = perturb(self.sde, self.eps, x0, generator, noise)
-        s = score(xt, t)
+        if labels is None:
+            s = score(xt, t)
+        else:
+            if labels.shape != (batch,):
+                raise ValueError(f"labels must have shape (batch,) = ({batch},); got {tuple(labels.shape)}")
+            s = score(xt, t, labels)
         if self.weighting == "sigma2":
             residual = (per_sample(std, x0) * s + z) ** 2
+            weight = None
+        elif self.weighting == "velocity":  # std s + z = -alpha (v_hat - v) / (alpha^2 + sigma^2)
+            alpha = self.sde.alpha(t)
+            scale = per_sample((alpha**2 + std**2) / alpha, x0)
+            residual = ((per_sample(std, x0) * s + z) * scale) ** 2
             weight = None
         else:
             residual = (s + z / per_sample(std, x0)) ** 2

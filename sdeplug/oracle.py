@@ -126,14 +126,24 @@ class GaussianMixture(torch.nn.Module):
         log_comp, _, _ = self._component_terms(x, sde, t)
         return torch.logsumexp(log_comp, dim=-1)
 
-    def score(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
-        """grad_x log p_t(x), exact, like x."""
+    def score(
+        self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None, labels: Tensor | None = None
+    ) -> Tensor:
+        """grad_x log p_t(x), exact, like x. With ``labels`` (batch,) of components, the score
+        of each sample's own component, grad_x log p_t(x | k), and of the whole mixture where
+        the label is ``NULL_LABEL`` (-1)."""
         log_comp, scaled, _ = self._component_terms(x, sde, t)
-        resp = torch.softmax(log_comp, dim=-1)[..., None]
+        resp = torch.softmax(log_comp, dim=-1)
+        if labels is not None:
+            labels = labels.to(device=resp.device, dtype=torch.int64)
+            if labels.shape != (x.shape[0],):
+                raise ValueError(f"labels must have shape (batch,) = ({x.shape[0]},); got {tuple(labels.shape)}")
+            own = torch.nn.functional.one_hot(labels.clamp(min=0), self.num_components).to(resp.dtype)
+            resp = torch.where((labels >= 0)[:, None], own, resp)
         comp_scores = -scaled
         if self.evecs is not None:
             comp_scores = torch.einsum("bke,kde->bkd", comp_scores, self.evecs.to(x.dtype))
-        return (resp * comp_scores).sum(1).reshape(x.shape)
+        return (resp[..., None] * comp_scores).sum(1).reshape(x.shape)
 
     def posterior_weights(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
         """p_t(component k | x), shape (B, K): the exact time-dependent classifier."""
@@ -254,22 +264,32 @@ class GaussianMixture(torch.nn.Module):
         x = (means[idx, labels] + z).reshape(n, *self.event_shape)
         return (x, labels) if return_labels else x
 
-    def score_model(self, sde: SDE) -> MixtureScore:
-        """This mixture's exact score under ``sde`` as a ScoreModel."""
-        return MixtureScore(self, sde)
+    def score_model(self, sde: SDE, *, conditional: bool = False) -> MixtureScore:
+        """This mixture's exact score under ``sde`` as a ScoreModel (conditional on the
+        component with ``conditional=True``)."""
+        return MixtureScore(self, sde, conditional=conditional)
 
 
 class MixtureScore(ScoreModel):
-    """The exact score of a Gaussian mixture under a LinearSDE, usable like a trained network."""
+    """The exact score of a Gaussian mixture under a LinearSDE, usable like a trained network.
 
-    def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
+    ``conditional=True`` makes it a conditional model with the components as its classes:
+    ``forward(x, t, labels)`` is the exact score of each label's component (of the mixture for
+    ``NULL_LABEL``), the truth that classifier-free guidance is checked against.
+    """
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE, *, conditional: bool = False) -> None:
         super().__init__()
         mixture._check_sde(sde)
         self.mixture = mixture
         self.sde = sde
+        self.num_classes = mixture.num_components if conditional else None
+        self.event_shape = mixture.event_shape
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.mixture.score(x, t, self.sde)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        if labels is not None and self.num_classes is None:
+            raise ValueError("class labels were given to an unconditional mixture score (conditional=False)")
+        return self.mixture.score(x, t, self.sde, labels)
 
 
 def complement_rows(A: Tensor) -> Tensor:

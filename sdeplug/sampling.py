@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sdeplug.conditioning import evaluations_per_call, num_classes
 from sdeplug.errors import NonFiniteError, PluginError, SdeplugError
 from sdeplug.grids import GridSpec, end_time, resolve_grid
 from sdeplug.interfaces import SDE, Corrector, LinearSDE, ODESolver, Predictor, ScoreFn
@@ -54,11 +55,27 @@ class Constraint(Protocol):
 
 @attrs.frozen
 class SampleResult:
-    """Samples, the number of score evaluations spent on them, and the grid used."""
+    """Samples, the number of score evaluations spent on them, and the grid used.
+
+    ``network_evaluations`` counts the network's forward passes per sample: ``nfe`` times the
+    score's cost per call (2 for a guided score, whose evaluations share one batch).
+    """
 
     x: Tensor
     nfe: int
     grid: Tensor | None = None
+    network_evaluations: int | None = None
+
+
+def check_unbound(score: ScoreFn) -> None:
+    """Refuse a conditional model passed without its labels: samplers call score(x, t)."""
+    classes = num_classes(score)
+    if classes is not None:
+        raise ValueError(
+            f"the score model is conditional ({classes} classes) and needs labels: pass "
+            "sdeplug.Conditioned(model, labels), a guidance such as sdeplug.classifier_free_guidance(model, "
+            "labels, w), or Conditioned(model, sdeplug.NULL_LABEL) for the unconditional score"
+        )
 
 
 class CountingScore:
@@ -68,8 +85,14 @@ class CountingScore:
     def __init__(self, score: ScoreFn) -> None:
         self.score = score
         self.calls = 0
+        self.per_call = evaluations_per_call(score)
         self.watching = False
         self.first: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per sample so far."""
+        return self.calls * self.per_call
 
     def watch(self) -> None:
         """Keep the next evaluation's (x, t, score)."""
@@ -281,6 +304,7 @@ def sample_pc(
     if order not in ("predictor_first", "corrector_first"):
         raise ValueError(f"order must be 'predictor_first' or 'corrector_first'; got {order!r}")
     _check_shape(shape, x_init)
+    check_unbound(score)
     device, dtype = _defaults(device, dtype, generator, x_init)
     counted = CountingScore(score)
     pred = resolve("predictor", predictor, sde, counted, options=predictor_options)
@@ -340,7 +364,7 @@ def sample_pc(
     if constraint is not None:
         x = constraint.final(x)
     monitor.raise_if_bad(lambda i: f"step {i} of {n_steps}")
-    return SampleResult(x=x, nfe=counted.calls, grid=times)
+    return SampleResult(x=x, nfe=counted.calls, grid=times, network_evaluations=counted.evaluations)
 
 
 def probability_flow(sde: SDE, score: ScoreFn, batch: int):
@@ -383,6 +407,7 @@ def sample_ode(
     ``i`` the evaluation's number (an adaptive solver's rejected trials included).
     """
     _check_shape(shape, x_init)
+    check_unbound(score)
     device, dtype = _defaults(device, dtype, generator, x_init)
     ode_solver = resolve("ode_solver", solver, options=solver_options)
     counted = CountingScore(score)
@@ -425,4 +450,4 @@ def sample_ode(
         x = denoise_step(sde, counted, x, torch.full((batch,), t1, device=device, dtype=dtype))
         monitor.check(x, counted.calls, 1, torch.as_tensor(t1))
     monitor.raise_if_bad(lambda i: f"score evaluation {i}")
-    return SampleResult(x=x, nfe=counted.calls, grid=times)
+    return SampleResult(x=x, nfe=counted.calls, grid=times, network_evaluations=counted.evaluations)
