@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 from sdeplug import distributed
 from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
+from sdeplug.conditioning import NULL_LABEL, num_classes
 from sdeplug.data import Source, StepBatches, apply_flips, step_batches, step_draws
 from sdeplug.errors import DataError, PlatformError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
-from sdeplug.losses import DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
+from sdeplug.losses import WEIGHTINGS, DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import PARAMETERIZATIONS, ParameterizedScore
 from sdeplug.tensors import check_seed, derived_seed, non_finite_rows
 
@@ -71,6 +72,11 @@ def _optional_float(value):
     return None if value is None else float(value)
 
 
+def _optional_probability(_inst, attribute, value):
+    if value is not None and not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must be a probability in [0, 1]; got {value!r}")
+
+
 def _optional_positive_finite(inst, attribute, value):
     if value is not None:
         _positive_finite(inst, attribute, value)
@@ -100,8 +106,17 @@ class TrainSettings:
     seed: int = attrs.field(default=0, validator=_seed)
     #: "score": denoising score matching; "classifier": noisy cross-entropy on the labels.
     objective: str = attrs.field(default="score", validator=v.in_(("score", "classifier")))
-    parameterization: str = attrs.field(default="noise", validator=v.in_(("score", "noise", "data")))
-    weighting: str = attrs.field(default="sigma2", validator=v.in_(("sigma2", "likelihood")))
+    parameterization: str = attrs.field(default="noise", validator=v.in_(PARAMETERIZATIONS))
+    #: lambda(t) of the loss (sdeplug.losses); by default "velocity" (||v_hat - v||^2) for a
+    #: velocity network and "sigma2" (||z_hat - z||^2 for a noise network) otherwise.
+    weighting: str = attrs.field(
+        default=attrs.Factory(lambda s: "velocity" if s.parameterization == "velocity" else "sigma2", takes_self=True),
+        validator=v.in_(WEIGHTINGS),
+    )
+    #: For a class-conditional network: the probability that a label is replaced by the null
+    #: label, so that the network also learns the unconditional score (classifier-free
+    #: guidance needs it). None: 0.1 for a conditional network.
+    label_dropout: float | None = attrs.field(default=None, converter=_optional_float, validator=_optional_probability)
     reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
     eps: float = attrs.field(default=1e-5, converter=float, validator=_eps)
     #: The forward pass's precision: "fp32", or autocast to "bf16" or "fp16" (fp16 with a
@@ -234,6 +249,13 @@ class Trainer:
         else:
             self.labels = None
             self.loss = DenoisingScoreMatching(sde, eps=s.eps, weighting=s.weighting, reduction=s.reduction)
+        self.num_classes = num_classes(network) if s.objective == "score" else None
+        self.label_dropout = 0.0
+        if self.num_classes is not None:
+            self.labels = _checked_class_labels(labels, data, self.num_classes, self.source).to(self.device)
+            self.label_dropout = 0.1 if s.label_dropout is None else s.label_dropout
+        elif s.objective == "score" and s.label_dropout is not None:
+            raise ValueError("label_dropout is for a class-conditional network; this network takes no labels")
         self.optimizer = torch.optim.Adam(network.parameters(), lr=s.lr)
         # reseeded at every step for (seed, step): the data order carries no state to save
         self.data_generator = torch.Generator(self.device)
@@ -256,7 +278,7 @@ class Trainer:
 
     def score_model(self, ema: bool = True) -> ParameterizedScore:
         """The trained score for sampling: the EMA weights by default."""
-        if self.labels is not None:
+        if self.settings.objective == "classifier":
             raise ValueError("this Trainer trains a classifier; use trained_network() for it")
         return ParameterizedScore(self.ema if ema else self.network, self.sde, self.settings.parameterization)
 
@@ -286,6 +308,8 @@ class Trainer:
                 labels = self.labels[idx[mine]]
         else:
             x_rank = self._streamed_batch()
+        if self.label_dropout:
+            labels = torch.where(self._dropped_labels()[mine], NULL_LABEL, labels)
         u, z = draw_noise(x_rank[:1].expand(s.batch_size, *x_rank.shape[1:]), self.loss_generator)  # a view
         self.optimizer.zero_grad(set_to_none=True)
         loss = None
@@ -297,8 +321,10 @@ class Trainer:
             with contextlib.nullcontext() if last or self._ddp is self.network else self._ddp.no_sync():
                 x0, noise = x_rank[part], (u[noise_part], z[noise_part])
                 with self._precision():
-                    if labels is not None:
+                    if s.objective == "classifier":
                         part_loss = self.loss(self.model, x0, labels[part], noise=noise)
+                    elif labels is not None:
+                        part_loss = self.loss(self._train_score, x0, noise=noise, labels=labels[part])
                     else:
                         part_loss = self.loss(self._train_score, x0, noise=noise)
                 part_loss = part_loss.float() / s.accumulate
@@ -329,6 +355,15 @@ class Trainer:
         self.history[self.step] = loss
         self.step += 1
         return loss
+
+    def _dropped_labels(self) -> Tensor:
+        """Which labels of the global batch this step replaces by the null label: drawn for the
+        whole batch from a generator seeded for (seed, step), so that any number of ranks and a
+        resumed run drop the same ones."""
+        s = self.settings
+        self.data_generator.manual_seed(derived_seed("label dropout", s.seed, self.step))
+        draws = torch.rand(s.batch_size, generator=self.data_generator, device=self.device)
+        return draws < self.label_dropout
 
     def _streamed_batch(self) -> Tensor:
         """This rank's batch of the current step from the source, read ahead by the workers."""
@@ -643,6 +678,24 @@ def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.
     return DistributedDataParallel(
         network, device_ids=[device] if device.type == "cuda" else None, gradient_as_bucket_view=True
     )
+
+
+def _checked_class_labels(labels: Tensor | None, data: Tensor | Source, classes: int, source: Source | None) -> Tensor:
+    """The labels of a class-conditional network's data: int64 (n,), each in [0, classes)."""
+    if source is not None:
+        raise ValueError("a class-conditional network trains on data held as a tensor beside its labels, not a Source")
+    if labels is None or labels.shape != (len(data),) or labels.dtype != torch.int64:
+        got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
+        raise ValueError(
+            f"a class-conditional network ({classes} classes) needs labels: an int64 tensor of shape "
+            f"({len(data)},); got {got}"
+        )
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(
+            f"the labels run from {int(labels.min())} to {int(labels.max())}; "
+            f"the network has classes 0 to {classes - 1}"
+        )
+    return labels
 
 
 def _check_finite_rows(data: Tensor) -> None:

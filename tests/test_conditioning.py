@@ -371,3 +371,106 @@ def test_bad_conditioning_is_refused_with_one_clear_line(mixture):
     ):
         with pytest.raises(ValueError, match=r"conditional \(3 classes\) and needs labels"):
             run()
+
+
+# Training a conditional network --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_conditional(mixture):
+    """A class-conditional MLP trained with label dropout on the mixture, its components as labels."""
+    from sdeplug.trainer import Trainer, TrainSettings
+
+    sde = sdeplug.create("sde", "vp")
+    data = mixture.float()
+    x, labels = data.sample(8000, torch.Generator().manual_seed(20), return_labels=True)
+    torch.manual_seed(0)
+    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=128, depth=3, num_classes=3)
+    settings = TrainSettings(steps=1500, batch_size=256, lr=2e-3, ema_decay=0.99, progress=False)
+    trainer = Trainer(network, sde, x, settings, labels=labels).fit()
+    return trainer
+
+
+def test_a_network_trained_with_label_dropout_learns_the_conditional_and_unconditional_scores(
+    mixture, trained_conditional
+):
+    sde, model = trained_conditional.sde, trained_conditional.score_model()
+    assert model.num_classes == 3 and trained_conditional.label_dropout == 0.1
+    n, g = 1500, torch.Generator().manual_seed(21)
+    labels = _labels(n, 3)
+
+    def draw(score):
+        return sample_pc(
+            sde, score, (n, 2), predictor="unipc", corrector="none", steps=25, grid="logsnr", generator=g
+        ).x
+
+    for weight in (1.0, 3.0):
+        x = draw(classifier_free_guidance(model, labels, weight))
+        accuracy = float((mixture.posterior_weights(x.double()).argmax(1) == labels).double().mean())
+        assert accuracy > 0.95, f"w = {weight}: {accuracy:.3f} of the samples in their class"
+    x = draw(Conditioned(model, NULL_LABEL))
+    shares = torch.bincount(mixture.posterior_weights(x.double()).argmax(1), minlength=3).double() / n
+    weights = mixture.log_weights.exp()
+    # a share's binomial standard error at n = 1500 is at most 0.013; a trained score adds some
+    assert (shares - weights).abs().max() < 0.06, (shares, weights)
+
+
+def test_label_dropout_is_drawn_for_the_global_batch(mixture):
+    from sdeplug.trainer import Trainer, TrainSettings
+
+    sde = sdeplug.create("sde", "vp")
+    x, labels = mixture.float().sample(64, torch.Generator().manual_seed(22), return_labels=True)
+    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=16, depth=1, num_classes=3)
+    trainer = Trainer(
+        network, sde, x, TrainSettings(steps=3, batch_size=4000, label_dropout=0.25, progress=False), labels=labels
+    )
+    dropped = trainer._dropped_labels()
+    assert abs(float(dropped.double().mean()) - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5
+    assert torch.equal(dropped, trainer._dropped_labels())  # seeded by (seed, step) alone
+    trainer.step = 1
+    assert not torch.equal(dropped, trainer._dropped_labels())
+
+
+def test_conditional_training_refuses_what_it_cannot_use(mixture):
+    from sdeplug.trainer import Trainer, TrainSettings
+
+    sde = sdeplug.create("sde", "vp")
+    x, labels = mixture.float().sample(64, torch.Generator().manual_seed(23), return_labels=True)
+    conditional = sdeplug.create("score_model", "mlp", event_shape=(2,), width=16, depth=1, num_classes=2)
+    with pytest.raises(ValueError, match="needs labels: an int64 tensor of shape"):
+        Trainer(conditional, sde, x, TrainSettings(progress=False))
+    with pytest.raises(ValueError, match="the labels run from 0 to 2; the network has classes 0 to 1"):
+        Trainer(conditional, sde, x, TrainSettings(progress=False), labels=labels)
+    plain = sdeplug.create("score_model", "mlp", event_shape=(2,), width=16, depth=1)
+    with pytest.raises(ValueError, match="label_dropout is for a class-conditional network"):
+        Trainer(plain, sde, x, TrainSettings(label_dropout=0.2, progress=False))
+    with pytest.raises(ValueError, match="label_dropout must be a probability"):
+        TrainSettings(label_dropout=1.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("mlp", {"event_shape": (2,), "width": 32, "depth": 2}),
+        ("unet", {"event_shape": (1, 8, 8), "channels": 8}),
+        ("ncsnpp", {"event_shape": (3, 8, 8), "preset": "ddpmpp_cifar10_vp", "nf": 8, "ch_mult": (1, 2)}),
+    ],
+)
+def test_the_bundled_networks_take_a_class_embedding_only_when_asked(name, options):
+    plain = sdeplug.create("score_model", name, **options)
+    assert plain.num_classes is None and not any("classes" in k for k in plain.state_dict())
+    torch.manual_seed(0)
+    network = sdeplug.create("score_model", name, **options, num_classes=4).double().eval()
+    with torch.no_grad():  # zero-initialised output layers would hide what the labels do
+        for p in network.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=F64) * 0.2)
+    shape = (6, *options["event_shape"])
+    x, t = torch.randn(shape, dtype=F64), torch.rand(6, dtype=F64)
+    labels = torch.tensor([0, 1, 2, 3, NULL_LABEL, 1])
+    out = network(x, t, labels)
+    assert out.shape == x.shape
+    assert torch.equal(network(x, t), network(x, t, torch.full((6,), NULL_LABEL)))  # no labels: no class
+    other = network(x[:1], t[:1], torch.tensor([2]))[0]
+    assert (out[0] - other).abs().max() > 1e-3 * out[0].abs().max()  # the label matters
+    alone = torch.cat([network(x[i : i + 1], t[i : i + 1], labels[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(out, alone, rtol=1e-10, atol=1e-12)  # each sample its own label

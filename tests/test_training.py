@@ -80,6 +80,31 @@ def test_loss_is_the_papers_formula_for_every_parameterization(sde_name):
     likelihood = DenoisingScoreMatching(sde, weighting="likelihood")(net, x0, torch.Generator().manual_seed(7))
     g2 = sde.diffusion(t) ** 2
     torch.testing.assert_close(likelihood.detach(), (g2 * ((out + z / std[:, None]) ** 2).mean(1)).mean())
+    # a velocity network, v = alpha z - sigma x0 (Salimans & Ho), trained on ||v_hat - v||^2
+    velocity = DenoisingScoreMatching(sde, weighting="velocity")(
+        ParameterizedScore(net, sde, "velocity"), x0, torch.Generator().manual_seed(7)
+    )
+    v = alpha * z - std[:, None] * x0
+    torch.testing.assert_close(velocity.detach(), ((out - v) ** 2).mean(1).mean(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp", "subvp"])
+def test_the_exact_velocity_read_as_velocity_is_the_exact_score(sde_name):
+    sde = sdeplug.create("sde", sde_name)
+    mixture = preset("mixture3").to(F64)
+    x0 = mixture.sample(50, torch.Generator().manual_seed(3))
+    t, z, xt, std = _draws(4, x0, sde, eps=1e-3)
+    alpha, sigma = sde.alpha(t)[:, None], std[:, None]
+    exact = mixture.score(xt, t, sde)
+    # E[z | x_t] = -sigma s and E[x0 | x_t] = (x_t + sigma^2 s) / alpha, so E[v | x_t] is:
+    velocity = -alpha * sigma * exact - sigma * (xt + sigma**2 * exact) / alpha
+
+    class ExactVelocity(nn.Module):
+        def forward(self, x, t_in):
+            return velocity
+
+    got = ParameterizedScore(ExactVelocity(), sde, "velocity")(xt, t)
+    torch.testing.assert_close(got, exact, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])

@@ -55,3 +55,11 @@ def check_channels(channels: object, channel_mult: object) -> tuple[int, ...]:
 def check_dropout(dropout: object) -> None:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
+
+
+def check_num_classes(num_classes: object) -> int | None:
+    """None (an unconditional network) or the number of classes, an integer >= 1."""
+    if num_classes is None:
+        return None
+    check_sizes(num_classes=(num_classes, 1))
+    return int(num_classes)

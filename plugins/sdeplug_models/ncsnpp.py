@@ -25,6 +25,8 @@ from torch.nn import functional as F
 
 from sdeplug import ScoreModel
 from sdeplug_models import fir
+from sdeplug_models.checks import check_num_classes
+from sdeplug_models.embedding import ClassEmbedding
 
 RESBLOCK_TYPES = ("biggan", "ddpm")
 PROGRESSIVE = ("none", "output_skip", "residual")
@@ -282,13 +284,22 @@ class NCSNpp(ScoreModel):
         scale_by_sigma: bool | None = None,
         centered: bool | None = None,
         time_input: str | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        """Options left out take the ``preset``'s value (one of PRESETS), else DEFAULTS."""
+        """Options left out take the ``preset``'s value (one of PRESETS), else DEFAULTS.
+        ``num_classes`` makes the network class-conditional (off in every preset)."""
         given = {k: v for k, v in locals().items() if k in DEFAULTS and v is not None}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(map(repr, PRESETS))}; got {preset!r}")
         chosen = {**DEFAULTS, **(PRESETS[preset][0] if preset else {}), **given}
         self._build(event_shape, **chosen)
+        # after the paper's modules, so that an unconditional network's state is the paper's
+        self.num_classes = check_num_classes(num_classes)
+        self.classes = None
+        if self.num_classes:
+            if self.time_mlp is None:
+                raise ValueError("num_classes needs conditional = true: the class embedding joins the time embedding")
+            self.classes = ClassEmbedding(self.num_classes, self.time_mlp[0].in_features)
         self.preset = preset
         self.sde_name = PRESETS[preset][1] if preset else None  # the SDE the paper trained this preset on
 
@@ -447,13 +458,17 @@ class NCSNpp(ScoreModel):
         else:
             self.out_norm, self.out = _norm(c), _conv(c, channels, init_scale=init_scale)
 
-    def embed(self, label: Tensor) -> Tensor | None:
-        """The conditioning vector of each sample's noise label (None when not conditional)."""
+    def embed(self, label: Tensor, labels: Tensor | None = None) -> Tensor | None:
+        """The conditioning vector of each sample's noise label (None when not conditional),
+        with the class embedding of ``labels`` added before the MLP in a class-conditional one."""
         emb = self.fourier(label) if self.fourier is not None else positional_embedding(label, self.nf)
-        return self.time_mlp(emb.to(self.input.weight.dtype)) if self.time_mlp is not None else None
+        emb = emb.to(self.input.weight.dtype)
+        if self.classes is not None:
+            emb = emb + self.classes(labels, emb.shape[0]).to(emb.dtype)
+        return self.time_mlp(emb) if self.time_mlp is not None else None
 
-    def forward(self, x: Tensor, label: Tensor) -> Tensor:
-        temb = self.embed(label)
+    def forward(self, x: Tensor, label: Tensor, labels: Tensor | None = None) -> Tensor:
+        temb = self.embed(label, labels)
         if not self.centered:
             x = 2 * x - 1
         pyramid = x if self.progressive_input != "none" else None

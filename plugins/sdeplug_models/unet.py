@@ -13,8 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from sdeplug import ScoreModel
-from sdeplug_models.checks import check_channels, check_dropout, check_embed_dim, check_event_shape, check_sizes
-from sdeplug_models.embedding import FourierTime
+from sdeplug_models.checks import (
+    check_channels,
+    check_dropout,
+    check_embed_dim,
+    check_event_shape,
+    check_num_classes,
+    check_sizes,
+)
+from sdeplug_models.embedding import ClassEmbedding, FourierTime
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -66,9 +73,11 @@ class UNet(ScoreModel):
         embed_dim: int = 128,
         dropout: float = 0.0,
         fourier_scale: float = 16.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = check_event_shape(event_shape, image=True)
+        self.num_classes = check_num_classes(num_classes)
         channel_mult = check_channels(channels, channel_mult)
         check_sizes(num_res_blocks=(num_res_blocks, 1))
         check_embed_dim(embed_dim)
@@ -84,6 +93,7 @@ class UNet(ScoreModel):
         self.attention_resolutions, self.embed_dim = tuple(attention_resolutions), embed_dim
         self.dropout, self.fourier_scale = dropout, fourier_scale
         self.embed = FourierTime(embed_dim, fourier_scale)
+        self.classes = ClassEmbedding(self.num_classes, embed_dim) if self.num_classes else None
         self.inp = nn.Conv2d(c_img, channels, 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         skips, c, res = [channels], channels, height
@@ -123,8 +133,8 @@ class UNet(ScoreModel):
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return h
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        emb = self.embed(t)
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        emb = self.embed(t, None if self.classes is None else self.classes(labels, x.shape[0]))
         h = self.inp(x)
         hs = [h]
         for block in self.down:
