@@ -26,6 +26,7 @@ PLUGIN_API = {
     "sdeplug.extras",
     "sdeplug.moments",
     "sdeplug.files",
+    "sdeplug.conditioning",
 }
 #: The library: sampling, likelihood, guidance, training and the testing kit, usable from Python.
 LIBRARY = {

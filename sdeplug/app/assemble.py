@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -216,10 +217,18 @@ def in_seeded_batches(
     return torch.cat([done[i][0] for i in range(len(firsts))]), max(part[1] for part in done.values())
 
 
+@attrs.frozen
+class PerBatch:
+    """A score chosen for each batch, ``make(first, size)``: a conditional model bound to the
+    labels of samples first .. first + size - 1."""
+
+    make: Callable[[int, int], ScoreFn]
+
+
 def sample_seeded(
     sampler: SamplerConfig,
     sde: SDE,
-    score: ScoreFn,
+    score: ScoreFn | PerBatch,
     event_shape: tuple[int, ...],
     num: int,
     batch_size: int | None,
@@ -238,7 +247,7 @@ def sample_seeded(
         lambda first, size, generator: run_sampler(
             sampler,
             sde,
-            score,
+            score.make(first, size) if isinstance(score, PerBatch) else score,
             (size, *event_shape),
             generator=generator,
             device=device,

@@ -220,7 +220,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         report = sample_job(config, out, _checkpoint(args, out))
     if rank != 0:
         return 0
-    if config.guidance is not None:
+    if report.get("kind") in ("cfg", "autoguidance", "conditional"):
+        _print_class_sampling(report)
+    elif config.guidance is not None:
         _print_guided(report)
     else:
         print(
@@ -240,6 +242,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
             )
     _written(report)
     return 0
+
+
+def _print_class_sampling(report: dict[str, Any]) -> None:
+    what = {"cfg": "classifier-free guidance", "autoguidance": "autoguidance"}.get(report["kind"], "conditional model")
+    classes = f", {report['num_classes']} classes" if "num_classes" in report else ""
+    print(f"{what}: {report['num_samples']} samples per weight{classes}, from {report['checkpoint']}")
+    judged = "judge" in report
+    if judged:
+        print(f"agreement: how often the {report['judge']} gives the requested class")
+    print("  weight  steps  network evals  " + ("agreement  " if judged else "") + "energy distance (floor)  seconds")
+    for row in report["runs"]:
+        energy = (
+            f"{row['energy_distance']:.3g} ({row['null_mean']:.2g} +- {row['null_std']:.2g})"
+            if "energy_distance" in row
+            else "-"
+        )
+        agreement = f"{row['agreement']:9.3f}  " if judged else ""
+        print(
+            f"  {row['weight']:6g}  {row['nfe_per_sample']:5d}  {row['network_evaluations_per_sample']:13d}  "
+            f"{agreement}{energy:23s}  {row['seconds']:7.1f}"
+        )
 
 
 def _print_guided(report: dict[str, Any]) -> None:

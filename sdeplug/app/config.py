@@ -197,8 +197,11 @@ class ClassifierConfig:
     train: TrainSettings = attrs.field(factory=lambda: TrainSettings(objective="classifier"))
 
 
+_CLASS_GUIDANCE = {"scale", "classes", "interval", "threshold", "threshold_max"}
 GUIDANCE_KEYS = {
     "classifier": {"scale", "classes", "checkpoint"},
+    "cfg": _CLASS_GUIDANCE,
+    "autoguidance": _CLASS_GUIDANCE | {"checkpoint"},
     "inpaint": {"mask", "data_file", "per_image"},
     "measurement": {"matrix", "data_file", "per_image"},
 }
@@ -222,6 +225,13 @@ class GuidanceConfig:
     ``classes`` (default: every class). ``kind = "inpaint"``: complete data points whose
     ``mask`` entries (1 = known) are kept, by the paper's replacement method (a pc
     sampler). ``kind = "measurement"``: the same for y = A x with ``matrix`` A.
+
+    ``kind = "cfg"``: classifier-free guidance of a class-conditional model at each weight in
+    ``scale``; ``kind = "autoguidance"``: guidance by the weaker model in ``checkpoint`` (an
+    earlier checkpoint of the run, or a smaller network's). Both take ``classes``, an
+    ``interval`` [low, high] of noise levels sigma/alpha where the weight applies, and
+    ``threshold`` (a quantile ratio, e.g. 0.995: dynamic thresholding of the data prediction
+    for data in [-1, 1], clamped to ``threshold_max``).
     """
 
     kind: str = attrs.field(validator=_one_of("kind", tuple(GUIDANCE_KEYS)))
@@ -237,6 +247,11 @@ class GuidanceConfig:
     #: inpaint/measurement: the points to complete (default: the [data] set's held-out split).
     data_file: str | None = None
     per_image: int = attrs.field(default=1, validator=_positive_int("per_image"))
+    #: cfg/autoguidance: the noise levels (low, high] where the weight applies (1 elsewhere).
+    interval: tuple[float, float] | None = None
+    #: cfg/autoguidance: dynamic thresholding's quantile ratio (None: off) and its largest s.
+    threshold: float | None = None
+    threshold_max: float = 1.0
 
 
 @attrs.frozen
@@ -390,6 +405,27 @@ def _guidance_table(table: Mapping[str, Any]) -> dict:
         table["scale"] = _number_list("scale", table["scale"], float)
     if "classes" in table:
         table["classes"] = _number_list("classes", table["classes"], int)
+    if "interval" in table:
+        interval = table["interval"]
+        if not isinstance(interval, list) or len(interval) != 2:
+            raise ValueError(f"interval must be a pair [low, high] of noise levels sigma/alpha; got {interval!r}")
+        low, high = _number_list("interval", interval, float)
+        if not 0 <= low < high:
+            raise ValueError(f"interval must satisfy 0 <= low < high; got {interval!r}")
+        table["interval"] = (float(low), float(high))
+    if "threshold" in table:
+        ratio = table["threshold"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ValueError(f"threshold must be a quantile ratio in (0, 1], e.g. 0.995; got {table['threshold']!r}")
+    if "threshold_max" in table:
+        value = table["threshold_max"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+            raise ValueError(f"threshold_max must be a number >= 1; got {value!r}")
+    if kind == "autoguidance" and "checkpoint" not in table:
+        raise ValueError(
+            "kind = 'autoguidance' needs checkpoint: the guiding model's checkpoint (an earlier one of the "
+            "run, or a smaller network's)"
+        )
     if kind == "inpaint" and "mask" not in table:
         raise ValueError(
             f"kind = 'inpaint' needs a mask: one of {', '.join(IMAGE_MASKS)}, a .npy/.pt file, or a "

@@ -37,6 +37,7 @@ from sdeplug.app.assemble import (
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset, rows, take
 from sdeplug.app.fingerprint import data_fingerprint, describe_change, same_data
+from sdeplug.conditioning import num_classes
 from sdeplug.errors import ConfigError, DataError, DataMismatchWarning
 from sdeplug.files import write_atomically
 from sdeplug.sampling import SampleResult
@@ -98,6 +99,27 @@ def train_job(config: Config, out: Path, *, classifier: bool = False, restart: b
         raise DataError(f"[data] {config.data.name!r}{options}: {exc}") from exc
 
 
+def class_labels(config: Config, network: torch.nn.Module, dataset: Dataset) -> torch.Tensor | None:
+    """The training labels of a class-conditional [model] (None for an unconditional one),
+    refused in one line when the data have none or more classes than the network."""
+    classes = num_classes(network)
+    if classes is None:
+        if config.train.label_dropout is not None:
+            raise ConfigError("[train] label_dropout is for a class-conditional [model] (set num_classes)")
+        return None
+    if dataset.train_labels is None:
+        raise ConfigError(
+            f"[model] num_classes = {classes} needs labelled data; [data] {config.data.name!r} has no labels "
+            "(labelled: the digits, the oracle mixtures, arrays with a labels file, image folders of class folders)"
+        )
+    if len(dataset.train_labels) and int(dataset.train_labels.max()) >= classes:
+        raise ConfigError(
+            f"[model] num_classes = {classes}, but the labels of [data] {config.data.name!r} run up to "
+            f"{int(dataset.train_labels.max())}; set num_classes = {int(dataset.train_labels.max()) + 1}"
+        )
+    return dataset.train_labels
+
+
 def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, restart: bool) -> dict[str, Any]:
     """train_job's work once the config is checked and the data loaded."""
     from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
@@ -136,6 +158,7 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
             sde,
             dataset.train,
             settings,
+            labels=class_labels(config, network, dataset),
             flip=dataset.flip,
             workers=dataset.workers,
             checkpoint_path=checkpoint,
@@ -259,6 +282,27 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
     check_sizes(config, dataset)
     score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
     header = {**summary_header(config), "sampler": sampler_summary(config), "num_samples": run.num}
+    from sdeplug.app.conditional_jobs import is_class_sampling, run_class_sampling
+
+    if is_class_sampling(config, score):
+        report, files = run_class_sampling(
+            config,
+            sde,
+            score,
+            dataset,
+            out,
+            device=device,
+            dtype=dtype,
+            progress=run.progress and distributed.is_main(),
+            sample_quality=sample_quality,
+            is_main=distributed.is_main(),
+        )
+        report = {**header, "checkpoint": str(checkpoint or default_checkpoint(config)), **report}
+        if not distributed.is_main():
+            return {**report, "written": []}
+        name = "guidance.json" if config.guidance is not None else "summary.json"
+        written = [*files, write_json(out / name, report)]
+        return {**report, "written": [str(p) for p in written]}
     if config.guidance is not None:
         if not distributed.is_main():  # guided sampling runs in one process: rank 0
             return {**header, "written": []}
@@ -304,9 +348,27 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
     return {**report, "written": [str(p) for p in written]}
 
 
-def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[str, Any]:
+def _conditional_truth(mixture, labels: torch.Tensor):
+    """n -> exact samples of the mixture's components named by ``labels`` (n of them)."""
+
+    def sample(n: int, generator: torch.Generator) -> torch.Tensor:
+        out = torch.empty(n, *mixture.event_shape, dtype=mixture.means.dtype)
+        for k in range(mixture.num_components):
+            rows = labels[:n] == k
+            if rows.any():
+                out[rows] = mixture.component(k).sample(int(rows.sum()), generator)
+        return out
+
+    return sample
+
+
+def sample_quality(
+    samples: torch.Tensor, dataset: Dataset, seed: int, labels: torch.Tensor | None = None
+) -> dict[str, Any]:
     """How close the samples are to the data: energy distance beside its noise floor for
-    mixtures and small-dimensional data, a classifier's view for labelled images."""
+    mixtures and small-dimensional data, a classifier's view for labelled images. Samples of
+    requested ``labels`` from an oracle mixture are compared with its components drawn with
+    the same labels: the exact conditional law."""
     from sdeplug.app.evaluation import classifier_report
     from sdeplug.stats import EnergyNull, energy_distance, energy_null
 
@@ -319,8 +381,10 @@ def sample_quality(samples: torch.Tensor, dataset: Dataset, seed: int) -> dict[s
     generator = torch.Generator().manual_seed(seed + 2)
     if dataset.mixture is not None:
         mixture = dataset.mixture.cpu()
-        null = energy_null(lambda k, g: mixture.sample(k, g), n, reps=10, generator=generator)
-        reference, what = mixture.sample(n, generator), "oracle samples"
+        truth = (lambda k, g: mixture.sample(k, g)) if labels is None else _conditional_truth(mixture, labels)
+        null = energy_null(truth, n, reps=10, generator=generator)
+        reference = truth(n, generator)
+        what = "oracle samples" if labels is None else "oracle samples of the requested components"
     elif min(len(dataset.test), len(dataset.train)) >= n:
         # The floor: random sets of n training points against the same held-out reference.
         reference, what = rows(dataset.test, n), "held-out data"

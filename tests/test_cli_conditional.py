@@ -1,0 +1,195 @@
+"""``sdeplug train`` and ``sdeplug sample`` with a class-conditional model: label dropout,
+classifier-free guidance and autoguidance from [guidance], on the oracle mixture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import computed_once
+
+from sdeplug.app.cli import main
+
+CONFIG = """
+[sde]
+name = "vp"
+
+[data]
+name = "mixture3"
+
+[model]
+name = "mlp"
+width = 96
+depth = 3
+num_classes = 3
+
+[train]
+steps = 700
+batch_size = 256
+lr = 2e-3
+ema_decay = 0.99
+checkpoint_every = 350
+progress = false
+
+[sampler]
+kind = "pc"
+steps = 20
+grid = {{name = "logsnr"}}
+
+[sampler.predictor]
+name = "unipc"
+
+[sampler.corrector]
+name = "none"
+
+[sample]
+num = 600
+batch_size = 250
+progress = false
+
+[output]
+dir = "{out}"
+"""
+
+pytestmark = pytest.mark.xdist_group("cli_conditional")
+
+
+@pytest.fixture(scope="module")
+@computed_once
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("conditional")
+    config = tmp / "m.toml"
+    config.write_text(CONFIG.format(out=tmp / "run"))
+    assert main(["train", str(config)]) == 0
+    return config, tmp / "run"
+
+
+def _guidance(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text("[guidance]\n" + text)
+    return str(path)
+
+
+def test_a_conditional_model_samples_class_balanced_in_its_classes(trained, capsys):
+    config, out = trained
+    assert main(["sample", str(config)]) == 0
+    report = json.loads((out / "summary.json").read_text())
+    (run,) = report["runs"]
+    assert report["kind"] == "conditional" and report["num_classes"] == 3
+    assert run["agreement"] > 0.9 and run["network_evaluations_per_sample"] == run["nfe_per_sample"]
+    labels = np.load(out / "labels.npy")
+    np.testing.assert_array_equal(labels, np.arange(600) % 3)
+    assert np.load(out / "samples.npy").shape == (600, 2)
+    assert "oracle samples of the requested components" == run["reference"]
+    assert "agreement" in capsys.readouterr().out
+
+
+def test_classifier_free_guidance_from_the_config(trained, tmp_path, capsys):
+    config, out = trained
+    cfg = _guidance(tmp_path, "cfg.toml", 'kind = "cfg"\nscale = [0, 1, 3]\nclasses = [2, 0]\n')
+    assert main(["sample", str(config), "--guidance", cfg, "--out", str(tmp_path / "cfg")]) == 0
+    report = json.loads((tmp_path / "cfg" / "guidance.json").read_text())
+    runs = {row["weight"]: row for row in report["runs"]}
+    assert abs(runs[0.0]["agreement"] - 0.25) < 0.12  # unconditional: class 2 a fifth of the time, class 0 0.3
+    assert runs[1.0]["agreement"] > 0.9 and runs[3.0]["agreement"] > 0.9
+    assert all(row["network_evaluations_per_sample"] == 2 * row["nfe_per_sample"] for row in report["runs"])
+    np.testing.assert_array_equal(np.load(tmp_path / "cfg" / "labels.npy")[:4], [2, 0, 2, 0])
+    assert "classifier-free guidance" in capsys.readouterr().out
+
+
+def test_autoguidance_by_the_model_itself_is_unguided_and_by_an_earlier_checkpoint_differs(trained, tmp_path):
+    config, out = trained
+
+    def guided(name: str, checkpoint) -> np.ndarray:
+        path = _guidance(tmp_path, f"{name}.toml", f'kind = "autoguidance"\nscale = [2]\ncheckpoint = "{checkpoint}"\n')
+        assert main(["sample", str(config), "--guidance", path, "--out", str(tmp_path / name)]) == 0
+        return np.load(tmp_path / name / "samples-w2.npy")
+
+    assert main(["sample", str(config), "--out", str(tmp_path / "plain")]) == 0
+    plain = np.load(tmp_path / "plain" / "samples.npy")
+    np.testing.assert_array_equal(guided("same", out / "checkpoint.safetensors"), plain)
+    short = tmp_path / "short.toml"  # the same run stopped early: a weaker model
+    short.write_text(
+        config.read_text().replace("steps = 700", "steps = 150").replace(str(out), str(tmp_path / "short"))
+    )
+    assert main(["train", str(short)]) == 0
+    by_earlier = guided("earlier", tmp_path / "short" / "checkpoint.safetensors")
+    assert np.abs(by_earlier - plain).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("guidance", "message"),
+    [
+        ('kind = "cfg"\nclasses = [3]\n', "[guidance] classes [3] do not exist: the model knows classes 0 to 2"),
+        ('kind = "cfg"\ninterval = [2, 1]\n', "interval must satisfy 0 <= low < high"),
+        ('kind = "cfg"\nthreshold = 1.5\n', "threshold must be a quantile ratio in (0, 1]"),
+        ('kind = "autoguidance"\n', "kind = 'autoguidance' needs checkpoint"),
+        ('kind = "autoguidance"\ncheckpoint = "missing.safetensors"\n', "[guidance] checkpoint not found"),
+    ],
+)
+def test_bad_guidance_is_one_line(trained, tmp_path, capsys, guidance, message):
+    config, _ = trained
+    path = _guidance(tmp_path, "bad.toml", guidance)
+    assert main(["sample", str(config), "--guidance", path, "--out", str(tmp_path / "bad")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_guidance_that_needs_classes_is_refused_for_an_unconditional_model(tmp_path, capsys):
+    config = tmp_path / "plain.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[data]\nname = "mixture3"\n[guidance]\nkind = "cfg"\n'
+        "[sample]\nnum = 10\nprogress = false\n"
+    )
+    assert main(["sample", str(config), "--out", str(tmp_path / "o")]) != 0
+    assert "needs a class-conditional model" in capsys.readouterr().err
+
+
+def test_training_a_conditional_model_on_unlabelled_data_is_one_line(tmp_path, capsys):
+    config = tmp_path / "moons.toml"
+    config.write_text(
+        '[sde]\nname = "vp"\n[data]\nname = "moons"\n[model]\nname = "mlp"\nnum_classes = 2\n'
+        "[train]\nsteps = 2\nprogress = false\n"
+    )
+    assert main(["train", str(config), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "[model] num_classes = 2 needs labelled data; [data] 'moons' has no labels" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_autoguidance_by_a_network_of_another_shape_is_refused(trained, tmp_path, capsys):
+    config, _ = trained
+    other = tmp_path / "other.toml"
+    other.write_text(
+        '[sde]\nname = "vp"\n[data]\nname = "blobs16"\n[model]\nname = "mlp"\nwidth = 16\ndepth = 1\n'
+        f'[train]\nsteps = 2\nprogress = false\n[output]\ndir = "{tmp_path / "other"}"\n'
+    )
+    assert main(["train", str(other)]) == 0
+    path = _guidance(
+        tmp_path, "ag.toml", f'kind = "autoguidance"\ncheckpoint = "{tmp_path / "other" / "checkpoint.safetensors"}"\n'
+    )
+    assert main(["sample", str(config), "--guidance", path, "--out", str(tmp_path / "ag")]) != 0
+    err = capsys.readouterr().err
+    assert "two models of the same data shape" in err
+
+
+@pytest.mark.slow
+def test_labels_follow_their_samples_over_two_processes(trained, tmp_path):
+    """Sample i has class i mod C whatever the number of processes: the samples agree byte for byte."""
+    from test_distributed import SDEPLUG, launch
+
+    config, _ = trained
+    cfg = _guidance(tmp_path, "cfg.toml", 'kind = "cfg"\nscale = [2]\n')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker
+    try:
+        assert main(["sample", str(config), "--guidance", cfg, "--out", str(tmp_path / "p1")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run = launch(2, SDEPLUG, "sample", str(config), "--guidance", cfg, "--out", str(tmp_path / "p2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "p1" / "samples-w2.npy"), np.load(tmp_path / "p2" / "samples-w2.npy")
+    )
