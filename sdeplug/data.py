@@ -224,13 +224,26 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
+def folder_classes(folder: Path, files: list[Path]) -> tuple[tuple[str, ...] | None, Tensor | None]:
+    """Class names and each file's label when every file lies in a first-level subfolder of
+    ``folder``: the class is that subfolder, numbered in sorted order of the names, as
+    torchvision's ImageFolder numbers them. (None, None) otherwise."""
+    firsts = [path.relative_to(folder).parts for path in files]
+    if any(len(parts) < 2 for parts in firsts):
+        return None, None
+    names = tuple(sorted({parts[0] for parts in firsts}))
+    index = {name: i for i, name in enumerate(names)}
+    return names, torch.tensor([index[parts[0]] for parts in firsts], dtype=torch.int64)
+
+
 class ImageFolder(Source):
     """The PNG and JPEG images under a folder, read with Pillow, as (C, H, W) tensors scaled
     from [0, 255] to [-1, 1]. With ``resolution`` each image's shorter side is resized to it
     (bicubic) and the centre square cropped; without it every image must have the same size.
     ``channels`` is 1 (grey) or 3 (RGB); by default that of the first image. Every file's
     header is read here, so a file that is not an image or has a different size is found
-    before training starts."""
+    before training starts. When every image lies in a first-level subfolder, the subfolders
+    are its classes (``class_names``, ``labels``; see ``folder_classes``)."""
 
     def __init__(self, folder: str | Path, resolution: int | None = None, channels: int | None = None) -> None:
         image = require("PIL.Image", "reading a folder of images").open
@@ -266,6 +279,7 @@ class ImageFolder(Source):
                     "images of different sizes need a resolution to resize them to ([data] resolution = N)"
                 )
         self.resolution, self.channels, self.modes = resolution, channels, modes
+        self.class_names, self.labels = folder_classes(self.folder, self.files)
         width, height = (resolution, resolution) if resolution is not None else first_size
         self.event_shape = (channels, height, width)
         target = "L" if channels == 1 else "RGB"

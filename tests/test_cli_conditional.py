@@ -193,3 +193,47 @@ def test_labels_follow_their_samples_over_two_processes(trained, tmp_path):
     np.testing.assert_array_equal(
         np.load(tmp_path / "p1" / "samples-w2.npy"), np.load(tmp_path / "p2" / "samples-w2.npy")
     )
+
+
+# Labelled data --------------------------------------------------------------------------------
+
+
+def test_image_folders_are_labelled_by_their_class_subfolders_in_sorted_order(tmp_path):
+    from PIL import Image
+
+    from sdeplug.app.datasets import load_dataset
+
+    for name, grey in (("zebra", 255), ("ant", 0), ("moth", 128)):
+        (tmp_path / name).mkdir()
+        for i in range(7):
+            Image.fromarray(np.full((4, 4), grey, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    data = load_dataset("images", path=str(tmp_path))
+    assert data.class_names == ("ant", "moth", "zebra")  # as torchvision's ImageFolder numbers them
+    pixel = {0: -1.0, 1: 128 / 127.5 - 1, 2: 1.0}
+    for split, labels in ((data.train, data.train_labels), (data.test, data.test_labels)):
+        expected = torch.tensor([pixel[int(k)] for k in labels], dtype=torch.float64)
+        torch.testing.assert_close(split[:, 0, 0, 0], expected)  # each label stays with its image
+    (tmp_path / "loose.png").write_bytes((tmp_path / "ant" / "0.png").read_bytes())
+    assert load_dataset("images", path=str(tmp_path)).train_labels is None  # not every image has a class
+
+
+def test_an_array_file_takes_a_labels_file_that_follows_its_rows(tmp_path):
+    from sdeplug.app.datasets import load_dataset
+    from sdeplug.errors import DataError
+
+    labels = np.arange(40) % 4
+    x = np.stack([labels.astype(np.float64), np.random.default_rng(0).normal(size=40)], axis=1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    data = load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"))
+    torch.testing.assert_close(data.train[:, 0], data.train_labels.double())
+    torch.testing.assert_close(data.test[:, 0], data.test_labels.double())
+    np.save(tmp_path / "short.npy", labels[:39])
+    with pytest.raises(DataError, match=r"labels must be 40 whole numbers, one per row of the data"):
+        load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "short.npy"))
+    np.save(tmp_path / "half.npy", labels + 0.5)
+    with pytest.raises(DataError, match="labels must be whole numbers"):
+        load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "half.npy"))
+    np.save(tmp_path / "negative.npy", labels - 1)
+    with pytest.raises(DataError, match="non-negative class numbers; the smallest is -1"):
+        load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "negative.npy"))

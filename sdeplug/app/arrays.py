@@ -48,7 +48,31 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
     """A float tensor (batch, ...) from a .npy or .npz (no pickles; ``key`` names the array of
     a .npz with several) or .pt file (weights_only), of real numbers with at least one row;
     anything else is one error naming the file."""
+    array = _load(Path(path).expanduser(), key)
+    real = array.is_floating_point() or (not array.is_complex() and array.dtype != torch.bool)
+    check_rows_of_data(path, tuple(array.shape), array.dtype, real)
+    return array.to(torch.float64) if array.dtype != torch.float32 else array
+
+
+def load_labels(path: str | Path, rows: int) -> Tensor:
+    """Class labels from a .npy, .npz or .pt file: ``rows`` non-negative whole numbers, as int64."""
     path = Path(path).expanduser()
+    labels = _load(path, None)
+    if labels.is_complex() or labels.dtype == torch.bool or labels.shape != (rows,):
+        raise DataError(
+            f"{path}: labels must be {rows} whole numbers, one per row of the data; got {labels.dtype} "
+            f"of shape {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() and not bool((torch.isfinite(labels) & (labels == labels.round())).all()):
+        raise DataError(f"{path}: labels must be whole numbers (one class per row); got fractions or NaN")
+    labels = labels.to(torch.int64)
+    if rows and int(labels.min()) < 0:
+        raise DataError(f"{path}: labels must be non-negative class numbers; the smallest is {int(labels.min())}")
+    return labels
+
+
+def _load(path: Path, key: str | None) -> Tensor:
+    """The array of a .npy, .npz or .pt file as it is stored, read without executing code."""
     if not path.exists():
         raise ConfigError(f"data file not found: {path}")
     if path.is_dir():
@@ -68,9 +92,7 @@ def load_array(path: str | Path, key: str | None = None) -> Tensor:
             raise DataError(f"{path} must hold a single tensor; got {type(array).__name__}")
     else:
         raise ConfigError(f"data file {path} must end in .npy, .npz or .pt")
-    real = array.is_floating_point() or (not array.is_complex() and array.dtype != torch.bool)
-    check_rows_of_data(path, tuple(array.shape), array.dtype, real)
-    return array.to(torch.float64) if array.dtype != torch.float32 else array
+    return array
 
 
 def save_array(path: Path, array: np.ndarray) -> Path:

@@ -6,9 +6,11 @@
   grey levels), scaled to [-1, 1], shape (1, 8, 8), split 80/20 with a fixed seed;
 - ``file``: a .npy, .npz or .pt array (``path``), split 90/10 with a fixed seed; a .npy or
   uncompressed .npz too large to hold (``in_memory``) is memory-mapped and streamed;
+  ``labels`` names an integer array beside it, one class per row;
 - ``images``: a folder of PNG/JPEG images (``path``), read with Pillow, resized and
   centre-cropped to ``resolution`` if given, scaled to [-1, 1], split 90/10 with a fixed
-  seed; held in memory when small, else streamed by DataLoader workers.
+  seed; held in memory when small, else streamed by DataLoader workers. Images in class
+  subfolders (``path/cat/1.png``) are labelled by subfolder, in sorted order.
 
 Sets with images take ``flip`` (random left-right mirroring of training batches).
 """
@@ -24,7 +26,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug.app.arrays import load_array
+from sdeplug.app.arrays import load_array, load_labels
 from sdeplug.app.limits import check_fits
 from sdeplug.data import ArraySource, ImageFolder, Source, Subset, load_all
 from sdeplug.errors import DataError, OptionError, UnknownPartError
@@ -53,6 +55,8 @@ class Dataset:
     flip: bool = False
     #: DataLoader processes that read a streamed training split ahead of the loop.
     workers: int = 0
+    #: The names of the classes (an image folder's class subfolders), when they have names.
+    class_names: tuple[str, ...] | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -91,7 +95,9 @@ def _split(x: Tensor | Source, test_fraction: float, seed: int, labels: Tensor |
     n_test = round(test_fraction * len(x))
     test, train = perm[:n_test], perm[n_test:]
     if isinstance(x, Source):
-        return Subset(x, train), Subset(x, test), None, None
+        if labels is None:
+            return Subset(x, train), Subset(x, test), None, None
+        return Subset(x, train), Subset(x, test), labels[train], labels[test]
     if labels is None:
         return x[train], x[test], None, None
     return x[train], x[test], labels[train], labels[test]
@@ -136,7 +142,7 @@ _MIXTURE_OPTIONS = {**_SIZES, "seed": 0}
 #: How a set is read, not what it holds: a checkpoint's data compare equal whatever these are.
 LOADER_OPTIONS = ("in_memory", "workers")
 _STREAMED_OPTIONS = {"flip": False, "in_memory": "auto", "workers": 2}
-_FILE_OPTIONS = {"path": None, "key": None, "seed": 0, **_STREAMED_OPTIONS}
+_FILE_OPTIONS = {"path": None, "key": None, "labels": None, "seed": 0, **_STREAMED_OPTIONS}
 _IMAGES_OPTIONS = {"path": None, "resolution": None, "channels": None, "seed": 0, **_STREAMED_OPTIONS}
 _DIGITS_OPTIONS = {"seed": 0, "flip": False}
 
@@ -185,6 +191,12 @@ def check_data_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     _check_choice(name, chosen, "flip", (True, False), "true or false")
     _check_choice(name, chosen, "in_memory", ("auto", True, False), '"auto", true or false')
     _check_choice(name, chosen, "channels", (None, 1, 3), "1 (grey) or 3 (RGB)")
+    if chosen.get("labels") is not None and not isinstance(chosen["labels"], str):
+        raise OptionError(
+            "data set",
+            name,
+            f"labels must be the path of an integer array, one label per row; got {chosen['labels']!r}",
+        )
     if "key" in chosen and chosen["key"] is not None and not isinstance(chosen["key"], str):
         raise OptionError("data set", name, f"key must be the name of an array in the .npz; got {chosen['key']!r}")
     for key, least in (("workers", 0), ("resolution", 1)):
@@ -230,6 +242,11 @@ def _held(in_memory: bool | str, items: int, event_shape: tuple[int, ...]) -> bo
     return bool(in_memory)
 
 
+def _labels_file(chosen: Mapping[str, Any], rows: int) -> Tensor | None:
+    """The [data] labels array: one non-negative integer per row of the data."""
+    return None if chosen["labels"] is None else load_labels(chosen["labels"], rows)
+
+
 def _array_file(chosen: Mapping[str, Any]) -> Dataset:
     path = Path(chosen["path"]).expanduser()
     loader = {"flip": chosen["flip"], "workers": chosen["workers"]}
@@ -242,8 +259,9 @@ def _array_file(chosen: Mapping[str, Any]) -> Dataset:
                 raise
             source = None  # a compressed .npz: read whole below
         if source is not None and not _held(chosen["in_memory"], len(source), source.event_shape):
-            train, test, _, _ = _split(source, 0.1, chosen["seed"])
-            return Dataset(f"file:{path}", train, test, **loader)
+            labels = _labels_file(chosen, len(source))
+            train, test, y_train, y_test = _split(source, 0.1, chosen["seed"], labels)
+            return Dataset(f"file:{path}", train, test, train_labels=y_train, test_labels=y_test, **loader)
     elif chosen["in_memory"] is False:
         raise DataError(f"{path}: only a .npy or .npz file can be streamed (memory-mapped); set in_memory = true")
     x = load_array(path, chosen["key"]).to(torch.float64)
@@ -253,8 +271,8 @@ def _array_file(chosen: Mapping[str, Any]) -> Dataset:
             f"{path}: row {int(bad[0])} has NaN or inf values (the first of {len(bad)} such rows); "
             "every value must be finite"
         )
-    train, test, _, _ = _split(x, 0.1, chosen["seed"])
-    return Dataset(f"file:{path}", train, test, **loader)
+    train, test, y_train, y_test = _split(x, 0.1, chosen["seed"], _labels_file(chosen, len(x)))
+    return Dataset(f"file:{path}", train, test, train_labels=y_train, test_labels=y_test, **loader)
 
 
 def _image_folder(chosen: Mapping[str, Any]) -> Dataset:
@@ -267,7 +285,17 @@ def _image_folder(chosen: Mapping[str, Any]) -> Dataset:
             len(source) * math.prod(source.event_shape) * 8,
         )
         x = load_all(source, chosen["workers"]).to(torch.float64)
-        train, test, _, _ = _split(x, 0.1, chosen["seed"])
+        train, test, y_train, y_test = _split(x, 0.1, chosen["seed"], source.labels)
     else:
-        train, test, _, _ = _split(source, 0.1, chosen["seed"])
-    return Dataset(f"images:{path}", train, test, "[-1,1]", 256, **loader)
+        train, test, y_train, y_test = _split(source, 0.1, chosen["seed"], source.labels)
+    return Dataset(
+        f"images:{path}",
+        train,
+        test,
+        "[-1,1]",
+        256,
+        y_train,
+        y_test,
+        class_names=source.class_names,
+        **loader,
+    )

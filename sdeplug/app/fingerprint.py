@@ -59,9 +59,13 @@ def data_fingerprint(name: str, options: Mapping[str, Any]) -> dict[str, Any] | 
         return None
     path = Path(options["path"]).expanduser()
     try:
-        if name == "file":
-            return file_fingerprint(path)
-        return folder_fingerprint(path)
+        if name == "images":
+            return folder_fingerprint(path)  # its paths name the class subfolders
+        fingerprint = file_fingerprint(path)
+        if isinstance(options.get("labels"), str):
+            path = Path(options["labels"]).expanduser()
+            fingerprint["labels_sha256_sampled"] = file_fingerprint(path)["sha256_sampled"]
+        return fingerprint
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -70,7 +74,7 @@ def same_data(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | N
     """Whether two fingerprints name the same content (the modification time may differ: a copy)."""
     if recorded is None or current is None:
         return True
-    keys = ("images", "size", "sha256_sampled")
+    keys = ("images", "size", "sha256_sampled", "labels_sha256_sampled")
     return all(recorded.get(k) == current.get(k) for k in keys)
 
 
@@ -80,4 +84,6 @@ def describe_change(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> 
     for key, what in (("images", "images"), ("size", "bytes")):
         if key in recorded and recorded.get(key) != current.get(key):
             parts.append(f"{recorded[key]} {what} then, {current.get(key)} now")
+    if recorded.get("labels_sha256_sampled") != current.get("labels_sha256_sampled"):
+        parts.append("other labels")
     return "; ".join(parts) or "the same size, other contents"
