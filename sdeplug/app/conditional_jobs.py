@@ -143,7 +143,8 @@ def run_class_sampling(
             f"the guiding model in {guidance.checkpoint} {num_classes(weak) or 'no'}"
         )
     labels = sampling_labels(guidance.classes if guidance else None, classes, run.num) if classes else None
-    judge = Judge(dataset, run.seed) if classes and (dataset.train_labels is not None) and is_main else None
+    judged = dataset.mixture is not None or (dataset.train_labels is not None and isinstance(dataset.train, Tensor))
+    judge = Judge(dataset, run.seed) if classes and judged and is_main else None
     rows, written = [], []
     for weight in guidance.scale if kind in ("cfg", "autoguidance") else (1.0,):
         make = _scores(config, sde, score, weak, weight)

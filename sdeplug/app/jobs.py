@@ -374,7 +374,8 @@ def sample_quality(
 
     n = samples.shape[0]
     report: dict[str, Any] = {}
-    if dataset.train_labels is not None and dataset.mixture is None:  # labelled real data (the digits)
+    # labelled real data held in memory (the digits); a streamed set is not read whole to judge
+    if dataset.train_labels is not None and dataset.mixture is None and isinstance(dataset.train, torch.Tensor):
         report["classifier"] = classifier_report(dataset, samples, seed)
     if not 10 <= n <= 5000 or samples[0].numel() > 64:
         return report
