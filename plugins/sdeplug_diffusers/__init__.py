@@ -12,16 +12,21 @@ from a local folder, or a hub id for users with the network, read in one of two 
   sampling is DDPMScheduler's step for step; with the continuous ``vp`` SDE (beta_min =
   N beta_start, beta_max = N beta_end) it is its continuous-time approximation.
 
+``diffusers_pipeline`` reads a whole pipeline folder (model_index.json, its scheduler, unet or
+transformer, and VAE): see ``sdeplug_diffusers.pipeline``.
+
 diffusers is imported only when such a model is built, so the plugin costs nothing to
 register without the extra.
 """
 
 from sdeplug import hookimpl
+from sdeplug_diffusers.pipeline import DiffusersPipeline
 from sdeplug_diffusers.unet import DiffusersUNet
 
-__all__ = ["DiffusersUNet"]
+__all__ = ["DiffusersPipeline", "DiffusersUNet"]
 
 
 @hookimpl
 def register_score_models(register):
     register(DiffusersUNet)
+    register(DiffusersPipeline)

@@ -196,11 +196,34 @@ class SubVPSDE(_BetaSchedule):
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))
 
 
+#: The beta schedules of diffusers' DDPM-family schedulers that the ``ddpm`` SDE follows.
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def chain_betas(schedule: str, beta_start: float, beta_end: float, n: int, dtype: torch.dtype) -> Tensor:
+    """The N betas of a DDPM chain as diffusers' schedulers define them: "linear" from beta_start
+    to beta_end, "scaled_linear" (the square of a line between their roots, latent diffusion's),
+    "squaredcos_cap_v2" (the cosine schedule of Nichol & Dhariwal, each beta capped at 0.999)."""
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=dtype)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=dtype) ** 2
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+    return torch.tensor(betas, dtype=dtype)
+
+
 @attrs.frozen(kw_only=True)
 class DDPMSDE(_VariancePreserving, _MeanDecay, LinearSDE):
     """DDPM's discrete chain as a VP SDE: step k of N sits at t_k = k / (N - 1), where
-    alpha(t_k)^2 = prod_{i <= k} (1 - beta_i) exactly, with DDPM's linear betas from
-    beta_start to beta_end; log alpha is linear between steps (beta(t) piecewise constant).
+    alpha(t_k)^2 = prod_{i <= k} (1 - beta_i) exactly, with DDPM's betas (``beta_schedule``:
+    linear from beta_start to beta_end by default, or another of ``BETA_SCHEDULES``); log alpha
+    is linear between steps (beta(t) piecewise constant). ``table_dtype = "float32"`` computes
+    the betas and their products in float32, as diffusers' schedulers do, so that a diffusers
+    model sees the noise levels it was trained at to the last bit.
 
     On its grid the exact kernel from t_k to t_{k-1} is DDPM's x_k = sqrt(1 - beta_k) x_{k-1}
     + sqrt(beta_k) z, so the ``ancestral`` predictor is DDPM's sampler step for step. Step 0
@@ -214,6 +237,8 @@ class DDPMSDE(_VariancePreserving, _MeanDecay, LinearSDE):
     beta_start: float = attrs.field(default=1e-4, converter=float, validator=_positive)
     beta_end: float = attrs.field(default=0.02, converter=float, validator=_positive)
     N: int = attrs.field(default=1000, converter=_whole, validator=v.gt(1))
+    beta_schedule: str = attrs.field(default="linear", validator=v.in_(BETA_SCHEDULES))
+    table_dtype: str = attrs.field(default="float64", validator=v.in_(("float64", "float32")))
     T: float = attrs.field(default=1.0, init=False)
     _log_alpha: Tensor = attrs.field(init=False, repr=False, eq=False)
 
@@ -222,10 +247,11 @@ class DDPMSDE(_VariancePreserving, _MeanDecay, LinearSDE):
         from hypothesis import strategies as st
 
         return st.builds(
-            lambda lo, span, n: {"beta_start": lo, "beta_end": lo + span, "N": n},
+            lambda lo, span, n, schedule: {"beta_start": lo, "beta_end": lo + span, "N": n, "beta_schedule": schedule},
             st.floats(1e-5, 1e-3),
             st.floats(0.0, 0.05),
             st.integers(10, 1000),
+            st.sampled_from(BETA_SCHEDULES),
         )
 
     def __attrs_post_init__(self) -> None:
@@ -233,8 +259,13 @@ class DDPMSDE(_VariancePreserving, _MeanDecay, LinearSDE):
             raise ValueError(
                 f"need beta_start <= beta_end < 1; got beta_start={self.beta_start}, beta_end={self.beta_end}"
             )
-        betas = torch.linspace(self.beta_start, self.beta_end, self.N, dtype=torch.float64)
-        object.__setattr__(self, "_log_alpha", 0.5 * torch.cumsum(torch.log1p(-betas), 0))
+        dtype = torch.float32 if self.table_dtype == "float32" else torch.float64
+        betas = chain_betas(self.beta_schedule, self.beta_start, self.beta_end, self.N, dtype)
+        if self.table_dtype == "float32":  # diffusers' alphas_cumprod, bit for bit
+            log_alpha = 0.5 * torch.log(torch.cumprod(1.0 - betas, 0).to(torch.float64))
+        else:
+            log_alpha = 0.5 * torch.cumsum(torch.log1p(-betas), 0)
+        object.__setattr__(self, "_log_alpha", log_alpha)
 
     def _position(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Step below t, the fraction of the way to the next, and log alpha's slope there."""

@@ -237,14 +237,13 @@ def sample_seeded(
     device: torch.device,
     dtype: torch.dtype | None,
     progress: bool,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, int]:
-    """``num`` samples drawn in seeded batches (``in_seeded_batches``), on every rank; and the NFE per sample."""
-    return in_seeded_batches(
-        num,
-        batch_size,
-        seed,
-        device,
-        lambda first, size, generator: run_sampler(
+    """``num`` samples drawn in seeded batches (``in_seeded_batches``), on every rank; and the NFE
+    per sample. ``decode`` (a latent model's) turns each batch into data on the device."""
+
+    def run(first: int, size: int, generator: torch.Generator) -> SampleResult:
+        result = run_sampler(
             sampler,
             sde,
             score.make(first, size) if isinstance(score, PerBatch) else score,
@@ -253,8 +252,19 @@ def sample_seeded(
             device=device,
             dtype=dtype,
             progress=progress and distributed.is_main(),
-        ),
-    )
+        )
+        if decode is None:
+            return result
+        with torch.no_grad():
+            return attrs.evolve(result, x=decode(result.x))
+
+    return in_seeded_batches(num, batch_size, seed, device, run)
+
+
+def decoder_of(score: ScoreFn) -> Callable[[Tensor], Tensor] | None:
+    """A latent model's decoder (its network's ``decode``: a diffusers pipeline's VAE), or None."""
+    network = getattr(score, "network", None)
+    return getattr(network, "decode", None)
 
 
 def summary_header(config: Config) -> dict[str, Any]:
@@ -355,6 +365,14 @@ def build_network(config: Config, dataset: Dataset | None) -> torch.nn.Module:
         raise ConfigError(
             f"[model] {config.model.name!r}{preset} is made for the SDE {made_for!r}, but [sde] name is "
             f"{config.sde.name!r}; set [sde] name = {made_for!r}, or choose a preset made for {config.sde.name!r}"
+        )
+    declared = getattr(network, "sde_options", None) or {}
+    given = {**(get_registry().options("sde", config.sde.name) or {}), **config.sde.options}  # defaults filled in
+    differ = {k: (v, given.get(k)) for k, v in declared.items() if given.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k} = {ours!r} where the model has {theirs!r}" for k, (theirs, ours) in differ.items())
+        raise ConfigError(
+            f"[sde] {said}: the [model] brings its own SDE; leave [sde] out to take it, or make them agree"
         )
     return network
 

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor
 
 from sdeplug.app.arrays import save_array
-from sdeplug.app.assemble import PerBatch, build_network, check_provenance, run_config_dict, sample_seeded
+from sdeplug.app.assemble import (
+    PerBatch,
+    build_network,
+    check_provenance,
+    decoder_of,
+    run_config_dict,
+    sample_seeded,
+)
 from sdeplug.app.config import Config, PartSpec
 from sdeplug.app.datasets import Dataset
 from sdeplug.checkpoint import CheckpointError, load_checkpoint
@@ -164,6 +171,7 @@ def run_class_sampling(
             device=device,
             dtype=dtype,
             progress=progress,
+            decode=decoder_of(score),
         )
         seconds = time.perf_counter() - start
         row: dict[str, Any] = {

@@ -24,7 +24,7 @@ from attrs import validators as v
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
-from sdeplug.errors import ConfigError, close_matches, error_text
+from sdeplug.errors import ConfigError, SdeplugError, close_matches, error_text
 from sdeplug.tensors import check_seed
 from sdeplug.trainer import TrainSettings
 
@@ -455,11 +455,29 @@ def _classifier(value: Any, _type: type) -> ClassifierConfig:
     return ClassifierConfig(network, settings)
 
 
+def declared_sde(model: Any) -> dict[str, Any] | None:
+    """The [sde] table a [model] declares for itself (a diffusers pipeline's scheduler), if any."""
+    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+        return None
+    from sdeplug.registry import get_registry
+
+    try:
+        cls = get_registry().get("score_model", model["name"]).cls
+    except SdeplugError:
+        return None
+    declare = getattr(cls, "declared_sde", None)
+    return declare(**{k: v for k, v in model.items() if k != "name"}) if declare is not None else None
+
+
 def _top_level(table: Mapping[str, Any]) -> dict:
     _checked_keys(table, set(Config.SECTIONS))
+    table = dict(table)
     if "sde" not in table:
-        raise ValueError('the config needs an [sde] section with the SDE\'s name, e.g. name = "vp"')
-    return dict(table)
+        declared = declared_sde(table.get("model"))
+        if declared is None:
+            raise ValueError('the config needs an [sde] section with the SDE\'s name, e.g. name = "vp"')
+        table["sde"] = declared
+    return table
 
 
 def _make_converter() -> cattrs.Converter:

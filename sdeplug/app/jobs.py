@@ -25,6 +25,7 @@ from sdeplug.app.assemble import (
     build_score,
     check_config,
     check_sizes,
+    decoder_of,
     default_checkpoint,
     in_seeded_batches,
     run_config_dict,
@@ -327,6 +328,7 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
         device=device,
         dtype=dtype,
         progress=run.progress,
+        decode=decoder_of(score),
     )
     seconds = time.perf_counter() - start
     if not distributed.is_main():  # rank 0 evaluates and writes
