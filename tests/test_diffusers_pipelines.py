@@ -262,3 +262,23 @@ def test_the_command_line_samples_a_pipeline_folder_from_its_path_alone(dit_fold
         assert main(["sample", str(config), "--out", str(out)]) != 0
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_class_conditional_unet_takes_labels_and_its_declared_null_class(tmp_path):
+    unet = _unet(num_class_embeds=5)
+    unet.save_pretrained(tmp_path / "unet")
+    model = sdeplug.create(
+        "score_model", "diffusers_unet", path=str(tmp_path / "unet"), convention="epsilon", null_class=4
+    )
+    assert model.num_classes == 5
+    x, t = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5)), torch.tensor([0.2, 0.5, 0.9])
+    labels = torch.tensor([0, sdeplug.NULL_LABEL, 3])
+    with torch.no_grad():
+        got = model(x, t, labels)
+        expected = unet(x, model.timestep(t), class_labels=torch.tensor([0, 4, 3])).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    plain = sdeplug.create("score_model", "diffusers_unet", path=str(tmp_path / "unet"), convention="epsilon")
+    with pytest.raises(ValueError, match="has no null class: set \\[model\\] null_class"):
+        plain(x, t, labels)
+    with pytest.raises(sdeplug.OptionError, match="null_class must be one of the UNet's classes 0 to 4; got 7"):
+        sdeplug.create("score_model", "diffusers_unet", path=str(tmp_path / "unet"), convention="epsilon", null_class=7)

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdeplug import NULL_LABEL, ScoreModel
+from sdeplug import ScoreModel
 from sdeplug.errors import load_refusal
 from sdeplug.extras import require
+from sdeplug_diffusers.unet import class_labels
 
 #: What the folder's parts may be, by the class names model_index.json gives them.
 DENOISERS = {"unet": ("UNet2DModel",), "transformer": ("DiTTransformer2DModel", "Transformer2DModel")}
@@ -155,24 +156,9 @@ class DiffusersPipeline(ScoreModel):
         n = self.num_train_timesteps
         return torch.round(t * (n - 1)).clamp(0, n - 1)
 
-    def _class_labels(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        if self.num_classes is None:
-            return None
-        if labels is None:
-            labels = torch.full((batch,), NULL_LABEL, device=device, dtype=torch.int64)
-        if self.null_index is None:
-            # one host read, only for a UNet without a declared null class
-            if bool((labels == NULL_LABEL).any()):
-                raise ValueError(
-                    "this class-conditional UNet has no null class: set [model] null_class to the label it was "
-                    "trained with for 'no class' (needed for classifier-free guidance)"
-                )
-            return labels
-        return torch.where(labels == NULL_LABEL, self.null_index, labels)
-
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         step = self.timestep(t)
-        classes = self._class_labels(labels, x.shape[0], x.device)
+        classes = class_labels(labels, self.num_classes, self.null_index, x)
         if self.is_dit:
             out = self.model(x, timestep=step, class_labels=classes).sample
         else:
