@@ -237,3 +237,32 @@ def test_an_array_file_takes_a_labels_file_that_follows_its_rows(tmp_path):
     np.save(tmp_path / "negative.npy", labels - 1)
     with pytest.raises(DataError, match="non-negative class numbers; the smallest is -1"):
         load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "negative.npy"))
+
+
+def test_evaluate_sweeps_the_guidance_weight_with_the_classifiers_accuracy(trained, tmp_path, capsys):
+    config, out = trained
+    evaluated = tmp_path / "evaluate.toml"
+    evaluated.write_text(
+        config.read_text()
+        + '[evaluate]\nfeatures = "data_classifier"\nnum = 300\nseeds = [0, 1]\nmetrics = ["fid", "precision_recall"]\n'
+    )
+    sweep = tmp_path / "weights.toml"
+    sweep.write_text("[sweep]\nweights = [4, 0, 1]\n")
+    assert main(["evaluate", str(evaluated), "--sweep", str(sweep), "--out", str(out)]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    rows = {row["weight"]: row for row in report["weight_sweep"]}
+    assert list(rows) == [0.0, 1.0, 4.0]
+    accuracy = {w: row["metrics"]["accuracy"]["mean"] for w, row in rows.items()}
+    recall = {w: row["metrics"]["recall"]["mean"] for w, row in rows.items()}
+    assert accuracy[0.0] < 0.6 < 0.9 < accuracy[1.0] <= accuracy[4.0] + 0.02, accuracy
+    assert recall[4.0] < recall[1.0], recall  # guidance trades diversity for fidelity
+    assert report["real_data"]["accuracy"] > 0.95 and "accuracy" not in report["uniform_noise"]
+    assert all(row["network_evaluations"] == 2 * row["nfe"] for row in rows.values())
+    assert (out / "sweep.png").exists() and "| w | NFE |" in capsys.readouterr().out
+    # one weight, from a [guidance] file
+    guidance = tmp_path / "cfg.toml"
+    guidance.write_text('[guidance]\nkind = "cfg"\nscale = [2]\n')
+    assert main(["evaluate", str(evaluated), "--guidance", str(guidance), "--out", str(out), "--seed", "0"]) == 0
+    single = json.loads((out / "evaluate.json").read_text())
+    assert single["weight"] == 2.0 and single["metrics"]["accuracy"]["mean"] > 0.9
+    assert "guidance weight w = 2" in capsys.readouterr().out

@@ -342,14 +342,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"per sample, features {identity['name']!r}"
         + ("" if report["comparable_with_published"] else " (not comparable with published numbers)")
     )
+    if "weight" in report:
+        guidance = report.get("guidance", {}).get("kind", "the conditional model")
+        print(f"class-balanced samples, guidance weight w = {report['weight']:g} ({guidance})")
     print(f"  {'metric':16} {'samples (mean ± std)':>24} {'training data':>14} {'noise':>12}")
     for key, value in report["metrics"].items():
         if key.endswith("_std"):
             continue
-        real, noise = report["real_data"].get(key), report["uniform_noise"].get(key)
-        print(f"  {key:16} {value['mean']:>13.4g} ± {value['std']:<8.2g} {real:>14.4g} {noise:>12.4g}")
+        real, noise = (_number(report[row].get(key)) for row in ("real_data", "uniform_noise"))
+        print(f"  {key:16} {value['mean']:>13.4g} ± {value['std']:<8.2g} {real:>14} {noise:>12}")
     _written(report)
     return 0
+
+
+def _number(value: float | None) -> str:
+    """A metric for a table: 4 significant digits, or "-" where it does not apply (noise's accuracy)."""
+    return "-" if value is None else f"{value:.4g}"
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -463,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
     sample.add_argument("--guidance", help="a TOML file whose [guidance] section replaces the config's")
     sample.add_argument(
-        "--scale", type=float, nargs="+", help="classifier guidance scale(s) (overrides [guidance] scale)"
+        "--scale", type=float, nargs="+", help="guidance scale(s) or weight(s) (overrides [guidance] scale)"
     )
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sample.set_defaults(func=cmd_sample)
@@ -476,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(evaluate, "evaluate with this one seed (overrides [evaluate] seeds)")
     evaluate.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     evaluate.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    evaluate.add_argument(
+        "--guidance", help="a TOML file whose [guidance] section (cfg or autoguidance) replaces the config's"
+    )
     evaluate.add_argument(
         "--sweep", help="a sweep file (examples/sweeps/): every sampler in it at every NFE budget, a table and a plot"
     )

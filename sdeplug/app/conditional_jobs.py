@@ -95,10 +95,13 @@ def guiding_model(config: Config, sde: SDE, dataset: Dataset, device: torch.devi
     return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, parameterization)
 
 
-def _scores(config: Config, sde: SDE, score: ScoreFn, weak: ScoreFn | None, weight: float):
-    """labels of a batch -> the score the sampler runs for them at this weight."""
+def guided_scores(
+    config: Config, sde: SDE, score: ScoreFn, weak: ScoreFn | None, weight: float, kind: str | None = None
+) -> Callable[[Tensor | None], ScoreFn]:
+    """labels of a batch -> the score the sampler runs for them at this weight: the [guidance]
+    kind (or ``kind``: "cfg" for a weight sweep without [guidance]), else the conditional model."""
     guidance = config.guidance
-    kind = guidance.kind if guidance is not None else None
+    kind = kind or (guidance.kind if guidance is not None else None)
     interval = guidance.interval if guidance is not None else None
 
     def make(labels: Tensor | None) -> ScoreFn:
@@ -154,7 +157,7 @@ def run_class_sampling(
     judge = Judge(dataset, run.seed) if classes and judged and is_main else None
     rows, written = [], []
     for weight in guidance.scale if kind in ("cfg", "autoguidance") else (1.0,):
-        make = _scores(config, sde, score, weak, weight)
+        make = guided_scores(config, sde, score, weak, weight)
 
         def for_batch(first: int, size: int, make=make) -> ScoreFn:
             return make(None if labels is None else labels[first : first + size])

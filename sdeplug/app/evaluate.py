@@ -21,16 +21,20 @@ from tqdm import tqdm
 
 from sdeplug import distributed
 from sdeplug.app.assemble import (
+    PerBatch,
     build_dataset,
     build_score,
     check_config,
+    decoder_of,
     sample_seeded,
     summary_header,
 )
+from sdeplug.app.conditional_jobs import guided_scores, guiding_model, sampling_labels
 from sdeplug.app.config import Config, PartSpec, SamplerConfig
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
-from sdeplug.app.sweep import read_sweep, sweep_runs, sweep_table
+from sdeplug.app.sweep import WeightSweep, read_sweep, sweep_runs, sweep_table, weight_table
+from sdeplug.conditioning import num_classes
 from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugWarning
 from sdeplug.files import write_atomically
 from sdeplug.metrics import (
@@ -170,11 +174,22 @@ def reference_features(
     return features, stats
 
 
-def metrics_of(config: Config, reference: Tensor, stats: FeatureStats, extracted: Extracted, seed: int) -> dict:
-    """Every [evaluate] metric of extracted samples against the reference features."""
+def metrics_of(
+    config: Config,
+    reference: Tensor,
+    stats: FeatureStats,
+    extracted: Extracted,
+    seed: int,
+    labels: Tensor | None = None,
+) -> dict:
+    """Every [evaluate] metric of extracted samples against the reference features; with
+    ``labels`` (the classes asked for, or real data's own) and class probabilities, the
+    ``accuracy``: how often the data classifier gives that class."""
     run = config.evaluate
     features = extracted.features
     result: dict[str, float] = {}
+    if labels is not None and extracted.probabilities is not None:
+        result["accuracy"] = float((extracted.probabilities.argmax(1) == labels).double().mean())
     if "fid" in run.metrics:
         result["fid"] = fid(FeatureStats.of(features), stats)
         if run.extrapolate:
@@ -228,6 +243,38 @@ def evaluate_job(
             f"{run.features.name!r} has none (use 'data_classifier' or an Inception extractor)"
         )
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
+    classes = num_classes(score)
+    kind = config.guidance.kind if config.guidance is not None else None
+    kind = kind if kind in ("cfg", "autoguidance") else None  # evaluate samples without other guidance
+    if isinstance(sweep, WeightSweep) and classes is None and kind != "autoguidance":
+        raise ConfigError(
+            "a sweep of guidance weights needs a class-conditional model ([model] num_classes) or "
+            "[guidance] kind = 'autoguidance'"
+        )
+    weak = guiding_model(config, sde, dataset, device, dtype) if kind == "autoguidance" else None
+    labels = (
+        sampling_labels(config.guidance.classes if config.guidance else None, classes, run.num) if classes else None
+    )
+    decode = decoder_of(score)
+
+    def score_at(weight: float | None):
+        """What the sampler runs: the model, or per batch its guided score at ``weight``."""
+        if weight is None:
+            return score
+        make = guided_scores(config, sde, score, weak, weight, "cfg" if isinstance(sweep, WeightSweep) else None)
+        return PerBatch(lambda first, size: make(None if labels is None else labels[first : first + size]))
+
+    if isinstance(sweep, WeightSweep):
+        default_weight = None
+    elif kind is not None:
+        if len(config.guidance.scale) != 1:
+            raise ConfigError(
+                "[guidance] scale lists several weights; sdeplug evaluate takes one (sweep them with --sweep and "
+                "a file holding [sweep] weights = [...])"
+            )
+        default_weight = config.guidance.scale[0]
+    else:
+        default_weight = 1.0 if classes is not None else None
     reference, stats = reference_features(config, dataset, extractor, out, device)
     dim = reference.shape[1]
     notes = []
@@ -238,17 +285,20 @@ def evaluate_job(
         )
         warnings.warn(notes[-1], SmallSampleWarning, stacklevel=2)
 
-    wants_probabilities = "inception_score" in run.metrics
+    wants_probabilities = "inception_score" in run.metrics or (
+        labels is not None and hasattr(extractor, "class_probabilities")
+    )
 
-    def measure(sampler, progress: bool) -> tuple[dict[str, Any], int, float]:
-        """Every seed's metrics with ``sampler``; the NFE per sample and the seconds spent sampling."""
+    def measure(sampler, progress: bool, weight: float | None = default_weight) -> tuple[dict[str, Any], int, float]:
+        """Every seed's metrics with ``sampler`` (at guidance ``weight``); the NFE per sample and
+        the seconds spent sampling."""
         per_seed, nfe, seconds = [], 0, 0.0
         for seed in run.seeds:
             start = time.perf_counter()
             x, nfe = sample_seeded(
                 sampler,
                 sde,
-                score,
+                score_at(weight),
                 dataset.event_shape,
                 run.num,
                 sample.batch_size,
@@ -256,11 +306,12 @@ def evaluate_job(
                 device=device,
                 dtype=dtype,
                 progress=progress,
+                decode=decode,
             )
             seconds += time.perf_counter() - start
             extracted = features_of(extractor, x, device, wants_probabilities)  # every rank takes part
             if distributed.is_main():
-                per_seed.append(metrics_of(config, reference, stats, extracted, seed))
+                per_seed.append(metrics_of(config, reference, stats, extracted, seed, labels))
         return (_summarise(per_seed) if per_seed else {}), nfe, seconds
 
     header = {
@@ -271,10 +322,31 @@ def evaluate_job(
         "num_samples": run.num,
         "seeds": list(run.seeds),
     }
+    if labels is not None:
+        header["classes"] = {"num_classes": classes, "balanced_over": sorted(set(labels.tolist()))}
+    if kind is not None or isinstance(sweep, WeightSweep):
+        header["guidance"] = {"kind": kind or "cfg", "interval": config.guidance.interval if config.guidance else None}
     if sweep is None:
         summary, nfe, seconds = measure(config.sampler, sample.progress)
         body = {"sampler": sampler_summary(config), "nfe_per_sample": nfe, "seconds": round(seconds, 3)}
+        if default_weight is not None:
+            body["weight"] = default_weight
         body["metrics"] = summary
+    elif isinstance(sweep, WeightSweep):
+        rows = []
+        per_call = 2 if (kind is not None or classes is not None) else 1
+        for weight in tqdm(sweep.weights, desc="weights", disable=not (sample.progress and distributed.is_main())):
+            summary, nfe, seconds = measure(config.sampler, False, weight)
+            rows.append(
+                {
+                    "weight": weight,
+                    "nfe": nfe,
+                    "network_evaluations": nfe * per_call,
+                    "seconds": round(seconds, 3),
+                    "metrics": summary,
+                }
+            )
+        body = {"sampler": sampler_summary(config), "weight_sweep": rows}
     else:
         runs = sweep_runs(sweep)
         rows = []
@@ -299,12 +371,24 @@ def evaluate_job(
                 }
             )
         body = {"sweep": rows}
-    scale = _scale(config, dataset, extractor, reference, stats, device)  # every rank takes part
+    scale = _scale(config, dataset, extractor, reference, stats, device, labelled=labels is not None)
     if not distributed.is_main():
         return {"written": []}
     report = {**header, **body, **scale, "notes": notes}
     if sweep is None:
         return {**report, "written": [str(write_json(out / "evaluate.json", report))]}
+    if isinstance(sweep, WeightSweep):
+        keys = [k for k in rows[0]["metrics"] if not k.endswith("_std")]
+        table = weight_table(rows, keys)
+        written = [
+            write_json(out / "sweep.json", report),
+            write_atomically(out / "sweep.md", lambda t: t.write_text(table + "\n")),
+        ]
+        if config.output.plot:
+            from sdeplug.app.plotting import weight_sweep_plot
+
+            written.append(weight_sweep_plot(rows, keys, report["real_data"], out / "sweep.png", describe(header)))
+        return {**report, "table": table, "written": [str(p) for p in written]}
     keys = [k for k in rows[0]["metrics"] if not k.endswith("_std")]
     table = sweep_table(rows, keys)
     markdown = out / "sweep.md"
@@ -323,18 +407,34 @@ def describe(header: dict[str, Any]) -> str:
 
 
 def _scale(
-    config: Config, dataset: Dataset, extractor, reference: Tensor, stats: FeatureStats, device: torch.device
+    config: Config,
+    dataset: Dataset,
+    extractor,
+    reference: Tensor,
+    stats: FeatureStats,
+    device: torch.device,
+    *,
+    labelled: bool = False,
 ) -> dict[str, Any]:
-    """The metrics of as many points of the other split of the data, and of uniform noise."""
-    run, seed, probs = config.evaluate, config.evaluate.seeds[0], "inception_score" in config.evaluate.metrics
+    """The metrics of as many points of the other split of the data, and of uniform noise (a
+    collective: every rank takes part). With ``labelled``, the real points' accuracy too."""
+    run, seed = config.evaluate, config.evaluate.seeds[0]
+    real_labels = dataset.train_labels if run.reference == "test" else dataset.test_labels
+    with_labels = labelled and real_labels is not None and hasattr(extractor, "class_probabilities")
+    probs = "inception_score" in run.metrics or with_labels
     train = rows(dataset.train)  # read once: the real row (reference "test") and the noise's range
     real = train if run.reference == "test" else rows(dataset.test)
     generator = torch.Generator().manual_seed(seed)
-    real = real[torch.randperm(len(real), generator=generator)[: run.num]]
+    chosen = torch.randperm(len(real), generator=generator)[: run.num]
+    real = real[chosen]
+    real_labels = real_labels[chosen] if with_labels else None
     low, high = float(train.min()), float(train.max())
     noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
+    real_metrics = metrics_of(
+        config, reference, stats, features_of(extractor, real.float(), device, probs), seed, real_labels
+    )
     return {
-        "real_data": metrics_of(config, reference, stats, features_of(extractor, real.float(), device, probs), seed),
+        "real_data": real_metrics,
         "uniform_noise": metrics_of(
             config, reference, stats, features_of(extractor, noise.float(), device, probs), seed
         ),

@@ -111,3 +111,26 @@ def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Pat
         axes[i][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _finish(fig, path)
+
+
+def weight_sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Path, title: str = "") -> Path:
+    """Each metric (mean and std over seeds) against the guidance weight w, the real data's
+    value dashed for scale: FID's U-curve, recall falling and accuracy rising with w."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3), squeeze=False)
+    weights = [row["weight"] for row in rows]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        ax.errorbar(
+            weights,
+            [row["metrics"][metric]["mean"] for row in rows],
+            yerr=[row["metrics"][metric]["std"] for row in rows],
+            marker="o",
+            ms=3,
+            capsize=2,
+        )
+        if metric in real:
+            ax.axhline(real[metric], color="grey", ls="--", lw=1, label="real data")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel(metric)
+    fig.suptitle(title, fontsize=9)
+    return _finish(fig, path)

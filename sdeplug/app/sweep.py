@@ -1,5 +1,5 @@
 """``sdeplug evaluate CONFIG --sweep FILE``: the quality-against-cost frontier of several
-samplers on one trained model.
+samplers on one trained model, or quality against the guidance weight of a conditional one.
 
 A sweep file lists samplers (each a [sampler] table with a ``label``, how many score
 evaluations one of its steps costs, and whether to tune its time grid to the model at each
@@ -52,12 +52,37 @@ class Sweep:
     samplers: tuple[SweepSampler, ...]
 
 
-def read_sweep(path: str | Path) -> Sweep:
-    """A sweep file: ``[sweep] nfe = [...]`` and one ``[[sweep.sampler]]`` table per sampler."""
+@attrs.frozen
+class WeightSweep:
+    """A sweep over guidance weights w with the config's sampler and [guidance] (cfg by default)."""
+
+    weights: tuple[float, ...]
+
+
+def read_sweep(path: str | Path) -> Sweep | WeightSweep:
+    """A sweep file: ``[sweep] nfe = [...]`` and one ``[[sweep.sampler]]`` table per sampler; or
+    ``[sweep] weights = [...]``, guidance weights for a class-conditional model."""
     raw = read_toml(path, "sweep file")
     sweep = raw.get("sweep")
     if set(raw) != {"sweep"} or not isinstance(sweep, Mapping):
-        raise ConfigError(f"{path}: a sweep file holds one [sweep] table (nfe = [...], [[sweep.sampler]] tables)")
+        raise ConfigError(
+            f"{path}: a sweep file holds one [sweep] table: nfe = [...] with [[sweep.sampler]] tables, "
+            "or weights = [...]"
+        )
+    if "weights" in sweep:
+        weights = sweep["weights"]
+        if set(sweep) != {"weights"}:
+            raise ConfigError(f"{path}: a sweep of guidance weights takes weights = [...] alone")
+        if (
+            not isinstance(weights, list)
+            or not weights
+            or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or abs(w) == float("inf")
+                for w in weights
+            )
+        ):
+            raise ConfigError(f"{path}: [sweep] weights must be a non-empty list of finite numbers; got {weights!r}")
+        return WeightSweep(tuple(sorted({float(w) for w in weights})))
     budgets = sweep.get("nfe")
     if not isinstance(budgets, list) or not budgets or not all(type(b) is int and b >= 1 for b in budgets):
         raise ConfigError(f"{path}: [sweep] nfe must be a non-empty list of positive integers; got {budgets!r}")
@@ -110,6 +135,15 @@ def sweep_runs(sweep: Sweep) -> list[tuple[SweepSampler, int, SamplerConfig]]:
         for s in sweep.samplers
         for budget in sweep.budgets
     ]
+
+
+def weight_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
+    """A markdown table of a weight sweep: one row per guidance weight."""
+    lines = ["| w | NFE | network evaluations | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
+    for row in rows:
+        cells = [f"{row['metrics'][m]['mean']:.4g} ± {row['metrics'][m]['std']:.2g}" for m in metrics]
+        lines.append(f"| {row['weight']:g} | {row['nfe']} | {row['network_evaluations']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def sweep_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
