@@ -417,22 +417,26 @@ def _scale(
     labelled: bool = False,
 ) -> dict[str, Any]:
     """The metrics of as many points of the other split of the data, and of uniform noise (a
-    collective: every rank takes part). With ``labelled``, the real points' accuracy too."""
+    collective: every rank takes part). With ``labelled``, the accuracy of held-out real data."""
     run, seed = config.evaluate, config.evaluate.seeds[0]
-    real_labels = dataset.train_labels if run.reference == "test" else dataset.test_labels
-    with_labels = labelled and real_labels is not None and hasattr(extractor, "class_probabilities")
-    probs = "inception_score" in run.metrics or with_labels
+    with_labels = labelled and dataset.test_labels is not None and hasattr(extractor, "class_probabilities")
+    probs = "inception_score" in run.metrics
     train = rows(dataset.train)  # read once: the real row (reference "test") and the noise's range
     real = train if run.reference == "test" else rows(dataset.test)
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(real), generator=generator)[: run.num]
-    real = real[chosen]
-    real_labels = real_labels[chosen] if with_labels else None
+    real = real[torch.randperm(len(real), generator=generator)[: run.num]]
     low, high = float(train.min()), float(train.max())
     noise = torch.rand((run.num, *dataset.event_shape), generator=generator, dtype=torch.float64) * (high - low) + low
-    real_metrics = metrics_of(
-        config, reference, stats, features_of(extractor, real.float(), device, probs), seed, real_labels
-    )
+    real_metrics = metrics_of(config, reference, stats, features_of(extractor, real.float(), device, probs), seed)
+    if with_labels:  # on held-out data: learnt features have seen the training split's labels
+        held = rows(dataset.test)[: run.num].float()
+        extracted = features_of(extractor, held, device, True)
+        real_metrics = {
+            "accuracy": metrics_of(config, reference, stats, extracted, seed, dataset.test_labels[: run.num])[
+                "accuracy"
+            ],
+            **real_metrics,
+        }
     return {
         "real_data": real_metrics,
         "uniform_noise": metrics_of(
