@@ -31,6 +31,9 @@ demo: $(STAMP)
 	$(BIN)/sdeplug train examples/digits.toml --classifier --no-progress
 	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_classes.toml --sampler examples/guidance/unipc20.toml --out demo-output/digits/guided --no-progress
 	$(BIN)/sdeplug sample examples/digits.toml --guidance examples/guidance/digits_inpaint.toml --sampler examples/samplers/pc.toml --num 120 --out demo-output/digits/inpaint --no-progress
+	$(BIN)/sdeplug train examples/digits_conditional.toml --no-progress
+	$(BIN)/sdeplug sample examples/digits_conditional.toml --guidance examples/guidance/digits_cfg.toml --no-progress
+	$(BIN)/sdeplug evaluate examples/digits_conditional.toml --sweep examples/sweeps/guidance_weights.toml --no-progress
 	$(BIN)/sdeplug train examples/digits_ncsnpp.toml --no-progress
 	$(BIN)/sdeplug sample examples/digits_ncsnpp.toml --sampler examples/samplers/unipc10.toml --no-progress
 	$(BIN)/sdeplug likelihood examples/digits_ncsnpp.toml
