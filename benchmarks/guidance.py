@@ -13,7 +13,6 @@ median of the rounds' ratios, with their spread.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from sdeplug.parameterization import ParameterizedScore
 from sdeplug.sampling import sample_pc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import replace_section  # noqa: E402
+from report import machine, replace_section  # noqa: E402
 
 NETWORKS = {
     "U-Net (digits, 8x8)": (
@@ -104,11 +103,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
-    )
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
     lines = [
         "## Guidance: a classifier-free guidance step against an unguided step on a doubled batch",
         "",

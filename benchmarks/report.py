@@ -16,3 +16,18 @@ def replace_section(path: Path, heading: str, section: str) -> None:
         rest = "\n" + text[end + 1 :] if end >= 0 else ""  # a blank line before the next section
         text = text[:start] + section.rstrip("\n") + "\n" + rest
     path.write_text(text)
+
+
+def machine() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and torch's thread count."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"

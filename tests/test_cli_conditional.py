@@ -266,3 +266,12 @@ def test_evaluate_sweeps_the_guidance_weight_with_the_classifiers_accuracy(train
     single = json.loads((out / "evaluate.json").read_text())
     assert single["weight"] == 2.0 and single["metrics"]["accuracy"]["mean"] > 0.9
     assert "guidance weight w = 2" in capsys.readouterr().out
+    # autoguidance by the model itself is the conditional model at every weight
+    guide = tmp_path / "self.toml"
+    guide.write_text(f'[guidance]\nkind = "autoguidance"\ncheckpoint = "{out / "checkpoint.safetensors"}"\n')
+    sweep.write_text("[sweep]\nweights = [1, 3]\n")
+    assert main(["evaluate", str(evaluated), "--sweep", str(sweep), "--guidance", str(guide), "--out", str(out)]) == 0
+    runs = json.loads((out / "sweep.json").read_text())["weight_sweep"]
+    assert (
+        runs[0]["metrics"] == runs[1]["metrics"] and runs[0]["metrics"]["accuracy"] == rows[1.0]["metrics"]["accuracy"]
+    )

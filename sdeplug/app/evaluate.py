@@ -261,7 +261,8 @@ def evaluate_job(
         """What the sampler runs: the model, or per batch its guided score at ``weight``."""
         if weight is None:
             return score
-        make = guided_scores(config, sde, score, weak, weight, "cfg" if isinstance(sweep, WeightSweep) else None)
+        sweeping = isinstance(sweep, WeightSweep) and kind is None  # a sweep without [guidance]: cfg
+        make = guided_scores(config, sde, score, weak, weight, "cfg" if sweeping else None)
         return PerBatch(lambda first, size: make(None if labels is None else labels[first : first + size]))
 
     if isinstance(sweep, WeightSweep):
