@@ -160,7 +160,18 @@ def test_the_ddpm_sde_follows_every_diffusers_beta_schedule(schedule):
         torch.testing.assert_close(sde.alpha(t) ** 2, reference.alphas_cumprod.double(), rtol=rtol, atol=0)
 
 
-def test_ddim_equals_diffusers_ddim_pipeline(ddim_folder):
+@pytest.fixture(scope="module")
+def velocity_folder(tmp_path_factory):
+    """A v-prediction pipeline on the scaled-linear schedule (latent diffusion's)."""
+    folder = tmp_path_factory.mktemp("velocity") / "pipe"
+    scheduler = _scheduler("scaled_linear", prediction="v_prediction")
+    diffusers.DDIMPipeline(unet=_unet(), scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["ddim_folder", "velocity_folder"])
+def test_ddim_equals_diffusers_ddim_pipeline(which, request):
+    ddim_folder = request.getfixturevalue(which)
     pipe = diffusers.DDIMPipeline.from_pretrained(ddim_folder)
     expected = pipe(
         batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, eta=0.0, output_type="np"
