@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,23 @@ def run_cli(*args: str, site: Path | None = None, cwd: Path | None = None) -> su
     return subprocess.run(
         [sys.executable, "-m", "sdeplug_cli", *args], capture_output=True, text=True, env=env, cwd=cwd
     )
+
+
+@contextlib.contextmanager
+def interruptible(command: list[str], **popen_options) -> Iterator[subprocess.Popen]:
+    """``subprocess.Popen(command)`` that Ctrl-C (SIGINT) can reach, killed on the way out.
+
+    A child inherits an ignored SIGINT from a test run started in the background (``make test
+    &``, nohup, some CI runners), and Python then never raises KeyboardInterrupt: the child's
+    SIGINT is put back to the default before it starts. A child still running when the test
+    ends (a failure) is killed, so it never outlives the test.
+    """
+    process = subprocess.Popen(
+        command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_options
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

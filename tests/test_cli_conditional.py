@@ -275,3 +275,23 @@ def test_evaluate_sweeps_the_guidance_weight_with_the_classifiers_accuracy(train
     assert (
         runs[0]["metrics"] == runs[1]["metrics"] and runs[0]["metrics"]["accuracy"] == rows[1.0]["metrics"]["accuracy"]
     )
+
+
+def test_likelihood_of_a_conditional_model_is_conditioned_on_each_points_label(trained, tmp_path):
+    """log p(x | y) with the held-out points' own labels: above the exact unconditional log p(x)
+    by about the mutual information of point and component (log p(y | x) - log p(y) on average)."""
+    config, out = trained
+    assert main(["likelihood", str(config), "--num", "200", "--out", str(tmp_path)]) == 0
+    report = json.loads(next(tmp_path.glob("likelihood*.json")).read_text())
+    assert report["conditioned_on"] == "each point's own label"
+    gain = report["mean_logp_nats"] - report["oracle_mean_logp_nats"]
+    assert 0.5 < gain < 1.5, report  # the components of mixture3 barely overlap: about H(y) = 1.03 nats
+
+
+def test_tune_grid_tunes_for_the_score_the_sampler_runs(trained, tmp_path):
+    config, out = trained
+    guidance = _guidance(tmp_path, "cfg.toml", 'kind = "cfg"\nscale = [2]\n')
+    grid = tmp_path / "grid.json"
+    args = ["tune-grid", str(config), "--steps", "4", "--pilot", "64", "--guidance", guidance, "--out", str(grid)]
+    assert main([*args, "--no-progress"]) == 0
+    assert len(json.loads(grid.read_text())["fractions"]) == 5

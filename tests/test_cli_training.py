@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interruptible
 
 from sdeplug.app.cli import main
 
@@ -129,14 +130,14 @@ def test_training_the_oracle_or_sampling_without_a_checkpoint_is_refused(tmp_pat
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     config = write_config(tmp_path, steps=1_000_000, every=50)
     command = [sys.executable, "-m", "sdeplug_cli", "train", str(config)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.exists(), process.communicate(timeout=5)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    with interruptible(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "no checkpoint within 60 s"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted at step" in out and "Run the same command to resume" in out
     step = int(out.split("interrupted at step ")[1].split(";")[0])

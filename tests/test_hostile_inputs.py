@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import computed_once, files_limited_to
+from conftest import computed_once, files_limited_to, interruptible
 from numpy.lib import format as npy
 
 from sdeplug.app.cli import main
@@ -370,12 +370,11 @@ def _command(*args: str) -> list[str]:
 @pytest.mark.parametrize("delay", [0.8])
 def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
     """Ctrl-C while torch and the plugins are still being imported."""
-    process = subprocess.Popen(
-        _command("sample", str(config(tmp_path, tmp_path / "run"))), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    time.sleep(delay)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    command = _command("sample", str(config(tmp_path, tmp_path / "run")))
+    with interruptible(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
     lines = err.decode().strip().splitlines()
     assert process.returncode == 130 and lines == [
         "sdeplug: interrupted (Ctrl-C); files are written whole or not at all"
@@ -389,10 +388,10 @@ def test_ctrl_c_during_sampling_is_one_line_exit_130_and_writes_nothing(tmp_path
         f'[sde]\nname = "vp"\n[sampler]\nsteps = 200000\n[sample]\nnum = 500\nprogress = false\n'
         f'[output]\ndir = "{tmp_path / "run"}"\n'
     )
-    process = subprocess.Popen(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(6.0)  # start-up (imports) and into the 200 000 steps
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    with interruptible(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        time.sleep(6.0)  # start-up (imports) and into the 200 000 steps
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()
     assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []  # made by the first write
 

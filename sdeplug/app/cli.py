@@ -504,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", help="torch device, e.g. cpu or cuda (overrides [sample] device)")
     tune.add_argument("--checkpoint", help="trained checkpoint (default: [output] dir/checkpoint.safetensors)")
     tune.add_argument("--sampler", help="a TOML file whose [sampler] section replaces the config's")
+    tune.add_argument("--guidance", help="a TOML file whose [guidance] (cfg, autoguidance) the grid is tuned for")
     tune.add_argument("--no-progress", action="store_true", help="print only the result")
     tune.set_defaults(func=cmd_tune_grid)
     moments = sub.add_parser(

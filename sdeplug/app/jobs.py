@@ -38,7 +38,7 @@ from sdeplug.app.assemble import (
 from sdeplug.app.config import Config
 from sdeplug.app.datasets import Dataset, rows, take
 from sdeplug.app.fingerprint import data_fingerprint, describe_change, same_data
-from sdeplug.conditioning import num_classes
+from sdeplug.conditioning import NULL_LABEL, Conditioned, num_classes
 from sdeplug.errors import ConfigError, DataError, DataMismatchWarning
 from sdeplug.files import write_atomically
 from sdeplug.sampling import SampleResult
@@ -429,6 +429,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     dataset = build_dataset(config)
     score = build_score(config, sde, dataset, checkpoint, device, dtype)
     eps = LIKELIHOOD_EPS if lk.eps is None else lk.eps
+    labels = None
     if lk.data_file:
         x, source = load_array(lk.data_file)[: run.num], lk.data_file
     else:
@@ -436,6 +437,12 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
             rows(dataset.test, run.num),
             f"the first {min(run.num, len(dataset.test))} held-out points of {dataset.name!r}",
         )
+        if dataset.test_labels is not None:
+            labels = dataset.test_labels[: x.shape[0]]
+    conditioned_on = None
+    if num_classes(score) is not None:  # log p(x | y) with the points' own labels, else log p(x)
+        conditioned_on = "each point's own label" if labels is not None else "no class (the null label)"
+        labels = labels if labels is not None else torch.full((x.shape[0],), NULL_LABEL, dtype=torch.int64)
     bad = non_finite_rows(x)
     if len(bad):
         raise DataError(
@@ -465,7 +472,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
         lambda first, size, generator: _logp_batch(
             log_likelihood(
                 sde,
-                score,
+                score if conditioned_on is None else Conditioned(score, labels[first : first + size]),
                 x[first : first + size],
                 solver=lk.solver.name,
                 solver_options=lk.solver.options,
@@ -496,6 +503,7 @@ def likelihood_job(config: Config, out: Path, checkpoint: str | None = None) -> 
     report: dict[str, Any] = {
         **summary_header(config),
         "data": source,
+        **({"conditioned_on": conditioned_on} if conditioned_on else {}),
         "likelihood": attrs.asdict(lk),
         "data_range": data_range,
         "levels": levels if data_range != "none" else None,
