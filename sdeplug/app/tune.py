@@ -73,10 +73,10 @@ def tune_sampler_grid(
     return result, start_grid, start_options
 
 
-def pilot_score(config: Config, sde, score: ScoreFn, dataset, pilot: int, device, dtype) -> ScoreFn:
+def pilot_score(config: Config, sde, score: ScoreFn, dataset, device, dtype) -> ScoreFn:
     """What the grid is tuned for: the model itself, or for a class-conditional model (or an
     autoguided one) the score sampling runs, at the [guidance] weight (the first of ``scale``),
-    with class-balanced labels over the pilot draws."""
+    with the classes cycling over the rows of every batch the tuner evaluates."""
     from sdeplug.app.conditional_jobs import guided_scores, guiding_model, is_class_sampling, sampling_labels
     from sdeplug.conditioning import num_classes
 
@@ -86,9 +86,18 @@ def pilot_score(config: Config, sde, score: ScoreFn, dataset, pilot: int, device
     kind = guidance.kind if guidance is not None else None
     weak = guiding_model(config, sde, dataset, device, dtype) if kind == "autoguidance" else None
     classes = num_classes(score)
-    labels = sampling_labels(guidance.classes if guidance else None, classes, pilot) if classes else None
     weight = guidance.scale[0] if kind in ("cfg", "autoguidance") else 1.0
-    return guided_scores(config, sde, score, weak, weight)(labels)
+    make = guided_scores(config, sde, score, weak, weight)
+    if classes is None:
+        return make(None)
+    cycle = sampling_labels(guidance.classes if guidance else None, classes, classes)
+
+    def cycled(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Row i of any batch the tuner evaluates gets the i-th class of the cycle."""
+        labels = cycle.to(x.device)[torch.arange(x.shape[0], device=x.device) % len(cycle)]
+        return make(labels)(x, t)
+
+    return cycled
 
 
 def tune_grid_job(
@@ -108,7 +117,7 @@ def tune_grid_job(
     dtype, device = run.torch_dtype, distributed.local_device(run.device)
     dataset, network = sampling_data(config)
     score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
-    score = pilot_score(config, sde, score, dataset, pilot, device, dtype)
+    score = pilot_score(config, sde, score, dataset, device, dtype)
     result, start_grid, start_options = tune_sampler_grid(
         sampler,
         sde,
