@@ -34,7 +34,7 @@ def test_example_plugin_passes_its_own_tests(install_example_plugin):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout
     assert "PASSED tests/test_contracts.py::test_contracts[sde-cosine_vp]" in run.stdout
-    assert "PASSED tests/test_contracts.py::test_contracts[predictor-ddim]" in run.stdout
+    assert "PASSED tests/test_contracts.py::test_contracts[predictor-ddim_example]" in run.stdout
     assert (
         "sdeplug plugins: " in run.stdout and "cosine (sdeplug-cosine 0.1.0)" in run.stdout
     )  # the pytest plugin's header
@@ -45,7 +45,7 @@ def test_example_plugin_is_listed_and_samples_from_its_config(install_example_pl
     listing = run_cli("plugins", site=site)
     rows = [line.split() for line in listing.stdout.splitlines()]
     assert ["sde", "cosine_vp", "cosine", "sdeplug-cosine", "0.1.0"] in rows
-    assert ["predictor", "ddim", "cosine", "sdeplug-cosine", "0.1.0"] in rows
+    assert ["predictor", "ddim_example", "cosine", "sdeplug-cosine", "0.1.0"] in rows
     run = run_cli("sample", str(EXAMPLE / "cosine.toml"), "--out", str(tmp_path), site=site)
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

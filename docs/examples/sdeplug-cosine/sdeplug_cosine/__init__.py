@@ -78,7 +78,7 @@ class DDIM(sdeplug.Predictor):
     posterior noise of ancestral sampling.
     """
 
-    name = "ddim"
+    name = "ddim_example"
     sde_types = (sdeplug.LinearSDE,)
 
     def __init__(self, sde, score, eta: float = 0.0) -> None:
