@@ -97,6 +97,14 @@ def test_classifier_free_guidance_from_the_config(trained, tmp_path, capsys):
     assert all(row["network_evaluations_per_sample"] == 2 * row["nfe_per_sample"] for row in report["runs"])
     np.testing.assert_array_equal(np.load(tmp_path / "cfg" / "labels.npy")[:4], [2, 0, 2, 0])
     assert "classifier-free guidance" in capsys.readouterr().out
+    # w = 0 is the unconditional score the null label learnt: the mixture's class shares
+    from sdeplug.oracle import preset
+
+    mixture = preset("mixture3")
+    unconditional = torch.as_tensor(np.load(tmp_path / "cfg" / "samples-w0.npy"), dtype=torch.float64)
+    shares = torch.bincount(mixture.posterior_weights(unconditional).argmax(1), minlength=3).double() / 600
+    # a share's binomial standard error at n = 600 is at most 0.02; a trained score adds some
+    assert (shares - mixture.log_weights.exp()).abs().max() < 0.08, shares
 
 
 def test_autoguidance_by_the_model_itself_is_unguided_and_by_an_earlier_checkpoint_differs(trained, tmp_path):

@@ -179,14 +179,14 @@ def test_the_likelihood_of_a_conditional_model_is_its_components(mixture):
 
 # Sampling the right law ----------------------------------------------------------------------
 
-N = 2000
+N = 1000
 
 
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_guidance_at_weight_one_samples_the_exact_conditional_law(mixture, sde_name):
     sde = sdeplug.create("sde", sde_name)
     model = mixture.score_model(sde, conditional=True)
-    labels = _labels(3 * N, 3)
+    labels = _labels(3 * N, 3)  # N per class
     g = torch.Generator().manual_seed(7)
     guided = classifier_free_guidance(model, labels, 1.0)
     x = sample_ode(sde, guided, (3 * N, 2), solver="dopri5", generator=g, dtype=F64).x
@@ -373,46 +373,7 @@ def test_bad_conditioning_is_refused_with_one_clear_line(mixture):
             run()
 
 
-# Training a conditional network --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained_conditional(mixture):
-    """A class-conditional MLP trained with label dropout on the mixture, its components as labels."""
-    from sdeplug.trainer import Trainer, TrainSettings
-
-    sde = sdeplug.create("sde", "vp")
-    data = mixture.float()
-    x, labels = data.sample(8000, torch.Generator().manual_seed(20), return_labels=True)
-    torch.manual_seed(0)
-    network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=128, depth=3, num_classes=3)
-    settings = TrainSettings(steps=1500, batch_size=256, lr=2e-3, ema_decay=0.99, progress=False)
-    trainer = Trainer(network, sde, x, settings, labels=labels).fit()
-    return trainer
-
-
-def test_a_network_trained_with_label_dropout_learns_the_conditional_and_unconditional_scores(
-    mixture, trained_conditional
-):
-    sde, model = trained_conditional.sde, trained_conditional.score_model()
-    assert model.num_classes == 3 and trained_conditional.label_dropout == 0.1
-    n, g = 1500, torch.Generator().manual_seed(21)
-    labels = _labels(n, 3)
-
-    def draw(score):
-        return sample_pc(
-            sde, score, (n, 2), predictor="unipc", corrector="none", steps=25, grid="logsnr", generator=g
-        ).x
-
-    for weight in (1.0, 3.0):
-        x = draw(classifier_free_guidance(model, labels, weight))
-        accuracy = float((mixture.posterior_weights(x.double()).argmax(1) == labels).double().mean())
-        assert accuracy > 0.95, f"w = {weight}: {accuracy:.3f} of the samples in their class"
-    x = draw(Conditioned(model, NULL_LABEL))
-    shares = torch.bincount(mixture.posterior_weights(x.double()).argmax(1), minlength=3).double() / n
-    weights = mixture.log_weights.exp()
-    # a share's binomial standard error at n = 1500 is at most 0.013; a trained score adds some
-    assert (shares - weights).abs().max() < 0.06, (shares, weights)
+# Training a conditional network (trained end to end in tests/test_cli_conditional.py) ----------------
 
 
 def test_label_dropout_is_drawn_for_the_global_batch(mixture):
@@ -424,6 +385,8 @@ def test_label_dropout_is_drawn_for_the_global_batch(mixture):
     trainer = Trainer(
         network, sde, x, TrainSettings(steps=3, batch_size=4000, label_dropout=0.25, progress=False), labels=labels
     )
+    default = Trainer(network, sde, x, TrainSettings(steps=3, progress=False), labels=labels)
+    assert default.label_dropout == 0.1  # a conditional network's default
     dropped = trainer._dropped_labels()
     assert abs(float(dropped.double().mean()) - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5
     assert torch.equal(dropped, trainer._dropped_labels())  # seeded by (seed, step) alone
