@@ -84,7 +84,7 @@ def test_on_the_digits_real_data_beat_a_barely_trained_model_which_beats_noise()
     )
     network = sdeplug.create("score_model", "unet", event_shape=(1, 8, 8), channels=16)
     sde = sdeplug.create("sde", "vp")
-    settings = TrainSettings(steps=200, batch_size=128, lr=1e-3, ema_decay=0.9, progress=False)
+    settings = TrainSettings(steps=200, batch_size=64, lr=1e-3, ema_decay=0.9, progress=False)
     trainer = Trainer(network, sde, digits.train.float(), settings).fit()
     samples = sample_pc(
         sde,
@@ -92,7 +92,7 @@ def test_on_the_digits_real_data_beat_a_barely_trained_model_which_beats_noise()
         (360, 1, 8, 8),
         predictor="euler_maruyama",
         corrector="none",
-        steps=100,
+        steps=50,
         generator=torch.Generator().manual_seed(0),
     ).x
     with torch.no_grad():
