@@ -53,6 +53,8 @@ progress = false
 dir = "{out}"
 """
 
+# Its module-scoped fixture trains once: keep its tests on one worker (make test uses --dist
+# loadgroup); the tests that use it take seconds each and are left out of make test-fast.
 pytestmark = pytest.mark.xdist_group("cli_conditional")
 
 
@@ -72,6 +74,7 @@ def _guidance(tmp_path, name: str, text: str):
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_conditional_model_samples_class_balanced_in_its_classes(trained, capsys):
     config, out = trained
     assert main(["sample", str(config)]) == 0
@@ -86,6 +89,7 @@ def test_a_conditional_model_samples_class_balanced_in_its_classes(trained, caps
     assert "agreement" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_classifier_free_guidance_from_the_config(trained, tmp_path, capsys):
     config, out = trained
     cfg = _guidance(tmp_path, "cfg.toml", 'kind = "cfg"\nscale = [0, 1, 3]\nclasses = [2, 0]\n')
@@ -107,6 +111,7 @@ def test_classifier_free_guidance_from_the_config(trained, tmp_path, capsys):
     assert (shares - mixture.log_weights.exp()).abs().max() < 0.08, shares
 
 
+@pytest.mark.slow
 def test_autoguidance_by_the_model_itself_is_unguided_and_by_an_earlier_checkpoint_differs(trained, tmp_path):
     config, out = trained
 
@@ -137,6 +142,7 @@ def test_autoguidance_by_the_model_itself_is_unguided_and_by_an_earlier_checkpoi
         ('kind = "autoguidance"\ncheckpoint = "missing.safetensors"\n', "[guidance] checkpoint not found"),
     ],
 )
+@pytest.mark.slow
 def test_bad_guidance_is_one_line(trained, tmp_path, capsys, guidance, message):
     config, _ = trained
     path = _guidance(tmp_path, "bad.toml", guidance)
@@ -167,6 +173,7 @@ def test_training_a_conditional_model_on_unlabelled_data_is_one_line(tmp_path, c
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_autoguidance_by_a_network_of_another_shape_is_refused(trained, tmp_path, capsys):
     config, _ = trained
     other = tmp_path / "other.toml"
@@ -247,6 +254,7 @@ def test_an_array_file_takes_a_labels_file_that_follows_its_rows(tmp_path):
         load_dataset("file", path=str(tmp_path / "x.npy"), labels=str(tmp_path / "negative.npy"))
 
 
+@pytest.mark.slow
 def test_evaluate_sweeps_the_guidance_weight_with_the_classifiers_accuracy(trained, tmp_path, capsys):
     config, out = trained
     evaluated = tmp_path / "evaluate.toml"
@@ -285,6 +293,7 @@ def test_evaluate_sweeps_the_guidance_weight_with_the_classifiers_accuracy(train
     )
 
 
+@pytest.mark.slow
 def test_likelihood_of_a_conditional_model_is_conditioned_on_each_points_label(trained, tmp_path):
     """log p(x | y) with the held-out points' own labels: above the exact unconditional log p(x)
     by about the mutual information of point and component (log p(y | x) - log p(y) on average)."""
@@ -296,6 +305,7 @@ def test_likelihood_of_a_conditional_model_is_conditioned_on_each_points_label(t
     assert 0.5 < gain < 1.5, report  # the components of mixture3 barely overlap: about H(y) = 1.03 nats
 
 
+@pytest.mark.slow
 def test_tune_grid_tunes_for_the_score_the_sampler_runs(trained, tmp_path):
     config, out = trained
     guidance = _guidance(tmp_path, "cfg.toml", 'kind = "cfg"\nscale = [2]\n')

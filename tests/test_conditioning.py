@@ -157,6 +157,7 @@ def test_labels_follow_their_samples_through_batches_and_copies(mixture):
     assert torch.equal(copies, torch.cat([whole, whole, whole]))
 
 
+@pytest.mark.slow
 def test_the_likelihood_of_a_conditional_model_is_its_components(mixture):
     sde = sdeplug.create("sde", "vp")
     model = mixture.score_model(sde, conditional=True)
@@ -182,6 +183,7 @@ def test_the_likelihood_of_a_conditional_model_is_its_components(mixture):
 N = 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_guidance_at_weight_one_samples_the_exact_conditional_law(mixture, sde_name):
     sde = sdeplug.create("sde", sde_name)
@@ -198,6 +200,7 @@ def test_guidance_at_weight_one_samples_the_exact_conditional_law(mixture, sde_n
             assert_same_law(x[labels == (k + 1) % 3], true, null=null)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_guidance_at_weight_zero_samples_the_unconditional_law(mixture, sde_name):
     sde = sdeplug.create("sde", sde_name)
@@ -232,6 +235,7 @@ def _reference_flow(mixture, sde, labels, weight, x_T, t1):
     return torchdiffeq.odeint(drift, x_T, ends, rtol=1e-11, atol=1e-11, method="dopri5", options=options)[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_guided_sampling_at_large_weight_is_an_independent_accurate_solve(even_mixture, sde_name):
     mixture = even_mixture
@@ -255,6 +259,7 @@ def test_guided_sampling_at_large_weight_is_an_independent_accurate_solve(even_m
     assert (got - expected).abs().max() <= 1e-6 * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun"])
 def test_the_fast_samplers_keep_their_order_on_the_guided_ode(even_mixture, name):
     mixture = even_mixture
@@ -449,6 +454,7 @@ EVERY_PART = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), EVERY_PART, ids=[f"{k}-{n}" for k, n in EVERY_PART])
 def test_classifier_free_guidance_works_with_every_registered_sampling_part(even_mixture, kind, name):
     """The guided score is an ordinary score: each part, untouched, lands in the requested class."""
