@@ -58,7 +58,7 @@ PORTABLE_TESTS := tests/test_ncsnpp.py tests/test_metrics.py tests/test_denoiser
 test-portable: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -n auto --dist loadgroup -q $(PORTABLE_TESTS)
 
-# The edit-test loop: every module, under a minute on 2 cores (tests marked slow left out).
+# The edit-test loop: every module, tests marked slow left out.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadgroup -m "not slow" -q
 
