@@ -34,6 +34,8 @@ from sdeplug.app.assemble import (
 )
 from sdeplug.app.config import Config, PartSpec
 from sdeplug.app.datasets import Dataset
+from sdeplug.app.guided_jobs import Judge, requested_classes
+from sdeplug.app.guided_jobs import _picture as guided_picture
 from sdeplug.checkpoint import CheckpointError, load_checkpoint
 from sdeplug.conditioning import (
     Conditioned,
@@ -57,11 +59,7 @@ def is_class_sampling(config: Config, score: ScoreFn) -> bool:
 
 def sampling_labels(wanted: tuple[int, ...] | None, classes: int, num: int) -> Tensor:
     """Labels for ``num`` samples cycling through the wanted classes (every class by default)."""
-    wanted = tuple(range(classes)) if wanted is None else wanted
-    unknown = [c for c in wanted if not 0 <= c < classes]
-    if unknown:
-        raise ConfigError(f"[guidance] classes {unknown} do not exist: the model knows classes 0 to {classes - 1}")
-    return torch.tensor(wanted, dtype=torch.int64).repeat(num // len(wanted) + 1)[:num]
+    return requested_classes(wanted, classes, num, known_by="the model knows")
 
 
 def guiding_model(config: Config, sde: SDE, dataset: Dataset, device: torch.device, dtype: torch.dtype) -> ScoreFn:
@@ -134,8 +132,6 @@ def run_class_sampling(
     """One sampling run per guidance weight (w = 1 without [guidance]); samples, labels, a picture
     with a row per class and the judge's agreement for each. Every rank samples its share;
     ``is_main`` writes. Returns the report and the files written."""
-    from sdeplug.app.guided_jobs import Judge
-
     run, guidance = config.sample, config.guidance
     classes = num_classes(score)
     kind = guidance.kind if guidance is not None else None
@@ -214,13 +210,8 @@ def _title(kind: str | None, weight: float, row: dict[str, Any]) -> str:
 
 
 def _picture(x: Tensor, labels: Tensor | None, dataset: Dataset, path: Path, title: str) -> Path | None:
-    """Images: up to 10 x 10, a row per class; 2-D points: a scatter plot over the data."""
-    from sdeplug.app.datasets import rows
-    from sdeplug.app.plotting import image_grid, scatter_2d
-
-    if len(dataset.event_shape) == 3:
-        first = x[:100] if labels is None else x[:100][torch.argsort(labels[:100], stable=True)]
-        return image_grid(first, path, title, ncols=10)
-    if tuple(dataset.event_shape) == (2,) and len(dataset.test):
-        return scatter_2d(x, rows(dataset.test, x.shape[0]), path, title)
-    return None
+    """Images: up to 10 x 10, a row per class (the first 100 samples ordered by label); 2-D
+    points: a scatter plot over the data."""
+    if labels is not None and len(dataset.event_shape) == 3:
+        x = x[:100][torch.argsort(labels[:100], stable=True)]
+    return guided_picture(x, dataset, path, title)

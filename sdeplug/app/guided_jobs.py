@@ -80,12 +80,13 @@ def load_classifier(config: Config, dataset: Dataset, device: torch.device, dtyp
     return network.to(device=device, dtype=dtype).eval()
 
 
-def requested_classes(guidance: GuidanceConfig, classes: int, n: int) -> Tensor:
-    """Labels for n samples cycling through the requested classes (every class by default)."""
-    wanted = guidance.classes if guidance.classes is not None else tuple(range(classes))
+def requested_classes(wanted: tuple[int, ...] | None, classes: int, n: int, known_by: str = "the data have") -> Tensor:
+    """Labels for n samples cycling through the wanted classes (every class by default); a class
+    outside [0, classes) is one line naming who knows which (the data, or the model)."""
+    wanted = tuple(range(classes)) if wanted is None else wanted
     bad = [c for c in wanted if not 0 <= c < classes]
     if bad:
-        raise ConfigError(f"[guidance] classes {bad} do not exist: the data have classes 0 to {classes - 1}")
+        raise ConfigError(f"[guidance] classes {bad} do not exist: {known_by} classes 0 to {classes - 1}")
     return torch.tensor(wanted, dtype=torch.int64).repeat(n // len(wanted) + 1)[:n]
 
 
@@ -125,7 +126,7 @@ def run_classifier_guidance(
     """One sampling run per guidance scale; samples, a picture and the judge's agreement for each."""
     guidance, run = config.guidance, config.sample
     classifier = load_classifier(config, dataset, device, dtype)
-    labels = requested_classes(guidance, num_classes(dataset), run.num)
+    labels = requested_classes(guidance.classes, num_classes(dataset), run.num)
     judge = Judge(dataset, run.seed)
     rows = []
     for scale in guidance.scale:
@@ -179,13 +180,15 @@ def _save(path: Path, x: Tensor) -> None:
     save_array(path, x.numpy())
 
 
-def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 10) -> None:
+def _picture(x: Tensor, dataset: Dataset, path: Path, title: str, ncols: int = 10) -> Path | None:
+    """Images: the first rows of ``ncols``; 2-D points: a scatter plot over the held-out data."""
     from sdeplug.app.plotting import image_grid, scatter_2d
 
     if len(dataset.event_shape) == 3:
-        image_grid(x[: 10 * ncols], path, title, ncols=ncols)
-    elif dataset.event_shape == (2,):
-        scatter_2d(x, rows(dataset.test, x.shape[0]), path, title)
+        return image_grid(x[: 10 * ncols], path, title, ncols=ncols)
+    if tuple(dataset.event_shape) == (2,) and len(dataset.test):
+        return scatter_2d(x, rows(dataset.test, x.shape[0]), path, title)
+    return None
 
 
 # Inpainting and linear measurements ----------------------------------------------------
