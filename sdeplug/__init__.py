@@ -24,6 +24,7 @@ from sdeplug.errors import (
     PluginError,
     RegistrationError,
     SdeplugError,
+    SdeplugWarning,
     UnknownPartError,
 )
 from sdeplug.hookspecs import hookimpl
@@ -75,6 +76,7 @@ __all__ = [
     "ScoreFn",
     "ScoreModel",
     "SdeplugError",
+    "SdeplugWarning",
     "TimeClassifier",
     "TimeGrid",
     "UnknownPartError",

@@ -4,6 +4,7 @@ safetensors files whose bytes depend on their content only."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import struct
@@ -14,6 +15,15 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from sdeplug.errors import WriteError
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _temporary(path: Path) -> Path:

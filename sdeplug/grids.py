@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdeplug.files import write_atomically
+from sdeplug.errors import SdeplugWarning
+from sdeplug.files import file_digest, write_atomically
 from sdeplug.interfaces import SDE, LinearSDE, TimeGrid
 from sdeplug.registry import get_registry, part_name, resolve
 
@@ -108,6 +109,9 @@ def resolve_grid(
     None is the uniform grid; a tensor is checked and used as it is (``steps`` and
     ``eps`` are then ignored); a name or TimeGrid places ``steps`` + 1 times from T to eps.
     """
+    tuned_times = getattr(grid, "times", None)
+    if isinstance(tuned_times, Tensor) and not isinstance(grid, Tensor):  # a tuning result: its times
+        grid = tuned_times
     if isinstance(grid, Tensor):
         if grid_options:
             raise ValueError("grid_options are for a grid given by name; a tensor grid takes none")
@@ -230,3 +234,51 @@ def save_grid_file(path: str | Path, content: Mapping[str, Any]) -> Path:
     check_fractions(content.get("fractions"))
     text = json.dumps({"format": GRID_FORMAT, **content}, indent=2) + "\n"
     return write_atomically(path, lambda temporary: temporary.write_text(text))
+
+
+class GridStepsWarning(SdeplugWarning):
+    """A tuned grid used at another step count than it was tuned for: it is stretched."""
+
+
+def tuned_grid_mismatches(
+    content: Mapping[str, Any],
+    *,
+    sde: SDE | None = None,
+    eps: float | None = None,
+    predictor: str | None = None,
+    predictor_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """How a use differs from what a tuned-grid file says it was tuned for (each as a phrase):
+    another predictor or predictor options (a file option, such as moments, by content), SDE,
+    SDE options or eps. Whatever the file does not record is not compared."""
+    tuned_for = content.get("tuned_for") or {}
+    problems: list[str] = []
+    recorded = tuned_for.get("predictor")
+    if predictor is not None and isinstance(recorded, Mapping):
+        recorded = dict(recorded)
+        name = recorded.pop("name", None)
+        digests = {key: recorded.pop(key) for key in list(recorded) if key.endswith("_sha256")}
+        given = dict(predictor_options or {})
+        if name != predictor:
+            problems.append(f"predictor {name!r}, not {predictor!r}")
+        elif recorded != given:
+            problems.append(f"predictor options {recorded}, not {given}")
+        for key, digest in digests.items():
+            path = given.get(key.removesuffix("_sha256"))
+            if isinstance(path, str) and Path(path).expanduser().is_file():
+                if file_digest(Path(path).expanduser()) != digest:
+                    problems.append(f"another {key.removesuffix('_sha256')} file (its content differs)")
+    table = tuned_for.get("sde")
+    if sde is not None and isinstance(table, Mapping):
+        table = dict(table)
+        name = table.pop("name", None)
+        if name != getattr(sde, "name", None):
+            problems.append(f"SDE {name!r}, not {getattr(sde, 'name', type(sde).__name__)!r}")
+        else:
+            differing = {k: v for k, v in table.items() if getattr(sde, k, v) != v}
+            if differing:
+                problems.append(f"SDE options {differing}, not { ({k: getattr(sde, k) for k in differing}) }")
+    tuned_eps = tuned_for.get("eps")
+    if eps is not None and isinstance(tuned_eps, (int, float)) and not math.isclose(eps, tuned_eps, rel_tol=1e-9):
+        problems.append(f"eps {tuned_eps:g}, not {eps:g}")
+    return problems

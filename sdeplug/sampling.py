@@ -174,6 +174,18 @@ def raise_as_part_failure(exc: Exception, kind: str, part: object, method: str, 
     ) from exc
 
 
+def _check_tuned_for(grid: Any, predictor: Any) -> None:
+    """A tuning result given as the grid is used with the predictor it was tuned for; its
+    ``times`` tensor may be passed instead to use it with another."""
+    tuned_for = getattr(grid, "predictor", None)
+    if isinstance(tuned_for, str) and isinstance(getattr(grid, "times", None), Tensor):
+        if tuned_for != part_name(predictor):
+            raise ValueError(
+                f"this grid was tuned for predictor {tuned_for!r}, not {part_name(predictor)!r}: tune one for it, "
+                "or pass grid=result.times to use it anyway"
+            )
+
+
 def _make_grid(sde: SDE, steps: int, eps: float | None, grid: GridSpec, grid_options, device, dtype) -> Tensor:
     end = end_time(sde, eps) if not isinstance(grid, Tensor) else 0.0
     return resolve_grid(sde, grid, steps, end, grid_options=grid_options, device=device, dtype=dtype)
@@ -309,6 +321,7 @@ def sample_pc(
     counted = CountingScore(score)
     pred = resolve("predictor", predictor, sde, counted, options=predictor_options)
     corr = resolve("corrector", corrector, sde, counted, options=corrector_options)
+    _check_tuned_for(grid, pred)
     times = _make_grid(sde, steps, eps, grid, grid_options, device, dtype)
     corr = corr.for_grid(times)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)

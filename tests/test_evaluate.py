@@ -221,7 +221,7 @@ def test_a_sweep_sampler_with_tune_gets_a_grid_tuned_at_each_budget(tmp_path):
     for row in rows:
         tuning = row["tuning"]
         assert tuning["start"] == "logsnr" and tuning["pilot_samples"] == 64 and tuning["score_evaluations"] > 0
-        assert tuning["rms_error_tuned"] <= tuning["rms_error_start"]
+        assert tuning["validation_error_tuned"] <= tuning["validation_error_start"]
 
 
 def test_tune_is_refused_for_a_sampler_that_draws_noise_or_corrects(tmp_path, capsys):

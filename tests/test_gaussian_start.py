@@ -243,8 +243,8 @@ def test_with_the_datas_moments_five_evaluations_land_closer_to_the_flow(sde_nam
     tuned_free = tune_grid(
         sde, score, (2,), 6, predictor="gaussian_start", predictor_options=moments, eps=eps, pilot=128
     )
-    assert tuned_free.fresh_error < 0.7 * tuned_plain.fresh_error
-    assert tuned_free.pilot_error <= tuned_free.pilot_error_start
+    assert tuned_free.validation_error < 0.7 * tuned_plain.validation_error
+    assert tuned_free.validation_error <= tuned_free.validation_error_start
 
 
 def test_bad_options_are_refused_in_one_line(tmp_path):

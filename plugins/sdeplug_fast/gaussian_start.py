@@ -8,6 +8,7 @@ grid places the free step's end too.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,22 @@ import torch
 from attrs import validators as v
 from torch import Tensor
 
-from sdeplug import DataMoments, LinearSDE, OptionError, Predictor, ScoreFn, resolve
+from sdeplug import DataMoments, LinearSDE, OptionError, Predictor, ScoreFn, SdeplugWarning, resolve
+
+
+class StandardMomentsWarning(SdeplugWarning):
+    """gaussian_start was given no data moments and assumes standardised data."""
 
 
 def _to_moments(value: Any) -> DataMoments:
     """None: standardised data; a path: a file written by DataMoments.save; or DataMoments."""
     if value is None:
+        warnings.warn(  # one location: Python shows it once per process
+            "gaussian_start without moments assumes standardised data (mean 0, unit variance); give the data's "
+            "moments (sdeplug moments CONFIG, or DataMoments.from_samples) for the step it is meant to take",
+            StandardMomentsWarning,
+            stacklevel=1,
+        )
         return DataMoments.standard()
     if isinstance(value, DataMoments):
         return value

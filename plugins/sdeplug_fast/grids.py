@@ -7,13 +7,22 @@ with ``LinearSDE.t_from_log_snr``.
 
 from __future__ import annotations
 
+import warnings
+
 import attrs
 import torch
 from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import LinearSDE, TimeGrid
-from sdeplug.grids import check_fractions, grid_from_fractions, load_grid_file, log_snr_grid
+from sdeplug.grids import (
+    GridStepsWarning,
+    check_fractions,
+    grid_from_fractions,
+    load_grid_file,
+    log_snr_grid,
+    tuned_grid_mismatches,
+)
 
 
 @attrs.frozen
@@ -55,7 +64,9 @@ class TunedLogSNRGrid(TimeGrid):
     ``fractions`` gives the log-SNR fractions (0 at T, 1 at eps) inline.
 
     At the tuned number of steps it gives the tuned times; at any other it stretches them
-    piecewise linearly in the step index. With neither option it is the log-SNR grid.
+    piecewise linearly in the step index (a file's grid with a ``GridStepsWarning``). A file's grid is
+    refused for another SDE or eps than it was tuned for, unless ``allow_mismatch``. With
+    neither option it is the log-SNR grid.
     """
 
     name = "tuned"
@@ -64,19 +75,35 @@ class TunedLogSNRGrid(TimeGrid):
     fractions: tuple[float, ...] | None = attrs.field(
         default=None, kw_only=True, converter=lambda f: f if f is None else check_fractions(f)
     )
-    _placed: tuple[float, ...] = attrs.field(init=False, repr=False)
+    allow_mismatch: bool = attrs.field(default=False, kw_only=True, validator=v.instance_of(bool))
+    _content: dict = attrs.field(init=False, repr=False)
 
-    @_placed.default
-    def _read(self) -> tuple[float, ...]:
+    @_content.default
+    def _read(self) -> dict:
         if self.file is not None and self.fractions is not None:
             raise ValueError("give the tuned grid's file or its fractions, not both")
         if self.file is not None:
-            return tuple(load_grid_file(self.file)["fractions"])
-        return self.fractions if self.fractions is not None else (0.0, 1.0)
+            return load_grid_file(self.file)
+        return {"fractions": list(self.fractions) if self.fractions is not None else [0.0, 1.0]}
 
     @classmethod
     def example_options(cls):
         return [{"fractions": [0.0, 0.15, 0.5, 0.9, 1.0]}]
 
     def times(self, sde: LinearSDE, steps: int, eps: float, device=None, dtype=None) -> Tensor:
-        return grid_from_fractions(sde, self._placed, steps, eps, device=device, dtype=dtype)
+        fractions = self._content["fractions"]
+        if self.file is not None and not self.allow_mismatch:
+            problems = tuned_grid_mismatches(self._content, sde=sde, eps=eps)
+            if problems:
+                raise ValueError(
+                    f"the grid in {self.file!r} was tuned for {'; '.join(problems)}; tune one for this use "
+                    "(sdeplug tune-grid), or set allow_mismatch = true to use it anyway"
+                )
+        if self.file is not None and steps != len(fractions) - 1:
+            warnings.warn(
+                f"a grid tuned for {len(fractions) - 1} steps stretched to {steps}: tune one for {steps} "
+                "(sdeplug tune-grid --steps) for the best times",
+                GridStepsWarning,
+                stacklevel=2,
+            )
+        return grid_from_fractions(sde, fractions, steps, eps, device=device, dtype=dtype)

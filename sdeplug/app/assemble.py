@@ -20,6 +20,7 @@ from sdeplug.app.datasets import LOADER_OPTIONS, Dataset, check_data_options, lo
 from sdeplug.app.limits import check_device, check_fits
 from sdeplug.checkpoint import CheckpointError
 from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugError
+from sdeplug.grids import end_time, load_grid_file, tuned_grid_mismatches
 from sdeplug.interfaces import SDE, LinearSDE, ScoreFn, ScoreModel
 from sdeplug.oracle import PRESETS
 from sdeplug.parameterization import ParameterizedScore
@@ -72,6 +73,7 @@ def check_sampler(sampler: SamplerConfig, sde: SDE, registry: Registry | None = 
 
     if sampler.grid is not None:
         registry.resolve("time_grid", sampler.grid.name, options=sampler.grid.options, sde=sde)
+        _check_tuned_grid(sampler, sde)
     if sampler.kind == "ode":
         solver = registry.create("ode_solver", sampler.solver.name, **sampler.solver.options)
         if sampler.grid is not None and sampler.steps is None and getattr(solver, "steps", None) is None:
@@ -79,6 +81,28 @@ def check_sampler(sampler: SamplerConfig, sde: SDE, registry: Registry | None = 
     else:
         registry.create("predictor", sampler.predictor.name, sde, placeholder, **sampler.predictor.options)
         registry.create("corrector", sampler.corrector.name, sde, placeholder, **sampler.corrector.options)
+
+
+def _check_tuned_grid(sampler: SamplerConfig, sde: SDE) -> None:
+    """A [sampler.grid] tuned file used with the predictor, SDE and eps it was tuned for (unless
+    allow_mismatch = true), and a warning where the step count differs."""
+    options = sampler.grid.options
+    if sampler.grid.name != "tuned" or "file" not in options or options.get("allow_mismatch"):
+        return
+    content = load_grid_file(options["file"])
+    predictor = None if sampler.kind == "ode" else sampler.predictor
+    problems = tuned_grid_mismatches(
+        content,
+        sde=sde,
+        eps=end_time(sde, sampler.eps),
+        predictor=predictor.name if predictor is not None else f"ode solver {sampler.solver.name}",
+        predictor_options=predictor.options if predictor is not None else {},
+    )
+    if problems:
+        raise ConfigError(
+            f"[sampler.grid] file {options['file']!r} was tuned for {'; '.join(problems)}: tune one for this "
+            "[sampler] (sdeplug tune-grid), or set allow_mismatch = true in [sampler.grid] to use it anyway"
+        )
 
 
 def check_config(config: Config, registry: Registry | None = None, *, likelihood: bool = False) -> SDE:

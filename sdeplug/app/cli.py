@@ -379,36 +379,58 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets(text: str) -> list[int]:
+    """--steps: one step count K, a range "K1-K2", or a list "K1,K2,..."."""
+    try:
+        if "-" in text.strip()[1:]:
+            low, high = (int(part) for part in text.split("-", 1))
+            budgets = list(range(low, high + 1))
+        else:
+            budgets = [int(part) for part in text.split(",")]
+    except ValueError:
+        budgets = []
+    if not budgets or any(b < 1 for b in budgets):
+        raise ConfigError(f'--steps takes a positive step count K, a range "3-8" or a list "3,5,8"; got {text!r}')
+    return sorted(set(budgets))
+
+
 def cmd_tune_grid(args: argparse.Namespace) -> int:
     """Tune the [sampler]'s time grid for --steps steps and write it to a file a config can name."""
     from sdeplug.app.tune import default_grid_file, tune_grid_job
 
     config = configured(args)
     check_config(config)
-    if args.steps < 1:
-        raise ConfigError(f"--steps must be a positive integer; got {args.steps}")
+    budgets = _budgets(args.steps)
     if args.pilot < 2:
         raise ConfigError(f"--pilot must be at least 2 prior draws; got {args.pilot}")
-    out = Path(args.out).expanduser() if args.out else default_grid_file(config, args.steps)
-    if out.exists() and out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a folder; give the grid file's path")
+    if args.out and len(budgets) > 1:
+        raise ConfigError("--out names one grid file; with several step counts leave it out (grid-PREDICTOR-K.json)")
+    out_files = {k: Path(args.out).expanduser() if args.out else default_grid_file(config, k) for k in budgets}
+    for out in out_files.values():
+        if out.exists() and out.is_dir():
+            raise ConfigError(f"--out {str(out)!r} is a folder; give the grid file's path")
     progress = None if args.no_progress else (lambda message: print(f"  {message}", flush=True))
-    report = tune_grid_job(
-        config, out, steps=args.steps, pilot=args.pilot, checkpoint=args.checkpoint, start=args.start, progress=progress
+    reports = tune_grid_job(
+        config, out_files, pilot=args.pilot, checkpoint=args.checkpoint, start=args.start, progress=progress
     )
-    error, cost = report["rms_error_to_the_reference"], report["cost"]
-    predictor, start = report["tuned_for"]["predictor"]["name"], report["start"]["grid"]
-    print(
-        f"tuned a {args.steps}-step grid for {predictor!r} (from {start!r}): "
-        f"RMS error to the reference solve {error['pilot']['start']:.4g} -> {error['pilot']['tuned']:.4g} on the "
-        f"pilot draws, {error['fresh_draws']['start']:.4g} -> {error['fresh_draws']['tuned']:.4g} on fresh ones"
-    )
-    print(
-        f"cost: {cost['score_evaluations']} score evaluations of {cost['pilot_samples']} samples each, "
-        f"{cost['seconds']:.1f} s"
-    )
-    print(f'use it: [sampler] steps = {args.steps}; [sampler.grid] name = "tuned", file = {_toml_string(out)}')
-    _written(report)
+    for report in reports:
+        error, cost, steps = report["error_to_the_reference"], report["cost"], report["steps"]
+        predictor, start = report["tuned_for"]["predictor"]["name"], report["start"]["grid"]
+        print(
+            f"tuned a {steps}-step grid for {predictor!r}: {report['won']} won; error to the reference solve "
+            f"({error['objective']}) {error['validation']['start']:.4g} from {start!r} -> "
+            f"{error['validation']['tuned']:.4g} on {cost['validation_samples']} validation draws "
+            f"({error['pilot']['start']:.4g} -> {error['pilot']['tuned']:.4g} on the "
+            f"{cost['pilot_samples']} pilot draws)"
+        )
+        print(
+            f"cost: {cost['score_evaluations']} score evaluations of {cost['pilot_samples']} samples each, "
+            f"{cost['seconds']:.1f} s"
+        )
+        print(
+            f'use it: [sampler] steps = {steps}; [sampler.grid] name = "tuned", file = {_toml_string(out_files[steps])}'
+        )
+        _written(report)
     return 0
 
 
@@ -496,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tune-grid", help="tune the time grid of the config's deterministic predictor to its model and SDE"
     )
     tune.add_argument("config", help="path to a TOML config; its [sampler] names the predictor (corrector none)")
-    tune.add_argument("--steps", type=int, required=True, help="number of steps K of the tuned grid")
+    tune.add_argument(
+        "--steps", required=True, help='steps K of the tuned grid, or several: a range "3-8" or a list "3,5,8"'
+    )
     tune.add_argument("--pilot", type=int, default=256, help="prior draws the grid is tuned on (default 256)")
     tune.add_argument("--start", help="registered grid to start from (default: [sampler.grid], else logsnr)")
     tune.add_argument("--out", help="the grid file to write (default: [output] dir/grid-PREDICTOR-K.json)")

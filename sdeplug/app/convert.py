@@ -3,13 +3,13 @@ safetensors, so that sample and likelihood read it as they read a trained checkp
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from sdeplug.app.assemble import build_dataset, build_network, check_config, run_config_dict
 from sdeplug.app.config import Config
 from sdeplug.errors import ConfigError
+from sdeplug.files import file_digest
 from sdeplug.score_sde_checkpoints import (
     PAPER_PARAMETERIZATION,
     Weights,
@@ -17,14 +17,6 @@ from sdeplug.score_sde_checkpoints import (
     reference_weights,
 )
 from sdeplug.trainer import save_weights
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_job(config: Config, source: str | Path, out: Path, weights: Weights = "ema") -> dict[str, Any]:
@@ -44,7 +36,7 @@ def convert_job(config: Config, source: str | Path, out: Path, weights: Weights 
     state = reference_weights(network, checkpoint, weights, source=str(source))
     network.load_state_dict(state)  # every tensor has its place: shapes and count were checked
     parameterization = PAPER_PARAMETERIZATION[config.sde.name]
-    provenance = {"file": source.name, "sha256": _sha256(source), "step": checkpoint.step, "weights": weights}
+    provenance = {"file": source.name, "sha256": file_digest(source), "step": checkpoint.step, "weights": weights}
     recorded = run_config_dict(config)
     if not config.data_named:
         del recorded["data"]  # no default data set is recorded as if the model had been trained on it

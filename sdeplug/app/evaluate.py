@@ -76,8 +76,10 @@ def _tuned(entry, sampler: SamplerConfig, sde, score, dataset: Dataset, seed: in
                 "score_evaluations": result.score_evaluations,
                 "pilot_samples": result.pilot,
                 "seconds": round(result.seconds, 3),
-                "rms_error_start": result.pilot_error_start,
-                "rms_error_tuned": result.pilot_error,
+                "won": result.won,
+                "objective": result.objective,
+                "validation_error_start": result.validation_error_start,
+                "validation_error_tuned": result.validation_error,
             },
         )
     fractions, tuning = distributed.broadcast_object(found)

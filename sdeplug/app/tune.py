@@ -12,7 +12,8 @@ from sdeplug import distributed
 from sdeplug.app.assemble import build_score, check_config, default_checkpoint, sampling_data
 from sdeplug.app.config import Config, SamplerConfig
 from sdeplug.errors import ConfigError
-from sdeplug.grid_tuning import TuningResult, tune_grid
+from sdeplug.files import file_digest
+from sdeplug.grid_tuning import TuningResult, tune_grids
 from sdeplug.grids import save_grid_file
 from sdeplug.interfaces import LinearSDE, ScoreFn
 
@@ -21,12 +22,12 @@ def default_grid_file(config: Config, steps: int) -> Path:
     return Path(config.output.dir).expanduser() / f"grid-{config.sampler.predictor.name}-{steps}.json"
 
 
-def tune_sampler_grid(
+def tune_sampler_grids(
     sampler: SamplerConfig,
     sde: LinearSDE,
     score: ScoreFn,
     event_shape: tuple[int, ...],
-    steps: int,
+    budgets: list[int],
     *,
     pilot: int,
     seed: int,
@@ -34,9 +35,10 @@ def tune_sampler_grid(
     dtype: torch.dtype | None,
     start: str | None = None,
     progress=None,
-) -> tuple[TuningResult, str, dict[str, Any]]:
-    """Tune the grid of a [sampler]'s predictor (kind pc, corrector none) for ``steps`` steps,
-    starting from ``start``, else its own grid, else logsnr; (result, start grid, its options)."""
+) -> tuple[list[TuningResult], str, dict[str, Any]]:
+    """Tune the grid of a [sampler]'s predictor (kind pc, corrector none) for each step count in
+    ``budgets``, starting from ``start``, else its own grid, else logsnr; (results, start grid,
+    its options)."""
     if sampler.kind != "pc" or sampler.corrector.name != "none":
         raise ConfigError(
             "tuning a grid tunes a predictor alone: give a [sampler] with kind = 'pc' and [sampler.corrector] "
@@ -46,16 +48,16 @@ def tune_sampler_grid(
         raise ConfigError(f"tuning a grid needs an SDE with closed-form marginals (a LinearSDE); got {sde.name!r}")
     if start is not None:
         start_grid, start_options = start, {}
-    elif sampler.grid is not None:
+    elif sampler.grid is not None and sampler.grid.name != "tuned":
         start_grid, start_options = sampler.grid.name, dict(sampler.grid.options)
     else:
         start_grid, start_options = "logsnr", {}
     try:
-        result = tune_grid(
+        results = tune_grids(
             sde,
             score,
             event_shape,
-            steps,
+            budgets,
             predictor=sampler.predictor.name,
             predictor_options=sampler.predictor.options,
             start=start_grid,
@@ -70,7 +72,24 @@ def tune_sampler_grid(
         )
     except ValueError as exc:
         raise ConfigError(f"tune-grid: {exc}") from None
-    return result, start_grid, start_options
+    return results, start_grid, start_options
+
+
+def tune_sampler_grid(sampler: SamplerConfig, sde, score, event_shape, steps: int, **options):
+    """``tune_sampler_grids`` for one step count: (result, start grid, its options)."""
+    results, start_grid, start_options = tune_sampler_grids(sampler, sde, score, event_shape, [steps], **options)
+    return results[0], start_grid, start_options
+
+
+def predictor_identity(options: dict[str, Any]) -> dict[str, Any]:
+    """A predictor's options as a grid file records them: a file named by an option (the data
+    moments of gaussian_start) also by its content's SHA-256, so other moments are noticed."""
+    recorded: dict[str, Any] = {}
+    for key, value in options.items():
+        recorded[key] = value
+        if isinstance(value, str) and key in ("moments",) and Path(value).expanduser().is_file():
+            recorded[f"{key}_sha256"] = file_digest(Path(value).expanduser())
+    return recorded
 
 
 def pilot_score(config: Config, sde, score: ScoreFn, dataset, device, dtype) -> ScoreFn:
@@ -100,39 +119,13 @@ def pilot_score(config: Config, sde, score: ScoreFn, dataset, device, dtype) -> 
     return cycled
 
 
-def tune_grid_job(
-    config: Config,
-    out_file: Path,
-    *,
-    steps: int,
-    pilot: int,
-    checkpoint: str | None = None,
-    start: str | None = None,
-    progress=None,
+def grid_report(
+    config: Config, result: TuningResult, checkpoint: str | None, start_grid: str, start_options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Tune the [sampler]'s predictor for ``steps`` steps from ``pilot`` prior draws; write the file."""
-    sde = check_config(config)
+    """What a tuned-grid file holds: the grid, what it was tuned for, how it was chosen, its cost."""
     sampler = config.sampler
-    run = config.sample
-    dtype, device = run.torch_dtype, distributed.local_device(run.device)
-    dataset, network = sampling_data(config)
-    score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
-    score = pilot_score(config, sde, score, dataset, device, dtype)
-    result, start_grid, start_options = tune_sampler_grid(
-        sampler,
-        sde,
-        score,
-        tuple(dataset.event_shape),
-        steps,
-        pilot=pilot,
-        seed=run.seed,
-        device=device,
-        dtype=dtype,
-        start=start,
-        progress=progress,
-    )
-    report = {
-        "steps": steps,
+    return {
+        "steps": result.steps,
         "fractions": list(result.fractions),
         "times": result.times.tolist(),
         "tuned_for": {
@@ -140,21 +133,64 @@ def tune_grid_job(
             "sde": {"name": config.sde.name, **config.sde.options},
             "model": config.model.name,
             "checkpoint": None if config.model.name == "oracle" else str(checkpoint or default_checkpoint(config)),
-            "predictor": {"name": sampler.predictor.name, **sampler.predictor.options},
-            "eps": float(result.times[-1]),
+            "predictor": {"name": sampler.predictor.name, **predictor_identity(dict(sampler.predictor.options))},
+            "eps": result.eps,
             "denoise": sampler.denoise,
         },
         "start": {"grid": start_grid, **start_options, "times": result.start.tolist()},
-        "rms_error_to_the_reference": {
+        "won": result.won,
+        "error_to_the_reference": {
+            "objective": result.objective,
             "pilot": {"start": result.pilot_error_start, "tuned": result.pilot_error},
-            "fresh_draws": {"start": result.fresh_error_start, "tuned": result.fresh_error},
+            "validation": {"start": result.validation_error_start, "tuned": result.validation_error},
         },
+        "candidates": [
+            {"name": c.name, "fractions": list(c.fractions), "pilot": c.pilot_error, "validation": c.validation_error}
+            for c in result.candidates
+        ],
         "cost": {
             "score_evaluations": result.score_evaluations,
             "pilot_samples": result.pilot,
+            "validation_samples": result.validation,
             "seconds": round(result.seconds, 3),
             "sweeps": result.sweeps,
         },
     }
-    save_grid_file(out_file, report)
-    return {**report, "written": [str(out_file)]}
+
+
+def tune_grid_job(
+    config: Config,
+    out_files: dict[int, Path],
+    *,
+    pilot: int,
+    checkpoint: str | None = None,
+    start: str | None = None,
+    progress=None,
+) -> list[dict[str, Any]]:
+    """Tune the [sampler]'s predictor for each step count of ``out_files`` from ``pilot`` prior
+    draws (and as many validation draws); write each grid to its file."""
+    sde = check_config(config)
+    run = config.sample
+    dtype, device = run.torch_dtype, distributed.local_device(run.device)
+    dataset, network = sampling_data(config)
+    score = build_score(config, sde, dataset, checkpoint, device, dtype, network)
+    score = pilot_score(config, sde, score, dataset, device, dtype)
+    results, start_grid, start_options = tune_sampler_grids(
+        config.sampler,
+        sde,
+        score,
+        tuple(dataset.event_shape),
+        sorted(out_files),
+        pilot=pilot,
+        seed=run.seed,
+        device=device,
+        dtype=dtype,
+        start=start,
+        progress=progress,
+    )
+    reports = []
+    for result in results:
+        report = grid_report(config, result, checkpoint, start_grid, start_options)
+        save_grid_file(out_files[result.steps], report)
+        reports.append({**report, "written": [str(out_files[result.steps])]})
+    return reports
