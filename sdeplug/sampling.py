@@ -464,3 +464,44 @@ def sample_ode(
         monitor.check(x, counted.calls, 1, torch.as_tensor(t1))
     monitor.raise_if_bad(lambda i: f"score evaluation {i}")
     return SampleResult(x=x, nfe=counted.calls, grid=times, network_evaluations=counted.evaluations)
+
+
+def steps_for_budget(
+    sde: SDE,
+    nfe: int,
+    event_shape: tuple[int, ...],
+    *,
+    predictor: Any = "reverse_diffusion",
+    predictor_options: Mapping[str, Any] | None = None,
+    corrector: Any = "langevin",
+    corrector_options: Mapping[str, Any] | None = None,
+    denoise: bool = True,
+    eps: float | None = None,
+) -> int:
+    """The most steps ``sample_pc`` can take with these parts within ``nfe`` score evaluations
+    per sample: corrector steps, the final denoising step and a free first step counted as
+    they are spent. Found by sampling one draw of a unit Gaussian at a few step counts."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer (score evaluations per sample); got {nfe!r}")
+
+    def spent(steps: int) -> int:
+        return sample_pc(
+            sde, lambda x, t: -x, (1, *event_shape), predictor=predictor, predictor_options=predictor_options,
+            corrector=corrector, corrector_options=corrector_options, steps=steps, denoise=denoise, eps=eps,
+            generator=torch.Generator().manual_seed(0), dtype=torch.float64, check_finite=False,
+        ).nfe  # fmt: skip
+
+    per_step = spent(3) - spent(2)
+    if per_step < 1:
+        raise ValueError(
+            f"predictor {part_name(predictor)!r} spends no score evaluation per step; nfe cannot set its steps"
+        )
+    fixed = spent(2) - 2 * per_step
+    steps = (nfe - fixed) // per_step
+    while steps >= 1 and spent(steps) > nfe:  # a predictor whose cost is not linear in the steps
+        steps -= 1
+    if steps < 1:
+        raise ValueError(
+            f"nfe = {nfe} is too few for these parts: one step spends {spent(1)} score evaluations per sample"
+        )
+    return int(steps)

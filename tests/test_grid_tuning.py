@@ -458,3 +458,42 @@ def test_tune_grid_tunes_a_range_of_budgets_and_sample_refuses_a_grid_for_anothe
     for bad in ("0", "4-2", "x", "3,-1"):
         assert main(["tune-grid", str(config), "--steps", bad, "--no-progress"]) == 2
         assert "--steps takes a positive step count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("parts", "nfe", "steps"),
+    [
+        ({}, 10, 4),  # reverse diffusion + one Langevin step, 2 a step, and the denoising step
+        ({"corrector": "none", "denoise": False, "predictor": "unipc"}, 5, 5),
+        ({"corrector": "none", "denoise": False, "predictor": "edm_heun"}, 5, 2),
+        ({"corrector": "none", "denoise": False, "predictor": "gaussian_start"}, 4, 5),  # a free first step
+        ({"corrector": "langevin", "corrector_options": {"n_steps": 2}, "denoise": True}, 12, 3),
+    ],
+)
+def test_a_budget_in_evaluations_gives_the_most_steps_that_fit(parts, nfe, steps):
+    from sdeplug.sampling import steps_for_budget
+
+    sde, score = _problem("vp")
+    assert steps_for_budget(sde, nfe, (2,), **parts) == steps
+    for k, within in ((steps, True), (steps + 1, False)):
+        spent = sample_pc(sde, score, (4, 2), steps=k, **parts).nfe
+        assert (spent <= nfe) == within, (k, spent)
+
+
+def test_a_config_may_give_its_budget_as_nfe(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    text = CONFIG.format(sde="vp", corrector="langevin", out=tmp_path / "run").replace("steps = 4\n", "nfe = 9\n")
+    config.write_text(text.replace("denoise = false", "denoise = true"))
+    assert main(["sample", str(config), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["nfe_per_sample"] == 9  # 4 steps of predictor + corrector, and the denoising step
+    for change, message in (
+        ("nfe = 9\nsteps = 4\n", "give steps or nfe"),
+        ("nfe = 1\n", "nfe = 1 is too few for these parts: one step spends 3"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(config.read_text().replace("nfe = 9\n", change))
+        capsys.readouterr()
+        assert main(["sample", str(bad), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

@@ -25,7 +25,7 @@ from sdeplug.interfaces import SDE, LinearSDE, ScoreFn, ScoreModel
 from sdeplug.oracle import PRESETS
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.registry import Registry, get_registry
-from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc
+from sdeplug.sampling import Constraint, SampleResult, sample_ode, sample_pc, steps_for_budget
 from sdeplug.tensors import derived_seed
 from sdeplug.trainer import TrainSettings, load_ema_weights
 
@@ -151,6 +151,20 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
     return sde
 
 
+def sampler_steps(sampler: SamplerConfig, sde: SDE, event_shape: tuple[int, ...]) -> int:
+    """A pc [sampler]'s steps: ``steps``, the most that fit in ``nfe``, or the paper's 1000."""
+    if sampler.nfe is None:
+        return sampler.steps if sampler.steps is not None else 1000
+    try:
+        return steps_for_budget(
+            sde, sampler.nfe, event_shape, predictor=sampler.predictor.name,
+            predictor_options=sampler.predictor.options, corrector=sampler.corrector.name,
+            corrector_options=sampler.corrector.options, denoise=sampler.denoise, eps=sampler.eps,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"[sampler] {exc}") from None
+
+
 def run_sampler(
     sampler: SamplerConfig,
     sde: SDE,
@@ -189,7 +203,7 @@ def run_sampler(
         predictor_options=sampler.predictor.options,
         corrector=sampler.corrector.name,
         corrector_options=sampler.corrector.options,
-        steps=sampler.steps if sampler.steps is not None else 1000,
+        steps=sampler_steps(sampler, sde, tuple(shape[1:])),
         order=sampler.order,
         progress=progress,
         constraint=constraint,

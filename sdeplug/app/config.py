@@ -83,6 +83,9 @@ class SamplerConfig:
 
     kind: str = attrs.field(default="pc", validator=_one_of("kind", ("pc", "ode")))
     steps: int | None = attrs.field(default=None, validator=_positive_int("steps", optional=True))
+    #: The budget in score evaluations per sample, instead of steps: the most steps that fit
+    #: (corrector steps, the denoising step and a free first step counted). pc only.
+    nfe: int | None = attrs.field(default=None, validator=_positive_int("nfe", optional=True))
     eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
     denoise: bool = True
     order: str = attrs.field(
@@ -377,6 +380,10 @@ def _sampler_table(table: Mapping[str, Any]) -> dict:
         )
     if table.get("kind") == "ode" and {"predictor", "corrector", "order"} & table.keys():
         raise ValueError("kind = 'ode' takes [sampler.solver], not predictor, corrector or order")
+    if "nfe" in table and "steps" in table:
+        raise ValueError("give steps or nfe (the budget in score evaluations per sample), not both")
+    if "nfe" in table and table.get("kind") == "ode":
+        raise ValueError("nfe is for kind = 'pc'; an 'ode' sampler takes steps (or its solver's own)")
     return table
 
 

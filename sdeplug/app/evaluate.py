@@ -52,37 +52,55 @@ from sdeplug.registry import get_registry
 FEATURE_BATCH = 500
 
 
-def _tuned(entry, sampler: SamplerConfig, sde, score, dataset: Dataset, seed: int, device, dtype):
-    """The sweep sampler with its grid tuned for its steps (on rank 0, then shared), and the cost."""
-    from sdeplug.app.tune import tune_sampler_grid
+def _tuned(
+    entry,
+    sampler: SamplerConfig,
+    budgets: list[int],
+    cache: dict,
+    sde,
+    score,
+    dataset: Dataset,
+    seed: int,
+    device,
+    dtype,
+):
+    """The sweep sampler with its grid tuned for its steps, and the cost. The grids of all of an
+    entry's ``budgets`` (step counts) are tuned together once (on rank 0, then shared), so more
+    steps are not worse than fewer on the validation draws."""
+    from sdeplug.app.tune import tune_sampler_grids
 
-    found = None
-    if distributed.is_main():
-        result, start, _ = tune_sampler_grid(
-            sampler,
-            sde,
-            score,
-            tuple(dataset.event_shape),
-            sampler.steps,
-            pilot=entry.pilot,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-        )
-        found = (
-            list(result.fractions),
-            {
-                "start": start,
-                "score_evaluations": result.score_evaluations,
-                "pilot_samples": result.pilot,
-                "seconds": round(result.seconds, 3),
-                "won": result.won,
-                "objective": result.objective,
-                "validation_error_start": result.validation_error_start,
-                "validation_error_tuned": result.validation_error,
-            },
-        )
-    fractions, tuning = distributed.broadcast_object(found)
+    if entry.label not in cache:
+        found = None
+        if distributed.is_main():
+            results, start, _ = tune_sampler_grids(
+                sampler,
+                sde,
+                score,
+                tuple(dataset.event_shape),
+                budgets,
+                pilot=entry.pilot,
+                seed=seed,
+                device=device,
+                dtype=dtype,
+            )
+            found = {
+                result.steps: (
+                    list(result.fractions),
+                    {
+                        "start": start,
+                        "won": result.won,
+                        "score_evaluations": result.score_evaluations,
+                        "pilot_samples": result.pilot,
+                        "seconds": round(result.seconds, 3),
+                        "objective": result.objective,
+                        "validation_error_start": result.validation_error_start,
+                        "validation_error_tuned": result.validation_error,
+                    },
+                )
+                for result in results
+            }
+        cache[entry.label] = distributed.broadcast_object(found)
+    fractions, tuning = cache[entry.label][sampler.steps]
     return attrs.evolve(sampler, grid=PartSpec("tuned", {"fractions": fractions})), tuning
 
 
@@ -354,11 +372,15 @@ def evaluate_job(
         runs = sweep_runs(sweep)
         rows = []
         bar = tqdm(runs, desc="sweep", disable=not (sample.progress and distributed.is_main()))
+        tuned_grids: dict = {}
         for entry, budget, sampler in bar:
             bar.set_postfix_str(f"{entry.label}, NFE {budget}")
             tuning = None
             if entry.tune and sampler.steps <= entry.tune_max_steps:
-                sampler, tuning = _tuned(entry, sampler, sde, score, dataset, sample.seed, device, dtype)
+                budgets = sorted({s.steps for e, _, s in runs if e is entry and s.steps <= entry.tune_max_steps})
+                sampler, tuning = _tuned(
+                    entry, sampler, budgets, tuned_grids, sde, score, dataset, sample.seed, device, dtype
+                )
             elif entry.tune:
                 tuning = {"skipped": f"{sampler.steps} steps > tune_max_steps = {entry.tune_max_steps}"}
             summary, nfe, seconds = measure(sampler, progress=False)
