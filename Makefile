@@ -73,7 +73,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/likelihood.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/training.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/sampling.py --write docs/benchmarks.md
-	$(BIN)/python benchmarks/fewstep.py --n 2000 --reps 4 --write docs/benchmarks.md
+	$(BIN)/python benchmarks/fewstep.py --n 4000 --seeds 3 --mixtures 2 --write docs/benchmarks.md
+	$(BIN)/python benchmarks/compile_sampling.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md

@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from sdeplug import distributed
 from sdeplug.checkpoint import CheckpointError, exclusive_writer, load_checkpoint, save_checkpoint
+from sdeplug.compiling import check_compile
 from sdeplug.conditioning import NULL_LABEL, num_classes
 from sdeplug.data import Source, StepBatches, apply_flips, step_batches, step_draws
-from sdeplug.errors import DataError, PlatformError, TrainingDivergedError, error_text
+from sdeplug.errors import DataError, TrainingDivergedError, error_text
 from sdeplug.interfaces import SDE
 from sdeplug.losses import WEIGHTINGS, DenoisingScoreMatching, NoisyCrossEntropy, draw_noise
 from sdeplug.parameterization import PARAMETERIZATIONS, ParameterizedScore
@@ -643,29 +644,6 @@ def training_lock(path: str | Path | None) -> Iterator[None]:
             if path is not None and distributed.is_main():
                 stack.enter_context(exclusive_writer(path))
         yield
-
-
-_COMPILE_WORKS: dict[str, str | None] = {}
-
-
-def check_compile(device: torch.device) -> None:
-    """Raise PlatformError, in one line, if ``torch.compile`` cannot compile and run a small
-    function on ``device``'s kind here (no C++ compiler, no Triton, an unsupported Python); the
-    answer is kept for the process."""
-    if device.type not in _COMPILE_WORKS:
-        try:
-            probe = torch.compile(lambda x: x * 2 + 1, dynamic=False)
-            probe(torch.ones(4, device=device))
-            _COMPILE_WORKS[device.type] = None
-        except Exception as exc:  # whatever the platform lacks, torch says it in its first line
-            lines = [line.strip() for line in error_text(exc).splitlines() if line.strip()]
-            _COMPILE_WORKS[device.type] = (lines[0] if lines else type(exc).__name__)[:300]
-    reason = _COMPILE_WORKS[device.type]
-    if reason is not None:
-        raise PlatformError(
-            f"compile = true, but torch.compile cannot compile for {device.type} on this machine ({reason}); "
-            "set compile = false"
-        )
 
 
 def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:

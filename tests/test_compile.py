@@ -1,14 +1,18 @@
-"""Issue 16, item 6: [train] compile = true runs the network through torch.compile, and a
+"""[train] and [sample] compile = true run the network through torch.compile, and a
 platform that cannot compile is one clear error when the Trainer is built."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import sdeplug
-from sdeplug import trainer as trainer_module
+from sdeplug import compiling
+from sdeplug.compiling import compile_score
 from sdeplug.errors import PlatformError
+from sdeplug.parameterization import ParameterizedScore
+from sdeplug.sampling import sample_pc
 from sdeplug.trainer import Trainer, TrainSettings
 
 pytestmark = pytest.mark.xdist_group("compile")
@@ -36,7 +40,7 @@ def test_a_platform_that_cannot_compile_is_refused_when_the_trainer_is_built(tmp
 
     monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
-    monkeypatch.setattr(trainer_module, "_COMPILE_WORKS", {})
+    monkeypatch.setattr(compiling, "_COMPILE_WORKS", {})
     torch._dynamo.reset()
     with pytest.raises(PlatformError) as info:
         trained(True)
@@ -49,3 +53,75 @@ def test_a_platform_that_cannot_compile_is_refused_when_the_trainer_is_built(tmp
 def test_compile_must_be_true_or_false():
     with pytest.raises(TypeError, match="compile"):
         TrainSettings(compile="yes")
+
+
+def _score(name: str, **options):
+    torch.manual_seed(0)
+    network = sdeplug.create("score_model", name, event_shape=(3, 8, 8), **options).eval()
+    return ParameterizedScore(network, sdeplug.create("sde", "vp"), "noise")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("unet", {"channels": 16}),
+        ("ncsnpp", {"nf": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (4,)}),
+    ],
+)
+def test_compiled_sampling_gives_the_eager_samples_to_float32_rounding(tmp_path, monkeypatch, name, options):
+    """Inductor fuses and reorders float32 arithmetic: each network evaluation may differ by a
+    few units of roundoff times the depth (about 1e-6 relative), and 6 multistep steps carry it
+    on; 1e-4 leaves a wide margin while a wrong network (other weights, a dropped block) is off
+    by order 1."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    eager, compiled = _score(name, **options), compile_score(_score(name, **options))
+    assert hasattr(compiled.network, "_orig_mod")
+    sde = sdeplug.create("sde", "vp")
+
+    def draw(score):
+        return sample_pc(
+            sde, score, (4, 3, 8, 8), predictor="unipc", corrector="none", steps=6, grid="logsnr", denoise=False,
+            generator=torch.Generator().manual_seed(1),
+        ).x  # fmt: skip
+
+    with torch.no_grad():
+        torch.testing.assert_close(draw(compiled), draw(eager), rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
+
+
+def test_compile_score_needs_a_network():
+    with pytest.raises(TypeError, match="needs a score model with a network"):
+        compile_score(lambda x, t: -x)
+
+
+@pytest.mark.slow
+def test_sample_with_compile_gives_the_eager_samples(tmp_path, monkeypatch):
+    """[sample] compile = true: the command samples through the compiled network and gets what
+    the eager one gets, to float32 rounding (a 2-layer MLP over 10 PC steps: 1e-5 leaves a wide
+    margin)."""
+    from test_cli_training import write_config
+
+    from sdeplug.app.cli import main
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    config = write_config(tmp_path, steps=20, every=20)
+    config.write_text(config.read_text().replace("steps = 50", "steps = 10"))
+    assert main(["train", str(config)]) == 0
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(["sample", str(config), "--out", str(eager), "--no-progress"]) == 0
+    config.write_text(config.read_text().replace("[sample]\n", "[sample]\ncompile = true\n"))
+    assert main(["sample", str(config), "--out", str(compiled), "--no-progress"]) == 0
+    a, b = (torch.from_numpy(np.load(path / "samples.npy")) for path in (eager, compiled))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_compile_with_the_oracle_is_refused_in_one_line(tmp_path, capsys):
+    from sdeplug.app.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nname = "ring8"\n\n[sample]\ncompile = true\n')
+    assert main(["sample", str(config), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "compile" in err and "oracle" in err and len(err.splitlines()) == 1

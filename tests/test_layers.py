@@ -42,6 +42,7 @@ LIBRARY = {
     "sdeplug.score_sde_checkpoints",
     "sdeplug.metrics",
     "sdeplug.grid_tuning",
+    "sdeplug.compiling",
     "sdeplug.checkpoint",
     "sdeplug.distributed",
     "sdeplug.stats",

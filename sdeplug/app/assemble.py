@@ -19,6 +19,7 @@ from sdeplug.app.config import Config, LikelihoodConfig, SamplerConfig
 from sdeplug.app.datasets import LOADER_OPTIONS, Dataset, check_data_options, load_dataset
 from sdeplug.app.limits import check_device, check_fits
 from sdeplug.checkpoint import CheckpointError
+from sdeplug.compiling import compile_score
 from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugError
 from sdeplug.grids import end_time, load_grid_file, tuned_grid_mismatches
 from sdeplug.interfaces import SDE, LinearSDE, ScoreFn, ScoreModel
@@ -127,6 +128,8 @@ def check_config(config: Config, registry: Registry | None = None, *, likelihood
     if config.model.name == "oracle":
         if config.model.options:
             raise ConfigError("[model] 'oracle' (the exact score of the [data] mixture) takes no options")
+        if config.sample.compile:
+            raise ConfigError("[sample] compile = true compiles a network; [model] 'oracle' has none: remove it")
         if config.data.name not in PRESETS:
             raise ConfigError(
                 f"[model] 'oracle' needs an oracle mixture as [data] ({', '.join(sorted(PRESETS))}); "
@@ -468,7 +471,8 @@ def build_score(
     if getattr(network, "pretrained", False):  # its weights came with it (a diffusers folder)
         if checkpoint is not None:
             raise ConfigError(f"[model] {config.model.name!r} brings its own weights; --checkpoint does not apply")
-        return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, network.parameterization)
+        score = ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, network.parameterization)
+        return compile_score(score, device) if config.sample.compile else score
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(config)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}; train first with `sdeplug train {config.source}`")
@@ -477,4 +481,5 @@ def build_score(
     check_data = config.data_named and meta.get("kind") != "weights"
     check_provenance(path, meta.get("config", {}), run_config_dict(config), ("sde", "model"), data=check_data)
     parameterization = meta["settings"]["parameterization"]
-    return ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, parameterization)
+    score = ParameterizedScore(network.to(device=device, dtype=dtype).eval(), sde, parameterization)
+    return compile_score(score, device) if config.sample.compile else score

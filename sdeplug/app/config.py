@@ -177,6 +177,8 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = attrs.field(default="float32", validator=_one_of("dtype", tuple(DTYPES)))
     progress: bool = True
+    #: Run the score network through ``torch.compile`` for sampling, likelihoods and tuning.
+    compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
     @property
     def torch_dtype(self) -> torch.dtype:
