@@ -9,6 +9,7 @@ comes from an explicit ``torch.Generator`` when the caller passes one.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,7 +17,19 @@ import attrs
 import torch
 from torch import Tensor
 
-from sdeplug.tensors import per_sample, tweedie
+from sdeplug.tensors import per_sample, randn, tweedie
+
+
+def _time_derivative(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """d fn / dt at t (shape (batch,)) by autograd in float64, returned in t's dtype and device."""
+    with torch.enable_grad():
+        s = t.detach().to(torch.float64).requires_grad_(True)
+        value = fn(s)
+        if not value.requires_grad:  # constant in t (a VE's alpha)
+            return torch.zeros_like(t)
+        (derivative,) = torch.autograd.grad(value.sum(), s, allow_unused=True)
+    return torch.zeros_like(t) if derivative is None else derivative.to(dtype=t.dtype)
+
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score(x, t) -> tensor like x``, an approximation of grad_x log p_t(x)."""
@@ -104,27 +117,61 @@ class LinearSDE(SDE):
     """An SDE whose marginals are x_t = alpha(t) x_0 + sigma(t) z with z ~ N(0, I).
 
     This gives closed-form perturbation kernels, exact oracle scores for Gaussian
-    mixtures, and what exponential-integrator samplers need.
+    mixtures, and what exponential-integrator samplers need. ``alpha`` and ``sigma`` are
+    all an author must write: the drift f(t) x with f = d log(alpha)/dt, the diffusion
+    g^2 = d(sigma^2)/dt - 2 f sigma^2 and the prior N(0, sigma(T)^2 I) follow from them
+    (derivatives by autograd in float64); a closed form may override any of them.
     """
 
     @abc.abstractmethod
     def alpha(self, t: Tensor) -> Tensor:
-        """The mean scale alpha(t), shape (batch,)."""
+        """The mean scale alpha(t) > 0, shape (batch,); alpha(0) = 1 and decreasing or flat."""
 
     @abc.abstractmethod
     def sigma(self, t: Tensor) -> Tensor:
-        """The marginal std sigma(t), shape (batch,)."""
+        """The marginal std sigma(t) > 0 for t > 0, shape (batch,), with alpha/sigma decreasing in t."""
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return per_sample(self.alpha(t), x0) * x0, self.sigma(t)
 
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """f(t) x, with f from ``drift_coefficient``."""
+        return per_sample(self.drift_coefficient(t), x) * x
+
     def drift_coefficient(self, t: Tensor) -> Tensor:
         """f(t) in the drift f(x, t) = f(t) x, shape (batch,); every LinearSDE's drift has this form.
 
-        The default reads it off ``drift`` at x = 1; subclasses may override it. Samplers use
-        it to compute a grid's step coefficients once per run.
+        A subclass that writes ``drift`` has it read off at x = 1; otherwise it is
+        d log(alpha)/dt. Samplers use it to compute a grid's step coefficients once per run.
         """
-        return self.drift(torch.ones(t.shape[0], 1, dtype=t.dtype, device=t.device), t)[:, 0]
+        if type(self).drift is not LinearSDE.drift:
+            return self.drift(torch.ones(t.shape[0], 1, dtype=t.dtype, device=t.device), t)[:, 0]
+        return _time_derivative(lambda s: torch.log(self.alpha(s)), t)
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """g(t) = sqrt(d(sigma^2)/dt - 2 f(t) sigma^2): what keeps the marginals' variance."""
+        growth = _time_derivative(lambda s: self.sigma(s) ** 2, t)
+        g2 = growth - 2 * self.drift_coefficient(t) * self.sigma(t) ** 2
+        return torch.sqrt(torch.clamp(g2, min=0))
+
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """N(0, sigma(T)^2 I): the marginal at T when alpha(T) x_0 is negligible."""
+        return self._prior_std() * randn(shape, generator, device, dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, sigma(T)^2 I) per sample, summed in the log domain (no overflow)."""
+        std = self._prior_std()
+        flat = z.reshape(z.shape[0], -1)
+        return -0.5 * (flat / std).pow(2).sum(1) - flat.shape[1] * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+    def _prior_std(self) -> float:
+        return float(self.sigma(torch.tensor([float(self.T)], dtype=torch.float64))[0])
 
     def data_prediction(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Tweedie's E[x_0 | x_t = x] = (x + sigma(t)^2 score) / alpha(t), from the score's value at (x, t)."""

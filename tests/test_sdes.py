@@ -119,3 +119,55 @@ def test_the_ddpm_sde_is_ddpms_chain_on_its_grid():
     torch.testing.assert_close(sde.langevin_alpha(mid), 1 - betas[1:])
     with pytest.raises(OptionError, match=r"sde .ddpm.: need beta_start <= beta_end < 1.*accepted options"):
         sdeplug.create("sde", "ddpm", beta_start=0.1, beta_end=0.01)
+
+
+class CosineFromAlphaAndSigma(sdeplug.LinearSDE):
+    """A plugin author's SDE written as alpha and sigma only: the cosine schedule
+    alpha = cos(pi t / 2), sigma = sin(pi t / 2) on [0, 0.999]."""
+
+    name = "cosine_alpha_sigma"
+    T = 0.999
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * t)
+
+    def sigma(self, t):
+        return torch.sin(0.5 * math.pi * t)
+
+
+def test_a_linear_sde_from_alpha_and_sigma_alone_gets_the_drift_diffusion_and_prior_they_imply():
+    """f = d log(alpha)/dt = -(pi/2) tan(pi t/2) and g^2 = d(sigma^2)/dt - 2 f sigma^2 = pi tan(pi t/2)
+    in closed form; the prior is N(0, sigma(T)^2 I). Autograd in float64 is exact to rounding."""
+    sde = CosineFromAlphaAndSigma()
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f = -0.5 * math.pi * torch.tan(0.5 * math.pi * t)
+    torch.testing.assert_close(sde.drift_coefficient(t), f, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.drift(x, t), f[:, None] * x, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.diffusion(t), torch.sqrt(math.pi * torch.tan(0.5 * math.pi * t)), rtol=1e-12, atol=0)
+    std = math.sin(0.5 * math.pi * 0.999)
+    z = sde.prior_sampling((20_000, 3), torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert abs(float(z.std()) / std - 1) < 0.02  # 60 000 draws: the std's standard error is 0.3%
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
+    expected = normal.log_prob(z[:5]).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z[:5]), expected, rtol=1e-12, atol=1e-12)
+    assert sde.diffusion(t.float()).dtype == torch.float32  # follows the input's dtype
+
+
+@pytest.mark.parametrize("name", ["vp", "ve", "subvp", "ddpm"])
+def test_the_derived_drift_and_diffusion_equal_the_bundled_closed_forms(name):
+    """What LinearSDE derives from alpha and sigma is what each bundled SDE writes by hand."""
+    from sdeplug.interfaces import _time_derivative
+
+    sde = sdeplug.create("sde", name)
+    t = torch.linspace(0.02, 0.98, 40, dtype=torch.float64)
+    derived_f = _time_derivative(lambda s: torch.log(sde.alpha(s)), t)
+    torch.testing.assert_close(derived_f, sde.drift_coefficient(t), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sdeplug.LinearSDE.diffusion(sde, t), sde.diffusion(t), rtol=1e-10, atol=0)
+
+
+def test_the_kit_passes_an_sde_written_as_alpha_and_sigma_alone():
+    from sdeplug.testing import check_sde
+
+    report = check_sde(CosineFromAlphaAndSigma, examples=2, n_paths=4000)
+    assert report.passed
