@@ -251,6 +251,7 @@ class Registry:
         registered = name if name is not None else _default_part_name(cls)
         if not isinstance(registered, str) or not registered:
             raise RegistrationError(f"plugin {plugin!r}: a part name must be a non-empty string; got {registered!r}")
+        _check_option_names_free(kind, cls, plugin)
         fixed = dict(fixed or {})
         if fixed:
             if name is None:
@@ -420,6 +421,19 @@ def _build(kind: Kind, label: str, cls: type, supplied: tuple, options: dict[str
             f"{kind.name} {label!r} failed inside its own constructor with TypeError: {exc}. "
             "This is a bug of the plugin that provides it, not of the options given."
         ) from exc
+
+
+def _check_option_names_free(kind: Kind, cls: type, plugin: str) -> None:
+    """Refuse an option named like a method of the kind's base class (or ``name``): a built part's
+    options are read back from its attributes, and the method would be read instead."""
+    accepted = part_options(cls, kind.supplied) or {}
+    taken = [o for o in accepted if o == "name" or callable(getattr(kind.base, o, None))]
+    if taken:
+        raise RegistrationError(
+            f"plugin {plugin!r}: {kind.name} {cls.__name__} has option(s) {taken} named like "
+            f"sdeplug.{kind.base.__name__}'s own {'attribute' if taken == ['name'] else 'method'}(s); rename them "
+            f"(e.g. {taken[0]}_size)"
+        )
 
 
 def _own_options(kind: Kind, part: Any) -> dict[str, Any]:

@@ -201,3 +201,20 @@ def test_plugin_warnings_do_not_fire_for_a_clean_install():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sdeplug.registry.build_registry()
+
+
+def test_an_option_named_like_a_method_of_the_base_class_is_refused_at_registration():
+    """Options are read back from a built part's attributes (sample_pc rebuilds parts passed
+    built); an option named ``step`` would read back the method: refused, in one line, naming it."""
+
+    class StepSized(sdeplug.Corrector):
+        def __init__(self, sde, score, step: float = 0.1):
+            self.sde, self.score, self.step_size = sde, score, step
+
+        def step(self, x, t, generator=None):
+            return x
+
+    register_plugin(_plugin(register_correctors=lambda register: register(StepSized, name="step_sized")), "clash")
+    failures = [str(f) for f in sdeplug.get_registry().failures if "clash" in str(f)]
+    assert len(failures) == 1 and "\n" not in failures[0]
+    assert "option(s) ['step'] named like sdeplug.Corrector's own method(s)" in failures[0]
