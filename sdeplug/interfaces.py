@@ -323,6 +323,9 @@ class Predictor(abc.ABC):
     ode_order: float | None = None
     #: True for a part that deliberately leaves x unchanged (the "none" parts).
     identity: ClassVar[bool] = False
+    #: True for a part whose step for one sample depends on the other samples of the batch
+    #: (the testing kit checks that it does not, unless declared). May depend on options.
+    batch_coupled: bool = False
     sde: SDE
     score: ScoreFn
 
@@ -362,6 +365,10 @@ class Corrector(abc.ABC):
     sde_types: ClassVar[tuple[type, ...]] = (SDE,)
     #: True for a part that deliberately leaves x unchanged (the "none" parts).
     identity: ClassVar[bool] = False
+    #: True for a part whose step for one sample depends on the other samples of the batch
+    #: (the paper's Langevin step size uses batch-mean norms); the testing kit checks that it
+    #: does not, unless declared. May depend on options.
+    batch_coupled: bool = False
     sde: SDE
     score: ScoreFn
 

@@ -191,9 +191,11 @@ def test_an_inconsistent_step_is_caught():
 
 class DenoiseToTheMean(EulerMaruyama):
     """A step right for Gaussian data that misses the law of a mixture: it follows the score
-    of a Gaussian fit of the batch (its mean and variance) instead of the score."""
+    of a Gaussian fit of the batch (its mean and variance) instead of the score. It declares
+    the batch coupling, so that the law check, not the batch probe, is what catches it."""
 
     name = "gaussian_fit"
+    batch_coupled = True
 
     def step(self, x, t, t_next, state, generator=None, *, jumped=False):
         dt = per_sample(t_next - t, x)

@@ -226,9 +226,13 @@ class SDEDPMSolverPP2M(_Multistep):
     """
 
     name = "sde_dpmpp_2m"
-    weak_order = 1.0
     memory = 1
     eta: float = attrs.field(default=1.0, kw_only=True, validator=[v.instance_of((int, float)), v.ge(0)])
+
+    @property
+    def weak_order(self) -> float | None:  # type: ignore[override]
+        """First order on the reverse SDE; eta = 0 draws no noise."""
+        return 1.0 if self.eta > 0 else None
 
     def step(
         self,

@@ -73,6 +73,11 @@ class Langevin(Corrector):
     def example_options(cls):
         return [{"step_rule": "grid"}]
 
+    @property
+    def batch_coupled(self) -> bool:  # type: ignore[override]
+        """The snr rule with norm = "batch" takes its step size from the batch's mean norms."""
+        return self.norm == "batch" and self.step_rule == "snr"
+
     def for_grid(self, times: Tensor) -> Langevin:
         if self.step_rule != "grid":
             return self

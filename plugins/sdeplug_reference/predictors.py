@@ -38,6 +38,11 @@ class _ReverseSDEPredictor(Predictor):
     def _make_reverse(self) -> ReverseSDE:
         return self.sde.reverse(self.score, self.probability_flow)
 
+    @property
+    def weak_order(self) -> float | None:  # type: ignore[override]
+        """First order on the reverse SDE; on the probability-flow ODE the step draws no noise."""
+        return None if self.probability_flow else 1.0
+
 
 @attrs.frozen
 class GridCoefficients:
@@ -61,7 +66,6 @@ class EulerMaruyama(_ReverseSDEPredictor):
     """
 
     name = "euler_maruyama"
-    weak_order = 1.0
 
     def init(self, x: Tensor, grid: Tensor) -> GridCoefficients | None:
         if not isinstance(self.sde, LinearSDE):
@@ -109,7 +113,6 @@ class ReverseDiffusion(_ReverseSDEPredictor):
     """
 
     name = "reverse_diffusion"
-    weak_order = 1.0
 
     def step(
         self,

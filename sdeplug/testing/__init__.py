@@ -36,6 +36,7 @@ from sdeplug.stats import (  # noqa: E402
 from sdeplug.testing.contracts import (  # noqa: E402
     ContractError,
     ContractReport,
+    ContractSkipWarning,
     check_classifier,
     check_corrector,
     check_feature_extractor,
@@ -55,6 +56,7 @@ from sdeplug.testing.simulate import simulate_forward  # noqa: E402
 
 __all__ = [
     "ContractError",
+    "ContractSkipWarning",
     "ContractReport",
     "EnergyNull",
     "TwoSampleResult",
