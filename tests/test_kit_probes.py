@@ -9,11 +9,11 @@ import math
 import attrs
 import pytest
 import torch
-from sdeplug_fast.ddim import DDIM
-from sdeplug_reference import VPSDE, Langevin, ReverseDiffusion
 
 import sdeplug
 from sdeplug.testing.contracts import ContractError, check_corrector, check_predictor, check_sde
+from sdeplug_fast.ddim import DDIM
+from sdeplug_reference import VPSDE, Langevin, ReverseDiffusion
 
 
 @attrs.frozen
