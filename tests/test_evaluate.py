@@ -267,3 +267,33 @@ def test_a_sweep_sampler_with_a_free_step_spends_the_budget_on_the_others(tmp_pa
     assert main(["evaluate", str(config), "--sweep", str(sweep)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "free_steps must be an integer >= 0; got -1" in err[0]
+
+
+def test_the_sweep_figure_has_one_legend_plain_log_ticks_and_no_error_bar_below_zero(monkeypatch):
+    """Readable at a glance: budgets as plain tick labels (no 3x10^1 running into 4x10^1), one
+    legend for the figure, and a spread wider than the mean not drawn below zero."""
+    from sdeplug.app import plotting
+
+    shown = {}
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: shown.setdefault("fig", fig))
+    monkeypatch.setattr(plotting.plt, "close", lambda fig: None)
+    rows = [
+        {
+            "label": label,
+            "nfe": nfe,
+            "seconds": 0.01 * nfe,
+            "metrics": {"fid": {"mean": 300 / nfe + k, "std": 2.0}, "kid": {"mean": 0.5 / nfe, "std": 0.05}},
+        }
+        for k, label in enumerate(("UniPC", "Euler"))
+        for nfe in (10, 20, 30, 40, 50, 100)
+    ]
+    plotting.sweep_plot(rows, ["fid", "kid"], {"fid": 1.0}, "unused.png", "a sweep")
+    fig = shown["fig"]
+    fig.canvas.draw()
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    budgets = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert budgets == ["10", "20", "30", "40", "50", "100"]
+    for ax in fig.axes:
+        for line in ax.collections:  # the error bars
+            for segment in line.get_segments():
+                assert min(y for _, y in segment) > 0

@@ -80,20 +80,44 @@ def loss_curve(history: Tensor, path: str | Path, title: str = "training loss", 
     return _finish(fig, path)
 
 
+def _plain_log_axis(axis, values: list[float] | None = None) -> None:
+    """A log axis labelled with plain numbers: at ``values`` when given (the budgets), else at
+    1, 2 and 5 times the powers of ten; no minor labels, so no two labels run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if values:
+        axis.set_ticks(sorted(set(values)))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _spread(means: list[float], stds: list[float], log: bool) -> list[list[float]]:
+    """Error bars of one standard deviation, the lower one stopped at zero (at half the mean on
+    a log axis): a metric that cannot be negative is not drawn as if it could."""
+    lower = [min(s, m / 2) if log else min(s, max(m, 0.0)) for m, s in zip(means, stds)]
+    return [lower, list(stds)]
+
+
 def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Path, title: str = "") -> Path:
     """Each metric (mean and std over seeds) against score evaluations and against seconds,
-    a line per sampler, with the real data's value dashed for scale."""
-    fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 3 * len(metrics)), squeeze=False)
+    a line per sampler (one legend for the figure), with the real data's value dashed for scale."""
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 2.8 * len(metrics) + 0.6), squeeze=False)
     labels = list(dict.fromkeys(row["label"] for row in rows))
+    budgets = [row["nfe"] for row in rows]
     for i, metric in enumerate(metrics):
+        means = [row["metrics"][metric]["mean"] for row in rows]
+        log = all(m > 0 for m in means) and max(means) > 4 * min(means)
         for j, (x_key, x_label) in enumerate((("nfe", "score evaluations per sample"), ("seconds", "seconds"))):
             ax = axes[i][j]
             for label in labels:
                 mine = [row for row in rows if row["label"] == label]
+                mean = [row["metrics"][metric]["mean"] for row in mine]
                 ax.errorbar(
                     [row[x_key] for row in mine],
-                    [row["metrics"][metric]["mean"] for row in mine],
-                    yerr=[row["metrics"][metric]["std"] for row in mine],
+                    mean,
+                    yerr=_spread(mean, [row["metrics"][metric]["std"] for row in mine], log),
                     marker="o",
                     ms=3,
                     capsize=2,
@@ -102,15 +126,30 @@ def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Pat
             if metric in real:
                 ax.axhline(real[metric], color="grey", ls="--", lw=1, label="real data")
             ax.set_xscale("log")
-            if metric in ("fid", "fid_infinity") and all(r["metrics"][metric]["mean"] > 0 for r in rows):
+            _plain_log_axis(ax.xaxis, budgets if x_key == "nfe" else None)
+            if log:
                 ax.set_yscale("log")
-            elif metric == "kid":  # unbiased, so it can fall below 0
-                ax.set_yscale("symlog", linthresh=max(abs(real.get(metric, 1.0)), 1e-6))
+                _plain_log_axis(ax.yaxis)
             ax.set_xlabel(x_label)
             ax.set_ylabel(metric)
-        axes[i][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _finish(fig, path)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda k: names[k] == "real data")  # samplers first
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
+    fig.legend(
+        [handles[k] for k in order],
+        [names[k] for k in order],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1 - 0.3 / height),
+        ncol=min(len(names), 5),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def weight_sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Path, title: str = "") -> Path:
