@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import sdeplug
 from sdeplug.interfaces import ReverseSDE
 from sdeplug.tensors import per_sample, randn_like
-from sdeplug.testing import contracts, strategies
+from sdeplug.testing import contracts, corrector_contract, exact, kit_base, predictor_contract, sde_contract, strategies
 from sdeplug.testing.contracts import (
     ContractError,
     check_corrector,
@@ -87,12 +87,12 @@ class PriorDensityTooWide(VPSDE):
 
 def test_the_prior_check_says_which_side_has_the_wrong_scale():
     with pytest.raises(ContractError, match="prior_sampling is at fault: its samples have std 2"):
-        contracts._check_prior(PriorSamplesTooWide())
+        sde_contract._check_prior(PriorSamplesTooWide())
     with pytest.raises(ContractError, match="prior_logp is at fault: it is the density of std 2"):
-        contracts._check_prior(PriorDensityTooWide())
+        sde_contract._check_prior(PriorDensityTooWide())
     with pytest.raises(ContractError, match="the normalising constant of prior_logp is missing or wrong"):
-        contracts._check_prior(PriorWithoutNormaliser())
-    contracts._check_prior(VPSDE())  # the right prior passes
+        sde_contract._check_prior(PriorWithoutNormaliser())
+    sde_contract._check_prior(VPSDE())  # the right prior passes
 
 
 class VEClosedForm(VESDE):
@@ -112,9 +112,9 @@ class VEMissingHalf(VESDE):
 
 
 def test_an_overridden_t_from_log_snr_is_checked():
-    contracts._check_t_from_log_snr(VEClosedForm())
+    sde_contract._check_t_from_log_snr(VEClosedForm())
     with pytest.raises(ContractError, match="t_from_log_snr is not the inverse of log_snr.*factors of 2"):
-        contracts._check_t_from_log_snr(VEMissingHalf())
+        sde_contract._check_t_from_log_snr(VEMissingHalf())
 
 
 @pytest.mark.slow
@@ -153,9 +153,9 @@ def test_every_overridden_closed_form_is_checked():
         check_sde(LogSnrMissingTwo, examples=1, n_paths=2000)
     with pytest.raises(ContractError, match=r"data_prediction\(x, t, score\) .* is not Tweedie's formula"):
         check_sde(TweedieWithoutSquare, examples=1, n_paths=2000)
-    assert contracts._overridden_closed_forms(ExactMarginals()) == ["marginal_prob"]
+    assert sde_contract._overridden_closed_forms(ExactMarginals()) == ["marginal_prob"]
     for t in (0.01, 0.5, 1.0):
-        contracts._check_marginal_prob(ExactMarginals(), t, seed=0)
+        sde_contract._check_marginal_prob(ExactMarginals(), t, seed=0)
 
 
 class ClaimsSecondOrder(EulerMaruyama):
@@ -447,10 +447,10 @@ def test_a_corrector_with_a_tiny_step_is_still_judged():
     the drift moves x by about 1e-6 of its spread at t = 0.3 T on the EDM SDE, and the
     halved noise is still caught there (and passes when correct)."""
     sde = edm_plugin.KarrasVESDE()
-    at = contracts._check_balance(edm_plugin.FixedStepLangevin, sde, {"step_size": 1e-5}, "x")
+    at = corrector_contract._check_balance(edm_plugin.FixedStepLangevin, sde, {"step_size": 1e-5}, "x")
     assert at.split(", ")[-1] == "24"  # t = 0.3 T judged
     with pytest.raises(ContractError, match=r"at t = 0\.3679 .*\(0\.5\d* times as much"):
-        contracts._check_balance(edm_plugin.LangevinSqrtEpsNoise, sde, {"step_size": 1e-5}, "x")
+        corrector_contract._check_balance(edm_plugin.LangevinSqrtEpsNoise, sde, {"step_size": 1e-5}, "x")
 
 
 def test_a_predictor_for_its_own_sde_alone_is_checked_on_the_sde_given_by_name():
@@ -497,10 +497,10 @@ def test_example_options_of_the_wrong_type_are_named():
 
 def test_the_local_checks_stay_inside_0_T_for_an_sde_whose_log_snr_never_reaches_their_levels():
     sde = VESDE(sigma_min=0.5, sigma_max=50.0)  # log-SNR at most 1.39: levels 2 and 0 map to an end
-    times = contracts._check_times(sde)
+    times = exact._check_times(sde)
     assert all(0 < t <= sde.T for t in times) and len(set(times)) == len(times)
-    contracts._check_one_step(EulerMaruyama, sde, {}, "euler_maruyama")
-    assert contracts._check_balance(Langevin, sde, {}, "langevin")
+    predictor_contract._check_one_step(EulerMaruyama, sde, {}, "euler_maruyama")
+    assert corrector_contract._check_balance(Langevin, sde, {}, "langevin")
 
 
 def test_example_options_may_be_a_strategy_drawn_the_same_on_every_run():
@@ -509,6 +509,6 @@ def test_example_options_may_be_a_strategy_drawn_the_same_on_every_run():
         def example_options(cls):
             return st.fixed_dictionaries({"probability_flow": st.booleans()})
 
-    first = contracts._option_sets("predictor", "drawn", Drawn, Drawn, {})
-    assert first == contracts._option_sets("predictor", "drawn", Drawn, Drawn, {})
+    first = kit_base._option_sets("predictor", "drawn", Drawn, Drawn, {})
+    assert first == kit_base._option_sets("predictor", "drawn", Drawn, Drawn, {})
     assert {} in first and {"probability_flow": True} in first and len(first) == 2  # the default, drawn once

@@ -18,7 +18,7 @@ Step = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
 
 
 def _fail(message: str) -> None:
-    from sdeplug.testing.contracts import ContractError
+    from sdeplug.testing.kit_base import ContractError
 
     raise ContractError(message)
 

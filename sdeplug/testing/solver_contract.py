@@ -1,0 +1,159 @@
+"""The ODE-solver contract: exactly solvable ODEs both ways, orders, dense output, stability."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sdeplug.registry import part_options
+from sdeplug.testing.kit_base import ContractReport, _devices, _fail, _resolve
+
+F64 = torch.float64
+
+
+def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> ContractReport:
+    """Exactly solvable ODEs forwards and backwards in float32 and float64, the function
+    evaluations it reports, and for fixed-step solvers the order the built solver declares."""
+    name, cls, options = _resolve("ode_solver", spec, options)
+    report = ContractReport(f"ode_solver {name!r}")
+    solver = cls(**options)
+    order, adaptive = getattr(solver, "order", None), bool(getattr(solver, "adaptive", False))
+    accepted = part_options(cls) or {}
+    for device in _devices():
+        for dtype in (torch.float32, F64):
+            tuned = solver
+            if adaptive and {"rtol", "atol"} <= accepted.keys():
+                # An adaptive solver must converge as its tolerances tighten (the accuracy
+                # contract is in float64; float32 only has to keep its dtype and stay sane).
+                tol = 1e-5 if dtype == torch.float32 else 1e-8
+                tuned = cls(**{**options, "rtol": tol, "atol": tol})
+            for t0, t1 in ((0.0, 1.5), (1.5, 0.2)):
+                _check_known_ode(tuned, name, order, adaptive, dtype, device, t0, t1)
+            for t0, t1 in ((0.0, 1.0), (1.0, 0.0)):
+                _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1)
+            if getattr(tuned, "dense_output", False):
+                for t0, t1 in ((0.0, 1.5), (1.5, 0.2)):
+                    _check_dense_output(tuned, name, dtype, device, t0, t1)
+    report.passed.append(
+        "dy/dt = -t y forwards and backwards, float32 and float64, with its NFE"
+        + (" (adaptive: within 1e-5 at rtol = atol = 1e-8 in float64)" if adaptive else "")
+    )
+    if getattr(solver, "dense_output", False):
+        report.passed.append("dense output: accepted steps from t0 to t1, and the states within them, with their NFE")
+    else:
+        report.skipped.append("dense output: not offered")
+    report.passed.append("stable on a decaying ODE (rate 5, 100 steps) forwards and backwards")
+    if not adaptive and order is not None:
+        observed = _observed_order(solver)
+        if observed < order - 0.3:
+            _fail(
+                f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y (40 vs 80 steps) is below "
+                f"its declared order {order}"
+            )
+        report.passed.append(f"observed order {observed:.2f} (declared {order})")
+    else:
+        report.skipped.append("order of convergence: adaptive, or no order declared")
+    return report
+
+
+class _KnownODE:
+    """dy/dt = -t y from a fixed y0, counting its calls: y(t) = y0 exp((t0^2 - t^2) / 2)."""
+
+    def __init__(self, dtype, device) -> None:
+        self.y0 = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], dtype=dtype, device=device)
+        self.calls = 0
+
+    def __call__(self, t, y):
+        self.calls += 1
+        return -t * y
+
+
+def _check_known_ode(solver, name, order, adaptive, dtype, device, t0, t1) -> None:
+    F = _KnownODE(dtype, device)
+    y0 = F.y0
+    grid = None if adaptive else torch.linspace(t0, t1, 401, dtype=dtype, device=device)
+    solution = solver.solve(F, y0, t0, t1, grid=grid)
+    exact = y0 * math.exp((t0**2 - t1**2) / 2)
+    where = f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}"
+    if solution.y.shape != y0.shape or solution.y.dtype != dtype or solution.y.device.type != torch.device(device).type:
+        _fail(
+            f"{where}: solution of shape {tuple(solution.y.shape)}, {solution.y.dtype} for y0 of shape "
+            f"{tuple(y0.shape)}, {dtype}"
+        )
+    if solution.nfe != F.calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {F.calls} times")
+    if adaptive:
+        tol = 1e-2 if dtype == torch.float32 else 1e-5
+    else:
+        tol = max(1e-3 if (order or 1) >= 2 else 2e-2, 1e-4 if dtype == torch.float32 else 0)
+    error = float(((solution.y - exact).abs() / exact.abs()).max())
+    if error > tol:
+        _fail(
+            f"{where}: relative error {error:.2e} against the exact solution y0 exp((t0^2 - t1^2) / 2) "
+            f"(allowed {tol:g}{', 400 steps' if not adaptive else ''})"
+        )
+
+
+def _check_dense_output(solver, name, dtype, device, t0, t1) -> None:
+    """solve_dense: the same end state as an exact solution, its accepted steps running from t0
+    to t1, and states at the steps' midpoints (and t1) that match the exact solution."""
+    F = _KnownODE(dtype, device)
+    y0 = F.y0
+    where = f"ode_solver {name!r} solve_dense from t = {t0} to {t1} in {dtype} on {device}"
+    solution = solver.solve_dense(F, y0, t0, t1)
+    if solution.nfe != F.calls:
+        _fail(f"{where}: reported nfe = {solution.nfe} but F was called {F.calls} times")
+    tol = 1e-2 if dtype == torch.float32 else 1e-5
+    exact_end = y0 * math.exp((t0**2 - t1**2) / 2)
+    end_error = float(((solution.y - exact_end).abs() / exact_end.abs()).max())
+    if end_error > tol:
+        _fail(f"{where}: relative error {end_error:.2e} of the end state against the exact solution (allowed {tol:g})")
+    steps = solution.steps.detach().to("cpu", F64)
+    direction = 1.0 if t1 > t0 else -1.0
+    if (
+        steps.dim() != 1
+        or steps.numel() < 2
+        or abs(float(steps[0]) - t0) > 1e-6
+        or abs(float(steps[-1]) - t1) > 1e-6
+        or not bool(((steps[1:] - steps[:-1]) * direction > 0).all())
+    ):
+        _fail(f"{where}: steps must run strictly from t0 to t1, both included; got {steps.tolist()}")
+    times = torch.cat([(steps[:-1] + steps[1:]) / 2, steps[-1:]]).to(device=device, dtype=dtype)
+    before = F.calls
+    states, nfe = solution.states_at(times)
+    if nfe != F.calls - before:
+        _fail(f"{where}: states_at reported nfe = {nfe} but F was called {F.calls - before} times")
+    if tuple(states.shape) != (times.numel(), *y0.shape):
+        _fail(f"{where}: states_at gave shape {tuple(states.shape)} for {times.numel()} times and y0 {tuple(y0.shape)}")
+    exact = y0 * torch.exp((t0**2 - times.to(F64) ** 2) / 2).to(dtype)[:, None, None]
+    error = float(((states - exact).abs() / exact.abs()).max())
+    if error > tol:
+        _fail(f"{where}: states_at at the steps' midpoints is off by {error:.2e} relative (allowed {tol:g})")
+
+
+def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
+    """y decays by exp(-5) from t0 to t1 at rate 5 per unit time, as the probability flow's
+    stiff directions do near t = 0; 100 steps (lambda h = 0.05) must not blow it up."""
+    rate = 5.0 if t1 > t0 else -5.0
+    y0 = torch.tensor([[1.0, -2.0]], dtype=dtype, device=device)
+    grid = None if adaptive else torch.linspace(t0, t1, 101, dtype=dtype, device=device)
+    y1 = solver.solve(lambda t, y: -rate * y, y0, t0, t1, grid=grid).y
+    decay = float((y1 / y0).max()), float((y1 / y0).min())
+    exact = math.exp(-5.0)
+    if not (0.5 * exact <= decay[1] and decay[0] <= 1.5 * exact):
+        _fail(
+            f"ode_solver {name!r} from t = {t0} to {t1} in {dtype} on {device}: unstable on dy/dt = {-rate:g} y "
+            f"with 100 steps; y(t1) / y(t0) = {decay[0]:.3g}, exactly exp(-5) = {exact:.3g}. A stiff direction "
+            f"like this one is what the probability flow has near t = 0."
+        )
+
+
+def _observed_order(solver) -> float:
+    def error(steps: int) -> float:
+        grid = torch.linspace(0.0, 2.0, steps + 1, dtype=F64)
+        y = solver.solve(lambda t, y: torch.cos(t) * y, torch.ones(1, dtype=F64), 0.0, 2.0, grid=grid).y
+        return abs(float(y) - math.exp(math.sin(2.0)))
+
+    return math.log2(error(40) / error(80))
