@@ -180,6 +180,8 @@ class LinearSDE(SDE):
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Scale a and variance v of the exact kernel from s to t > s: x_t = a x_s + sqrt(v) z.
 
+        ``s`` and ``t`` have shape (batch,), 0 <= s < t <= T; a and v have shape (batch,).
+
         It follows from the marginals alone: a = alpha(t)/alpha(s), v = sigma(t)^2 - a^2 sigma(s)^2.
         Subclasses may override it to avoid cancellation in v for small steps.
         """
@@ -192,6 +194,9 @@ class LinearSDE(SDE):
 
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         """The time in [0, T] at which log_snr(t) takes the given values (the inverse of log_snr).
+
+        ``log_snr`` has any shape and lies in [log_snr(T), log_snr(0)] (values beyond map to
+        the nearer end); the times have its shape and dtype.
 
         The default bisects in float64 to the last bit (log_snr must decrease in t);
         subclasses with a closed form may override it. Used to build log-SNR and EDM
