@@ -73,8 +73,9 @@ def test_compiled_sampling_gives_the_eager_samples_to_float32_rounding(tmp_path,
     """Inductor fuses and reorders float32 arithmetic: each network evaluation may differ by a
     few units of roundoff times the depth (about 1e-6 relative), and 6 multistep steps carry and
     amplify it; 1e-4 of the samples' norm leaves a wide margin (an element near zero may differ
-    by more, relative to itself), while another network is off by order 1 (checked). NCSN++ compiles for half a minute more: benchmarks/compile_sampling.py shows its
-    samples' largest difference."""
+    by more, relative to itself), while another network is off by order 1 (checked). NCSN++
+    compiles for half a minute more: benchmarks/compile_sampling.py shows its samples' largest
+    difference."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     eager, compiled = _score(name, **options), compile_score(_score(name, **options))
     assert hasattr(compiled.network, "_orig_mod")
