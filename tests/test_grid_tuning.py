@@ -339,6 +339,7 @@ def test_fractions_too_close_to_place_two_times_are_refused_naming_them():
 # What the tuner guarantees ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sde_name", "seed"), [("vp", 3), ("ve", 4), ("subvp", 5)])
 def test_more_steps_are_never_worse_on_validation_and_no_step_is_near_empty(sde_name, seed):
     """Several budgets tuned in one call: each result is no worse than its start and than the
@@ -430,6 +431,7 @@ def test_gaussian_start_without_moments_warns_that_it_assumes_standardised_data(
         sdeplug.create("predictor", "gaussian_start", sde, score)
 
 
+@pytest.mark.slow
 def test_tune_grid_tunes_a_range_of_budgets_and_sample_refuses_a_grid_for_another_predictor(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(CONFIG.format(sde="vp", corrector="none", out=tmp_path / "run"))

@@ -160,6 +160,6 @@ def test_what_the_one_liner_did_not_check_is_a_warning_pytest_shows():
     lists it in its warnings summary."""
     from sdeplug.testing import ContractSkipWarning, contract_tests
 
-    test = contract_tests("reference")
+    test = contract_tests("reference", sdes=["vp"])
     with pytest.warns(ContractSkipWarning, match="corrector 'langevin', not checked: .*batch independence"):
         test("corrector", "langevin")

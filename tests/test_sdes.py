@@ -166,6 +166,7 @@ def test_the_derived_drift_and_diffusion_equal_the_bundled_closed_forms(name):
     torch.testing.assert_close(sdeplug.LinearSDE.diffusion(sde, t), sde.diffusion(t), rtol=1e-10, atol=0)
 
 
+@pytest.mark.slow
 def test_the_kit_passes_an_sde_written_as_alpha_and_sigma_alone():
     from sdeplug.testing import check_sde
 
