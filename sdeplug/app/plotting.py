@@ -105,7 +105,7 @@ def sweep_plot(rows: list[dict], metrics: list[str], real: dict, path: str | Pat
     a line per sampler (one legend for the figure), with the real data's value dashed for scale."""
     fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 2.8 * len(metrics) + 0.6), squeeze=False)
     labels = list(dict.fromkeys(row["label"] for row in rows))
-    budgets = [row["nfe"] for row in rows]
+    budgets = [row.get("budget", row["nfe"]) for row in rows]  # the sweep's budgets: a sampler may spend one less
     for i, metric in enumerate(metrics):
         means = [row["metrics"][metric]["mean"] for row in rows]
         log = all(m > 0 for m in means) and max(means) > 4 * min(means)
