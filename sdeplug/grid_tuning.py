@@ -202,9 +202,10 @@ class _Tuner:
         """The shortest step allowed, as a fraction of the log-SNR range."""
         return self.min_gap / steps
 
-    def search(self, fractions: list[float], sweeps: int) -> tuple[list[float], float, int]:
-        """Coordinate descent on the pilot draws; (fractions, pilot error, sweeps done)."""
-        current, done = self.error(fractions, "pilot"), 0
+    def search(self, fractions: list[float], current: float, sweeps: int) -> tuple[list[float], float, int]:
+        """Coordinate descent on the pilot draws from ``fractions`` (whose pilot error is
+        ``current``); (fractions, pilot error, sweeps done)."""
+        done = 0
         gap = self.gap(len(fractions) - 1)
         for sweep in range(sweeps):
             before = current
@@ -402,7 +403,7 @@ def _tune_budget(
     done_sweeps = 0
     for seed in [tried[0], *others] if steps > 1 and sweeps > 0 else []:
         tuner.say(f"{steps} steps: searching from {seed.name} (pilot error {seed.pilot_error:.4g})")
-        found, found_error, done = tuner.search(list(seed.fractions), sweeps)
+        found, found_error, done = tuner.search(list(seed.fractions), seed.pilot_error, sweeps)
         done_sweeps = max(done_sweeps, done)
         if found != list(seed.fractions) and _respects_gap(found, gap):
             tried.append(
