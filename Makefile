@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-portable lint setup clean bench train-2proc
+.PHONY: demo test test-fast test-portable lint setup clean bench train-2proc docs
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ test-portable: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadgroup -m "not slow" -q
 
+# The documentation site, built strictly into site/ (a broken link or a missing API name fails).
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -82,4 +87,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) demo-output sdeplug-output .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output sdeplug-output site .pytest_cache .hypothesis

@@ -40,7 +40,7 @@ def uniform_grid(
     """``steps`` + 1 evenly spaced times from t_start to t_end (both included).
 
     Sampling on this grid takes ``steps`` steps of size (T - eps) / steps exactly; the
-    paper's code uses linspace(T, eps, N) but steps by 1/N (see docs/user-guide.md).
+    paper's code uses linspace(T, eps, N) but steps by 1/N (see docs/sampling.md, "Samplers").
     """
     check_steps(steps)
     return torch.linspace(float(t_start), float(t_end), int(steps) + 1, device=device, dtype=dtype)

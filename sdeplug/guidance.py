@@ -15,7 +15,7 @@ instead (``Replacement``, passed to ``sample_pc(constraint=...)``): after every 
 measured part of x is replaced by a freshly forward-noised copy of y, by projection
 x + A^+ (y_t - A x) for a general A. It needs no likelihood, but it is an approximation:
 it uses the score of p_t(x_u | y_t) where p_t(x_u | y) is needed, and on a multimodal
-conditional it gets the modes' weights wrong (docs/user-guide.md, "Inpainting").
+conditional it gets the modes' weights wrong (docs/sampling.md, "Inpainting and linear measurements").
 """
 
 from __future__ import annotations

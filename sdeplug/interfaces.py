@@ -1,7 +1,7 @@
 """The seven kinds of part: SDE (and LinearSDE), ScoreModel, Predictor, Corrector, ODESolver,
 TimeGrid and TimeClassifier.
 
-Conventions (see docs/user-guide.md): time runs from data at t = 0 to the prior at
+Conventions (see docs/concepts.md): time runs from data at t = 0 to the prior at
 t = T; ``x`` has shape (batch, *event_shape) and ``t`` shape (batch,); randomness
 comes from an explicit ``torch.Generator`` when the caller passes one.
 """

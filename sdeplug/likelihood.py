@@ -173,7 +173,7 @@ def log_likelihood(
     (the paper's augmented ODE). ``quadrature=m`` solves the flow alone and then integrates
     the divergence by m-point Gauss-Legendre on each of the solver's accepted steps, all nodes
     in a few large batches: the divergence, the costly part, is evaluated at far fewer points.
-    It needs a solver with dense output (``dense_output``, e.g. dopri5); see docs/user-guide.md.
+    It needs a solver with dense output (``dense_output``, e.g. dopri5); see docs/evaluation.md.
     """
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")

@@ -1,6 +1,6 @@
 """Predictor-corrector and probability-flow ODE sampling over any time grid.
 
-What the samplers do, exactly (see docs/user-guide.md):
+What the samplers do, exactly (see docs/sampling.md, "Samplers"):
 
 - The grid is decreasing from T to eps; by default ``uniform_grid(T, eps, steps)``, so
   every predictor step has the true spacing (T - eps) / steps. ``grid`` takes a tensor

@@ -91,22 +91,30 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainSettings:
     """How to train; the [train] section of a config."""
 
+    #: Optimiser steps in all (a resumed run goes on to this number).
     steps: int = attrs.field(default=5000, validator=_positive_int)
     #: The global batch: split over the processes of a distributed run, so that any number
     #: of processes (and of accumulation steps) takes the same optimiser steps.
     batch_size: int = attrs.field(default=128, validator=_positive_int)
     #: Micro-batches per optimiser step (gradient accumulation): the same update, less memory.
     accumulate: int = attrs.field(default=1, validator=_positive_int)
+    #: Adam's learning rate after warm-up.
     lr: float = attrs.field(default=2e-4, converter=float, validator=_positive_finite)
+    #: Steps of linear learning-rate warm-up.
     warmup: int = attrs.field(default=100, validator=[v.instance_of(int), v.ge(0)])
     #: Largest gradient norm (None: no clipping); a negative one would reverse the step.
     grad_clip: float | None = attrs.field(default=1.0, converter=_optional_float, validator=_optional_positive_finite)
+    #: Decay of the exponential moving average of the weights (what sampling uses).
     ema_decay: float = attrs.field(default=0.999, converter=float, validator=[v.ge(0.0), v.lt(1.0)])
+    #: Steps between checkpoints (None: only at the end and on Ctrl-C).
     checkpoint_every: int | None = attrs.field(default=1000, validator=_optional_positive_int)
+    #: Steps between sample pictures while training (None: none).
     sample_every: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    #: Seeds the initial weights, the data order, the loss noise and dropout; an integer in [0, 2**63).
     seed: int = attrs.field(default=0, validator=_seed)
     #: "score": denoising score matching; "classifier": noisy cross-entropy on the labels.
     objective: str = attrs.field(default="score", validator=v.in_(("score", "classifier")))
+    #: What the network predicts: "noise", "data", "score" or "velocity".
     parameterization: str = attrs.field(default="noise", validator=v.in_(PARAMETERIZATIONS))
     #: lambda(t) of the loss (sdeplug.losses); by default "velocity" (||v_hat - v||^2) for a
     #: velocity network and "sigma2" (||z_hat - z||^2 for a noise network) otherwise.
@@ -118,7 +126,9 @@ class TrainSettings:
     #: label, so that the network also learns the unconditional score (classifier-free
     #: guidance needs it). None: 0.1 for a conditional network.
     label_dropout: float | None = attrs.field(default=None, converter=_optional_float, validator=_optional_probability)
+    #: "mean" or "sum" of the loss over a sample's entries.
     reduction: str = attrs.field(default="mean", validator=v.in_(("mean", "sum")))
+    #: Training times are drawn from U(eps, T).
     eps: float = attrs.field(default=1e-5, converter=float, validator=_eps)
     #: The forward pass's precision: "fp32", or autocast to "bf16" or "fp16" (fp16 with a
     #: gradient scaler). Weights, EMA, optimiser state and checkpoints stay float32.
@@ -126,6 +136,7 @@ class TrainSettings:
     #: Run the network through ``torch.compile`` (a one-off compilation, then faster steps);
     #: checked when the Trainer is built, with one clear error where this platform cannot compile.
     compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    #: Show a progress bar.
     progress: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
 

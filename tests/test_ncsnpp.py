@@ -272,6 +272,10 @@ def test_load_score_sde_model_gives_the_papers_score_from_its_file_and_config(tm
     assert score_error(score32, RECORDED_FLOAT64[f"{case}.score"], torch.float32) < 1e-4
 
 
+def test_the_docs_recipe_config_is_the_fixture_config():
+    assert json.loads((FIXTURE / "config_ve.json").read_text()) == paper_config("ve")
+
+
 def test_load_score_sde_model_reads_a_ve_model_as_a_score_with_its_ema_weights(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(paper_config("ve")))  # a JSON file of the config works too

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLE_PLUGINS, run_cli
 
 import sdeplug
 import sdeplug.hookspecs
+from conftest import EXAMPLE_PLUGINS, run_cli
 from sdeplug.errors import DuplicatePartError, OptionError, UnknownPartError
 from sdeplug.registry import PluginHost, PluginLoadWarning, register_plugin
 
@@ -139,11 +139,11 @@ def test_environment_variable_limits_the_loaded_plugins(monkeypatch):
 
 
 def test_every_hook_is_documented_in_the_plugin_guide():
-    guide = (REPO / "docs" / "plugin-guide.md").read_text()
+    guide = (REPO / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(sdeplug.hookspecs) if name.startswith("register_")]
     assert hooks, "no hooks found"
     for hook in hooks:
-        assert f"`{hook}" in guide, f"hook {hook} is not documented in docs/plugin-guide.md"
+        assert f"`{hook}" in guide, f"hook {hook} is not documented in docs/plugins.md"
 
 
 # Real distributions, installed by pip into their own folders (see conftest.install_example_plugin).

@@ -246,7 +246,7 @@ def test_hook_docstrings_say_how_the_kind_is_built(kind):
 
 @pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
 def test_the_plugin_guide_table_says_how_the_kind_is_built(kind):
-    guide = (Path(__file__).parents[1] / "docs" / "plugin-guide.md").read_text()
+    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     rows = [line for line in guide.splitlines() if line.startswith(f"| `{kind.hook}(register)`")]
     assert len(rows) == 1, kind.hook
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
@@ -255,7 +255,7 @@ def test_the_plugin_guide_table_says_how_the_kind_is_built(kind):
 
 
 def test_the_guide_lists_every_hook_and_no_other():
-    guide = (Path(__file__).parents[1] / "docs" / "plugin-guide.md").read_text()
+    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     listed = set(re.findall(r"^\| `(register_\w+)\(register\)`", guide, flags=re.M))
     assert listed == {k.hook for k in KINDS.values()}
 

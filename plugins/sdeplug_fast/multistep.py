@@ -173,7 +173,7 @@ class DPMSolverPP3M(_Multistep):
 
     The second difference d2 approximates h^2 D''/2, so third order needs 2 phi_3 d2;
     the reference implementations (dpm-solver, diffusers, k-diffusion) take phi_3 d2,
-    which leaves the method second order (docs/user-guide.md; tests/test_fast_samplers.py
+    which leaves the method second order (docs/few-step.md; tests/test_fast_samplers.py
     measures both). The first two steps have less history and lower order; near T the
     data prediction hardly moves with lam, so this costs nothing measurable.
     """

@@ -81,18 +81,26 @@ class PartSpec:
 class SamplerConfig:
     """[sampler]: ``kind = "pc"`` (predictor-corrector) or ``"ode"`` (probability flow)."""
 
+    #: "pc" (predictor-corrector) or "ode" (the probability-flow ODE with [sampler.solver]).
     kind: str = attrs.field(default="pc", validator=_one_of("kind", ("pc", "ode")))
+    #: Steps of the grid; pc default 1000, ode: the solver's own choice if absent.
     steps: int | None = attrs.field(default=None, validator=_positive_int("steps", optional=True))
     #: The budget in score evaluations per sample, instead of steps: the most steps that fit
     #: (corrector steps, the denoising step and a free first step counted). pc only.
     nfe: int | None = attrs.field(default=None, validator=_positive_int("nfe", optional=True))
+    #: The end time; default: the SDE's default_eps.
     eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
+    #: A final noise-free Tweedie step at eps (one more score evaluation).
     denoise: bool = True
+    #: pc: "predictor_first" (the paper's Algorithm 1) or "corrector_first" (the paper's code).
     order: str = attrs.field(
         default="predictor_first", validator=_one_of("order", ("predictor_first", "corrector_first"))
     )
+    #: pc: the predictor (a name or a [sampler.predictor] table with its options).
     predictor: PartSpec = attrs.field(factory=lambda: PartSpec("reverse_diffusion"))
+    #: pc: the corrector ("none" for none).
     corrector: PartSpec = attrs.field(factory=lambda: PartSpec("langevin"))
+    #: ode: the ODE solver.
     solver: PartSpec = attrs.field(factory=lambda: PartSpec("heun"))
     #: Where the times fall: a registered TimeGrid (``grid = "logsnr"`` or a [sampler.grid]
     #: table with its options); None is the uniform grid.
@@ -103,18 +111,24 @@ class SamplerConfig:
 class LikelihoodConfig:
     """[likelihood]: how log p is computed, and on which data."""
 
+    #: The ODE solver of the flow (a name or a [likelihood.solver] table); default dopri5.
     solver: PartSpec = attrs.field(factory=lambda: PartSpec("dopri5"))
+    #: "exact" (one backward pass per dimension) or "hutchinson" (an unbiased estimate).
     divergence: str = attrs.field(default="exact", validator=_one_of("divergence", ("exact", "hutchinson")))
+    #: Hutchinson probes per solve.
     probes: int = attrs.field(default=1, validator=_positive_int("probes"))
+    #: Hutchinson probes' law: "rademacher" or "gaussian".
     noise: str = attrs.field(default="rademacher", validator=_one_of("noise", ("rademacher", "gaussian")))
     #: None: the divergence rides with the flow at every solver stage (the paper's way); m:
     #: m-point Gauss-Legendre on each accepted step after the flow is solved alone.
     quadrature: int | None = attrs.field(default=None, validator=_positive_int("quadrature", optional=True))
+    #: The start time; default 1e-5 for every SDE, as the paper's code.
     eps: float | None = attrs.field(default=None, validator=_optional_eps("eps"))
     #: None: the data set's own ("[-1,1]" with 17 levels for the digits, "none" for toys).
     data_range: str | None = attrs.field(
         default=None, validator=v.optional(_one_of("data_range", ("none", "[0,1]", "[-1,1]")))
     )
+    #: Quantisation levels of the data (None: the data set's, else 256).
     levels: int | None = attrs.field(default=None, validator=_positive_int("levels", optional=True))
     #: None: dequantise exactly when the data set is quantised.
     dequantize: bool | None = None
@@ -144,15 +158,23 @@ class EvaluateConfig:
     """[evaluate]: sample-quality metrics of the model's samples against a split of the data,
     on the features of a registered feature extractor, over several seeds."""
 
+    #: A registered feature extractor (pixels, data_classifier, inception or a plugin's), with its options.
     features: PartSpec = attrs.field(factory=lambda: PartSpec("pixels"))
+    #: Samples per seed (published image FIDs use 50 000).
     num: int = attrs.field(default=1000, validator=_positive_int("num"))
+    #: One run per seed; each metric is reported as mean, std and per-seed values.
     seeds: tuple[int, ...] = attrs.field(default=(0, 1, 2), converter=tuple, validator=_seeds)
+    #: The data split the samples are compared with: "test" or "train".
     reference: str = attrs.field(default="test", validator=_one_of("reference", ("test", "train")))
+    #: Any of "fid", "kid", "precision_recall", "inception_score".
     metrics: tuple[str, ...] = attrs.field(
         default=("fid", "kid", "precision_recall"), converter=tuple, validator=_metrics
     )
+    #: KID: the number of random subsets ...
     kid_subsets: int = attrs.field(default=100, validator=_positive_int("kid_subsets"))
+    #: ... and the points of each (fewer if the sets are smaller).
     kid_subset_size: int = attrs.field(default=1000, validator=_positive_int("kid_subset_size"))
+    #: Precision/recall: the k-th nearest neighbour sets each ball's radius.
     k: int = attrs.field(default=3, validator=_positive_int("k"))
     #: Also fit FID against 1/n over nested subsets and report its value at n = infinity.
     extrapolate: bool = False
@@ -171,11 +193,17 @@ class EvaluateConfig:
 class RunConfig:
     """[sample]: how many samples, in which batches, from which seed, on which device and dtype."""
 
+    #: The number of samples (or of likelihood points).
     num: int = attrs.field(default=1000, validator=_positive_int("num"))
+    #: Samples per sampler call (default: all at once); each batch has its own seed from (seed, batch index).
     batch_size: int | None = attrs.field(default=None, validator=_positive_int("batch_size", optional=True))
+    #: An integer in [0, 2**63).
     seed: int = attrs.field(default=0, validator=_seed("seed"))
+    #: A torch device this machine has, e.g. "cuda"; checked before any work.
     device: str = "cpu"
+    #: "float32" or "float64".
     dtype: str = attrs.field(default="float32", validator=_one_of("dtype", tuple(DTYPES)))
+    #: Show a progress bar.
     progress: bool = True
     #: Run the score network through ``torch.compile`` for sampling, likelihoods and tuning.
     compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
@@ -189,7 +217,9 @@ class RunConfig:
 class OutputConfig:
     """[output]: where samples, the summary and plots go."""
 
+    #: Where samples, summaries, checkpoints and plots go.
     dir: str = "sdeplug-output"
+    #: Write the pictures (needs the plots extra).
     plot: bool = True
 
 
@@ -198,7 +228,9 @@ class ClassifierConfig:
     """[classifier]: the time-dependent classifier network for guidance (a registered
     ``classifier`` part and its options) and, in [classifier.train], how to train it."""
 
+    #: A registered classifier part and its options ([classifier] name = ...).
     network: PartSpec
+    #: How to train it: every [train] key, with the noisy cross-entropy as the objective.
     train: TrainSettings = attrs.field(factory=lambda: TrainSettings(objective="classifier"))
 
 
@@ -239,9 +271,13 @@ class GuidanceConfig:
     for data in [-1, 1], clamped to ``threshold_max``).
     """
 
+    #: "classifier", "cfg", "autoguidance", "inpaint" or "measurement".
     kind: str = attrs.field(validator=_one_of("kind", tuple(GUIDANCE_KEYS)))
+    #: The guidance scale or weight w, or a list of them: one run each.
     scale: tuple[float, ...] = (1.0,)
+    #: The classes the samples cycle through (default: every class).
     classes: tuple[int, ...] | None = None
+    #: classifier: the classifier's checkpoint; autoguidance: the weaker model's.
     checkpoint: str | None = None
     #: inpaint: a built-in image mask (IMAGE_MASKS, naming the known region), a .npy/.pt
     #: file or an inline list like one sample; 1 = known.
@@ -251,11 +287,13 @@ class GuidanceConfig:
     matrix: Any = attrs.field(default=None, validator=_name_file_or_list("matrix"))
     #: inpaint/measurement: the points to complete (default: the [data] set's held-out split).
     data_file: str | None = None
+    #: inpaint/measurement: completions per data point.
     per_image: int = attrs.field(default=1, validator=_positive_int("per_image"))
     #: cfg/autoguidance: the noise levels (low, high] where the weight applies (1 elsewhere).
     interval: tuple[float, float] | None = None
-    #: cfg/autoguidance: dynamic thresholding's quantile ratio (None: off) and its largest s.
+    #: cfg/autoguidance: dynamic thresholding's quantile ratio (None: off), for data in [-1, 1].
     threshold: float | None = None
+    #: cfg/autoguidance: the largest clipping value s of dynamic thresholding.
     threshold_max: float = 1.0
 
 

@@ -1,5 +1,6 @@
-"""The cosine-schedule VP SDE (Nichol & Dhariwal 2021) and the DDIM predictor (Song et al. 2021),
-as an sdeplug plugin written against sdeplug's public API only."""
+"""The cosine-schedule VP SDE (Nichol & Dhariwal 2021), the DDIM predictor (Song et al. 2021) and a
+Langevin corrector whose step follows the noise level, as an sdeplug plugin written against
+sdeplug's public API only."""
 
 from __future__ import annotations
 
@@ -116,6 +117,35 @@ class DDIM(sdeplug.Predictor):
         return x_next, None  # a single-step predictor: no state between steps
 
 
+class NoiseScaledLangevin(sdeplug.Corrector):
+    """Langevin steps x + e score + sqrt(2 e) z at a fixed time t, with e = ratio * sigma(t)^2.
+
+    Near a mode of p_t the score changes on the scale sigma(t), so a step proportional to
+    sigma(t)^2 moves every sample by about sqrt(2 ratio) sigma(t), whatever the noise level,
+    and leaves p_t invariant as the step shrinks. Each sample's step uses only that sample.
+    """
+
+    name = "noise_scaled_langevin"
+    sde_types = (sdeplug.LinearSDE,)
+
+    def __init__(self, sde, score, ratio: float = 0.05, n_steps: int = 1) -> None:
+        if not 0 < ratio < 1:
+            raise ValueError(f"ratio must lie in (0, 1); got {ratio}")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}")
+        self.sde, self.score, self.ratio, self.n_steps = sde, score, float(ratio), n_steps
+
+    @classmethod
+    def example_options(cls):
+        return [{"ratio": 0.2, "n_steps": 2}]
+
+    def step(self, x, t, generator=None):
+        e = per_sample(self.ratio * self.sde.sigma(t) ** 2, x)
+        for _ in range(self.n_steps):
+            x = x + e * self.score(x, t) + torch.sqrt(2 * e) * randn_like(x, generator)
+        return x
+
+
 @hookimpl
 def register_sdes(register):
     register(CosineVPSDE)
@@ -124,3 +154,8 @@ def register_sdes(register):
 @hookimpl
 def register_predictors(register):
     register(DDIM)
+
+
+@hookimpl
+def register_correctors(register):
+    register(NoiseScaledLangevin)
