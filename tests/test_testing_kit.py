@@ -22,6 +22,8 @@ from sdeplug.testing.contracts import (
     check_predictor,
     check_sde,
 )
+from sdeplug.testing.kit_base import order_mark
+from sdeplug.testing.predictor_contract import ode_order, weak_order
 from sdeplug_reference import VESDE, VPSDE, Euler, EulerMaruyama, Heun, Langevin
 from sdeplug_torchdiffeq import Torchdiffeq
 from tests import edm_plugin
@@ -179,7 +181,8 @@ class NoiseScaledByDt(EulerMaruyama):
 @pytest.mark.slow
 def test_a_step_of_lower_order_than_declared_is_caught():
     vp = sdeplug.create("sde", "vp")
-    with pytest.raises(ContractError, match=r"observed weak order 1\.\d+ is below its declared weak_order 2"):
+    expected = r"observed weak order 1\.\d+ is below 1\.50, the pass mark of its declared weak_order 2"
+    with pytest.raises(ContractError, match=expected):
         check_predictor(ClaimsSecondOrder, sdes=[vp])
 
 
@@ -258,7 +261,8 @@ class Miscounting(Heun):
 
 
 def test_broken_ode_solvers_are_caught():
-    with pytest.raises(ContractError, match=r"observed order 1\.\d+ .* below its declared order 2"):
+    expected = r"observed order 1\.\d+ .* below 1\.50, the pass mark of its declared order 2"
+    with pytest.raises(ContractError, match=expected):
         check_ode_solver(FakeHeun)
     with pytest.raises(ContractError, match=r"reported nfe = \d+ but F was called \d+ times"):
         check_ode_solver(Miscounting)
@@ -512,3 +516,29 @@ def test_example_options_may_be_a_strategy_drawn_the_same_on_every_run():
     first = kit_base._option_sets("predictor", "drawn", Drawn, Drawn, {})
     assert first == kit_base._option_sets("predictor", "drawn", Drawn, Drawn, {})
     assert {} in first and {"probability_flow": True} in first and len(first) == 2  # the default, drawn once
+
+
+@pytest.mark.parametrize("declared", [1, 2, 3, 4])
+def test_an_order_mark_sits_above_one_order_less_and_well_below_the_claim(declared):
+    """A claim one order too high fails; correct parts, which measure within 0.3 of a claim of
+    order 1 and within 5% of higher claims, sit at least 15% above the mark."""
+    mark = order_mark(declared)
+    assert declared - 1 < mark
+    least_correct = declared - 0.3 if declared == 1 else 0.95 * declared
+    assert least_correct >= 1.15 * mark
+
+
+def test_correct_parts_measure_their_orders_well_above_the_pass_mark():
+    """The bundled parts with the thinnest margins: DDIM with eta = 1 (weak order 1), UniPC
+    (ODE order 3) and RK4 (order 4); each at least 15% above its mark."""
+    from sdeplug.testing.solver_contract import _observed_order
+
+    vp = sdeplug.create("sde", "subvp")
+    ddim = sdeplug.get_registry().get("predictor", "ddim").cls
+    unipc = sdeplug.get_registry().get("predictor", "unipc").cls
+    observed, _ = weak_order(ddim, vp, {"eta": 1.0})
+    assert observed >= 1.15 * order_mark(1.0), observed
+    observed, _ = ode_order(unipc, vp, {})
+    assert observed >= 1.15 * order_mark(3.0), observed
+    observed = _observed_order(sdeplug.create("ode_solver", "rk4"))
+    assert observed >= 1.15 * order_mark(4.0), observed

@@ -26,9 +26,10 @@ from sdeplug.testing.kit_base import (
     ContractReport,
     ContractSkipWarning,
     _example_sdes,
+    observed_order,
 )
 from sdeplug.testing.network_contracts import check_classifier, check_feature_extractor, check_score_model
-from sdeplug.testing.predictor_contract import check_predictor, observed_order, ode_order, weak_order
+from sdeplug.testing.predictor_contract import check_predictor, ode_order, weak_order
 from sdeplug.testing.sde_contract import check_sde
 from sdeplug.testing.solver_contract import check_ode_solver
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from sdeplug.registry import part_options
-from sdeplug.testing.kit_base import ContractReport, _devices, _fail, _resolve
+from sdeplug.testing.kit_base import ContractReport, _devices, _fail, _resolve, observed_order, order_mark
 
 F64 = torch.float64
 
@@ -47,10 +47,11 @@ def check_ode_solver(spec: Any, *, options: dict[str, Any] | None = None) -> Con
     report.passed.append("stable on a decaying ODE (rate 5, 100 steps) forwards and backwards")
     if not adaptive and order is not None:
         observed = _observed_order(solver)
-        if observed < order - 0.3:
+        if observed < order_mark(order):
             _fail(
-                f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y (40 vs 80 steps) is below "
-                f"its declared order {order}"
+                f"ode_solver {name!r}: observed order {observed:.2f} on dy/dt = cos(t) y "
+                f"({', '.join(map(str, SOLVER_ORDER_STEPS))} steps) is below {order_mark(order):.2f}, the pass mark "
+                f"of its declared order {order}"
             )
         report.passed.append(f"observed order {observed:.2f} (declared {order})")
     else:
@@ -150,10 +151,18 @@ def _check_stable_decay(solver, name, adaptive, dtype, device, t0, t1) -> None:
         )
 
 
+#: Step counts over [0, 2] at which a fixed-step solver's order is measured: fine enough that
+#: fourth-order methods are within a few percent of their order, coarse enough that their
+#: float64 errors stay far above rounding.
+SOLVER_ORDER_STEPS: tuple[int, ...] = (64, 128, 256, 512)
+
+
 def _observed_order(solver) -> float:
+    """The least-squares order of the error at t = 2 of dy/dt = cos(t) y, y(0) = 1 (exact: e^sin t)."""
+
     def error(steps: int) -> float:
         grid = torch.linspace(0.0, 2.0, steps + 1, dtype=F64)
         y = solver.solve(lambda t, y: torch.cos(t) * y, torch.ones(1, dtype=F64), 0.0, 2.0, grid=grid).y
         return abs(float(y) - math.exp(math.sin(2.0)))
 
-    return math.log2(error(40) / error(80))
+    return observed_order(SOLVER_ORDER_STEPS, [error(k) for k in SOLVER_ORDER_STEPS])
