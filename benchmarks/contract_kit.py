@@ -1,6 +1,7 @@
-"""The testing kit's run time for one third-party plugin: the one-line contract test of the
-EDM-style example plugin (tests/edm_plugin.py: an SDE, a churn predictor with three option
-sets, a Langevin corrector), in one process and under pytest-xdist.
+"""The testing kit's run time for third-party plugins: the one-line contract test of the
+EDM-style plugin (tests/edm_plugin.py: an SDE, a churn predictor with three option sets, a
+Langevin corrector) and of the docs' example plugin (docs/examples/sdeplug-cosine: a cosine VP
+SDE, DDIM with eta, a Langevin corrector), in one process and under pytest-xdist.
 
     python benchmarks/contract_kit.py [--write docs/benchmarks.md]
 """
@@ -21,23 +22,40 @@ from report import replace_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The plugin's test module, as its author writes it (plus registering the plugin in-process).
-TEST_MODULE = """\
+#: Each plugin's test module, as its author writes it (plus registering the plugin in-process),
+#: and the folder its module is imported from.
+PLUGINS = {
+    "EDM-style plugin (tests/edm_plugin.py)": (
+        ROOT / "tests",
+        """\
 import sdeplug
 import sdeplug.testing
 from edm_plugin import EDMPlugin
 
 sdeplug.register_plugin(EDMPlugin(), "edm_example")
 test_contracts = sdeplug.testing.contract_tests("edm_example")
-"""
+""",
+    ),
+    "docs' example plugin (docs/examples/sdeplug-cosine)": (
+        ROOT / "docs" / "examples" / "sdeplug-cosine",
+        """\
+import sdeplug
+import sdeplug.testing
+import sdeplug_cosine
+
+sdeplug.register_plugin(sdeplug_cosine, "cosine")
+test_contracts = sdeplug.testing.contract_tests("cosine")
+""",
+    ),
+}
 
 
-def run(folder: Path, workers: int | None, one_thread: bool) -> float:
+def run(folder: Path, source: Path, workers: int | None, one_thread: bool) -> float:
     """Seconds for pytest to run the plugin's contract tests; fails loudly if any test fails."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(source)}
     if one_thread:
         env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_edm_contracts.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_plugin_contracts.py"]
     if workers:
         command += ["-n", str(workers)]
     start = time.perf_counter()
@@ -52,27 +70,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "test_edm_contracts.py").write_text(TEST_MODULE)
-        rows = [
-            ("one process (torch's default threads)", run(folder, None, one_thread=False)),
-            ("`pytest -n 2`, `OMP_NUM_THREADS=1`", run(folder, 2, one_thread=True)),
-            ("`pytest -n 2`, torch's default threads", run(folder, 2, one_thread=False)),
-        ]
-    lines = ["| how | wall time (s) |", "|---|---|"] + [f"| {how} | {seconds:.1f} |" for how, seconds in rows]
+    rows = []
+    for plugin, (source, module) in PLUGINS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "test_plugin_contracts.py").write_text(module)
+            rows += [
+                (plugin, "one process (torch's default threads)", run(folder, source, None, one_thread=False)),
+                (plugin, "`pytest -n 2`, `OMP_NUM_THREADS=1`", run(folder, source, 2, one_thread=True)),
+                (plugin, "`pytest -n 2`, `OMP_NUM_THREADS` unset", run(folder, source, 2, one_thread=False)),
+            ]
+    lines = ["| plugin | how | wall time (s) |", "|---|---|---|"]
+    lines += [f"| {plugin} | {how} | {seconds:.1f} |" for plugin, how, seconds in rows]
     text = "\n".join(lines)
     print(text)
     if args.write:
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU"
         section = (
-            "## Testing kit: one plugin's contract tests\n\n"
+            "## Testing kit: a plugin's contract tests\n\n"
             "Command: `python benchmarks/contract_kit.py --write docs/benchmarks.md`. "
             f"Machine: {machine}. The one-line contract test of the EDM-style plugin in "
             "tests/edm_plugin.py (an SDE; a churn predictor checked with churn off and with two "
             "churn settings, and on the SDE with one set of its example options; a Langevin "
-            "corrector checked on the four registered SDEs), wall time of the whole pytest run "
-            "including start-up.\n\n" + text + "\n"
+            "corrector checked on the four registered SDEs) and of the docs' example plugin "
+            "(a cosine VP SDE, DDIM checked with eta = 0 and 1, a Langevin corrector with two "
+            "option sets), wall time of the whole pytest run including start-up.\n\n" + text + "\n"
         )
         replace_section(args.write, "## Testing kit", section)
 

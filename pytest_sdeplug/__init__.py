@@ -11,6 +11,9 @@ collected test module has imported the testing kit.
   contract of one part by kind and name.
 - Importing ``sdeplug.testing`` registers the hypothesis profile ``sdeplug-ci``; load it
   with ``--hypothesis-profile=sdeplug-ci``.
+- Under pytest-xdist, when the tests use ``sdeplug.testing`` and ``OMP_NUM_THREADS`` is not
+  set, each worker gives torch its share of the cores (cores // workers threads): workers
+  that each start a thread per core fight over the cores and run several times slower.
 
 Running every contract on every part a plugin registers is one line in a test module::
 
@@ -19,6 +22,7 @@ Running every contract on every part a plugin registers is one line in a test mo
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +40,23 @@ def pytest_report_collectionfinish(config: pytest.Config, start_path: Path, item
     lines += [f"sdeplug: {failure}" for failure in registry.failures]
     lines += [f"sdeplug: {duplicate}" for duplicate in registry.duplicates()]
     return lines
+
+
+def worker_threads() -> int | None:
+    """torch's threads for this pytest-xdist worker: its share of the cores, or None outside a
+    worker and where the user chose (``OMP_NUM_THREADS`` set)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not workers or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // max(1, int(workers)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    threads = worker_threads()
+    if threads is not None and "sdeplug.testing" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

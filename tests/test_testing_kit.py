@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 
 import attrs
 import pytest
@@ -542,3 +545,39 @@ def test_correct_parts_measure_their_orders_well_above_the_pass_mark():
     assert observed >= 1.15 * order_mark(3.0), observed
     observed = _observed_order(sdeplug.create("ode_solver", "rk4"))
     assert observed >= 1.15 * order_mark(4.0), observed
+
+
+THREADS_MODULE = """\
+import os
+
+import torch
+
+import sdeplug.testing
+
+AT_IMPORT = torch.get_num_threads()  # what torch chose, before the plugin's hook ran
+
+
+def test_threads():
+    if "OMP_NUM_THREADS" in os.environ:  # the user chose: left alone
+        assert torch.get_num_threads() == AT_IMPORT
+    else:
+        assert torch.get_num_threads() == max(1, os.cpu_count() // 2), (torch.get_num_threads(), os.cpu_count())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("omp", [None, "3"])
+def test_xdist_workers_share_the_cores_unless_the_user_chose(tmp_path, omp):
+    (tmp_path / "test_threads.py").write_text(THREADS_MODULE)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp:
+        env["OMP_NUM_THREADS"] = omp
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "test_threads.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
