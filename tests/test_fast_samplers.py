@@ -215,7 +215,7 @@ def test_the_kit_checks_the_order_the_built_part_declares():
         def ode_order(self) -> float:
             return float(self.order + 2)  # one more than UniC gives
 
-    with pytest.raises(ContractError, match="below its declared ode_order 3"):
+    with pytest.raises(ContractError, match="below 2.40, the pass mark of its declared ode_order 3"):
         check_predictor(Overclaims, sdes=[vp], options={"order": 1})
 
 
