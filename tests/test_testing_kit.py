@@ -581,3 +581,19 @@ def test_xdist_workers_share_the_cores_unless_the_user_chose(tmp_path, omp):
         timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("langevin", {}), ("langevin", {"snr": 0.5}), ("langevin", {"n_steps": 3}), ("annealed_langevin", {})],
+)
+def test_correct_correctors_sit_well_inside_the_balance_band(name, options):
+    """The balance statistic of a correct corrector keeps at least 15% of the band's half-width
+    from either edge, at every time the kit checks: unadjusted Langevin's own bias c / (2 - c)
+    and the mirror-paired sampling noise leave it near 0."""
+    cls = sdeplug.get_registry().get("corrector", name).cls
+    vp = sdeplug.create("sde", "vp")
+    for t, (slope, removed, ratio, _) in corrector_contract._balance_statistics(cls, vp, options).items():
+        rho = (ratio - 1) / removed
+        low, high = corrector_contract.balance_band(1 - slope)
+        assert min(rho - low, high - rho) >= 0.15 * (high - low) / 2, (t, rho, low, high)

@@ -105,6 +105,33 @@ def _check_corrector_on(
 BALANCE_SAMPLES, BALANCE_TOLERANCE = 50_000, 0.2
 
 
+def _balance_statistics(
+    cls: type, sde: LinearSDE, options: dict[str, Any]
+) -> dict[float, tuple[float, float, float, float]]:
+    """At each check time t: one step's contraction slope b, the variance share its drift removes
+    (1 - b^2), the output's variance over the input's, and its mean's shift in stds of p_t."""
+    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    corrector = cls(sde, score, **options).for_grid(_kit_grid(sde))
+    statistics = {}
+    for t in _check_times(sde):
+        mean, var = _gaussian_marginal(sde, t)
+        x = _exact_samples(sde, t, BALANCE_SAMPLES)
+        tt = torch.full((BALANCE_SAMPLES,), t, dtype=F64)
+        y = corrector.step(x, tt, torch.Generator().manual_seed(3))
+        y_mirror = corrector.step(2 * mean - x, tt, torch.Generator().manual_seed(3))
+        xs, ys = torch.cat([x, 2 * mean - x]) - mean, torch.cat([y, y_mirror])
+        spread = (xs**2).mean()  # the input's own variance: its rounding must not pass for a step's effect
+        slope = float((xs * (ys - ys.mean())).mean() / spread)
+        ratio, shift = float(ys.var(correction=0) / spread), (float(ys.mean()) - mean) / math.sqrt(var)
+        statistics[t] = (slope, 1 - slope**2, ratio, shift)
+    return statistics
+
+
+def balance_band(contraction: float) -> tuple[float, float]:
+    """The accepted range of the balance statistic rho for a step contracting x by ``contraction``."""
+    return -BALANCE_TOLERANCE, BALANCE_TOLERANCE + contraction
+
+
 def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: str) -> str:
     """One corrector step from exact samples of p_t = N(m, v) (Gaussian data, exact score).
 
@@ -116,20 +143,9 @@ def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: st
     whatever the step size. Each sample is paired with its mirror image 2m - x under the
     same seed, so the sampling noise of the cross terms cancels and the check keeps its
     power at small steps. Returns the times judged (none if x hardly moves)."""
-    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
-    corrector = cls(sde, score, **options).for_grid(_kit_grid(sde))
     judged = []
-    for t in _check_times(sde):
+    for t, (slope, removed, ratio, shift) in _balance_statistics(cls, sde, options).items():
         mean, var = _gaussian_marginal(sde, t)
-        x = _exact_samples(sde, t, BALANCE_SAMPLES)
-        tt = torch.full((BALANCE_SAMPLES,), t, dtype=F64)
-        y = corrector.step(x, tt, torch.Generator().manual_seed(3))
-        y_mirror = corrector.step(2 * mean - x, tt, torch.Generator().manual_seed(3))
-        xs, ys = torch.cat([x, 2 * mean - x]) - mean, torch.cat([y, y_mirror])
-        spread = (xs**2).mean()  # the input's own variance: its rounding must not pass for a step's effect
-        slope = float((xs * (ys - ys.mean())).mean() / spread)
-        removed = 1 - slope**2
-        ratio, shift = float(ys.var(correction=0) / spread), (float(ys.mean()) - mean) / math.sqrt(var)
         at = f"t = {t:.4g} (p_t = N({mean:.3g}, {var:.3g}), exact score, {2 * BALANCE_SAMPLES} samples)"
         if slope > 1 + 1e-9:
             _fail(
@@ -147,7 +163,8 @@ def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: st
                 "mode of p_t (a score for another time or data, or a wrong offset)"
             )
         rho = (ratio - 1) / removed
-        if not -BALANCE_TOLERANCE <= rho <= BALANCE_TOLERANCE + contraction:
+        low, high = balance_band(contraction)
+        if not low <= rho <= high:
             side = (
                 "too little noise for its drift: noise sqrt(eps) where Langevin needs sqrt(2 eps) for a drift "
                 "eps * score, or a drift weighted too much"
