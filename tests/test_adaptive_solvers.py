@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torchdiffeq
-from conftest import computed_once
 
 import sdeplug
+from conftest import computed_once
 from sdeplug.errors import OptionError
 from sdeplug.oracle import preset
 from sdeplug.sampling import sample_ode, sample_pc
@@ -58,6 +58,7 @@ def test_adaptive_solver_never_evaluates_past_the_end():
     assert min(seen) >= 1e-3 - 1e-12 and max(seen) <= 1.0 + 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(DENSE))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("t0", "t1"), [(0.1, 2.0), (2.0, 0.1)])

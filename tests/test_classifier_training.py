@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import computed_once
 
 import sdeplug
+from conftest import computed_once
 from sdeplug.app.datasets import load_dataset
 from sdeplug.guidance import ClassifierGuidance
 from sdeplug.losses import NoisyCrossEntropy

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import computed_once
 
+from conftest import computed_once
 from sdeplug.app.cli import main
 
 CONFIG = """

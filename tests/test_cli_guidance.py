@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import computed_once
 
+from conftest import computed_once
 from sdeplug.app.assemble import check_config
 from sdeplug.app.cli import main
 from sdeplug.app.config import Config

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import interruptible
 
+from conftest import interruptible
 from sdeplug.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

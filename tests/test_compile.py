@@ -35,6 +35,7 @@ def test_a_compiled_network_trains_like_the_eager_one(tmp_path, monkeypatch):
     torch.testing.assert_close(weights, eager, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_platform_that_cannot_compile_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
     import torch._inductor.config as inductor
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PARALLEL_WORKERS, computed_once
 
 import sdeplug
+from conftest import PARALLEL_WORKERS, computed_once
 from sdeplug.app.datasets import load_dataset
 from sdeplug.app.evaluation import classifier_report, gaussian_logp
 from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize

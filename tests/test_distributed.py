@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import computed_once
 from safetensors.torch import load_file
 
 import sdeplug
+from conftest import computed_once
 from sdeplug.app.datasets import load_dataset
 from sdeplug.trainer import Trainer, TrainSettings
 
@@ -327,6 +327,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_line_before_the_data_
         train_job(load_config(config), tmp_path / "run")  # before the missing data file is noticed
 
 
+@pytest.mark.slow
 def test_a_leftover_torchrun_environment_is_named_instead_of_waiting_forever(tmp_path):
     """RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT left in a shell by an earlier torchrun
     job, and no torchrun now: one line at once, not a wait for ranks that never come."""

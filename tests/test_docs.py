@@ -140,6 +140,7 @@ def _generator():
     return module
 
 
+@pytest.mark.slow
 def test_the_config_reference_lists_every_key_and_every_part():
     gen = _generator()
     page = gen.config_reference()

@@ -40,6 +40,7 @@ dir = "{out}"
 """
 
 
+@pytest.mark.slow
 def test_evaluate_reports_each_metric_per_seed_with_the_scale_beside_it(tmp_path, capsys):
     config = tmp_path / "ring.toml"
     config.write_text(RING.format(out=tmp_path / "run"))
@@ -58,6 +59,7 @@ def test_evaluate_reports_each_metric_per_seed_with_the_scale_beside_it(tmp_path
     assert "warning: FID from 15 samples of 2-dimensional features is biased upward" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_same_config_gives_the_same_numbers(tmp_path):
     config = tmp_path / "ring.toml"
     config.write_text(RING.format(out=tmp_path / "run"))
@@ -122,6 +124,7 @@ corrector = "none"
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_every_sampler_at_every_budget_and_writes_a_table_and_a_plot(tmp_path, capsys):
     config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
     config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
@@ -176,6 +179,7 @@ def test_inception_without_its_weights_file_is_refused_naming_the_file(tmp_path,
     assert "'inception' needs its weights file" in err and "pt_inception-2015-12-05-6726825d.pth" in err
 
 
+@pytest.mark.slow
 def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_features(tmp_path, capsys):
     config = tmp_path / "ring.toml"
     config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
@@ -208,6 +212,7 @@ def test_stored_reference_statistics_are_used_and_refused_when_made_with_other_f
     assert len(err) == 1 and "were computed with other features" in err[0]
 
 
+@pytest.mark.slow
 def test_a_sweep_sampler_with_tune_gets_a_grid_tuned_at_each_budget(tmp_path):
     config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
     config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
@@ -239,6 +244,7 @@ def test_tune_is_refused_for_a_sampler_that_draws_noise_or_corrects(tmp_path, ca
     assert "tune = true needs kind = 'pc' and corrector = 'none'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_tuned_sweep_sampler_keeps_its_grid_beyond_tune_max_steps(tmp_path):
     config, sweep = tmp_path / "ring.toml", tmp_path / "sweep.toml"
     config.write_text(RING.format(out=tmp_path / "run").replace("seeds = [0, 1]", "seeds = [0]"))
@@ -250,6 +256,7 @@ def test_a_tuned_sweep_sampler_keeps_its_grid_beyond_tune_max_steps(tmp_path):
     assert rows[1]["tuning"] == {"skipped": "8 steps > tune_max_steps = 4"}
 
 
+@pytest.mark.slow
 def test_a_sweep_sampler_with_a_free_step_spends_the_budget_on_the_others(tmp_path, capsys):
     """gaussian_start's first step costs no evaluation: free_steps = 1 adds it to the steps,
     so each run spends its whole budget; a negative free_steps is refused in one line."""

@@ -215,6 +215,7 @@ def test_the_first_step_calls_no_score_and_the_rest_is_the_other_predictor():
     torch.testing.assert_close(ours.x, theirs.x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["ve", "vp"])
 def test_with_the_datas_moments_five_evaluations_land_closer_to_the_flow(sde_name):
     """On a mixture far from Gaussian (9 components), 5 UniPC evaluations after the free step
@@ -294,6 +295,7 @@ dir = "{out}"
 """
 
 
+@pytest.mark.slow
 def test_a_config_names_a_moments_file_and_tune_grid_places_the_free_step(tmp_path, capsys):
     from sdeplug.app.cli import main
 

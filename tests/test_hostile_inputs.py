@@ -533,6 +533,7 @@ def test_a_third_party_sde_that_accepts_inf_is_refused_before_sampling(tmp_path,
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_output_into_a_pipe_whose_reader_left_ends_quietly():
     """`sdeplug plugins | head -2`: the reader leaves early, and no BrokenPipe traceback
     follows. Here the reader (`true`) leaves before the first line, every time."""

@@ -101,6 +101,7 @@ def test_a_corrector_coupled_across_the_batch_is_caught_naming_the_coupling():
     assert "declare batch_coupled = True" in message
 
 
+@pytest.mark.slow
 def test_the_papers_batch_langevin_declares_its_coupling_and_the_kit_says_it_skipped_the_probe():
     report = check_corrector("langevin", sdes=["vp"], sweeps=2)
     assert any("batch independence (the part declares batch_coupled = True)" in s for s in report.skipped)
@@ -155,6 +156,7 @@ def test_a_predictor_checked_on_a_broken_sde_is_not_blamed_for_it():
     assert "that SDE fails its own contract first: t_from_log_snr is not the inverse of log_snr" in message
 
 
+@pytest.mark.slow
 def test_what_the_one_liner_did_not_check_is_a_warning_pytest_shows():
     """A skipped check is not only in captured output: the one-liner's test warns, and pytest
     lists it in its warnings summary."""

@@ -199,6 +199,7 @@ def test_each_preset_runs_forward_and_backward_at_a_tiny_width(name):
     assert network.time_input == ("sigma" if _sde == "ve" else "999t")
 
 
+@pytest.mark.slow
 def test_the_paper_cifar10_presets_have_its_sizes():
     """Parameter counts of the paper's CIFAR-10 networks, built at full width."""
     counts = {}

@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
-from conftest import computed_once
 from problems import TanhSDE
 
 import sdeplug
+from conftest import computed_once
 from sdeplug.errors import IncompatiblePartError, NonFiniteError, OptionError
 from sdeplug.oracle import preset, random_mixture
 from sdeplug.sampling import sample_ode, sample_pc

@@ -312,6 +312,7 @@ plot = false
 """
 
 
+@pytest.mark.slow
 def test_a_folder_of_images_trains_samples_and_evaluates_from_the_command_line(digit_folder, tmp_path, capsys):
     streamed, held = tmp_path / "streamed.toml", tmp_path / "held.toml"
     streamed.write_text(CONFIG.format(folder=digit_folder, out=tmp_path / "s", in_memory="false"))

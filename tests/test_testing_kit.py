@@ -245,6 +245,7 @@ class GaussianFitLangevin(Langevin):
         return mean + 0.5 * (x - mean) + math.sqrt(0.75) * std * randn_like(x, generator)
 
 
+@pytest.mark.slow
 def test_a_corrector_that_keeps_only_gaussians_is_caught_by_invariance():
     with pytest.raises(ContractError, match="does not leave p_t invariant: after 50 steps"):
         check_corrector(GaussianFitLangevin, sdes=["vp"])
@@ -290,6 +291,7 @@ class DenseWithoutTheLastStep(Torchdiffeq):
         return attrs.evolve(solution, steps=solution.steps[:-1])
 
 
+@pytest.mark.slow
 def test_broken_dense_output_is_caught():
     with pytest.raises(ContractError, match=r"solve_dense .* states_at at the steps' midpoints is off by"):
         check_ode_solver(Bosh3ClaimingDenseOutput, options={"method": "bosh3"})
@@ -531,6 +533,7 @@ def test_an_order_mark_sits_above_one_order_less_and_well_below_the_claim(declar
     assert least_correct >= 1.15 * mark
 
 
+@pytest.mark.slow
 def test_correct_parts_measure_their_orders_well_above_the_pass_mark():
     """The bundled parts with the thinnest margins: DDIM with eta = 1 (weak order 1), UniPC
     (ODE order 3) and RK4 (order 4); each at least 15% above its mark."""

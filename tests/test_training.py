@@ -9,11 +9,11 @@ import signal
 
 import pytest
 import torch
-from conftest import computed_once, files_limited_to
 from problems import TanhSDE
 from torch import nn
 
 import sdeplug
+from conftest import computed_once, files_limited_to
 from sdeplug.app.arrays import load_array
 from sdeplug.app.datasets import load_dataset
 from sdeplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -383,6 +383,7 @@ def test_training_data_with_nan_is_refused_naming_the_row():
         Trainer(network, sdeplug.create("sde", "vp"), data, TrainSettings(steps=1, progress=False))
 
 
+@pytest.mark.slow
 def test_two_runs_never_train_into_one_checkpoint_and_a_killed_runs_lock_does_not_block(tmp_path):
     """Issue 15: two trainers on one folder overwrote each other. The second now gets an error
     naming the first process; once that process is killed (SIGKILL: no clean-up), the next run trains."""
