@@ -68,8 +68,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 # Benchmarks measure, they never run in the test suite; results go to docs/benchmarks.md.
 # SCORE_SDE=path/to/score_sde_pytorch adds the paper's own NCSN++ to benchmarks/networks.py.
