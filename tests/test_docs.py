@@ -28,31 +28,32 @@ PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
 SHELL = ("sh", "bash", "shell", "console", "")
 #: Parts of the plugins the docs write as examples (not installed where the docs are tested).
 EXAMPLE_PARTS = {"ou", "ou2", "ou_fast", "cosine_vp", "ddim_example", "noise_scaled_langevin"}
-#: Which kind of part each table that picks one by name holds.
-PART_KINDS = {
-    "sde": "sde",
-    "model": "score_model",
-    "sampler.predictor": "predictor",
-    "sampler.corrector": "corrector",
-    "sampler.solver": "ode_solver",
-    "sampler.grid": "time_grid",
-    "likelihood.solver": "ode_solver",
-    "classifier.network": "classifier",
-    "evaluate.features": "feature_extractor",
-}
 
 
-def fences(page: Path) -> list[tuple[str, str, int]]:
-    """(language, text, line) of each fenced block of a page."""
+def _load_generator():
+    """docs/gen_reference.py, which mkdocs-gen-files runs as a script, as a module."""
+    spec = importlib.util.spec_from_file_location("gen_reference", REPO / "docs" / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _load_generator()
+#: Which kind of part each table that picks one by name holds (data sets are checked apart).
+PART_KINDS = {section: kind for section, (_, kind) in GEN.SECTIONS.items() if kind not in (None, "data")}
+
+
+def fences(page: Path) -> list[tuple[list[str], str, int]]:
+    """(words of the info string, text, line) of each fenced block of a page."""
     tokens = MarkdownIt("commonmark").parse(page.read_text())
-    return [(t.info.split()[0] if t.info.split() else "", t.content, t.map[0] + 1) for t in tokens if t.type == "fence"]
+    return [(t.info.split(), t.content, t.map[0] + 1) for t in tokens if t.type == "fence"]
 
 
 def blocks(language: tuple[str, ...]) -> list:
     found = []
     for page in PAGES:
-        for lang, text, line in fences(page):
-            if lang in language:
+        for words, text, line in fences(page):
+            if (words[0] if words else "") in language:
                 found.append(pytest.param(text, id=f"{page.relative_to(REPO)}:{line}"))
     return found
 
@@ -94,13 +95,11 @@ def test_every_toml_block_is_read_by_the_config_schema(text, tmp_path):
 
 def test_a_python_block_that_is_not_run_says_so_in_its_first_line():
     for page in PAGES:
-        tokens = MarkdownIt("commonmark").parse(page.read_text())
-        for token in tokens:
-            words = token.info.split()
-            if token.type == "fence" and words[:1] == ["python"] and "notest" in words:
-                first = token.content.lstrip().splitlines()[0]
+        for words, text, line in fences(page):
+            if words[:1] == ["python"] and "notest" in words:
+                first = text.lstrip().splitlines()[0]
                 included = first.startswith("--8<--")  # a file of the example plugin, tested by its own tests
-                assert included or (first.startswith("#") and "not run" in first.lower()), (page.name, token.map)
+                assert included or (first.startswith("#") and "not run" in first.lower()), (page.name, line)
 
 
 def commands(text: str) -> list[list[str]]:
@@ -133,38 +132,29 @@ def test_the_command_parser_check_can_fail():
         cli.build_parser().parse_args(["sample", "x.toml", "--stepz", "4"])
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("gen_reference", REPO / "docs" / "gen_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_the_config_reference_lists_every_key_and_every_part():
-    gen = _generator()
-    page = gen.config_reference()
-    for section, (cls, _) in gen.SECTIONS.items():
+    page = GEN.config_reference()
+    for section, (cls, _) in GEN.SECTIONS.items():
         assert f"## `[{section}]`" in page
-        for field in attrs.fields(cls) if cls else ():
+        fields = attrs.fields(cls) if cls else ()
+        for field in fields:
             assert f"| `{field.name}` |" in page, (section, field.name)
+        # a field's `#:` comment is its description, and every key has one
+        undocumented = [f.name for f in fields if f.name not in GEN.field_comments(cls)]
+        assert not undocumented, f"[{section}] keys without a #: comment: {undocumented}"
     for info in sdeplug.get_registry().parts():
         assert f"| `{info.name}` | `{info.plugin}` |" in page, info.name
-    assert set(gen.SECTIONS) >= set(Config.SECTIONS)
-    # a field's `#:` comment is its description, and every key has one
+    assert set(GEN.SECTIONS) >= set(Config.SECTIONS)
     assert "The budget in score evaluations per sample" in page
-    for section, (cls, _) in gen.SECTIONS.items():
-        undocumented = [f.name for f in attrs.fields(cls) if f.name not in gen.field_comments(cls)] if cls else []
-        assert not undocumented, f"[{section}] keys without a #: comment: {undocumented}"
-    assert gen.toml_type("int | None") == "integer, optional"
-    assert gen.toml_type("sdeplug.app.config.PartSpec | None") == "name or table, optional"
+    assert GEN.toml_type("int | None") == "integer, optional"
+    assert GEN.toml_type("sdeplug.app.config.PartSpec | None") == "name or table, optional"
 
 
 def test_the_cli_reference_lists_every_command_and_option():
-    gen = _generator()
-    page = gen.cli_reference()
+    page = GEN.cli_reference()
     parser = cli.build_parser()
-    for name, sub in gen._subcommands(parser).items():
+    for name, sub in GEN._subcommands(parser).items():
         assert f"## `sdeplug {name}`" in page
         for action in sub._actions:
             for option in action.option_strings:
