@@ -596,7 +596,7 @@ def test_correct_correctors_sit_well_inside_the_balance_band(name, options):
     and the mirror-paired sampling noise leave it near 0."""
     cls = sdeplug.get_registry().get("corrector", name).cls
     vp = sdeplug.create("sde", "vp")
-    for t, (slope, removed, ratio, _) in corrector_contract._balance_statistics(cls, vp, options).items():
-        rho = (ratio - 1) / removed
-        low, high = corrector_contract.balance_band(1 - slope)
+    for t, statistics in corrector_contract._balance_statistics(cls, vp, options).items():
+        rho = statistics.rho
+        low, high = corrector_contract.balance_band(1 - statistics.slope)
         assert min(rho - low, high - rho) >= 0.15 * (high - low) / 2, (t, rho, low, high)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -105,11 +105,23 @@ def _check_corrector_on(
 BALANCE_SAMPLES, BALANCE_TOLERANCE = 50_000, 0.2
 
 
-def _balance_statistics(
-    cls: type, sde: LinearSDE, options: dict[str, Any]
-) -> dict[float, tuple[float, float, float, float]]:
-    """At each check time t: one step's contraction slope b, the variance share its drift removes
-    (1 - b^2), the output's variance over the input's, and its mean's shift in stds of p_t."""
+class BalanceStatistics(NamedTuple):
+    """One step from exact samples of p_t: its contraction slope b, the variance share its drift
+    removes (1 - b^2), the output's variance over the input's, and its mean's shift in stds of p_t."""
+
+    slope: float
+    removed: float
+    ratio: float
+    shift: float
+
+    @property
+    def rho(self) -> float:
+        """The excess of the noise over what the drift removes, in units of the latter."""
+        return (self.ratio - 1) / self.removed
+
+
+def _balance_statistics(cls: type, sde: LinearSDE, options: dict[str, Any]) -> dict[float, BalanceStatistics]:
+    """The balance statistics of one step at each check time t."""
     score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
     corrector = cls(sde, score, **options).for_grid(_kit_grid(sde))
     statistics = {}
@@ -123,7 +135,7 @@ def _balance_statistics(
         spread = (xs**2).mean()  # the input's own variance: its rounding must not pass for a step's effect
         slope = float((xs * (ys - ys.mean())).mean() / spread)
         ratio, shift = float(ys.var(correction=0) / spread), (float(ys.mean()) - mean) / math.sqrt(var)
-        statistics[t] = (slope, 1 - slope**2, ratio, shift)
+        statistics[t] = BalanceStatistics(slope, 1 - slope**2, ratio, shift)
     return statistics
 
 
@@ -144,7 +156,8 @@ def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: st
     same seed, so the sampling noise of the cross terms cancels and the check keeps its
     power at small steps. Returns the times judged (none if x hardly moves)."""
     judged = []
-    for t, (slope, removed, ratio, shift) in _balance_statistics(cls, sde, options).items():
+    for t, statistics in _balance_statistics(cls, sde, options).items():
+        slope, removed, ratio, shift = statistics
         mean, var = _gaussian_marginal(sde, t)
         at = f"t = {t:.4g} (p_t = N({mean:.3g}, {var:.3g}), exact score, {2 * BALANCE_SAMPLES} samples)"
         if slope > 1 + 1e-9:
@@ -162,7 +175,7 @@ def _check_balance(cls: type, sde: LinearSDE, options: dict[str, Any], where: st
                 f"of its std, while its drift contracts x by {contraction:.3g}: the drift does not point to the "
                 "mode of p_t (a score for another time or data, or a wrong offset)"
             )
-        rho = (ratio - 1) / removed
+        rho = statistics.rho
         low, high = balance_band(contraction)
         if not low <= rho <= high:
             side = (
