@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -60,6 +61,19 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+def _toml_value(value: Any) -> str:
+    """A default as it is written in TOML: true, "text", [1, 2], { order = 2 }."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return str(value)
+
+
 def _default(field: attrs.Attribute) -> str:
     default = field.default
     if default is attrs.NOTHING:
@@ -69,18 +83,12 @@ def _default(field: attrs.Attribute) -> str:
             return "depends on other keys"
         default = default.factory()
     if isinstance(default, config.PartSpec):
-        return f'`"{default.name}"`'
-    if attrs.has(type(default)):
+        default = default.name
+    elif attrs.has(type(default)):
         return "its table"
     if default is None:
         return "none"
-    if isinstance(default, tuple):
-        default = list(default)
-    if isinstance(default, bool):
-        return f"`{str(default).lower()}`"
-    if isinstance(default, str):
-        return f'`"{default}"`'
-    return f"`{default}`"
+    return f"`{_toml_value(default)}`"
 
 
 def _cell(text: str) -> str:
@@ -125,10 +133,14 @@ def _section_table(cls: type) -> Iterator[str]:
         yield f"| `{field.name}` | {_cell(kind)} | {_default(field)} | {_cell(comments.get(field.name, ''))} |"
 
 
+def _option(name: str, default: Any) -> str:
+    if default is inspect.Parameter.empty:
+        return f"`{name}` (required)"
+    return f"`{name}` (none)" if default is None else f"`{name} = {_toml_value(default)}`"
+
+
 def _options(options: dict[str, Any]) -> str:
-    if not options:
-        return "none"
-    return ", ".join(f"`{name} = {value!r}`" for name, value in options.items())
+    return ", ".join(_option(name, default) for name, default in options.items()) or "none"
 
 
 def _parts_table(kind: str) -> Iterator[str]:
