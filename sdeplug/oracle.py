@@ -92,18 +92,20 @@ class GaussianMixture(torch.nn.Module):
             )
         return sde
 
-    def _components_at(
-        self, sde: LinearSDE | None, t: Tensor | None, batch: int, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor]:
-        """Means (B, K, D) and eigenvalues (B, K, D) of the components of p_t, in ``dtype``."""
-        means, evals = self.means.to(dtype), self.evals.to(dtype)
+    def _components_at(self, sde: LinearSDE | None, t: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Means and eigenvalues (K, T, D) of the components of p_t at the T times ``t`` (T = 1
+        without an SDE), in ``dtype``."""
+        means, evals = self.means.to(dtype)[:, None, :], self.evals.to(dtype)[:, None, :]
         if sde is None:
-            return means.expand(batch, -1, -1), evals.expand(batch, -1, -1)
-        alpha, sigma = sde.alpha(t)[:, None, None], sde.sigma(t)[:, None, None]
+            return means, evals
+        alpha, sigma = sde.alpha(t)[None, :, None], sde.sigma(t)[None, :, None]
         return alpha * means, alpha**2 * evals + sigma**2
 
-    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """log w_k N_k(x) (B, K), the whitened residual y / lambda (B, K, D) and x flattened."""
+    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """log w_k N_k(x) (K, B) and the whitened residual y / lambda (K, B, D).
+
+        Component-major, so that every sum over the few components or dimensions runs along
+        the batch: CPU reductions over a short innermost dimension are many times slower."""
         sde = self._check_sde(sde)
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
@@ -112,19 +114,22 @@ class GaussianMixture(torch.nn.Module):
             )
         if t is not None:
             t = torch.as_tensor(t, device=flat.device, dtype=flat.dtype).expand(flat.shape[0])
-        means, evals = self._components_at(sde, t, flat.shape[0], flat.dtype)
-        resid = flat[:, None, :] - means
+            if t.stride(0) == 0:  # one time for the whole batch (a sampler's step): the components once
+                t = t[:1]
+        means, evals = self._components_at(sde, t, flat.dtype)
+        resid = flat[None] - means
         if self.evecs is not None:
-            resid = torch.einsum("bkd,kde->bke", resid, self.evecs.to(flat.dtype))
+            resid = torch.bmm(resid, self.evecs.to(flat.dtype))
         scaled = resid / evals
-        log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + torch.log(evals).sum(-1))
-        log_comp = self.log_weights.to(flat.dtype) + log_norm - 0.5 * (resid * scaled).sum(-1)
-        return log_comp, scaled, flat
+        ones = torch.ones(self.dim, device=flat.device, dtype=flat.dtype)
+        log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + torch.log(evals) @ ones)
+        log_comp = self.log_weights.to(flat.dtype)[:, None] + log_norm - 0.5 * ((resid * scaled) @ ones)
+        return log_comp, scaled
 
     def log_prob(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
         """log p_t(x) per sample under ``sde`` (the data law itself when sde is None)."""
-        log_comp, _, _ = self._component_terms(x, sde, t)
-        return torch.logsumexp(log_comp, dim=-1)
+        log_comp, _ = self._component_terms(x, sde, t)
+        return torch.logsumexp(log_comp, dim=0)
 
     def score(
         self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None, labels: Tensor | None = None
@@ -132,23 +137,23 @@ class GaussianMixture(torch.nn.Module):
         """grad_x log p_t(x), exact, like x. With ``labels`` (batch,) of components, the score
         of each sample's own component, grad_x log p_t(x | k), and of the whole mixture where
         the label is ``NULL_LABEL`` (-1)."""
-        log_comp, scaled, _ = self._component_terms(x, sde, t)
-        resp = torch.softmax(log_comp, dim=-1)
+        log_comp, scaled = self._component_terms(x, sde, t)
+        resp = torch.softmax(log_comp, dim=0)
         if labels is not None:
             labels = labels.to(device=resp.device, dtype=torch.int64)
             if labels.shape != (x.shape[0],):
                 raise ValueError(f"labels must have shape (batch,) = ({x.shape[0]},); got {tuple(labels.shape)}")
-            own = torch.nn.functional.one_hot(labels.clamp(min=0), self.num_components).to(resp.dtype)
-            resp = torch.where((labels >= 0)[:, None], own, resp)
+            own = torch.nn.functional.one_hot(labels.clamp(min=0), self.num_components).to(resp.dtype).T
+            resp = torch.where(labels >= 0, own, resp)
         comp_scores = -scaled
         if self.evecs is not None:
-            comp_scores = torch.einsum("bke,kde->bkd", comp_scores, self.evecs.to(x.dtype))
-        return (resp[..., None] * comp_scores).sum(1).reshape(x.shape)
+            comp_scores = torch.bmm(comp_scores, self.evecs.to(x.dtype).transpose(1, 2))
+        return (resp[..., None] * comp_scores).sum(0).reshape(x.shape)
 
     def posterior_weights(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
         """p_t(component k | x), shape (B, K): the exact time-dependent classifier."""
-        log_comp, _, _ = self._component_terms(x, sde, t)
-        return torch.softmax(log_comp, dim=-1)
+        log_comp, _ = self._component_terms(x, sde, t)
+        return torch.softmax(log_comp, dim=0).T.contiguous()
 
     def classifier(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
         """The exact time-dependent classifier with the component as the class: (x, t) -> log
@@ -156,8 +161,8 @@ class GaussianMixture(torch.nn.Module):
         self._check_sde(sde)
 
         def log_posterior(x: Tensor, t: Tensor) -> Tensor:
-            log_comp, _, _ = self._component_terms(x, sde, t)
-            return torch.log_softmax(log_comp, dim=-1)
+            log_comp, _ = self._component_terms(x, sde, t)
+            return torch.log_softmax(log_comp, dim=0).T.contiguous()
 
         return log_posterior
 
@@ -223,10 +228,13 @@ class GaussianMixture(torch.nn.Module):
             flat = x.reshape(x.shape[0], -1)
             dt = flat.dtype
             t = torch.as_tensor(t, device=flat.device, dtype=dt).expand(flat.shape[0])
+            if t.stride(0) == 0:  # one time for the whole batch: one solve per component
+                t = t[:1]
             alpha, sigma = sde.alpha(t)[:, None, None], sde.sigma(t)[:, None, None]
             Cd, Ad, mu = C.to(dt), A.to(dt), self.means.to(dt)
             # x_0 | x_t, component k: Gaussian with covariance (C^-1 + alpha^2/sigma^2 I)^-1
-            cov_t = alpha[..., None] ** 2 * Cd + sigma[..., None] ** 2 * torch.eye(self.dim, dtype=dt)  # (B,K,D,D)
+            eye = torch.eye(self.dim, dtype=dt, device=flat.device)
+            cov_t = alpha[..., None] ** 2 * Cd + sigma[..., None] ** 2 * eye  # (B or 1, K, D, D)
             gain = torch.linalg.solve(cov_t, alpha[..., None] * Cd).transpose(-1, -2)  # C alpha (cov_t)^-1
             resid = flat[:, None, :] - alpha * mu  # (B, K, D)
             post_mean = mu + (gain @ resid[..., None])[..., 0]
@@ -256,12 +264,14 @@ class GaussianMixture(torch.nn.Module):
         labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         if t is not None:
             t = torch.as_tensor(t, device=device, dtype=dtype).expand(n)
-        means, evals = self._components_at(sde, t, n, dtype)
-        idx = torch.arange(n, device=device)
-        z = randn((n, self.dim), generator, device, dtype) * evals[idx, labels].sqrt()
+            if t.stride(0) == 0:
+                t = t[:1]
+        means, evals = self._components_at(sde, t, dtype)
+        at = torch.arange(n, device=device) if means.shape[1] == n else torch.zeros(n, device=device, dtype=torch.int64)
+        z = randn((n, self.dim), generator, device, dtype) * evals[labels, at].sqrt()
         if self.evecs is not None:
             z = torch.einsum("bkd,bd->bk", self.evecs[labels], z)
-        x = (means[idx, labels] + z).reshape(n, *self.event_shape)
+        x = (means[labels, at] + z).reshape(n, *self.event_shape)
         return (x, labels) if return_labels else x
 
     def score_model(self, sde: SDE, *, conditional: bool = False) -> MixtureScore:
