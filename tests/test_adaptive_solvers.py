@@ -27,7 +27,7 @@ def mixture():
 @pytest.fixture(scope="module")
 @computed_once
 def data_null(mixture):
-    return energy_null(lambda n, g: mixture.sample(n, g), N, reps=20)
+    return energy_null(lambda n, g: mixture.sample(n, g), N)
 
 
 def _solver(method: str, **options):

@@ -194,7 +194,7 @@ def test_guidance_at_weight_one_samples_the_exact_conditional_law(mixture, sde_n
     x = sample_ode(sde, guided, (3 * N, 2), solver="dopri5", generator=g, dtype=F64).x
     for k in range(3):
         true = lambda n, gen, k=k: mixture.component(k).sample(n, gen)  # noqa: E731
-        null = energy_null(true, N, reps=20)
+        null = energy_null(true, N)
         assert_same_law(x[labels == k], true, null=null, what=f"{sde_name} samples of class {k} at w = 1")
         with pytest.raises(AssertionError):  # the check can fail: another class is another law
             assert_same_law(x[labels == (k + 1) % 3], true, null=null)
@@ -208,7 +208,7 @@ def test_guidance_at_weight_zero_samples_the_unconditional_law(mixture, sde_name
     g = torch.Generator().manual_seed(8)
     x = sample_ode(sde, classifier_free_guidance(model, 0, 0.0), (N, 2), solver="dopri5", generator=g, dtype=F64).x
     true = lambda n, gen: mixture.sample(n, gen)  # noqa: E731
-    null = energy_null(true, N, reps=20)
+    null = energy_null(true, N)
     assert_same_law(x, true, null=null, what=f"{sde_name} samples at w = 0")
     with pytest.raises(AssertionError):
         assert_same_law(x, lambda n, gen: mixture.component(0).sample(n, gen), null=null)

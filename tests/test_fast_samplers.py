@@ -247,7 +247,7 @@ def test_unipc_matches_the_ring_in_ten_score_evaluations(sde_name):
         dtype=F64,
     )
     assert result.nfe == 10
-    null = energy_null(lambda n, g: mixture.sample(n, g), 2000, reps=20)
+    null = energy_null(lambda n, g: mixture.sample(n, g), 2000)
     assert_same_law(result.x, lambda n, g: mixture.sample(n, g), null=null, z=3.0)
 
 

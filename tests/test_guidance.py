@@ -53,11 +53,11 @@ def test_guided_sampling_draws_from_the_requested_component(mixture, sde_name, k
     else:
         x = sample_ode(sde, guided, (N, 2), solver="dopri5", generator=g, dtype=F64).x
     true = lambda n, gen: component.sample(n, gen)  # noqa: E731
-    assert_same_law(x, true, null=energy_null(true, N, reps=20), what=f"{sde_name} {kind} class-{k} samples")
+    assert_same_law(x, true, null=energy_null(true, N), what=f"{sde_name} {kind} class-{k} samples")
     # ... and the unguided score does not: the test can fail
     with pytest.raises(AssertionError):
         plain = sample_ode(sde, mixture.score_model(sde), (N, 2), solver="dopri5", generator=g, dtype=F64).x
-        assert_same_law(plain, true, null=energy_null(true, N, reps=20))
+        assert_same_law(plain, true, null=energy_null(true, N))
 
 
 def test_guidance_errors_name_what_is_wrong(mixture):

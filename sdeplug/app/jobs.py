@@ -351,12 +351,14 @@ def sample_job(config: Config, out: Path, checkpoint: str | None = None) -> dict
 
 
 def _conditional_truth(mixture, labels: torch.Tensor):
-    """n -> exact samples of the mixture's components named by ``labels`` (n of them)."""
+    """n -> exact samples of the mixture's components named by ``labels``, taken in turn (for
+    n other than their number, the law of a label drawn from them)."""
 
     def sample(n: int, generator: torch.Generator) -> torch.Tensor:
         out = torch.empty(n, *mixture.event_shape, dtype=mixture.means.dtype)
+        wanted = labels.repeat(-(-n // len(labels)))[:n]
         for k in range(mixture.num_components):
-            rows = labels[:n] == k
+            rows = wanted == k
             if rows.any():
                 out[rows] = mixture.component(k).sample(int(rows.sum()), generator)
         return out
@@ -385,7 +387,7 @@ def sample_quality(
     if dataset.mixture is not None:
         mixture = dataset.mixture.cpu()
         truth = (lambda k, g: mixture.sample(k, g)) if labels is None else _conditional_truth(mixture, labels)
-        null = energy_null(truth, n, reps=10, generator=generator)
+        null = energy_null(truth, n, generator=generator)
         reference = truth(n, generator)
         what = "oracle samples" if labels is None else "oracle samples of the requested components"
     elif min(len(dataset.test), len(dataset.train)) >= n:

@@ -11,7 +11,8 @@ database, no deadline).
   own, raising ``ContractError`` with a message naming the method at fault;
 - ``sdeplug.testing.strategies``: hypothesis strategies for SDEs, times, shapes, mixtures
   and time grids;
-- ``assert_same_law``, ``energy_distance``, ``energy_null``: the two-sample check;
+- ``assert_same_law``, ``energy_distance``, ``energy_null``, ``distance_variance``: the
+  two-sample check;
 - ``simulate_forward``: the forward SDE from its drift and diffusion alone.
 """
 
@@ -30,6 +31,7 @@ from sdeplug.stats import (  # noqa: E402
     EnergyNull,
     TwoSampleResult,
     assert_same_law,
+    distance_variance,
     energy_distance,
     energy_null,
 )
@@ -71,6 +73,7 @@ __all__ = [
     "check_sde",
     "check_time_grid",
     "contract_tests",
+    "distance_variance",
     "energy_distance",
     "energy_null",
     "ode_order",

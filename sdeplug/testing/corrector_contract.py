@@ -90,7 +90,7 @@ def _check_corrector_on(
         return mixture.sample(k, gen, sde, t)
 
     try:
-        assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n, reps=20))
+        assert_same_law(x, sample_p_t, null=energy_null(sample_p_t, null.n))
     except AssertionError as exc:
         _fail(
             f"{where} does not leave p_t invariant: after {sweeps} steps at t = {t:g} "

@@ -77,7 +77,7 @@ def _hypothesis(examples: int):
 @functools.cache
 def _mixture_and_null(name: str = "mixture3", n: int = 2000) -> tuple[GaussianMixture, EnergyNull]:
     mixture = preset(name)
-    return mixture, energy_null(lambda k, g: mixture.sample(k, g), n, reps=20)
+    return mixture, energy_null(lambda k, g: mixture.sample(k, g), n)
 
 
 def _default_sdes() -> list[SDE]:
