@@ -101,11 +101,9 @@ class GaussianMixture(torch.nn.Module):
         alpha, sigma = sde.alpha(t)[None, :, None], sde.sigma(t)[None, :, None]
         return alpha * means, alpha**2 * evals + sigma**2
 
-    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor]:
-        """log w_k N_k(x) (K, B) and the whitened residual y / lambda (K, B, D).
-
-        Component-major, so that every sum over the few components or dimensions runs along
-        the batch: CPU reductions over a short innermost dimension are many times slower."""
+    def _whitened(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The residual y (K, B, D) of x from each component's mean in its eigenbasis, y / lambda,
+        and the eigenvalues lambda (K, 1 or B, D)."""
         sde = self._check_sde(sde)
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
@@ -120,10 +118,17 @@ class GaussianMixture(torch.nn.Module):
         resid = flat[None] - means
         if self.evecs is not None:
             resid = torch.bmm(resid, self.evecs.to(flat.dtype))
-        scaled = resid / evals
-        ones = torch.ones(self.dim, device=flat.device, dtype=flat.dtype)
+        return resid, resid / evals, evals
+
+    def _component_terms(self, x: Tensor, sde: SDE | None, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """log w_k N_k(x) (K, B) and the whitened residual y / lambda (K, B, D).
+
+        Component-major, so that every sum over the few components or dimensions runs along
+        the batch: CPU reductions over a short innermost dimension are many times slower."""
+        resid, scaled, evals = self._whitened(x, sde, t)
+        ones = torch.ones(self.dim, device=x.device, dtype=resid.dtype)
         log_norm = -0.5 * (self.dim * math.log(2 * math.pi) + torch.log(evals) @ ones)
-        log_comp = self.log_weights.to(flat.dtype)[:, None] + log_norm - 0.5 * ((resid * scaled) @ ones)
+        log_comp = self.log_weights.to(resid.dtype)[:, None] + log_norm - 0.5 * ((resid * scaled) @ ones)
         return log_comp, scaled
 
     def log_prob(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
@@ -137,8 +142,11 @@ class GaussianMixture(torch.nn.Module):
         """grad_x log p_t(x), exact, like x. With ``labels`` (batch,) of components, the score
         of each sample's own component, grad_x log p_t(x | k), and of the whole mixture where
         the label is ``NULL_LABEL`` (-1)."""
-        log_comp, scaled = self._component_terms(x, sde, t)
-        resp = torch.softmax(log_comp, dim=0)
+        if self.num_components == 1 and labels is None:  # a Gaussian: no posterior to weigh by
+            scaled, resp = self._whitened(x, sde, t)[1], None
+        else:
+            log_comp, scaled = self._component_terms(x, sde, t)
+            resp = torch.softmax(log_comp, dim=0)
         if labels is not None:
             labels = labels.to(device=resp.device, dtype=torch.int64)
             if labels.shape != (x.shape[0],):
@@ -148,6 +156,8 @@ class GaussianMixture(torch.nn.Module):
         comp_scores = -scaled
         if self.evecs is not None:
             comp_scores = torch.bmm(comp_scores, self.evecs.to(x.dtype).transpose(1, 2))
+        if resp is None:
+            return comp_scores[0].reshape(x.shape)
         return (resp[..., None] * comp_scores).sum(0).reshape(x.shape)
 
     def posterior_weights(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
