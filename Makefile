@@ -54,7 +54,7 @@ test: lint
 PORTABLE_TESTS := tests/test_ncsnpp.py tests/test_metrics.py tests/test_denoisers.py tests/test_diffusers.py \
 	tests/test_oracle.py tests/test_sdes.py tests/test_fast_samplers.py tests/test_gaussian_start.py \
 	tests/test_likelihood.py tests/test_adaptive_solvers.py tests/test_inception.py tests/test_convert.py \
-	tests/test_diffusers_pipelines.py
+	tests/test_diffusers_pipelines.py tests/test_stats.py
 test-portable: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -n auto --dist loadgroup -q $(PORTABLE_TESTS)
 
