@@ -105,10 +105,11 @@ def distance_variance(x: Tensor) -> float:
     if m < 4:
         raise ValueError(f"the distance variance needs at least 4 samples; got {m}")
     x = x - x.mean(0)
-    rows = torch.cat([block.sum(1) for _, block in _distance_blocks(x, x, True)])
+    blocks = list(_distance_blocks(x, x, True))  # the row sums centre each block: kept, not computed twice
+    rows = torch.cat([block.sum(1) for _, block in blocks])
     total = rows.sum()
     squares = x.new_zeros(())
-    for start, block in _distance_blocks(x, x, True):
+    for start, block in blocks:
         centred = block - rows[start : start + block.shape[0], None] / (m - 2) - rows / (m - 2)
         centred += total / ((m - 1) * (m - 2))
         centred.diagonal(offset=start).zero_()
