@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Python writes its bytecode caches even where the environment says not to: the suite starts dozens
+# of Python processes (torchrun ranks, command-line runs, pytest within pytest) that would otherwise
+# each compile sdeplug and rewrite the tests' asserts again.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: demo test test-fast test-portable lint setup clean bench train-2proc docs
 
 setup: $(STAMP)
