@@ -175,6 +175,13 @@ def _stop_on_interrupt() -> Iterator[dict[str, bool]]:
             signal.signal(sig, old)
 
 
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam, as torch's fused kernel where it has one for the weights' device (CPU and CUDA): one
+    pass over all the weights instead of a dozen small operations per tensor, the same update."""
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 class Trainer:
     """Trains ``network`` on ``data`` for an SDE: a score model, or with ``objective =
     "classifier"`` a time-dependent classifier on ``labels``.
@@ -268,7 +275,7 @@ class Trainer:
             self.label_dropout = 0.1 if s.label_dropout is None else s.label_dropout
         elif s.objective == "score" and s.label_dropout is not None:
             raise ValueError("label_dropout is for a class-conditional network; this network takes no labels")
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=s.lr)
+        self.optimizer = _adam(list(network.parameters()), s.lr)
         # reseeded at every step for (seed, step): the data order carries no state to save
         self.data_generator = torch.Generator(self.device)
         self.loss_generator = torch.Generator(self.device).manual_seed(s.seed + 1)
