@@ -276,6 +276,26 @@ def test_broken_ode_solvers_are_caught():
         check_ode_solver("explicit_adams", options={"max_order": 12})
 
 
+class IgnoresItsTolerances(Torchdiffeq):
+    """dopri5 that always controls its steps to rtol = atol = 1e-10, whatever it is given:
+    accurate everywhere, but its tolerances do nothing."""
+
+    name = "ignores_its_tolerances"
+
+    def solve(self, F, y0, t0, t1, grid=None):
+        return Torchdiffeq.solve(attrs.evolve(self, rtol=1e-10, atol=1e-10), F, y0, t0, t1, grid)
+
+
+def test_an_adaptive_solver_whose_error_does_not_follow_its_tolerances_is_caught():
+    with pytest.raises(
+        ContractError,
+        match=r"tightening rtol = atol from 1e-05 to 1e-07 took the relative error .* from (\S+) to \1 .*"
+        r"the step-size control does not follow the tolerances",
+    ):
+        check_ode_solver(IgnoresItsTolerances)
+    assert any("5x closer than at 1e-05" in line for line in check_ode_solver("dopri5").passed)
+
+
 class Bosh3ClaimingDenseOutput(Torchdiffeq):
     """bosh3 whose dense output (torchdiffeq's interpolant) is less accurate than its steps."""
 
