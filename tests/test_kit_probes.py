@@ -165,3 +165,24 @@ def test_what_the_one_liner_did_not_check_is_a_warning_pytest_shows():
     test = contract_tests("reference", sdes=["vp"])
     with pytest.warns(ContractSkipWarning, match="corrector 'langevin', not checked: .*batch independence"):
         test("corrector", "langevin")
+
+
+@attrs.frozen
+class DDIMScoreAtTNext(DDIM):
+    """Evaluates the score of x at t_next, the time it steps to, instead of at t."""
+
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
+        score = self.score
+        late = attrs.evolve(self, score=lambda y, _: score(y, t_next))
+        return DDIM.step(late, x, t, t_next, state, generator, jumped=jumped)
+
+
+@pytest.mark.parametrize("sde", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_predictor_that_evaluates_the_score_at_t_next_is_caught_on_every_sde(sde, eta):
+    with pytest.raises(
+        ContractError,
+        match=r"predictor .* step 1 of 5 .*evaluates the score of the x it was given at t = \S+, below t: .*"
+        r"score\(x, t_next\) is the time off by one step",
+    ):
+        check_predictor(DDIMScoreAtTNext, sdes=[sde], options={"eta": eta}, steps=20)

@@ -86,6 +86,12 @@ def _check_predictor_on(
     )
     _check_one_step(cls, sde, options, where)
     report.passed.append(f"{label}: one short step carries p_t to p_t_next (mean and variance within 5%)")
+    if isinstance(sde, LinearSDE):
+        _check_score_times(cls, sde, options, where)
+        report.passed.append(
+            f"{label}: over {SCORE_TIME_STEPS} large steps, never evaluates the score of the x it was given at a "
+            "time below x's own"
+        )
     if local_only:
         return
     # From exact samples of p_T, not prior_sampling: the predictor is on trial, and an SDE
@@ -176,6 +182,44 @@ def _check_one_step(cls: type, sde: LinearSDE, options: dict[str, Any], where: s
                 f"{ONE_STEP_TOLERANCE:.0%}): check the scale of the noise the step adds (a std, not a variance) "
                 "and the time at which it evaluates the score (the noise level x has when it is evaluated)"
             )
+
+
+#: Steps of the grid, uniform in log-SNR over [eps, T], on which the score's times are watched.
+SCORE_TIME_STEPS = 5
+
+
+def _check_score_times(cls: type, sde: LinearSDE, options: dict[str, Any], where: str) -> None:
+    """Over a few large steps, the score of the very x a step was given is never evaluated at a
+    time below t, the noise level x is at: that is the score at t_next (an off-by-one in time),
+    which small steps hide and large steps pay for many times over. Evaluations at other points
+    (a stage's intermediate x, x with churn noise added) may be at any time."""
+    exact = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    calls: list[tuple[Tensor, Tensor]] = []
+
+    def watched(x: Tensor, t: Tensor) -> Tensor:
+        calls.append((x.detach().clone(), torch.as_tensor(t).detach().clone()))
+        return exact(x, t)
+
+    part = cls(sde, watched, **options)
+    grid = log_snr_grid(sde, SCORE_TIME_STEPS, sde.default_eps).to(F64)
+    x = _exact_samples(sde, float(grid[0]), 64)
+    state = part.init(x, grid)
+    generator = torch.Generator().manual_seed(0)
+    for k in range(SCORE_TIME_STEPS):
+        t, t_next = grid[k].expand(len(x)), grid[k + 1].expand(len(x))
+        calls.clear()
+        x_next, state = part.step(x, t, t_next, state, generator, jumped=False)
+        below = t - 1e-3 * (t - t_next)  # a time within rounding of t (T - (T - t)) is t
+        for at_x, at_t in calls:
+            if at_x.shape == x.shape and torch.equal(at_x, x) and bool((at_t.to(F64) < below).any()):
+                _fail(
+                    f"{where}: step {k + 1} of {SCORE_TIME_STEPS} (a grid uniform in log-SNR), from "
+                    f"t = {float(t[0]):.4g} to t_next = {float(t_next[0]):.4g}, evaluates the score of the x it was "
+                    f"given at "
+                    f"t = {float(at_t.reshape(-1)[0]):.4g}, below t: x is at noise level t, so its score is "
+                    "score(x, t); score(x, t_next) is the time off by one step"
+                )
+        x = x_next
 
 
 def _first_step(part: Predictor, x: Tensor, t: Tensor, generator, where: str) -> Tensor:
