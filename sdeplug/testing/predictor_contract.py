@@ -215,8 +215,7 @@ def _check_score_times(cls: type, sde: LinearSDE, options: dict[str, Any], where
                 _fail(
                     f"{where}: step {k + 1} of {SCORE_TIME_STEPS} (a grid uniform in log-SNR), from "
                     f"t = {float(t[0]):.4g} to t_next = {float(t_next[0]):.4g}, evaluates the score of the x it was "
-                    f"given at "
-                    f"t = {float(at_t.reshape(-1)[0]):.4g}, below t: x is at noise level t, so its score is "
+                    f"given at t = {float(at_t.reshape(-1)[0]):.4g}, below t: x is at noise level t, so its score is "
                     "score(x, t); score(x, t_next) is the time off by one step"
                 )
         x = x_next
