@@ -154,7 +154,24 @@ def _check_one_step(cls: type, sde: LinearSDE, options: dict[str, Any], where: s
     t_next (log-SNR 0.1 higher): mean and variance of p_t_next within 5%. Consistent steps are
     within a fraction of a percent; a wrong noise scale or a score at the wrong time is off by
     tens of percent, even where the multi-step checks average it away."""
+    for t, t_next, ratio, shift in one_step_errors(cls, sde, options):
+        if not (abs(ratio - 1) <= ONE_STEP_TOLERANCE and abs(shift) <= ONE_STEP_TOLERANCE):
+            _fail(
+                f"{where}: one step of step() from exact samples of p_t at t = {t:.4g} to t_next = {t_next:.4g} "
+                f"(Gaussian data, exact score, {ONE_STEP_SAMPLES} samples) gives variance {ratio:.3g} times "
+                f"that of p_t_next and a mean {shift:+.3g} of its std off (a correct step is within "
+                f"{ONE_STEP_TOLERANCE:.0%}): check the scale of the noise the step adds (a std, not a variance) "
+                "and the time at which it evaluates the score (the noise level x has when it is evaluated)"
+            )
+
+
+def one_step_errors(
+    cls: type, sde: LinearSDE, options: dict[str, Any] | None = None, seed: int = 1
+) -> list[tuple[float, float, float, float]]:
+    """The one-step check's measurements at each of its times: (t, t_next, the variance after the
+    step over p_t_next's, the mean's offset in p_t_next's stds); ``seed`` seeds the step's noise."""
     score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    rows = []
     for t in _check_times(sde):
         log_snr = sde.log_snr(torch.tensor([t], dtype=F64))
         t_next = float(sde.t_from_log_snr(log_snr + ONE_STEP_LOG_SNR))
@@ -164,24 +181,17 @@ def _check_one_step(cls: type, sde: LinearSDE, options: dict[str, Any], where: s
             sde,
             score,
             predictor=cls,
-            predictor_options=options,
+            predictor_options=options or {},
             corrector="none",
             grid=torch.tensor([t, t_next], dtype=F64),
             denoise=False,
             x_init=_exact_samples(sde, t, ONE_STEP_SAMPLES),
-            generator=torch.Generator().manual_seed(1),
+            generator=torch.Generator().manual_seed(seed),
             dtype=F64,
         ).x
         mean, var = _gaussian_marginal(sde, t_next)
-        ratio, shift = float(x.var()) / var, (float(x.mean()) - mean) / math.sqrt(var)
-        if not (abs(ratio - 1) <= ONE_STEP_TOLERANCE and abs(shift) <= ONE_STEP_TOLERANCE):
-            _fail(
-                f"{where}: one step of step() from exact samples of p_t at t = {t:.4g} to t_next = {t_next:.4g} "
-                f"(Gaussian data, exact score, {ONE_STEP_SAMPLES} samples) gives variance {ratio:.3g} times "
-                f"that of p_t_next and a mean {shift:+.3g} of its std off (a correct step is within "
-                f"{ONE_STEP_TOLERANCE:.0%}): check the scale of the noise the step adds (a std, not a variance) "
-                "and the time at which it evaluates the score (the noise level x has when it is evaluated)"
-            )
+        rows.append((t, t_next, float(x.var()) / var, (float(x.mean()) - mean) / math.sqrt(var)))
+    return rows
 
 
 #: Steps of the grid, uniform in log-SNR over [eps, T], on which the score's times are watched.
