@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -32,6 +34,24 @@ def computed_once(fixture_body):
         return cache["value"]
 
     return once
+
+
+class LazyModule:
+    """A module imported when a test first reads one of its names, not when pytest collects the
+    test file: every xdist worker collects every file, and diffusers alone takes seconds."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("_"):  # what collectors probe an object for: not the module's names
+            raise AttributeError(attribute)
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+def needs(module: str, why: str) -> pytest.MarkDecorator:
+    """Skip, saying ``why``, where ``module`` is not installed (found without importing it)."""
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=why)
 
 
 # Deterministic by default (CI): derandomised, no example database, no deadline. No test sets

@@ -6,15 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed (`make test` installs it)")
+from conftest import LazyModule, needs
+from sdeplug.parameterization import ParameterizedScore
+from sdeplug.registry import get_registry
+from sdeplug.sampling import sample_pc
+from sdeplug_diffusers import DiffusersUNet
+from sdeplug_reference.sdes import DDPMSDE, VESDE
 
-from sdeplug.parameterization import ParameterizedScore  # noqa: E402
-from sdeplug.registry import get_registry  # noqa: E402
-from sdeplug.sampling import sample_pc  # noqa: E402
-from sdeplug_diffusers import DiffusersUNet  # noqa: E402
-from sdeplug_reference.sdes import DDPMSDE, VESDE  # noqa: E402
-
-pytestmark = pytest.mark.xdist_group("diffusers")
+diffusers = LazyModule("diffusers")
+pytestmark = [
+    needs("diffusers", "the diffusers extra is not installed (`make test` installs it)"),
+    pytest.mark.xdist_group("diffusers"),
+]
 
 
 def tiny_unet(folder, embedding: str) -> str:

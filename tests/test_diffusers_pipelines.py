@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import sdeplug
+from conftest import LazyModule, needs
 from sdeplug import Conditioned, classifier_free_guidance
 from sdeplug.parameterization import ParameterizedScore
 from sdeplug.sampling import sample_pc
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = LazyModule("diffusers")
+pytestmark = needs("diffusers", "the diffusers extra is not installed (`make test` installs it)")
 
 STEPS = 10
 N = 1000
