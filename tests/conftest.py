@@ -103,7 +103,7 @@ def files_limited_to(size: int):
 #: the kinds checked on closed forms take milliseconds. adaptive_heun needs thousands of tiny
 #: steps at the tight tolerance of its contract.
 SLOW_CONTRACT_KINDS = ("sde", "predictor", "corrector")
-SLOW_CONTRACT_PARTS = ("ode_solver-adaptive_heun",)
+SLOW_CONTRACT_PARTS = ("ode_solver-adaptive_heun", "ode_solver-implicit_adams", "feature_extractor-inception")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -286,6 +286,7 @@ class IgnoresItsTolerances(Torchdiffeq):
         return Torchdiffeq.solve(attrs.evolve(self, rtol=1e-10, atol=1e-10), F, y0, t0, t1, grid)
 
 
+@pytest.mark.slow
 def test_an_adaptive_solver_whose_error_does_not_follow_its_tolerances_is_caught():
     with pytest.raises(
         ContractError,
