@@ -271,13 +271,14 @@ class Trainer:
         self.num_classes = num_classes(network) if s.objective == "score" else None
         self.label_dropout = 0.0
         if self.num_classes is not None:
-            self.labels = _checked_class_labels(labels, data, self.num_classes, self.source).to(self.device)
+            self.labels = _checked_class_labels(labels, data, self.num_classes).to(self.device)
             self.label_dropout = 0.1 if s.label_dropout is None else s.label_dropout
         elif s.objective == "score" and s.label_dropout is not None:
             raise ValueError("label_dropout is for a class-conditional network; this network takes no labels")
         self.optimizer = _adam(list(network.parameters()), s.lr)
         # reseeded at every step for (seed, step): the data order carries no state to save
         self.data_generator = torch.Generator(self.device)
+        self._index_generator = torch.Generator()  # a streamed batch's indices, drawn as StepBatches draws them
         self.loss_generator = torch.Generator(self.device).manual_seed(s.seed + 1)
         self.step = 0
         self.history = torch.zeros(s.steps, device=self.device, dtype=torch.float32)
@@ -327,6 +328,9 @@ class Trainer:
                 labels = self.labels[idx[mine]]
         else:
             x_rank = self._streamed_batch()
+            if self.labels is not None:  # the items' indices as the loader drew them, on the CPU
+                idx, _ = step_draws(self.num_items, s.batch_size, s.seed, self.step, self._index_generator, self.flip)
+                labels = self.labels[idx[mine].to(self.labels.device)]
         if self.label_dropout:
             labels = torch.where(self._dropped_labels()[mine], NULL_LABEL, labels)
         u, z = draw_noise(x_rank[:1].expand(s.batch_size, *x_rank.shape[1:]), self.loss_generator)  # a view
@@ -676,10 +680,9 @@ def _wrap_for_ranks(network: torch.nn.Module, device: torch.device) -> torch.nn.
     )
 
 
-def _checked_class_labels(labels: Tensor | None, data: Tensor | Source, classes: int, source: Source | None) -> Tensor:
-    """The labels of a class-conditional network's data: int64 (n,), each in [0, classes)."""
-    if source is not None:
-        raise ValueError("a class-conditional network trains on data held as a tensor beside its labels, not a Source")
+def _checked_class_labels(labels: Tensor | None, data: Tensor | Source, classes: int) -> Tensor:
+    """The labels of a class-conditional network's data: int64 (n,), each in [0, classes), held
+    in memory beside the data whether the data are held or streamed from a Source."""
     if labels is None or labels.shape != (len(data),) or labels.dtype != torch.int64:
         got = None if labels is None else f"{labels.dtype} {tuple(labels.shape)}"
         raise ValueError(

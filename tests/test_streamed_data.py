@@ -51,13 +51,18 @@ def digit_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def train(data, steps: int = 4, flip: bool = True, workers: int = 0, **settings) -> torch.Tensor:
-    """The parameters after ``steps`` steps of a small U-Net from a fixed initialisation."""
+def train(
+    data, steps: int = 4, flip: bool = True, workers: int = 0, labels=None, classes=None, **settings
+) -> torch.Tensor:
+    """The parameters after ``steps`` steps of a small U-Net from a fixed initialisation (class-
+    conditional, with ``classes``, on ``labels``)."""
     torch.manual_seed(0)
     shape = data.event_shape if hasattr(data, "event_shape") else tuple(data.shape[1:])
-    network = sdeplug.create("score_model", "unet", event_shape=shape, channels=8)
+    network = sdeplug.create("score_model", "unet", event_shape=shape, channels=8, num_classes=classes)
     options = dict(steps=steps, batch_size=12, progress=False, checkpoint_every=None, **settings)
-    trainer = Trainer(network, sdeplug.create("sde", "vp"), data, TrainSettings(**options), flip=flip, workers=workers)
+    trainer = Trainer(
+        network, sdeplug.create("sde", "vp"), data, TrainSettings(**options), flip=flip, workers=workers, labels=labels
+    )
     trainer.fit()
     return torch.cat([p.detach().flatten() for p in network.parameters()])
 
@@ -177,6 +182,17 @@ def test_streaming_holding_and_workers_train_the_same_weights(digit_folder):
     assert torch.equal(train(source), held)
     assert torch.equal(train(source, workers=2), held)
     assert not torch.equal(train(source, flip=False), held)  # the flips are applied
+
+
+def test_a_class_conditional_network_streams_its_data_with_the_labels_beside_them(digit_folder):
+    """The labels (the folder's classes) stay in memory and follow the items each streamed step
+    reads: streamed, with workers and held, the same weights; other labels, other weights."""
+    source = ImageFolder(digit_folder)
+    labels = source.labels
+    held = train(load_all(source), labels=labels, classes=3)
+    assert torch.equal(train(source, labels=labels, classes=3), held)
+    assert torch.equal(train(source, workers=2, labels=labels, classes=3), held)
+    assert not torch.equal(train(source, labels=(labels + 1) % 3, classes=3), held)
 
 
 def test_an_interrupted_streamed_run_resumes_to_the_same_weights(digit_folder, tmp_path):
@@ -325,6 +341,23 @@ def test_a_folder_of_images_trains_samples_and_evaluates_from_the_command_line(d
     # reading ahead in a worker and holding in memory train the same model
     assert np.array_equal(samples, np.load(tmp_path / "h" / "samples.npy"))
     assert main(["likelihood", str(streamed), "--num", "4"]) == 0
+    capsys.readouterr()
+
+
+def test_a_class_conditional_model_trains_from_a_streamed_folder_as_from_a_held_one(digit_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    weights = []
+    for in_memory in ("false", "true"):
+        config = tmp_path / f"{in_memory}.toml"
+        text = CONFIG.format(folder=digit_folder, out=tmp_path / in_memory, in_memory=in_memory)
+        config.write_text(
+            text.replace("channels = 8\n", "channels = 8\nnum_classes = 3\n").replace("steps = 30", "steps = 6")
+        )
+        assert main(["train", str(config)]) == 0
+        weights.append(load_file(tmp_path / in_memory / "checkpoint.safetensors"))
+    assert weights[0].keys() == weights[1].keys() and any("class" in key for key in weights[0])
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     capsys.readouterr()
 
 
