@@ -13,18 +13,16 @@ from sdeplug.interfaces import (
     SDE,
     LinearSDE,
 )
-from sdeplug.oracle import GaussianMixture
 from sdeplug.stats import assert_same_law, energy_null
 from sdeplug.testing import probes
 from sdeplug.testing.exact import (
-    _DATA_MEAN,
-    _DATA_STD,
     _check_cases,
     _check_identity,
     _check_step_interface,
     _check_times,
     _exact_samples,
     _gaussian_marginal,
+    _gaussian_score,
     _kit_grid,
     _probe_step,
 )
@@ -122,7 +120,7 @@ class BalanceStatistics(NamedTuple):
 
 def _balance_statistics(cls: type, sde: LinearSDE, options: dict[str, Any]) -> dict[float, BalanceStatistics]:
     """The balance statistics of one step at each check time t."""
-    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    score = _gaussian_score(sde)
     corrector = cls(sde, score, **options).for_grid(_kit_grid(sde))
     statistics = {}
     for t in _check_times(sde):

@@ -16,6 +16,7 @@ from sdeplug.interfaces import (
     LinearSDE,
     Predictor,
 )
+from sdeplug.oracle import GaussianMixture
 from sdeplug.testing import probes
 from sdeplug.testing.kit_base import (
     ContractReport,
@@ -40,6 +41,11 @@ def _gaussian_marginal(sde: LinearSDE, t: float) -> tuple[float, float]:
     tt = torch.tensor([t], dtype=F64)
     a, s = float(sde.alpha(tt)), float(sde.sigma(tt))
     return a * _DATA_MEAN, a**2 * _DATA_STD**2 + s**2
+
+
+def _gaussian_score(sde: LinearSDE) -> Callable[[Tensor, Tensor], Tensor]:
+    """The exact score of p_t for the Gaussian data."""
+    return GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
 
 
 def _exact_samples(sde: LinearSDE, t: float, n: int, seed: int = 0) -> Tensor:

@@ -22,14 +22,13 @@ from sdeplug.oracle import GaussianMixture
 from sdeplug.sampling import sample_pc
 from sdeplug.stats import assert_same_law
 from sdeplug.testing.exact import (
-    _DATA_MEAN,
-    _DATA_STD,
     _check_cases,
     _check_identity,
     _check_step_interface,
     _check_times,
     _exact_samples,
     _gaussian_marginal,
+    _gaussian_score,
     _probe_step,
 )
 from sdeplug.testing.kit_base import (
@@ -170,7 +169,7 @@ def one_step_errors(
 ) -> list[tuple[float, float, float, float]]:
     """The one-step check's measurements at each of its times: (t, t_next, the variance after the
     step over p_t_next's, the mean's offset in p_t_next's stds); ``seed`` seeds the step's noise."""
-    score = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    score = _gaussian_score(sde)
     rows = []
     for t in _check_times(sde):
         log_snr = sde.log_snr(torch.tensor([t], dtype=F64))
@@ -203,7 +202,7 @@ def _check_score_times(cls: type, sde: LinearSDE, options: dict[str, Any], where
     time below t, the noise level x is at: that is the score at t_next (an off-by-one in time),
     which small steps hide and large steps pay for many times over. Evaluations at other points
     (a stage's intermediate x, x with churn noise added) may be at any time."""
-    exact = GaussianMixture([1.0], [[_DATA_MEAN]], stds=[_DATA_STD]).score_model(sde)
+    exact = _gaussian_score(sde)
     calls: list[tuple[Tensor, Tensor]] = []
 
     def watched(x: Tensor, t: Tensor) -> Tensor:
