@@ -9,6 +9,8 @@ classifier-free guidance as DiTPipeline applies it, to float32 rounding.
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -224,6 +226,40 @@ def test_ddim_with_classifier_free_guidance_equals_diffusers_dit_pipeline(dit_fo
         images = model.decode(latents)
     got = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(got, expected_images, rtol=0, atol=2e-5)
+
+
+def _with_scheduler(folder, tmp_path, **changes):
+    """A copy of a pipeline folder whose scheduler config has ``changes``."""
+    copy = tmp_path / f"pipe-{'-'.join(changes)}"
+    shutil.copytree(folder, copy)
+    path = copy / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return copy
+
+
+def test_a_scheduler_that_clips_its_data_prediction_is_named_in_one_warning(ddim_folder, tmp_path):
+    """diffusers' DDPM and DDIM schedulers clip each step's data prediction by default, which no
+    score expresses: sdeplug warns, naming the setting, and its samples differ from the
+    pipeline's where the clip bites (they are equal without it: the test above)."""
+    from sdeplug_diffusers.pipeline import SchedulerClippingWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SchedulerClippingWarning)
+        sdeplug.create("score_model", "diffusers_pipeline", path=str(ddim_folder))  # clip_sample = false: silent
+    clipped = _with_scheduler(ddim_folder, tmp_path, clip_sample=True, clip_sample_range=0.5)
+    with pytest.warns(SchedulerClippingWarning, match=r"clips each step's data prediction to \[-0.5, 0.5\]") as seen:
+        noise = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+        x, _ = _sdeplug_ddim(clipped, lambda score: score, noise)
+    assert len([w for w in seen if w.category is SchedulerClippingWarning]) == 1
+    assert "\n" not in str(seen[0].message) and "(clip_sample = true)" in str(seen[0].message)
+    expected = diffusers.DDIMPipeline.from_pretrained(clipped)(
+        batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS, eta=0.0, output_type="np"
+    ).images
+    got = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert float(np.abs(got - expected).max()) > 0.01  # the clip changes diffusers' samples; sdeplug's follow the score
+    thresholded = _with_scheduler(ddim_folder, tmp_path, thresholding=True)
+    with pytest.warns(SchedulerClippingWarning, match=r"thresholds each step's data prediction dynamically"):
+        sdeplug.create("score_model", "diffusers_pipeline", path=str(thresholded))
 
 
 def test_a_pipeline_folder_of_an_unsupported_kind_is_one_clear_line(tmp_path, ddim_folder):

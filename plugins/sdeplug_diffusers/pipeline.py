@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdeplug import ScoreModel
+from sdeplug import ScoreModel, SdeplugWarning
 from sdeplug.errors import load_refusal
 from sdeplug.extras import require
 from sdeplug_diffusers.unet import class_labels
@@ -34,6 +35,25 @@ VAES = ("AutoencoderKL",)
 #: The scheduler's prediction_type -> sdeplug's parameterization.
 PREDICTIONS = {"epsilon": "noise", "v_prediction": "velocity", "sample": "data"}
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+class SchedulerClippingWarning(SdeplugWarning):
+    """The pipeline's scheduler clips or thresholds its data prediction, which a score cannot express."""
+
+
+def scheduler_clipping(scheduler: dict[str, Any]) -> str | None:
+    """What the scheduler does to each step's data prediction beyond the model (diffusers'
+    ``thresholding`` or ``clip_sample``), in words; None when it leaves it alone."""
+    if scheduler.get("thresholding"):
+        ratio, largest = scheduler.get("dynamic_thresholding_ratio", 0.995), scheduler.get("sample_max_value", 1.0)
+        return (
+            f"thresholds each step's data prediction dynamically (thresholding = true, ratio {ratio}, "
+            f"sample_max_value {largest})"
+        )
+    if scheduler.get("clip_sample"):
+        bound = scheduler.get("clip_sample_range", 1.0)
+        return f"clips each step's data prediction to [-{bound}, {bound}] (clip_sample = true)"
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -96,6 +116,7 @@ def read_pipeline(path: str | Path) -> dict[str, Any]:
         "vae": vae,
         "sde": sde,
         "parameterization": PREDICTIONS[prediction],
+        "clipping": scheduler_clipping(scheduler),
     }
 
 
@@ -111,6 +132,14 @@ class DiffusersPipeline(ScoreModel):
         if not path:
             raise ValueError("path must name a diffusers pipeline folder (with model_index.json)")
         info = read_pipeline(path)
+        if info["clipping"]:
+            warnings.warn(
+                f"the scheduler of the pipeline at {info['folder']} {info['clipping']}; sdeplug's samplers follow "
+                "the model's score and do not, so their samples differ from the pipeline's own wherever that "
+                "bites",
+                SchedulerClippingWarning,
+                stacklevel=2,
+            )
         diffusers = require("diffusers", "a diffusers pipeline")
         folder = info["folder"]
         try:
