@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torchdiffeq
 from attrs import validators as v
 from torch import Tensor
 
 from sdeplug import DenseODESolution, ODESolution, ODESolver, hookimpl
 from sdeplug.grids import uniform_grid
 from sdeplug.interfaces import ODEFunc
+
+
+def _torchdiffeq():
+    """torchdiffeq, imported when a solver first runs: it loads scipy, which every command that
+    lists or builds parts (and never solves with torchdiffeq) would otherwise pay for."""
+    import torchdiffeq
+
+    return torchdiffeq
+
 
 #: torchdiffeq's methods: (order, adaptive). scipy_solver is left out on purpose: it
 #: round-trips through numpy on the host at every evaluation.
@@ -113,7 +121,9 @@ class Torchdiffeq(ODESolver):
         options = {**self._method_options(), "step_t": ends[-1:]}
         direction = 1.0 if t1 >= t0 else -1.0
         recorder = _StepRecorder(F, mid, direction)
-        ys = torchdiffeq.odeint(recorder, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+        ys = _torchdiffeq().odeint(
+            recorder, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options
+        )
         steps = torch.stack([*recorder.starts, ends[-1]]) if recorder.starts else ends
         interpolant = _Interpolant(steps.detach().to("cpu", torch.float64), recorder, ys[-1], direction)
 
@@ -151,7 +161,9 @@ class Torchdiffeq(ODESolver):
             # exist beyond [0, T] (VP's sigma(t)^2 < 0 for t < 0), so end a step exactly at t1.
             options["step_t"] = times[-1:]
         ends = times[[0, -1]]
-        ys = torchdiffeq.odeint(counted, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+        ys = _torchdiffeq().odeint(
+            counted, y0, ends, rtol=self.rtol, atol=self.atol, method=self.method, options=options
+        )
         return ODESolution(y=ys[-1], nfe=calls)
 
 

@@ -124,8 +124,10 @@ def class_labels(config: Config, network: torch.nn.Module, dataset: Dataset) -> 
 def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, restart: bool) -> dict[str, Any]:
     """train_job's work once the config is checked and the data loaded."""
     from sdeplug.app.guided_jobs import build_classifier, classifier_run_config
-    from sdeplug.app.plotting import loss_curve
     from sdeplug.trainer import Trainer, training_lock
+
+    if config.output.plot:  # matplotlib only where it draws; a missing plots extra fails before training
+        from sdeplug.app import plotting
 
     if classifier:
         with _seeded(config.classifier.train.seed):
@@ -220,7 +222,9 @@ def _train(config, sde, dataset, device, dtype, out: Path, *, classifier: bool, 
         written = [checkpoint, write_json(summary_file, summary)]
         if len(history) and config.output.plot:
             written.append(
-                loss_curve(history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}")
+                plotting.loss_curve(
+                    history, out / f"{stem}loss.png", title=f"{what} on {config.data.name}, {config.sde.name}"
+                )
             )
         return {**report, **summary, "steps_this_run": done, "written": [str(p) for p in written]}
 
