@@ -67,6 +67,29 @@ def test_a_corrector_that_returns_x_unchanged_fails_unless_it_declares_identity(
     assert "declared identity" in str(check_corrector(DeclaredLazy, sdes=["vp"], sweeps=2))
 
 
+class InPlaceLangevin(Langevin):
+    """The right step, written with ``x +=``: it overwrites the caller's x and returns the same
+    tensor, which every check comparing the step's output with its input would read as "unchanged"."""
+
+    def step(self, x, t, generator=None):
+        x += super().step(x.clone(), t, generator) - x
+        return x
+
+
+class InPlaceReverseDiffusion(ReverseDiffusion):
+    def step(self, x, t, t_next, state, generator=None, *, jumped=False):
+        new, state = super().step(x, t, t_next, state, generator, jumped=jumped)
+        x.copy_(new)
+        return x, state
+
+
+def test_a_step_that_overwrites_its_input_is_named_for_it():
+    with pytest.raises(ContractError, match="step changed the x it was given in place"):
+        check_corrector(InPlaceLangevin, sdes=["vp"], sweeps=2)
+    with pytest.raises(ContractError, match="step changed the x it was given in place"):
+        check_predictor(InPlaceReverseDiffusion, sdes=["vp"], steps=20)
+
+
 @attrs.frozen
 class Float32Inside(ReverseDiffusion):
     """Steps in float32 and casts back: every statistical check at 1% passes."""

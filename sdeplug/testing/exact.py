@@ -75,7 +75,13 @@ def _check_step_interface(sde: SDE, call: Callable, label: str) -> None:
         for dtype in (torch.float32, F64):
             x = torch.randn(3, 1, 2, 2, dtype=dtype, device=device)
             t = torch.full((3,), 0.5 * sde.T, dtype=dtype, device=device)
+            given = x.clone()
             out = call(x, t, torch.Generator(device).manual_seed(0))
+            if not torch.equal(x, given):
+                _fail(
+                    f"{label}: step changed the x it was given in place (x += ..., or an in-place op on x); it must "
+                    "leave x as it was and return the new x as a new tensor: samplers and guidance reuse x"
+                )
             again = call(x, t, torch.Generator(device).manual_seed(0))
             if not isinstance(out, Tensor):
                 _fail(f"{label}: step returned {type(out).__name__}; it must return the new x (a tensor)")

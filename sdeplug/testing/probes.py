@@ -51,7 +51,7 @@ def check_seed_dependence(step: Step, T: float, declared_random: bool | None, wh
 def check_moves(step: Step, T: float, where: str) -> None:
     """A corrector that is not declared the identity moves x."""
     x, t = _inputs(T)
-    if torch.equal(step(x, t, torch.Generator().manual_seed(1)), x):
+    if torch.equal(step(x.clone(), t, torch.Generator().manual_seed(1)), x):
         _fail(
             f"{where}: step() returns x unchanged at t = {0.5 * T:g}; a corrector that does nothing must declare "
             "identity = True (as the bundled 'none' does), otherwise it must move x"
