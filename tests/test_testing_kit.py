@@ -65,9 +65,21 @@ def test_a_flipped_reverse_drift_is_caught():
         check_sde(WrongReverseSign)
 
 
-def test_a_marginal_std_off_by_a_factor_is_caught():
+class VarianceForStd(VPSDE):
+    """sigma(t) written as the variance 1 - alpha^2: far too small near t = 0."""
+
+    name = "variance_for_std"
+
+    def sigma(self, t):
+        return 1 - self.alpha(t) ** 2
+
+
+@pytest.mark.parametrize("broken", [StdOffByAFactor, VarianceForStd])
+def test_a_marginal_std_off_by_a_factor_is_caught_and_blamed_on_the_std(broken):
+    """Too wide or too narrow, a wrong sigma(t) is reported as the std: the mean's check judges its
+    error by the paths' own spread, not by the sigma on trial."""
     with pytest.raises(ContractError, match=r"marginal_prob std at t = .* times the std of .* paths simulated"):
-        check_sde(StdOffByAFactor)
+        check_sde(broken)
 
 
 @pytest.mark.slow
