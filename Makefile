@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fewstep.py --n 4000 --seeds 3 --mixtures 2 --write docs/benchmarks.md
 	$(BIN)/python benchmarks/compile_sampling.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/contract_kit.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/kit_planted_bugs.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/distributed.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md
 	$(BIN)/python benchmarks/quality.py --write docs/benchmarks.md
