@@ -113,9 +113,9 @@ def concordance(objective: list[float], quality: list[float]) -> tuple[int, int]
     return same, total
 
 
-def run(seed: int, n: int, seeds: int, per_dim: int, quick: bool) -> str:
+def run(seed: int, n: int, seeds: int, per_dim: int, quick: bool, pilot: int = 256, sweeps: int = 4, dims=None) -> str:
     budgets = (3, 4, 5, 8) if quick else BUDGETS
-    dims = (2, 16) if quick else (2, 16, 64)
+    dims = dims or ((2, 16) if quick else (2, 16, 64))
     rng = random.Random(seed)
     lines: list[str] = []
     #: (dim, sampler, grid, budget) -> [at floor?] over mixtures, SDEs and seeds
@@ -146,11 +146,12 @@ def run(seed: int, n: int, seeds: int, per_dim: int, quick: bool) -> str:
                         warnings.simplefilter("always", BudgetOrderWarning)
                         tuned = tune_grids(
                             sde, score, dim, [steps_for(sampler, b) for b in budgets], predictor=name,
-                            predictor_options=options, pilot=256, seed=rng.randrange(1_000_000), objective="distance",
+                            predictor_options=options, pilot=pilot, sweeps=sweeps, seed=rng.randrange(1_000_000),
+                            objective="distance",
                         )  # fmt: skip
                     seconds = time.perf_counter() - started
                     for result in tuned:
-                        costs.append((result.score_evaluations * 256, result.steps, seconds / len(tuned)))
+                        costs.append((result.score_evaluations * pilot, result.steps, seconds / len(tuned)))
                     order_warnings = sum(issubclass(w.category, BudgetOrderWarning) for w in caught)
                     for grid_kind in ("logsnr", "tuned"):
                         cells = []
@@ -192,15 +193,16 @@ def run(seed: int, n: int, seeds: int, per_dim: int, quick: bool) -> str:
                             same, total = concordance(values, quality)
                             agree[objective][0] += same
                             agree[objective][1] += total
-    return _report(lines, reached, ratios, agree, costs, budgets, dims, seeds, per_dim, seed, n)
+    return _report(lines, reached, ratios, agree, costs, budgets, dims, seeds, per_dim, seed, n, pilot, sweeps)
 
 
-def _report(lines, reached, ratios, agree, costs, budgets, dims, seeds, per_dim, seed, n) -> str:
+def _report(lines, reached, ratios, agree, costs, budgets, dims, seeds, per_dim, seed, n, pilot, sweeps) -> str:
     head = [
         f"n = {n} samples per set; {per_dim} mixtures per dimension drawn from the family with seed {seed}; "
         f"{seeds} sampling seeds per cell, each shown (energy distance / the floor's mean); **bold**: every "
         "seed within two floor standard deviations of the floor. *tuned*: `tune_grids` over all the budgets "
-        "at once (256 pilot + 256 validation draws, a seed of its own, never the judged draws). "
+        f"at once ({pilot} pilot + {pilot} validation draws, at most {sweeps} sweeps, a seed of its own, never the "
+        "judged draws). "
         "`gaussian_start` spends K evaluations on K + 1 steps.\n",
         "**At the floor** (mixtures x SDEs x seeds at the floor, out of all):\n",
         "| d | sampler | grid | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
@@ -244,6 +246,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="sampling seeds per cell, each judged on its own")
     parser.add_argument("--mixtures", type=int, default=2, help="mixtures per dimension")
     parser.add_argument("--quick", action="store_true", help="d = 2 and 16, four budgets, for a smoke run")
+    parser.add_argument("--pilot", type=int, default=256, help="pilot draws of each tuning (as many validate)")
+    parser.add_argument("--sweeps", type=int, default=4, help="most coordinate-descent sweeps of each search")
+    parser.add_argument("--dims", type=int, nargs="+", help="dimensions (default: 2, 16 and 64)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -251,9 +256,13 @@ def main() -> None:
     print(f"mixtures drawn with seed {seed} (rerun with --seed {seed})", flush=True)
     quick = " --quick" if args.quick else ""
     options = f"--seed {seed} --n {args.n} --seeds {args.seeds} --mixtures {args.mixtures}{quick}"
+    if args.pilot != 256 or args.sweeps != 4:
+        options += f" --pilot {args.pilot} --sweeps {args.sweeps}"
+    if args.dims:
+        options += " --dims " + " ".join(map(str, args.dims))
     command = f"`python benchmarks/fewstep.py {options} --write docs/benchmarks.md`"
     body = f"Command: {command} (or `make bench`, with a new seed). Machine: {machine()}.\n\n" + run(
-        seed, args.n, args.seeds, args.mixtures, args.quick
+        seed, args.n, args.seeds, args.mixtures, args.quick, args.pilot, args.sweeps, tuple(args.dims or ())
     )
     print(body)
     if args.write:
