@@ -187,6 +187,43 @@ def test_ddim_equals_diffusers_ddim_pipeline(which, request):
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize(("variance_type", "variance"), [("fixed_small", "posterior"), ("fixed_large", "transition")])
+def test_ancestral_sampling_equals_diffusers_ddpm_pipeline(tmp_path, variance_type, variance):
+    """A DDPMPipeline folder: sdeplug's ancestral predictor with the scheduler's variance, over
+    the whole chain (every one of the N timesteps, as DDPMPipeline runs it at N inference steps)
+    and with one generator for the initial noise and then each step's, gives the pipeline's
+    images to float32 rounding."""
+    n = 20
+    folder = tmp_path / "ddpm"
+    scheduler = diffusers.DDPMScheduler(
+        num_train_timesteps=n, beta_start=1e-3, beta_end=0.2, variance_type=variance_type, clip_sample=False
+    )
+    diffusers.DDPMPipeline(unet=_unet(), scheduler=scheduler).save_pretrained(folder)
+    expected = diffusers.DDPMPipeline.from_pretrained(folder)(
+        batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=n, output_type="np"
+    ).images
+    model = sdeplug.create("score_model", "diffusers_pipeline", path=str(folder))
+    declared = model.declared_sde(path=str(folder))
+    sde = sdeplug.create("sde", declared["name"], **{k: v for k, v in declared.items() if k != "name"})
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((3, 3, 8, 8), generator=generator)
+    with torch.no_grad():
+        x = sample_pc(
+            sde,
+            ParameterizedScore(model, sde, model.parameterization),
+            predictor="ancestral",
+            predictor_options={"variance": variance},
+            corrector="none",
+            steps=n - 1,
+            eps=0.0,
+            x_init=noise,
+            generator=generator,
+        ).x
+    got = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert 0.05 < float(np.abs(expected - 0.5).mean())  # images, not a constant
+    np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
+
+
 def _dit_pipeline_latents(folder, labels, guidance_scale, generator_seed):
     """DiTPipeline's own loop; the latents come out through a hook on the VAE's decode."""
     pipe = diffusers.DiTPipeline.from_pretrained(folder)
