@@ -87,6 +87,7 @@ def test_trained_classifier_guides_the_cli_samples(trained, capsys):
     assert [row["scale"] for row in json.loads((out / "guidance.json").read_text())["runs"]] == [1.0]
 
 
+@pytest.mark.slow
 def test_inpainting_from_a_guidance_file_keeps_the_known_entries(trained, tmp_path):
     config, _ = trained
     guidance = tmp_path / "inpaint.toml"
@@ -115,6 +116,7 @@ def test_inpainting_from_a_guidance_file_keeps_the_known_entries(trained, tmp_pa
     assert np.abs(x[:, 1] - truth[:, 1]).max() > 0.01  # unknown: sampled
 
 
+@pytest.mark.slow
 def test_guidance_config_errors_name_what_is_wrong(trained, tmp_path, capsys):
     config, _ = trained
     bad = tmp_path / "bad.toml"

@@ -35,6 +35,7 @@ def _problem(sde_name: str, seed: int = 11):
     return sde, random_mixture(2, 5, seed=seed).score_model(sde)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 @pytest.mark.parametrize("predictor", ["dpmpp_2m", "unipc"])
 def test_the_tuned_grid_beats_its_start_on_the_validation_draws(sde_name, predictor):
@@ -234,6 +235,7 @@ dir = "{out}"
 """
 
 
+@pytest.mark.slow
 def test_tune_grid_command_writes_a_grid_that_sampling_uses(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(CONFIG.format(sde="ve", corrector="none", out=tmp_path / "run"))

@@ -176,6 +176,7 @@ def test_each_rank_reads_its_slice_of_the_global_batch_with_its_flips(digit_fold
 # Training -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streaming_holding_and_workers_train_the_same_weights(digit_folder):
     source = ImageFolder(digit_folder)
     held = train(load_all(source))
@@ -344,6 +345,7 @@ def test_a_folder_of_images_trains_samples_and_evaluates_from_the_command_line(d
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_class_conditional_model_trains_from_a_streamed_folder_as_from_a_held_one(digit_folder, tmp_path, capsys):
     from safetensors.torch import load_file
 
