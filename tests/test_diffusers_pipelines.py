@@ -112,11 +112,16 @@ def _ddim_grid(scheduler) -> torch.Tensor:
     return scheduler.timesteps.to(torch.float64) / (N - 1)
 
 
-def _sdeplug_ddim(folder, score_for, noise: torch.Tensor) -> tuple[torch.Tensor, object]:
+def _folder_score(folder):
+    """The folder's model, the SDE it declares and its score, as a config naming the path alone gets them."""
     model = sdeplug.create("score_model", "diffusers_pipeline", path=str(folder))
     declared = model.declared_sde(path=str(folder))
     sde = sdeplug.create("sde", declared["name"], **{k: v for k, v in declared.items() if k != "name"})
-    score = ParameterizedScore(model, sde, model.parameterization)
+    return model, sde, ParameterizedScore(model, sde, model.parameterization)
+
+
+def _sdeplug_ddim(folder, score_for, noise: torch.Tensor) -> tuple[torch.Tensor, object]:
+    model, sde, score = _folder_score(folder)
     scheduler = diffusers.DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     grid = _ddim_grid(scheduler).to(torch.float32)
     with torch.no_grad():
@@ -202,15 +207,13 @@ def test_ancestral_sampling_equals_diffusers_ddpm_pipeline(tmp_path, variance_ty
     expected = diffusers.DDPMPipeline.from_pretrained(folder)(
         batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=n, output_type="np"
     ).images
-    model = sdeplug.create("score_model", "diffusers_pipeline", path=str(folder))
-    declared = model.declared_sde(path=str(folder))
-    sde = sdeplug.create("sde", declared["name"], **{k: v for k, v in declared.items() if k != "name"})
+    _, sde, score = _folder_score(folder)
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 3, 8, 8), generator=generator)
     with torch.no_grad():
         x = sample_pc(
             sde,
-            ParameterizedScore(model, sde, model.parameterization),
+            score,
             predictor="ancestral",
             predictor_options={"variance": variance},
             corrector="none",
@@ -309,12 +312,7 @@ def test_a_pipeline_folder_of_an_unsupported_kind_is_one_clear_line(tmp_path, dd
         sdeplug.create("score_model", "diffusers_pipeline", path=str(folder))
     with pytest.raises(sdeplug.OptionError, match="model_index.json not found"):
         sdeplug.create("score_model", "diffusers_pipeline", path=str(tmp_path))
-    bad = tmp_path / "karras"
-    bad.mkdir()
-    (bad / "model_index.json").write_text((ddim_folder / "model_index.json").read_text())
-    (bad / "scheduler").mkdir()
-    config = json.loads((ddim_folder / "scheduler" / "scheduler_config.json").read_text())
-    (bad / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "beta_schedule": "sigmoid"}))
+    bad = _with_scheduler(ddim_folder, tmp_path, beta_schedule="sigmoid")
     with pytest.raises(sdeplug.OptionError, match="beta_schedule .sigmoid' is not one of linear, scaled_linear"):
         sdeplug.create("score_model", "diffusers_pipeline", path=str(bad))
 
