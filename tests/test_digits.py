@@ -1,55 +1,71 @@
-"""A small U-Net trained with the Trainer on the 8x8 digits: recognisable samples, better bits/dim
-than a Gaussian. The slowest test module (about 1.5 minutes on 2 cores), trained once."""
+"""A small U-Net trained with the Trainer on the 8x8 digits (weights made by
+tests/data/digits/make_fixture.py): recognisable samples, better bits/dim than a Gaussian,
+guidance by a trained classifier and inpainting."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import attrs
 import pytest
 import torch
 
 import sdeplug
-from conftest import PARALLEL_WORKERS, computed_once
-from sdeplug.app.datasets import load_dataset
+from conftest import computed_once
+from sdeplug.app.datasets import Dataset, load_dataset
 from sdeplug.app.evaluation import classifier_report, gaussian_logp
+from sdeplug.checkpoint import load_checkpoint
 from sdeplug.likelihood import bits_per_dim, log_likelihood, uniform_dequantize
+from sdeplug.parameterization import ParameterizedScore
 from sdeplug.sampling import sample_ode
-from sdeplug.trainer import Trainer, TrainSettings
+from sdeplug.trainer import load_ema_weights
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("digits"),
-]  # minutes of training or a pip install: left out of make test-fast
+]  # sampling and likelihoods of an image network: left out of make test-fast
+
+FIXTURE = Path(__file__).parent / "data" / "digits"
+
+
+@attrs.frozen
+class Trained:
+    sde: sdeplug.SDE
+    score: ParameterizedScore
+    classifier: torch.nn.Module
+    dataset: Dataset
+
+
+def _network(kind: str, path: Path) -> torch.nn.Module:
+    """The network a fixture file holds, built as its recorded config says, in eval mode."""
+    _, meta = load_checkpoint(path)
+    built = meta["config"][kind]
+    network = sdeplug.create("score_model" if kind == "model" else kind, built["name"], **built["options"])
+    load_ema_weights(network, path, kind=kind)
+    return network.eval()
 
 
 @pytest.fixture(scope="module")
-def trained():
-    threads = torch.get_num_threads()
-    # Convolutions use both cores, unless pytest-xdist runs another worker on the second one.
-    torch.set_num_threads(1 if PARALLEL_WORKERS else 2)
-    try:
-        yield _train()
-    finally:
-        torch.set_num_threads(threads)
+def trained() -> Trained:
+    return _trained()
 
 
 @computed_once
-def _train():
-    torch.manual_seed(0)
-    dataset = load_dataset("digits")
+def _trained() -> Trained:
     sde = sdeplug.create("sde", "vp")
-    network = sdeplug.create("score_model", "unet", event_shape=(1, 8, 8), channels=16)
-    settings = TrainSettings(steps=1200, batch_size=128, lr=1e-3, ema_decay=0.995, progress=False)
-    trainer = Trainer(network, sde, dataset.train.float(), settings).fit()
-    return trainer, dataset
+    score = ParameterizedScore(_network("model", FIXTURE / "unet.safetensors"), sde, "noise")
+    classifier = _network("classifier", FIXTURE / "classifier.safetensors")
+    return Trained(sde, score, classifier, load_dataset("digits"))
 
 
 def test_digit_samples_are_recognisable(trained):
     """A classifier fitted on real digits is nearly as confident on samples as on held-out real digits
     (within 0.1), and the samples spread over the classes like the real ones (total-variation
     distance of class frequencies at most 0.15, no class below 3%)."""
-    trainer, dataset = trained
+    dataset = trained.dataset
     x = sample_ode(
-        trainer.sde,
-        trainer.score_model(),
+        trained.sde,
+        trained.score,
         (400, 1, 8, 8),
         solver="dopri5",
         solver_options={"rtol": 1e-4, "atol": 1e-4},
@@ -66,13 +82,13 @@ def test_digit_samples_are_recognisable(trained):
 
 
 def test_bits_per_dim_beat_a_gaussian_fitted_to_the_same_data(trained):
-    trainer, dataset = trained
+    dataset = trained.dataset
     g = torch.Generator().manual_seed(0)
     test = uniform_dequantize(dataset.test[:100], "[-1,1]", g, levels=17)
     train = uniform_dequantize(dataset.train, "[-1,1]", g, levels=17)
     result = log_likelihood(
-        trainer.sde,
-        trainer.score_model(),
+        trained.sde,
+        trained.score,
         test.float(),
         divergence="hutchinson",
         probes=4,
@@ -97,20 +113,14 @@ def test_a_trained_classifier_guides_the_digits_to_the_requested_class(trained):
     from sdeplug.guidance import ClassifierGuidance
     from sdeplug.sampling import sample_pc
 
-    trainer, dataset = trained
-    torch.manual_seed(0)
-    network = sdeplug.create("classifier", "conv_classifier", num_classes=10, channels=16)
-    settings = TrainSettings(
-        steps=1000, batch_size=128, lr=2e-3, ema_decay=0.995, objective="classifier", progress=False
-    )
-    classifier = Trainer(network, trainer.sde, dataset.train.float(), settings, labels=dataset.train_labels).fit()
+    dataset = trained.dataset
     judge = reference_classifier(dataset)
     wanted = torch.arange(10).repeat(20)
     agreement = {}
     for scale in (0.0, 2.0):
-        guided = ClassifierGuidance(trainer.score_model(), classifier.trained_network().eval(), wanted, scale)
+        guided = ClassifierGuidance(trained.score, trained.classifier, wanted, scale)
         x = sample_pc(
-            trainer.sde,
+            trained.sde,
             guided,
             (200, 1, 8, 8),
             predictor="unipc",
@@ -133,16 +143,16 @@ def test_inpainting_completes_held_out_digits(trained):
     from sdeplug.guidance import Measurement, Replacement
     from sdeplug.sampling import sample_pc
 
-    trainer, dataset = trained
+    dataset = trained.dataset
     originals, labels = dataset.test[:40].float(), dataset.test_labels[:40]
     mask = torch.zeros(1, 8, 8)
     mask[:, :4] = 1
     x = sample_pc(
-        trainer.sde,
-        trainer.score_model(),
+        trained.sde,
+        trained.score,
         (40, 1, 8, 8),
         steps=250,
-        constraint=Replacement(trainer.sde, Measurement(originals * mask, mask=mask)),
+        constraint=Replacement(trained.sde, Measurement(originals * mask, mask=mask)),
         generator=torch.Generator().manual_seed(0),
     ).x
     torch.testing.assert_close(x[:, :, :4], originals[:, :, :4])
