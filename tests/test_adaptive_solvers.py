@@ -195,6 +195,50 @@ def test_torchsde_is_seeded_and_handles_image_shapes():
     assert torch.equal(a, b) and not torch.allclose(a, run(2))
 
 
+@pytest.mark.parametrize(
+    ("method", "stages"), [("euler", 1), ("milstein", 1), ("heun", 2), ("midpoint", 2), ("srk", 4)]
+)
+def test_a_torchsde_step_is_torchsdes_own_with_one_score_evaluation_per_stage(mixture, method, stages):
+    """One step of the predictor equals torchsde.sdeint on the same reverse SDE and Brownian
+    motion, bit for bit, while evaluating the score once per stage of the method (torchsde's
+    contract check and its SRK's repeated stage drifts evaluate some states twice)."""
+    import torchsde
+
+    sde = sdeplug.create("sde", "vp")
+    score = mixture.score_model(sde)
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        return score(x, t)
+
+    x = mixture.sample(300, torch.Generator().manual_seed(0), sde, 0.6)
+    t, t_next = torch.full((300,), 0.6, dtype=torch.float64), torch.full((300,), 0.45, dtype=torch.float64)
+    predictor = sdeplug.create("predictor", "torchsde", sde, counted, method=method)
+    got, _ = predictor.step(x, t, t_next, None, generator=torch.Generator().manual_seed(3))
+    assert len(calls) == stages
+
+    reverse = sde.reverse(score)
+
+    class Reverse(torch.nn.Module):  # the reverse SDE in s = T - t, written out again
+        noise_type, sde_type = "diagonal", SDE_METHODS[method]
+
+        def f(self, s, y):
+            return -reverse.drift(y, (sde.T - s).expand(y.shape[0]))
+
+        def g(self, s, y):
+            return reverse.diffusion((sde.T - s).expand(y.shape[0]))[:, None].expand(y.shape)
+
+    s0, s1 = sde.T - 0.6, sde.T - 0.45
+    entropy = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(3)))
+    levy = "space-time" if method == "srk" else "none"
+    bm = torchsde.BrownianInterval(s0, s1, size=x.shape, dtype=x.dtype, entropy=entropy, levy_area_approximation=levy)
+    options = {"grad_free": True} if method == "milstein" else {}
+    ts = torch.tensor([s0, s1], dtype=x.dtype)
+    expected = torchsde.sdeint(Reverse(), x, ts, bm=bm, method=method, dt=s1 - s0, options=options)[-1]
+    assert torch.equal(got, expected)
+
+
 def test_torchsde_options_are_checked():
     sde = sdeplug.create("sde", "vp")
     with pytest.raises(OptionError, match="method"):
