@@ -130,6 +130,25 @@ def _fresh_registry():
 
 
 @pytest.fixture(scope="session")
+def digit_features():
+    """The digits and the data classifier's features learnt on their training split, trained once
+    per worker for the tests that measure with them (they share the "features" xdist group)."""
+    return _digit_features()
+
+
+@computed_once
+def _digit_features():
+    from sdeplug.app.datasets import load_dataset
+    from sdeplug_features import DataClassifierFeatures
+
+    digits = load_dataset("digits")
+    extractor = DataClassifierFeatures(event_shape=(1, 8, 8)).fit(
+        digits.train.float(), digits.train_labels, steps=400, seed=0
+    )
+    return digits, extractor
+
+
+@pytest.fixture(scope="session")
 def install_example_plugin(tmp_path_factory):
     """Install tests/plugins/<name> (or a given folder) with pip into its own folder; return that folder.
 
