@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchdiffeq
 
 import sdeplug
-from conftest import computed_once
+from conftest import LazyModule, computed_once
 from sdeplug.errors import OptionError
 from sdeplug.oracle import preset
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
 from sdeplug_torchdiffeq import DENSE
 from sdeplug_torchsde import METHODS as SDE_METHODS
+
+torchdiffeq = LazyModule("torchdiffeq")  # imported by the first test that uses it, not at collection
 
 N = 2000
 SDES = ["ve", "vp", "subvp"]

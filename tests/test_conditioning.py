@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchdiffeq
 
 import sdeplug
+from conftest import LazyModule
 from sdeplug import NULL_LABEL, Conditioned, autoguidance, classifier_free_guidance
 from sdeplug.conditioning import DynamicThresholding, threshold_data
 from sdeplug.grids import resolve_grid
@@ -25,6 +25,8 @@ from sdeplug.oracle import GaussianMixture, preset
 from sdeplug.sampling import sample_ode, sample_pc
 from sdeplug.testing import assert_same_law, energy_null
 from sdeplug.testing.contracts import observed_order
+
+torchdiffeq = LazyModule("torchdiffeq")  # imported by the first test that uses it, not at collection
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
