@@ -172,3 +172,21 @@ def test_the_kit_passes_an_sde_written_as_alpha_and_sigma_alone():
 
     report = check_sde(CosineFromAlphaAndSigma, examples=2, n_paths=4000)
     assert report.passed
+
+
+@given(sde=sdes(["ve", "vp", "subvp"]))
+def test_the_closed_form_t_from_log_snr_is_the_bisections_inverse(sde):
+    """VE, VP and sub-VP invert log_snr in closed form; the default bisection (to 2^-64 T) is
+    the reference. A few float64 roundings of quantities of order one, divided by d log_snr / dt
+    (at least log(sigma_max / sigma_min) or beta_min): 1e-13 T leaves a margin of 100 and more."""
+    from sdeplug import LinearSDE
+
+    t = torch.cat([torch.tensor([1e-9, 1e-6, 1e-3]), torch.linspace(0.01, 1.0, 100)]).double() * sde.T
+    log_snr = sde.log_snr(t)
+    closed, bisected = sde.t_from_log_snr(log_snr), LinearSDE.t_from_log_snr(sde, log_snr)
+    assert float((closed - bisected).abs().max()) < 1e-13 * sde.T
+    beyond = torch.tensor([1e4, float(log_snr[0]) + 1, float(log_snr[-1]) - 1, -1e4], dtype=torch.float64)
+    ends = sde.t_from_log_snr(beyond)
+    assert torch.isfinite(ends).all() and float(ends[0]) == 0.0 and float(ends[-1]) == pytest.approx(sde.T)
+    assert 0 <= float(ends[1]) < 1e-9 * sde.T and float(ends[2]) == pytest.approx(sde.T)
+    assert sde.t_from_log_snr(log_snr.float()).dtype == torch.float32

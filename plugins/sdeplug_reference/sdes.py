@@ -75,6 +75,11 @@ class VESDE(LinearSDE):
     def diffusion(self, t: Tensor) -> Tensor:
         return self.sigma(t) * math.sqrt(2 * self._log_ratio)
 
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """log_snr = -2 log sigma(t), solved for t (in float64; beyond the ends, the nearer end)."""
+        t = (-0.5 * log_snr.to(torch.float64) - math.log(self.sigma_min)) / self._log_ratio
+        return t.clamp(0.0, self.T).to(log_snr.dtype)
+
     def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         # sigma_t^2 - sigma_s^2, written to keep its precision for small steps.
         return torch.ones_like(t), self.sigma(t) ** 2 * -torch.expm1(-2 * (t - s) * self._log_ratio)
@@ -172,12 +177,24 @@ class _BetaSchedule(_MeanDecay, LinearSDE):
         """1 - beta_i of the paper's N-step chain, beta_i = beta(t) T / N."""
         return 1.0 - self.beta(t) * self.T / self.N
 
+    def _t_from_decay(self, decay: Tensor, dtype: torch.dtype) -> Tensor:
+        """The t at which -2 log alpha(t) = beta_min t + (beta_max - beta_min) t^2 / 2 equals
+        ``decay`` (float64), by the root of that quadratic written without cancellation."""
+        span = self.beta_max - self.beta_min
+        decay = decay.clamp(0.0, self.beta_min * self.T + 0.5 * span * self.T**2)
+        t = 2 * decay / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * span * decay))
+        return t.clamp(0.0, self.T).to(dtype)
+
 
 @attrs.frozen(kw_only=True)
 class VPSDE(_VariancePreserving, _BetaSchedule):
     """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw; sigma(t) = sqrt(1 - alpha(t)^2)."""
 
     name = "vp"
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """alpha(t)^2 = sigmoid(log_snr), so -2 log alpha(t) = softplus(-log_snr): a quadratic in t."""
+        return self._t_from_decay(torch.nn.functional.softplus(-log_snr.to(torch.float64)), log_snr.dtype)
 
 
 @attrs.frozen(kw_only=True)
@@ -194,6 +211,16 @@ class SubVPSDE(_BetaSchedule):
 
     def diffusion(self, t: Tensor) -> Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """With u = sigma(t) = 1 - alpha(t)^2 and r = sqrt(1 + 4 exp(log_snr)): exp(log_snr) u^2 + u
+        - 1 = 0, so u = 2 / (1 + r) and alpha(t)^2 = 4 exp(log_snr) / (1 + r)^2; -2 log alpha(t),
+        a quadratic in t, is -log(1 - u) where u is small and -log(alpha^2) where it is near 1."""
+        log_snr64 = log_snr.to(torch.float64)
+        r = torch.sqrt(1 + 4 * torch.exp(log_snr64))
+        from_sigma = -torch.log1p(-2 / (1 + r))
+        from_alpha = 2 * torch.log1p(r) - log_snr64 - math.log(4.0)
+        return self._t_from_decay(torch.where(log_snr64 >= 0, from_sigma, from_alpha), log_snr.dtype)
 
 
 #: The beta schedules of diffusers' DDPM-family schedulers that the ``ddpm`` SDE follows.

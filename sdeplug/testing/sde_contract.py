@@ -70,10 +70,10 @@ def check_sde(spec: str | type[SDE], *, examples: int = 4, n_paths: int = 20_000
         _check_reverse_formula(sde, t * sde.T, seed)
         if isinstance(sde, LinearSDE):
             _check_transitions(sde, t * sde.T)
+            for method in closed_forms:  # log_snr among them: the inverse is checked against it after
+                CLOSED_FORMS[method](sde, t * sde.T, seed)
             if overrides_t_from_log_snr:
                 _check_t_from_log_snr(sde)
-            for method in closed_forms:
-                CLOSED_FORMS[method](sde, t * sde.T, seed)
 
     properties()
     if has_marginals:
@@ -437,11 +437,11 @@ def _check_sde_first(sde: SDE, part: str) -> None:
         return
     try:
         if isinstance(sde, LinearSDE):
-            if type(sde).t_from_log_snr is not LinearSDE.t_from_log_snr:
-                _check_t_from_log_snr(sde)
             for method in _overridden_closed_forms(sde):
                 for t in (0.1, 0.5, 0.9):
                     CLOSED_FORMS[method](sde, t * sde.T, 0)
+            if type(sde).t_from_log_snr is not LinearSDE.t_from_log_snr:
+                _check_t_from_log_snr(sde)
         _check_prior(sde, scale=False)  # an SDE built with example options need not fit unit-variance data
     except ContractError as exc:
         raise ContractError(
