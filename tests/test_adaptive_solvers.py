@@ -240,6 +240,21 @@ def test_a_torchsde_step_is_torchsdes_own_with_one_score_evaluation_per_stage(mi
     assert torch.equal(got, expected)
 
 
+def test_the_torchsde_drift_cache_keeps_only_the_drifts_of_living_states(mixture):
+    from sdeplug_torchsde import _ReverseTimeSDE
+
+    sde = sdeplug.create("sde", "vp")
+    system = _ReverseTimeSDE(sde.reverse(mixture.score_model(sde)), sde.T, (2,), "ito")
+    kept = torch.randn(8, 2, dtype=torch.float64)
+    first = system.f(torch.tensor(0.5, dtype=torch.float64), kept)
+    assert system.f(torch.tensor(0.5, dtype=torch.float64), kept) is first  # the same state and time: kept
+    assert system.f(torch.tensor(0.6, dtype=torch.float64), kept) is not first  # another time: evaluated
+    for _ in range(3):
+        system.f(0.7, torch.randn(8, 2, dtype=torch.float64))  # states that die at once
+    system.f(0.7, kept)
+    assert len(system._drifts) == 3  # the three of the living state
+
+
 def test_torchsde_options_are_checked():
     sde = sdeplug.create("sde", "vp")
     with pytest.raises(OptionError, match="method"):

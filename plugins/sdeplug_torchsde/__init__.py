@@ -12,6 +12,7 @@ be mixed in; with ``steps = 1`` it solves the whole interval [eps, T] in one cal
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import attrs
@@ -48,7 +49,7 @@ class _ReverseTimeSDE(torch.nn.Module):
     def __init__(self, reverse: ReverseSDE, T: float, event_shape: tuple[int, ...], sde_type: str) -> None:
         super().__init__()
         self.reverse, self.T, self.event_shape, self.sde_type = reverse, T, event_shape, sde_type
-        self._drifts: list[tuple[Tensor, float, Tensor]] = []
+        self._drifts: list[tuple[weakref.ref, float, Tensor]] = []
 
     def _x_t(self, s: Tensor | float, y: Tensor) -> tuple[Tensor, Tensor]:
         s = torch.as_tensor(s, device=y.device, dtype=y.dtype)
@@ -57,17 +58,19 @@ class _ReverseTimeSDE(torch.nn.Module):
     def f(self, s: Tensor, y: Tensor) -> Tensor:
         """The drift, each (state, time) evaluated once: torchsde's contract check evaluates the
         first one before solving, and its SRK step evaluates each stage's again for every later
-        stage. Only for times on the host, which are read without waiting for a device."""
+        stage. Only for times on the host, which are read without waiting for a device. A drift
+        is kept only while its state is alive (a step's stages), never for the whole solve."""
         on_host = not isinstance(s, Tensor) or s.device.type == "cpu"
         if on_host:
             key = float(s)
+            self._drifts = [entry for entry in self._drifts if entry[0]() is not None]
             for state, time, drift in self._drifts:
-                if state is y and time == key:
+                if state() is y and time == key:
                     return drift
         x, t = self._x_t(s, y)
         drift = -self.reverse.drift(x, t).reshape(y.shape)
-        if on_host:  # a step's few stages; holding the states keeps their identities unique
-            self._drifts = [*self._drifts[-(_REMEMBERED_DRIFTS - 1) :], (y, key, drift)]
+        if on_host:
+            self._drifts = [*self._drifts[-(_REMEMBERED_DRIFTS - 1) :], (weakref.ref(y), key, drift)]
         return drift
 
     def g(self, s: Tensor, y: Tensor) -> Tensor:
