@@ -73,6 +73,22 @@ def test_one_ve_step_equals_score_sde_ve_scheduler_langevin_then_reverse_diffusi
     assert not torch.allclose(ours, x)
 
 
+def ancestral_over_the_chain(sde: DDPMSDE, score, x_init: torch.Tensor, variance: str, generator) -> torch.Tensor:
+    """sdeplug's ancestral predictor with ``variance`` over every step of the ``ddpm`` SDE's chain
+    (its grid k / (N - 1) down to 0, no corrector): what DDPMScheduler runs at N inference steps."""
+    return sample_pc(
+        sde,
+        score,
+        predictor="ancestral",
+        predictor_options={"variance": variance},
+        corrector="none",
+        steps=sde.N - 1,
+        eps=0.0,
+        x_init=x_init,
+        generator=generator,
+    ).x
+
+
 @pytest.mark.parametrize("variance", ["transition", "posterior"])
 def test_ddpm_ancestral_sampling_equals_ddpm_scheduler(tmp_path, variance):
     """The whole chain: sdeplug's ancestral predictor on the ``ddpm`` SDE's grid k / (N - 1)
@@ -99,17 +115,7 @@ def test_ddpm_ancestral_sampling_equals_ddpm_scheduler(tmp_path, variance):
     with torch.no_grad():
         for k in scheduler.timesteps:
             theirs = scheduler.step(network.unet(theirs, k).sample, k, theirs, generator=generator).prev_sample
-        ours = sample_pc(
-            sde,
-            score,
-            predictor="ancestral",
-            predictor_options={"variance": variance},
-            corrector="none",
-            steps=n - 1,
-            eps=0.0,
-            x_init=x_init,
-            generator=torch.Generator().manual_seed(2),
-        ).x
+        ours = ancestral_over_the_chain(sde, score, x_init, variance, torch.Generator().manual_seed(2))
     assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     assert (ours - x_init).abs().mean() > 0.1
 

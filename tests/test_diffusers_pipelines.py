@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_diffusers import ancestral_over_the_chain
 
 import sdeplug
 from conftest import LazyModule, needs
@@ -208,20 +209,11 @@ def test_ancestral_sampling_equals_diffusers_ddpm_pipeline(tmp_path, variance_ty
         batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=n, output_type="np"
     ).images
     _, sde, score = _folder_score(folder)
+    assert sde.N == n  # the chain the folder's scheduler declares
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 3, 8, 8), generator=generator)
     with torch.no_grad():
-        x = sample_pc(
-            sde,
-            score,
-            predictor="ancestral",
-            predictor_options={"variance": variance},
-            corrector="none",
-            steps=n - 1,
-            eps=0.0,
-            x_init=noise,
-            generator=generator,
-        ).x
+        x = ancestral_over_the_chain(sde, score, noise, variance, generator)
     got = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert 0.05 < float(np.abs(expected - 0.5).mean())  # images, not a constant
     np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
