@@ -18,6 +18,14 @@ from sdeplug.trainer import Trainer, TrainSettings
 pytestmark = pytest.mark.xdist_group("compile")
 
 
+@pytest.fixture(scope="module")
+def inductor_cache(tmp_path_factory):
+    """One inductor cache for this module's compiles, apart from the user's: they share its
+    precompiled headers and instruction-set probes, which a fresh cache builds again for
+    every test (each a run of the C++ compiler)."""
+    return tmp_path_factory.mktemp("inductor")
+
+
 def trained(compile: bool) -> tuple[Trainer, torch.Tensor]:
     torch.manual_seed(0)
     network = sdeplug.create("score_model", "mlp", event_shape=(2,), width=32, depth=2)
@@ -27,8 +35,8 @@ def trained(compile: bool) -> tuple[Trainer, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_a_compiled_network_trains_like_the_eager_one(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+def test_a_compiled_network_trains_like_the_eager_one(inductor_cache, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
     compiled, weights = trained(True)
     assert compiled.model is not compiled.network and hasattr(compiled.model, "_orig_mod")  # really compiled
     _, eager = trained(False)
@@ -72,7 +80,7 @@ def _score(name: str, **options):
 @pytest.mark.parametrize(
     ("name", "options"), [("unet", {"channels": 16, "channel_mult": (1,), "attention_resolutions": (8,)})]
 )
-def test_compiled_sampling_gives_the_eager_samples_to_float32_rounding(tmp_path, monkeypatch, name, options):
+def test_compiled_sampling_gives_the_eager_samples_to_float32_rounding(inductor_cache, monkeypatch, name, options):
     """Inductor fuses and reorders float32 arithmetic: each network evaluation may differ by a
     few units of roundoff times the depth (about 1e-6 relative), and 6 multistep steps carry and
     amplify it; 1e-4 of the samples' norm leaves a wide margin (an element near zero may differ
@@ -80,7 +88,7 @@ def test_compiled_sampling_gives_the_eager_samples_to_float32_rounding(tmp_path,
     of one level (residual blocks, attention, skips) keeps inductor's compile time down; NCSN++
     compiles for half a minute more: benchmarks/compile_sampling.py shows its samples' largest
     difference."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
     eager, compiled = _score(name, **options), compile_score(_score(name, **options))
     assert hasattr(compiled.network, "_orig_mod")
     sde = sdeplug.create("sde", "vp")
@@ -107,7 +115,7 @@ def test_compile_score_needs_a_network():
 
 
 @pytest.mark.slow
-def test_sample_with_compile_gives_the_eager_samples(tmp_path, monkeypatch):
+def test_sample_with_compile_gives_the_eager_samples(tmp_path, inductor_cache, monkeypatch):
     """[sample] compile = true: the command samples through the compiled network and gets what
     the eager one gets, to float32 rounding (a 2-layer MLP over 10 PC steps: 1e-5 leaves a wide
     margin)."""
@@ -115,7 +123,7 @@ def test_sample_with_compile_gives_the_eager_samples(tmp_path, monkeypatch):
 
     from sdeplug.app.cli import main
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
     config = write_config(tmp_path, steps=20, every=20)
     config.write_text(config.read_text().replace("steps = 50", "steps = 10"))
     assert main(["train", str(config)]) == 0

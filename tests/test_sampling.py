@@ -313,10 +313,11 @@ def test_the_grid_step_rule_leaves_no_langevin_bias_where_the_snr_rule_keeps_one
     """PC sampling (reverse diffusion + one Langevin step) of Gaussian data with the exact
     score, 60 000 samples: the paper's snr rule keeps a variance bias of about +5% on the
     narrow axis however many steps are taken; the 'grid' rule's bias is O(step) and falls
-    within the sampling noise at 800 steps."""
+    within the sampling noise at 800 steps. In float32: the biases measured are percents, far
+    above its rounding, and its normal draws cost a third of float64's."""
     sde = sdeplug.create("sde", "vp")
-    mean = torch.tensor([0.5, -0.3], dtype=torch.float64)
-    var = torch.tensor([1.0, 0.25], dtype=torch.float64)
+    mean = torch.tensor([0.5, -0.3])
+    var = torch.tensor([1.0, 0.25])
 
     def score(x, t):  # the exact score of N(mean, diag(var)) under the SDE, written out (cheaper than the oracle's)
         assert bool(t.amin() == t.amax())  # the sampler steps every sample at one time: its schedule once
@@ -332,7 +333,7 @@ def test_the_grid_step_rule_leaves_no_langevin_bias_where_the_snr_rule_keeps_one
             corrector="langevin",
             corrector_options=corrector_options,
             steps=steps,
-            dtype=torch.float64,
+            dtype=torch.float32,
             generator=torch.Generator().manual_seed(1),
         ).x
         return float(x[:, 1].var() / 0.25 - 1)
