@@ -91,6 +91,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/networks.py $(if $(SCORE_SDE),--reference $(SCORE_SDE)) --write docs/benchmarks.md
 	$(BIN)/python benchmarks/quality.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/data.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/guidance.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/guidance_digits.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) demo-output sdeplug-output site .pytest_cache .hypothesis
