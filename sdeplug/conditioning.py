@@ -152,11 +152,11 @@ class Guided(ScoreModel):
     Classifier-free guidance takes the conditional score as main and the unconditional one as
     reference; autoguidance a good model as main and a weaker one as reference. When both are
     ``Conditioned`` on the same model they run as one doubled batch through it. With an
-    ``interval`` the weight is w inside it and 1 outside.
+    ``interval`` the weight is w inside it and 1 outside. Without one, w = 1 and w = 0 evaluate
+    only the score they equal (one network evaluation per call, not two).
     """
 
     num_classes = None
-    evaluations_per_call = 2
 
     def __init__(
         self, main: ScoreFn, reference: ScoreFn, weight: float, *, interval: GuidanceInterval | None = None
@@ -167,6 +167,9 @@ class Guided(ScoreModel):
         self._one_batch = (
             isinstance(main, Conditioned) and isinstance(reference, Conditioned) and main.model is reference.model
         )
+        # the one score w = 1 or w = 0 equals, by name (not a second reference to a submodule)
+        self._alone = None if interval is not None else {1.0: "main", 0.0: "reference"}.get(self.weight)
+        self.evaluations_per_call = 1 if self._alone is not None else 2
 
     def weight_at(self, t: Tensor) -> Tensor | float:
         """The guidance weight at each time (a float when there is no interval)."""
@@ -175,6 +178,8 @@ class Guided(ScoreModel):
         return torch.where(self.interval.contains(t), self.weight, 1.0).to(t.dtype)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if self._alone is not None:
+            return getattr(self, self._alone)(x, t)
         if self._one_batch:
             n = x.shape[0]
             labels = torch.cat([self.main.labels_for(x), self.reference.labels_for(x)])

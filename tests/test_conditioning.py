@@ -100,7 +100,9 @@ def test_classifier_free_guidance_is_its_formula_on_exact_scores(mixture, weight
     got = classifier_free_guidance(model, labels, weight)(x, t)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     if weight == 1.0:  # exactly the conditional score, not a rounding of it
-        assert torch.equal(got, _conditional_half(model, x, t, labels))
+        assert torch.equal(got, model(x, t, labels))
+    if weight == 0.0:  # exactly the unconditional score
+        assert torch.equal(got, model(x, t, torch.full_like(labels, NULL_LABEL)))
 
 
 def test_classifier_free_guidance_costs_one_forward_of_a_doubled_batch(mixture):
@@ -110,6 +112,27 @@ def test_classifier_free_guidance_costs_one_forward_of_a_doubled_batch(mixture):
     result = sample_ode(sde, guided, (16, 2), solver="euler", steps=5, dtype=F64, denoise=False)
     assert spy.batches == [32] * 5
     assert result.nfe == 5 and result.network_evaluations == 10
+
+
+@pytest.mark.parametrize(("weight", "label"), [(1.0, 2), (0.0, NULL_LABEL)])
+def test_at_weight_one_or_zero_guidance_evaluates_only_the_score_it_equals(mixture, weight, label):
+    """w = 1 is the conditional score and w = 0 the unconditional one: one forward pass of the
+    batch as it is, and one network evaluation per score call."""
+    sde = sdeplug.create("sde", "vp")
+    spy = CountingModel(mixture.score_model(sde, conditional=True))
+    guided = classifier_free_guidance(spy, 2, weight)
+
+    def draw(score):
+        return sample_ode(
+            sde, score, (16, 2), solver="euler", steps=5, dtype=F64, denoise=False,
+            generator=torch.Generator().manual_seed(4),
+        )  # fmt: skip
+
+    result, plain = draw(guided), draw(Conditioned(spy.model, label))
+    assert spy.batches == [16] * 5 and torch.equal(result.x, plain.x)
+    assert result.network_evaluations == result.nfe == 5
+    limited = classifier_free_guidance(spy, 2, weight, sde=sde, interval=(0.5, 2.0))
+    assert limited.evaluations_per_call == 2  # the weight varies with t: both scores, as one batch
 
 
 def test_the_guidance_interval_applies_the_weight_between_its_noise_levels_only(mixture):
