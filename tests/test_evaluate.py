@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import sdeplug
-from sdeplug.metrics import FeatureStats
+from sdeplug.app.evaluate import extrapolated_fid
+from sdeplug.metrics import FeatureStats, fid
 from sdeplug_cli import main
 
 pytestmark = pytest.mark.xdist_group("evaluate")
@@ -64,6 +65,20 @@ def test_the_same_config_gives_the_same_numbers(tmp_path):
         assert main(["evaluate", str(config), "--no-progress", "--seed", "3"]) == 0
         reports.append(json.loads((tmp_path / "run" / "evaluate.json").read_text()))
     assert reports[0]["metrics"] == reports[1]["metrics"] and reports[0]["seeds"] == [3]
+
+
+def test_fid_infinity_is_the_intercept_of_the_least_squares_line_of_fid_against_one_over_n():
+    """Against numpy's own least-squares fit on the nested subsets of n/8 to n samples (float64,
+    four well-separated points: both agree to rounding); fewer than two subset sizes give FID itself."""
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    stats = FeatureStats.of(torch.randn(1000, 3, generator=g, dtype=torch.float64) + 0.3)
+    sizes = [50, 100, 200, 400]
+    values = [fid(FeatureStats.of(features[:m]), stats) for m in sizes]
+    expected = np.polyfit(1 / np.array(sizes, dtype=np.float64), values, 1)[1]
+    assert extrapolated_fid(features, stats) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert extrapolated_fid(features[:3], stats) == fid(FeatureStats.of(features[:3]), stats)
 
 
 def test_inception_score_needs_class_probabilities(tmp_path, capsys):

@@ -9,6 +9,7 @@ model that reproduced its training data would get), and uniform noise in the dat
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ from sdeplug.app.config import Config, PartSpec, SamplerConfig
 from sdeplug.app.datasets import Dataset, rows
 from sdeplug.app.jobs import sampler_summary, write_json
 from sdeplug.app.sweep import WeightSweep, read_sweep, sweep_runs, sweep_table, weight_table
-from sdeplug.conditioning import num_classes
+from sdeplug.conditioning import evaluations_per_call, num_classes
 from sdeplug.errors import ConfigError, DataMismatchWarning, SdeplugWarning
 from sdeplug.files import write_atomically
 from sdeplug.metrics import (
@@ -230,10 +231,18 @@ def extrapolated_fid(features: Tensor, stats: FeatureStats) -> float:
     """FID at n = infinity: the intercept of a least-squares line through FID against 1/n over
     nested subsets of n/8, n/4, n/2 and n samples (FID's bias falls as 1/n)."""
     n = len(features)
-    sizes = [m for m in (n // 8, n // 4, n // 2, n) if m >= 2]
-    values = torch.tensor([fid(FeatureStats.of(features[:m]), stats) for m in sizes], dtype=torch.float64)
-    design = torch.stack([torch.ones(len(sizes), dtype=torch.float64), 1 / torch.tensor(sizes, dtype=torch.float64)], 1)
-    return float(torch.linalg.lstsq(design, values[:, None]).solution[0, 0])
+    sizes = sorted({m for m in (n // 8, n // 4, n // 2, n) if m >= 2})
+    values = [fid(FeatureStats.of(features[:m]), stats) for m in sizes]
+    if len(sizes) == 1:  # too few samples for a line: the FID itself
+        return values[0]
+    # The line's intercept in closed form, in Python's floats: the same bits on every run (LAPACK's
+    # least squares may round differently with its buffers' alignment).
+    inverse = [1.0 / m for m in sizes]
+    mean_x, mean_y = math.fsum(inverse) / len(sizes), math.fsum(values) / len(sizes)
+    slope = math.fsum((a - mean_x) * (b - mean_y) for a, b in zip(inverse, values)) / math.fsum(
+        (a - mean_x) ** 2 for a in inverse
+    )
+    return mean_y - slope * mean_x
 
 
 def _summarise(per_seed: list[dict[str, float]]) -> dict[str, Any]:
@@ -355,9 +364,9 @@ def evaluate_job(
         body["metrics"] = summary
     elif isinstance(sweep, WeightSweep):
         rows = []
-        per_call = 2 if (kind is not None or classes is not None) else 1
         for weight in tqdm(sweep.weights, desc="weights", disable=not (sample.progress and distributed.is_main())):
             summary, nfe, seconds = measure(config.sampler, False, weight)
+            per_call = evaluations_per_call(score_at(weight).make(0, 1))  # 2 for a guided step, 1 at w = 0 or 1
             rows.append(
                 {
                     "weight": weight,
