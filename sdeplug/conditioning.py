@@ -152,8 +152,8 @@ class Guided(ScoreModel):
     Classifier-free guidance takes the conditional score as main and the unconditional one as
     reference; autoguidance a good model as main and a weaker one as reference. When both are
     ``Conditioned`` on the same model they run as one doubled batch through it. With an
-    ``interval`` the weight is w inside it and 1 outside. Without one, w = 1 and w = 0 evaluate
-    only the score they equal (one network evaluation per call, not two).
+    ``interval`` the weight is w inside it and 1 outside. w = 1, and w = 0 without an interval,
+    evaluate only the score they equal (one network evaluation per call, not two).
     """
 
     num_classes = None
@@ -167,8 +167,9 @@ class Guided(ScoreModel):
         self._one_batch = (
             isinstance(main, Conditioned) and isinstance(reference, Conditioned) and main.model is reference.model
         )
-        # the one score w = 1 or w = 0 equals, by name (not a second reference to a submodule)
-        self._alone = None if interval is not None else {1.0: "main", 0.0: "reference"}.get(self.weight)
+        # the one score w = 1 or w = 0 equals, by name (not a second reference to a submodule); an
+        # interval keeps w = 1 at 1 everywhere, but turns w = 0 into 1 outside it
+        self._alone = "main" if self.weight == 1 else "reference" if self.weight == 0 and interval is None else None
         self.evaluations_per_call = 1 if self._alone is not None else 2
 
     def weight_at(self, t: Tensor) -> Tensor | float:
