@@ -383,16 +383,24 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, delay):
 
 @pytest.mark.slow
 def test_ctrl_c_during_sampling_is_one_line_exit_130_and_writes_nothing(tmp_path):
+    """Ctrl-C once the progress bar has been redrawn (the loop is running; its first drawing is
+    made before): after the bar, one line."""
     ring = tmp_path / "ring.toml"
     ring.write_text(
-        f'[sde]\nname = "vp"\n[sampler]\nsteps = 200000\n[sample]\nnum = 500\nprogress = false\n'
+        f'[sde]\nname = "vp"\n[sampler]\nsteps = 200000\n[sample]\nnum = 500\nprogress = true\n'
         f'[output]\ndir = "{tmp_path / "run"}"\n'
     )
     with interruptible(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-        time.sleep(6.0)  # start-up (imports) and into the 200 000 steps
+        shown, deadline = b"", time.monotonic() + 120
+        while shown.count(b"sampling:") < 2 and time.monotonic() < deadline and process.poll() is None:
+            shown += os.read(process.stderr.fileno(), 4096)  # blocks until the process writes
+        assert shown.count(b"sampling:") >= 2, shown.decode()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()
+        _, rest = process.communicate(timeout=60)
+    err = (shown + rest).decode()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    ours = [line for line in lines if not line.startswith("sampling:")]
+    assert process.returncode == 130 and len(ours) == 1 and ours[0].startswith("sdeplug: interrupted"), err
     assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []  # made by the first write
 
 
