@@ -90,6 +90,17 @@ def cell(row: dict, key: str) -> str:
     return f"{row['metrics'][key]['mean']:.3g} ± {row['metrics'][key]['std']:.2g}"
 
 
+def at_weight(report: dict, weight: float) -> dict:
+    """The sweep's row at guidance weight ``weight``."""
+    return next(r for r in report["weight_sweep"] if r["weight"] == weight)
+
+
+def seeds_with_lower_fid(row: dict, reference: dict) -> tuple[int, int]:
+    """On how many sampling seeds ``row``'s FID is below ``reference``'s (same seeds), and of how many."""
+    pairs = list(zip(row["metrics"]["fid"]["per_seed"], reference["metrics"]["fid"]["per_seed"]))
+    return sum(a < b for a, b in pairs), len(pairs)
+
+
 def best(report: dict, accuracy_mark: float) -> dict | None:
     """The guided weight (w > 1) of lowest mean FID among those whose mean accuracy reaches the mark."""
     guided = [r for r in report["weight_sweep"] if r["weight"] > 1]
@@ -169,17 +180,16 @@ def main() -> None:
             continue
         check = out / f"{folder}-held-out"
         check.mkdir(exist_ok=True)
-        again = sweep(held_out, check, [1, pick["weight"]], guidance)["weight_sweep"]
-        conditional, picked = (next(r for r in again if r["weight"] == w) for w in (1, pick["weight"]))
+        again = sweep(held_out, check, [1, pick["weight"]], guidance)
+        conditional, picked = at_weight(again, 1), at_weight(again, pick["weight"])
         met = (
             picked["metrics"]["accuracy"]["mean"] >= mark
             and picked["metrics"]["fid"]["mean"] <= conditional["metrics"]["fid"]["mean"]
         )
-        pairs = list(zip(picked["metrics"]["fid"]["per_seed"], conditional["metrics"]["fid"]["per_seed"]))
-        lower = sum(a < b for a, b in pairs)
+        lower, seeds = seeds_with_lower_fid(picked, conditional)
         lines.append(
             f"| {name} | w = {pick['weight']:g} | {cell(picked, 'accuracy')} | {cell(conditional, 'fid')} | "
-            f"{cell(picked, 'fid')} | {lower} of {len(pairs)} | {'yes' if met else 'no'} |"
+            f"{cell(picked, 'fid')} | {lower} of {seeds} | {'yes' if met else 'no'} |"
         )
         held_out_fids = conditional["metrics"]["fid"]["per_seed"]
     lines += [
@@ -189,8 +199,7 @@ def main() -> None:
         "seed by seed.",
     ]
     if held_out_fids is not None:
-        sweep_fids = next(r for r in reports["classifier-free"]["weight_sweep"] if r["weight"] == 1)
-        sweep_fids = sweep_fids["metrics"]["fid"]["per_seed"]
+        sweep_fids = at_weight(reports["classifier-free"], 1)["metrics"]["fid"]["per_seed"]
         lines[-1] += (
             f" FID at w = 1 ranged from {min(sweep_fids):.3g} to {max(sweep_fids):.3g} over the sweep's seeds and "
             f"from {min(held_out_fids):.3g} to {max(held_out_fids):.3g} over the held-out ones: at 360 samples, FID "
@@ -199,13 +208,12 @@ def main() -> None:
     lines.append("")
     (out / "longer-cfg").mkdir(exist_ok=True)
     trained_longer = sweep(longer, out / "longer-cfg", LONGER_WEIGHTS, None)
-    conditional = next(r for r in trained_longer["weight_sweep"] if r["weight"] == 1)
-    lower_everywhere = [
-        r["weight"]
-        for r in trained_longer["weight_sweep"]
-        if r["weight"] > 1
-        and all(a < b for a, b in zip(r["metrics"]["fid"]["per_seed"], conditional["metrics"]["fid"]["per_seed"]))
-    ]
+    conditional = at_weight(trained_longer, 1)
+    lower_everywhere = []
+    for row in trained_longer["weight_sweep"]:
+        lower, seeds = seeds_with_lower_fid(row, conditional)
+        if row["weight"] > 1 and lower == seeds:
+            lower_everywhere.append(row["weight"])
     lines += [
         f"The same network trained for {LONGER_STEPS} steps instead of 1500, classifier-free guidance on "
         f"the held-out seeds {', '.join(map(str, HELD_OUT_SEEDS))}:",
