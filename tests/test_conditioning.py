@@ -50,9 +50,9 @@ def _labels(n: int, classes: int) -> torch.Tensor:
 
 
 def _conditional_half(model, x, t, labels):
-    """The conditional scores as classifier-free guidance computes them: the first half of one
+    """The conditional scores as guidance with an interval computes them: the first half of one
     forward of the doubled batch (labels, then null labels). A network's kernels may depend on
-    the batch's size, so only this is bit for bit what w = 1 must return."""
+    the batch's size, so only this is bit for bit what it must return where w is 1."""
     null = torch.full_like(labels, NULL_LABEL)
     return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))[: x.shape[0]]
 

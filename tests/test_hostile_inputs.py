@@ -4,6 +4,7 @@ the input, the problem and what is accepted, a non-zero exit, and nothing made o
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -393,7 +394,9 @@ def test_ctrl_c_during_sampling_is_one_line_exit_130_and_writes_nothing(tmp_path
     with interruptible(_command("sample", str(ring)), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
         shown, deadline = b"", time.monotonic() + 120
         while shown.count(b"sampling:") < 2 and time.monotonic() < deadline and process.poll() is None:
-            shown += os.read(process.stderr.fileno(), 4096)  # blocks until the process writes
+            readable, _, _ = select.select([process.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            if readable:  # never blocks past the deadline, even if the process stops writing
+                shown += os.read(process.stderr.fileno(), 4096)
         assert shown.count(b"sampling:") >= 2, shown.decode()
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
