@@ -119,20 +119,27 @@ def at_weight(report: dict, weight: float) -> dict:
     return next(r for r in report["weight_sweep"] if r["weight"] == weight)
 
 
-def seeds_with_lower_fid(row: dict, reference: dict) -> tuple[int, int]:
-    """On how many sampling seeds ``row``'s FID is below ``reference``'s (same seeds), and of how many."""
-    pairs = list(zip(row["metrics"]["fid"]["per_seed"], reference["metrics"]["fid"]["per_seed"]))
-    return sum(a < b for a, b in pairs), len(pairs)
+def seeds_with_lower_fid(row: dict, references: list[dict]) -> tuple[int, int]:
+    """On how many sampling seeds ``row``'s FID is below every reference row's (same seeds), and
+    of how many."""
+    per_seed = [r["metrics"]["fid"]["per_seed"] for r in (row, *references)]
+    below = [fid < min(others) for fid, *others in zip(*per_seed)]
+    return sum(below), len(below)
+
+
+def meets_mark(row: dict, references: list[dict], mark: float) -> bool:
+    """Whether ``row``'s mean accuracy reaches ``mark`` with a mean FID no worse than every reference row's."""
+    fid = row["metrics"]["fid"]["mean"]
+    return row["metrics"]["accuracy"]["mean"] >= mark and all(fid <= r["metrics"]["fid"]["mean"] for r in references)
 
 
 def weights_lower_on_every_seed(report: dict, references: list[dict]) -> str:
     """The weights above 1 whose FID is below every reference row's on every seed, as text."""
-    weights = [
-        row["weight"]
-        for row in report["weight_sweep"]
-        if row["weight"] > 1
-        and all(lower == seeds for lower, seeds in (seeds_with_lower_fid(row, r) for r in references))
-    ]
+    weights = []
+    for row in report["weight_sweep"]:
+        lower, seeds = seeds_with_lower_fid(row, references)
+        if row["weight"] > 1 and lower == seeds:
+            weights.append(row["weight"])
     return ", ".join(f"w = {w:g}" for w in weights) or "none"
 
 
@@ -182,15 +189,11 @@ def measure_picks(
         again = sweep(config, check, [1, pick["weight"]], guidance)
         conditional, picked = at_weight(again, 1), at_weight(again, pick["weight"])
         plain = plain or conditional  # the first method's w = 1: the conditional model as it is
-        met = picked["metrics"]["accuracy"]["mean"] >= mark and picked["metrics"]["fid"]["mean"] <= min(
-            conditional["metrics"]["fid"]["mean"], plain["metrics"]["fid"]["mean"]
-        )
-        below = [
-            a < min(b, c) for a, b, c in zip(*(r["metrics"]["fid"]["per_seed"] for r in (picked, conditional, plain)))
-        ]
+        met = meets_mark(picked, [conditional, plain], mark)
+        lower, seeds = seeds_with_lower_fid(picked, [conditional, plain])
         lines.append(
             f"| {name} | w = {pick['weight']:g} | {cell(picked, 'accuracy')} | {cell(conditional, 'fid')} | "
-            f"{cell(picked, 'fid')} | {sum(below)} of {len(below)} | {'yes' if met else 'no'} |"
+            f"{cell(picked, 'fid')} | {lower} of {seeds} | {'yes' if met else 'no'} |"
         )
     return lines, plain
 
@@ -207,7 +210,7 @@ def main() -> None:
         sdeplug("train", str(config))
     interval = f'[guidance]\nkind = "cfg"\nscale = [1]\ninterval = [{INTERVAL[0]}, {INTERVAL[1]}]\n'
     thresholded = f'[guidance]\nkind = "cfg"\nscale = [1]\nthreshold = {THRESHOLD}\n'
-    methods = [  # name, weights, guidance file (None: the config's classifier-free guidance)
+    methods = [  # name, folder, weights, guidance file (None: the config's classifier-free guidance)
         ("classifier-free", "cfg", WEIGHTS, None),
         ("classifier-free, interval", "interval", INTERVAL_WEIGHTS, interval),
         ("classifier-free, thresholded", "thresholded", THRESHOLD_WEIGHTS, thresholded),
@@ -306,9 +309,7 @@ def main() -> None:
         if pick is None or pick["weight"] not in LONGER_WEIGHTS:
             continue
         row, own = at_weight(report, pick["weight"]), at_weight(report, 1)
-        met = row["metrics"]["accuracy"]["mean"] >= mark and row["metrics"]["fid"]["mean"] <= min(
-            own["metrics"]["fid"]["mean"], conditional["metrics"]["fid"]["mean"]
-        )
+        met = meets_mark(row, [own, conditional], mark)
         lines[-1] += (
             f" At the {name} pick, w = {pick['weight']:g}, the FID is {cell(row, 'fid')} against w = 1's "
             f"{cell(conditional, 'fid')}"
